@@ -1,0 +1,273 @@
+"""genforge's command line: one command per lifecycle verb. Parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from genforge.errors import GenforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate, compress and serve image models.")
+runs_app = typer.Typer(help="List and compare run directories.", invoke_without_command=True)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Parent folder of run directories.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")]
+
+
+def _train_new(source: str, overrides: list[str], name: str | None, runs_dir: Path, quiet: bool) -> tuple[Path, dict]:
+    from genforge import runs
+    from genforge.config import load_config
+    from genforge.train.loop import train
+
+    cfg = load_config(source, overrides)
+    if name:
+        cfg.name = name
+    run_dir = runs.create_run(runs_dir, cfg.name, cfg)
+    err.print(f"run directory: {run_dir}")
+    return run_dir, train(cfg, run_dir, quiet=quiet)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(show_header=False, box=None)
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    out.print(table)
+
+
+@app.command()
+def train(
+    config: Annotated[str | None, typer.Argument(help="A preset name or a YAML file.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value, e.g. train.lr=3e-4 seed=1")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (prefix of the run directory).")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory in place.")] = None,
+    quiet: Quiet = False,
+):
+    """Train a model into a new run directory, or --resume an interrupted one."""
+    from genforge.train.loop import Interrupted
+
+    try:
+        if resume is not None:
+            from genforge import runs
+            from genforge.config import load_config
+            from genforge.train.loop import train as train_loop
+
+            run_dir = runs.resolve_run(resume)
+            summary = train_loop(load_config(str(run_dir / "config.yaml")), run_dir, resume=True, quiet=quiet)
+        else:
+            if config is None:
+                raise GenforgeError("give a preset or a config file; list presets with `genforge presets`")
+            run_dir, summary = _train_new(config, overrides or [], name, runs_dir, quiet)
+    except Interrupted as e:
+        err.print(str(e))
+        raise typer.Exit(130) from None
+    _print_summary(summary)
+    out.print(f"run: {run_dir}\nreport: {run_dir / 'report.html'}")
+
+
+@app.command()
+def evaluate(
+    run: Path,
+    data: Annotated[str | None, typer.Option(help="Evaluate on this dataset's test split instead.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Evaluate a run's model on the test split: accuracy, per-class metrics, speed."""
+    from genforge.data import load_dataset
+    from genforge.evaluate import evaluate as evaluate_model
+    from genforge.evaluate import measure_speed
+    from genforge.runs import load_run
+
+    loaded = load_run(run)
+    ds = load_dataset(data or loaded.meta["dataset"], loaded.config.data.data_dir, seed=loaded.config.seed,
+                      progress=not as_json)
+    if tuple(ds.input_shape) != tuple(loaded.meta["input_shape"]) or len(ds.classes) != len(loaded.meta["classes"]):
+        raise GenforgeError(f"{ds.name} (shape {tuple(ds.input_shape)}, {len(ds.classes)} classes) does not fit "
+                            f"this model (shape {tuple(loaded.meta['input_shape'])}, {len(loaded.meta['classes'])})")
+    result = evaluate_model(loaded.model, ds.test_x, ds.test_y, ds.classes)
+    result.update(measure_speed(loaded.model, ds.test_x[:1]))
+    result["dataset"] = ds.name
+    (loaded.path / "eval.json").write_text(json.dumps(result, indent=1))
+    if as_json:
+        print(json.dumps(result))
+        return
+    out.print(f"[bold]{loaded.path.name}[/] on {ds.name} test ({result['n']} items)")
+    table = Table("class", "precision", "recall", "F1")
+    for c, m in result["per_class"].items():
+        table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}")
+    out.print(table)
+    out.print(f"accuracy {result['accuracy']:.4f}  macro F1 {result['macro_f1']:.4f}  loss {result['loss']:.4f}\n"
+              f"latency (batch 1) {result['latency_ms_b1']:.2f} ms  throughput (batch 256) "
+              f"{result['throughput_b256']:,.0f}/s")
+
+
+@app.command()
+def predict(
+    run: Path,
+    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per input.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Classify images with a trained run."""
+    from genforge.evaluate.classification import predict_proba
+    from genforge.predict import load_inputs
+    from genforge.runs import load_run
+
+    loaded = load_run(run)
+    x = load_inputs(files, tuple(loaded.meta["input_shape"]))
+    probs = predict_proba(loaded.model, x)
+    classes = loaded.meta["classes"]
+    preds = [{"index": int(p.argmax()), "label": classes[int(p.argmax())], "probabilities": p.tolist()}
+             for p in probs]
+    if as_json:
+        print(json.dumps({"predictions": preds}))
+        return
+    k = min(top_k, len(classes))
+    for i, p in enumerate(probs):
+        values, idx = p.topk(k)
+        ranked = ", ".join(f"{classes[j]} {v:.3f}" for v, j in zip(values.tolist(), idx.tolist()))
+        out.print(f"{i}: [bold]{classes[int(idx[0])]}[/]  ({ranked})")
+
+
+@app.command()
+def cv(
+    config: Annotated[str, typer.Argument(help="A preset name or a YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
+    folds: Annotated[int, typer.Option(min=2, help="Number of stratified folds.")] = 5,
+    runs_dir: RunsDir = Path("runs"),
+    quiet: Quiet = False,
+):
+    """Stratified k-fold cross-validation on the training split: mean ± sd of the fold accuracies."""
+    from genforge import runs
+    from genforge.config import load_config
+    from genforge.train.loop import train as train_loop
+
+    cfg = load_config(config, overrides or [])
+    parent = runs.create_run(runs_dir, f"{cfg.name}-cv", cfg)
+    scores = []
+    for k in range(folds):
+        fold_dir = runs.create_run(parent, f"fold{k}", cfg)
+        summary = train_loop(cfg, fold_dir, quiet=quiet, fold=(k, folds))
+        scores.append(summary["fold_accuracy"])
+        err.print(f"fold {k + 1}/{folds}: accuracy {summary['fold_accuracy']:.4f}")
+    result = {"folds": folds, "accuracies": scores, "mean": statistics.mean(scores), "sd": statistics.stdev(scores)}
+    (parent / "cv.json").write_text(json.dumps(result, indent=1))
+    out.print(f"cross-validated accuracy: {result['mean']:.4f} ± {result['sd']:.4f} over {folds} folds  ({parent})")
+
+
+@runs_app.callback()
+def runs_list(ctx: typer.Context, runs_dir: RunsDir = Path("runs")):
+    """List runs with their headline metrics."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from genforge.runs import list_runs
+
+    rows = list_runs(runs_dir)
+    if not rows:
+        out.print(f"no runs in {runs_dir}; train one with `genforge train quickstart`")
+        return
+    table = Table("run", "kind", "dataset", "status", "test acc", "train s")
+    for r in rows:
+        acc = r.get("test_accuracy")
+        table.add_row(r["run"], r.get("kind", "?"), r.get("dataset", "?"), r["status"],
+                      f"{acc:.4f}" if acc is not None else "-", str(r.get("train_seconds", "-")))
+    out.print(table)
+
+
+@runs_app.command("compare")
+def runs_compare(a: Path, b: Path):
+    """Put two runs' configs and metrics side by side; differences are highlighted."""
+    import yaml
+
+    from genforge.runs import read_json, resolve_run
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        items = {}
+        for k, v in d.items():
+            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return items
+
+    left, right = ({**flat(yaml.safe_load((resolve_run(r) / "config.yaml").read_text())),
+                    **flat(read_json(r / "summary.json"), "summary.")} for r in (a, b))
+    table = Table("key", a.name, b.name)
+    for key in sorted(set(left) | set(right)):
+        va, vb = left.get(key, "-"), right.get(key, "-")
+        fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+        style = "bold yellow" if va != vb else None
+        table.add_row(key, fmt(va), fmt(vb), style=style)
+    out.print(table)
+
+
+@data_app.command("info")
+def data_info_command(
+    name: str,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where to look for the files.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Cleaning report: class counts, duplicates, constant images, pixel statistics."""
+    from genforge.data import data_info, load_dataset
+
+    info = data_info(load_dataset(name, data_dir, progress=not as_json))
+    if as_json:
+        print(json.dumps(info))
+        return
+    table = Table(show_header=False, box=None)
+    for k, v in info.items():
+        table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    out.print(table)
+
+
+@app.command()
+def presets():
+    """List the shipped presets."""
+    from importlib import resources
+
+    import yaml
+
+    from genforge.config import preset_names
+
+    for name in preset_names():
+        text = resources.files("genforge.presets").joinpath(f"{name}.yaml").read_text()
+        first = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
+        model = (yaml.safe_load(text) or {}).get("model", {}).get("kind", "")
+        out.print(f"[bold]{name:18}[/] {model:8} {first}")
+
+
+@app.command()
+def quickstart(runs_dir: RunsDir = Path("runs"), quiet: Quiet = False):
+    """Train a CNN on MNIST (or the offline 5k sample), evaluate it, and show what to try next."""
+    from genforge.data import load_dataset
+
+    dataset = "mnist"
+    try:
+        load_dataset("mnist", progress=not quiet)
+    except GenforgeError as e:
+        err.print(f"mnist is not available ({e}); using the offline mnist-5k sample instead")
+        dataset = "mnist-5k"
+    run_dir, summary = _train_new("quickstart", [f"data.name={dataset}"], None, runs_dir, quiet)
+    _print_summary(summary)
+    out.print(f"\nrun directory: {run_dir}\nreport:        {run_dir / 'report.html'}\n\nnext, try:\n"
+              f"  genforge evaluate {run_dir}\n"
+              f"  genforge train fashion-cnn-fast\n"
+              f"  genforge runs")
+
+
+def main() -> None:
+    """Entry point: a user's mistake is one line and exit code 2; a bug is a traceback and exit code 1."""
+    try:
+        app(standalone_mode=True)
+    except GenforgeError as e:
+        err.print(f"error: {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,138 @@
+"""Typed, strict run configuration: YAML presets or files, plus dotted `key=value` overrides."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genforge.errors import GenforgeError
+from genforge.registry import MODELS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AugmentConfig(_Strict):
+    rotation: float = Field(0.0, ge=0, le=180)  # max rotation, degrees
+    scale: float = Field(0.0, ge=0, lt=1)  # max relative zoom in or out
+    translate: float = Field(0.0, ge=0, lt=1)  # max shift, fraction of the image side
+    crop_padding: int = Field(0, ge=0)  # random crop after zero-padding by this many pixels
+    flip: bool = False  # random horizontal flip (not for digits)
+
+
+class DataConfig(_Strict):
+    name: str = "fashion-mnist"  # a dataset name: see `genforge data info --help`
+    data_dir: str | None = None  # where to look for / download files; else GENFORGE_DATA or the cache
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # share of train held out for validation
+    train_subset: int | None = Field(None, ge=1)  # use only the first N training images (quick runs)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd", "adadelta"] = "adamw"
+    lr: float = Field(1e-3, gt=0)  # peak learning rate
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD (Nesterov) only
+    schedule: Literal["onecycle", "cosine", "step", "none"] = "onecycle"
+    step_size: int = Field(1, ge=1)  # epochs between decays, schedule=step
+    gamma: float = Field(0.7, gt=0, le=1)  # decay factor, schedule=step
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    ema: float | None = Field(None, gt=0, lt=1)  # decay of an EMA of the weights; evaluated instead
+    grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has it
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    device: str = "auto"  # auto picks cuda, then mps, then cpu
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; default: physical cores
+    early_stopping: int | None = Field(None, ge=1)  # stop after N epochs without val improvement
+    checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0 = at each epoch end
+    max_nonfinite: int = Field(5, ge=1)  # non-finite steps before rolling back to the last checkpoint
+    max_rollbacks: int = Field(3, ge=0)  # rollbacks before the run stops
+
+
+ModelConfig = Annotated[tuple(spec.config for spec in MODELS.values()), Field(discriminator="kind")]
+
+
+class RunConfig(_Strict):
+    name: str = "run"  # prefix of the run directory
+    seed: int = 0
+    deterministic: bool = False  # deterministic algorithms (slower); needed for bit-exact resume on GPU
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=lambda: MODELS["fastcnn"].config())
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("genforge.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(source: str) -> dict:
+    path = Path(source)
+    if source.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise GenforgeError(f"config file {source} not found")
+        text = path.read_text()
+    elif source in preset_names():
+        text = resources.files("genforge.presets").joinpath(f"{source}.yaml").read_text()
+    else:
+        raise GenforgeError(
+            f"unknown preset or config file '{source}'; presets: {', '.join(preset_names())}"
+        )
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise GenforgeError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise GenforgeError(f"{source}: a config must be a YAML mapping")
+    return raw
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply `a.b.c=value` to a nested dict; the value is parsed as YAML (3e-4, true, [64, 32])."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise GenforgeError(f"override '{override}' must look like key=value, e.g. train.lr=3e-4")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise GenforgeError(f"override '{override}': '{part}' is not a section")
+    node[leaf] = yaml.safe_load(value) if value.strip() else None
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if len(loc) > 1 and loc[0] == "model" and loc[1] in MODELS:  # drop the union's tag from the path
+        del loc[1]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    if first["type"] == "union_tag_invalid":
+        return f"model.kind must be one of: {', '.join(MODELS)}"
+    return f"config key '{key}': {first['msg']}"
+
+
+def validate(raw: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise GenforgeError(_explain(e)) from None
+
+
+def load_config(source: str, overrides: list[str] = ()) -> RunConfig:
+    raw = _read_source(source)
+    for override in overrides:
+        apply_override(raw, override)
+    return validate(raw)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,3 @@
+from genforge.evaluate.classification import evaluate, measure_speed
+
+__all__ = ["evaluate", "measure_speed"]

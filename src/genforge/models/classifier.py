@@ -1,0 +1,134 @@
+"""Classifiers: logistic regression, MLP, the articles' CNN, and a compact fast CNN.
+
+Every classifier takes raw inputs (uint8 images in 0-255, or raw float features) and normalizes
+them itself with statistics stored as buffers, so a saved model needs nothing else to predict.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class _KindConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogRegConfig(_KindConfig):
+    kind: Literal["logreg"] = "logreg"
+    binary: bool = True  # one sigmoid unit when the data has 2 classes; else multinomial softmax
+
+
+class MLPConfig(_KindConfig):
+    kind: Literal["mlp"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])  # units per hidden layer
+    dropout: float = Field(0.2, ge=0, lt=1)  # drop probability after each hidden layer
+
+
+class CNNConfig(_KindConfig):
+    """The articles' simple convnet, done right: conv32-conv64-maxpool-dropout-fc128-fc10, softmax."""
+
+    kind: Literal["cnn"] = "cnn"
+    dropout: float = Field(0.25, ge=0, lt=1)  # after the pooling layer; twice that before the head
+
+
+class FastCNNConfig(_KindConfig):
+    """A compact CNN tuned for accuracy per CPU second."""
+
+    kind: Literal["fastcnn"] = "fastcnn"
+    width: int = Field(32, ge=4)  # channels of the first block; doubled at each of the next two
+    norm: Literal["batch", "group"] = "batch"  # group: per-sample friendly (differential privacy)
+    dropout: float = Field(0.0, ge=0, lt=1)  # before the linear head
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with the training data's statistics, kept in the state dict."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", std.float().clamp_min(1e-6).clone())
+        self.scale = scale  # 1/255 for uint8 images, 1 for features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() * self.scale - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """A network with its preprocessing and its objective. logits: (N, classes) or (N, 1) binary."""
+
+    def __init__(self, net: nn.Module, normalize: Normalize, num_classes: int, binary: bool):
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+        self.num_classes = num_classes
+        self.binary = binary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        if self.binary:
+            target = y.float() * (1 - label_smoothing) + 0.5 * label_smoothing
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1).float(), target)
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, num_classes) probabilities, also for the one-unit binary model."""
+        if self.binary:
+            p1 = torch.sigmoid(logits.float())
+            return torch.cat([1 - p1, p1], dim=1)
+        return logits.float().softmax(dim=1)
+
+
+def _conv_block(c_in: int, c_out: int, norm: str) -> nn.Sequential:
+    norm_layer = nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(min(8, c_out), c_out)
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm_layer, nn.ReLU(inplace=True))
+
+
+def build_logreg(cfg: LogRegConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    binary = cfg.binary and num_classes == 2
+    features = int(torch.Size(input_shape).numel())
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, 1 if binary else num_classes)), binary
+
+
+def build_mlp(cfg: MLPConfig, input_shape: tuple[int, ...], num_classes: int):
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = int(torch.Size(input_shape).numel())
+    for units in cfg.hidden:
+        layers += [nn.Linear(width, units), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)]
+        width = units
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers), False
+
+
+def build_cnn(cfg: CNNConfig, input_shape: tuple[int, ...], num_classes: int):
+    c, h, w = input_shape
+    net = nn.Sequential(
+        nn.Conv2d(c, 32, 3), nn.ReLU(inplace=True),  # (32, H-2, W-2)
+        nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True),  # (64, H-4, W-4)
+        nn.MaxPool2d(2), nn.Dropout(cfg.dropout),  # (64, (H-4)/2, (W-4)/2)
+        nn.Flatten(),
+        nn.Linear(64 * ((h - 4) // 2) * ((w - 4) // 2), 128), nn.ReLU(inplace=True),
+        nn.Dropout(min(2 * cfg.dropout, 0.9)),
+        nn.Linear(128, num_classes),
+    )
+    return net, False
+
+
+def build_fastcnn(cfg: FastCNNConfig, input_shape: tuple[int, ...], num_classes: int):
+    c, w = input_shape[0], cfg.width
+    net = nn.Sequential(
+        _conv_block(c, w, cfg.norm),  # (w, H, W)
+        _conv_block(w, 2 * w, cfg.norm), nn.MaxPool2d(2),  # (2w, H/2, W/2)
+        _conv_block(2 * w, 4 * w, cfg.norm), nn.MaxPool2d(2),  # (4w, H/4, W/4)
+        _conv_block(4 * w, 4 * w, cfg.norm),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(),  # (4w,)
+        nn.Dropout(cfg.dropout),
+        nn.Linear(4 * w, num_classes),
+    )
+    return net, False

@@ -1,0 +1,64 @@
+"""Turn user files (PNG, JPEG, .npy) into a raw uint8 batch of the model's input shape, validated at the edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genforge.errors import GenforgeError
+
+MAX_PIXELS = 4096 * 4096  # refuse larger images before decoding them (decompression bombs)
+
+
+def _load_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    try:
+        with Image.open(path) as im:
+            if im.format not in ("PNG", "JPEG"):
+                raise GenforgeError(f"{path}: {im.format} images are not supported; use PNG or JPEG")
+            if im.width * im.height > MAX_PIXELS:
+                raise GenforgeError(f"{path}: {im.width}x{im.height} is too large; resize it first")
+            im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise GenforgeError(f"{path}: not a readable PNG or JPEG ({e})") from None
+    return arr[None] if c == 1 else arr.transpose(2, 0, 1)  # (C, H, W)
+
+
+def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise GenforgeError(f"{path}: not a readable .npy file ({e})") from None
+    if arr.ndim == len(shape) and len(shape) > 1 or arr.shape == tuple(shape):
+        arr = arr[None] if arr.shape == tuple(shape) else arr
+    if len(shape) == 3 and shape[0] == 1 and arr.ndim == 3:
+        arr = arr[:, None]  # (N, H, W) -> (N, 1, H, W)
+    if arr.shape[1:] != tuple(shape):
+        raise GenforgeError(f"{path}: shape {arr.shape} does not fit the model's input {tuple(shape)} (N first)")
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+        raise GenforgeError(f"{path}: values must be finite numbers")
+    if len(shape) == 3:
+        if arr.min() < 0 or arr.max() > 255:
+            raise GenforgeError(f"{path}: pixel values must lie in 0-255")
+        return arr.astype(np.uint8)
+    return arr.astype(np.float32)
+
+
+def load_inputs(files: list[Path], shape: tuple[int, ...]) -> torch.Tensor:
+    """A batch in input order: every .npy contributes its N items, every image one."""
+    parts = []
+    for path in files:
+        if not path.is_file():
+            raise GenforgeError(f"{path}: no such file")
+        if path.suffix.lower() == ".npy":
+            parts.append(_load_npy(path, shape))
+        elif len(shape) == 3:
+            parts.append(_load_image(path, shape)[None])
+        else:
+            raise GenforgeError(f"{path}: this model takes feature vectors; give a .npy of shape (N, {shape[0]})")
+    return torch.from_numpy(np.concatenate(parts))

@@ -1,0 +1,164 @@
+"""The run directory: create it, save and load weights and training state (safetensors only), list runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
+from torch import nn
+
+from genforge.config import RunConfig, dump_config, validate
+from genforge.errors import GenforgeError
+from genforge.registry import build_model
+
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoints/last.safetensors"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _flatten(tree, tensors: dict[str, torch.Tensor], prefix: str = ""):
+    """Replace every tensor in a nested dict/list by a reference into `tensors`; the rest stays JSON."""
+    if isinstance(tree, torch.Tensor):
+        key = prefix or "t"
+        tensors[key] = tree.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(tree, dict):
+        return {"__dict__": [[k, _flatten(v, tensors, f"{prefix}.{k}")] for k, v in tree.items()]}
+    if isinstance(tree, (list, tuple)):
+        return [_flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(tree)]
+    return tree
+
+
+def _unflatten(tree, tensors: dict[str, torch.Tensor]):
+    if isinstance(tree, dict) and "__tensor__" in tree:
+        return tensors[tree["__tensor__"]]
+    if isinstance(tree, dict) and "__dict__" in tree:
+        return {k: _unflatten(v, tensors) for k, v in tree["__dict__"]}
+    if isinstance(tree, list):
+        return [_unflatten(v, tensors) for v in tree]
+    return tree
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Save a nested dict of tensors and plain values (optimizer, RNG, counters) as one safetensors file."""
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _flatten(state, tensors)
+    _atomic_write(Path(path), st_save(tensors, metadata={"genforge_tree": json.dumps(tree)}))
+
+
+def load_state(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tree = json.loads(f.metadata()["genforge_tree"])
+    return _unflatten(tree, tensors)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    state = model.state_dict()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RuntimeError(f"refusing to save non-finite weights ({bad[0]})")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    _atomic_write(Path(path), st_save(tensors, metadata={"format": "pt"}))  # plain keys: readable anywhere
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    model.load_state_dict(load_file(str(path)))
+    return model
+
+
+def create_run(runs_dir: str | Path, name: str, cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = Path(runs_dir) / f"{name}-{stamp}"
+    suffix = 1
+    while run.exists():
+        suffix += 1
+        run = Path(runs_dir) / f"{name}-{stamp}-{suffix}"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    return run
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        git = ""
+    import numpy
+
+    import genforge
+
+    return {
+        "genforge": genforge.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "git": git or None,
+        "device": str(device), "threads": torch.get_num_threads(),
+    }
+
+
+def resolve_run(path: str | Path) -> Path:
+    run = Path(path)
+    if not (run / "config.yaml").is_file():
+        raise GenforgeError(f"{path} is not a run directory (no config.yaml); list runs with `genforge runs`")
+    return run
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    config: RunConfig
+    model: nn.Module
+    meta: dict  # input_shape, classes, dataset, checksum: what the run learned from its data
+    summary: dict
+
+
+def load_run(path: str | Path, checkpoint: bool = False) -> LoadedRun:
+    """Rebuild a run's model from its directory alone: config.yaml + meta.json + safetensors weights."""
+    import yaml
+
+    run = resolve_run(path)
+    cfg = validate(yaml.safe_load((run / "config.yaml").read_text()))
+    meta = read_json(run / "meta.json")
+    weights = run / (CHECKPOINT if checkpoint else WEIGHTS)
+    if not meta or not weights.is_file():
+        raise GenforgeError(f"{run} has no trained model yet ({weights.name} missing); finish or resume training")
+    zeros = torch.zeros(meta["norm_shape"])
+    model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["classes"]), zeros, zeros + 1)
+    load_weights(model, weights).eval()
+    return LoadedRun(run, cfg, model, meta, read_json(run / "summary.json"))
+
+
+def list_runs(runs_dir: str | Path) -> list[dict]:
+    rows = []
+    for cfg_path in sorted(Path(runs_dir).glob("*/config.yaml")):
+        run = cfg_path.parent
+        summary = read_json(run / "summary.json")
+        rows.append({"run": run.name, "path": str(run), "status": summary.get("status", "incomplete"), **summary})
+    return rows

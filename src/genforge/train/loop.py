@@ -1,0 +1,244 @@
+"""The one training loop. A model kind supplies its step function (train/steps.py); the loop does the rest:
+batching, progress, validation, early stopping, checkpoints, resume, interrupts and the non-finite guard."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from genforge import runs
+from genforge.config import RunConfig
+from genforge.data import load_dataset, split_validation, stratified_kfold
+from genforge.errors import GenforgeError
+from genforge.evaluate import evaluate, measure_speed
+from genforge.registry import MODELS, build_model
+from genforge.train.device import (
+    pick_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    use_bf16,
+    use_channels_last,
+)
+from genforge.train.steps import STEPS
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: a checkpoint was written; the run can be resumed."""
+
+
+class Diverged(GenforgeError):
+    """Too many rollbacks: the run stops with its last good weights."""
+
+
+@contextmanager
+def _interrupt_flag():
+    """SIGINT/SIGTERM set a flag that the loop checks between steps, so a checkpoint is never torn."""
+    flag = {"signal": None}
+    handler = lambda signum, _frame: flag.__setitem__("signal", signum)  # noqa: E731
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no handlers, Ctrl-C behaves as usual
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of an epoch depends only on (seed, epoch): resuming mid-epoch recreates it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def normalization_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (images, in 0-1) or per-feature statistics of the training split."""
+    if x.ndim == 4:
+        flat = x.float().div(255).transpose(0, 1).reshape(x.shape[1], -1)  # (C, N*H*W)
+        return flat.mean(1)[:, None, None], flat.std(1)[:, None, None]  # (C, 1, 1)
+    return x.float().mean(0), x.float().std(0)  # (D,)
+
+
+class _Log:
+    def __init__(self, path: Path, quiet: bool):
+        self.path, self.quiet = path, quiet
+
+    def metrics(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop what the interrupted process logged after its last checkpoint."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
+          fold: tuple[int, int] | None = None) -> dict:
+    """Train `cfg` into `run_dir` (created by runs.create_run) and return the summary.
+
+    fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set."""
+    tcfg = cfg.train
+    device = pick_device(tcfg.device)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+    spec = MODELS[cfg.model.kind]
+
+    ds = load_dataset(cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet)
+    if spec.image_only and not ds.is_image:
+        raise GenforgeError(f"model.kind={cfg.model.kind} needs images but {ds.name} is tabular; use mlp or logreg")
+    if fold is None:
+        train_idx, val_idx = split_validation(len(ds.train_y), cfg.data.val_fraction, cfg.seed, ds.train_y)
+    else:
+        train_idx, val_idx = stratified_kfold(ds.train_y, fold[1], cfg.seed)[fold[0]]
+    if cfg.data.train_subset:
+        train_idx = train_idx[: cfg.data.train_subset]
+    x, y = ds.train_x[train_idx].to(device), ds.train_y[train_idx].to(device)  # whole split on the device
+    x_val, y_val = ds.train_x[val_idx], ds.train_y[val_idx]
+
+    mean, std = normalization_stats(ds.train_x[train_idx])
+    model = build_model(cfg.model, ds.input_shape, len(ds.classes), mean, std).to(device)
+    channels_last = use_channels_last(tcfg, device, ds.is_image)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    bf16 = use_bf16(tcfg, device)
+    meta = {"dataset": ds.name, "source": ds.source, "checksum": ds.checksum, "classes": ds.classes,
+            "input_shape": list(ds.input_shape), "norm_shape": list(mean.shape), "task": spec.task,
+            "n_train": len(train_idx), "n_val": len(val_idx), "bf16": bf16, "channels_last": channels_last}
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    (run_dir / "env.json").write_text(json.dumps(runs.environment(device), indent=1))
+
+    bs = min(tcfg.batch_size, len(x))
+    steps_per_epoch = len(x) // bs  # drop the ragged last batch: BatchNorm needs more than one sample
+    step = STEPS[spec.task](model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
+    state = {"epoch": 0, "batch": 0, "step": 0, "best_val": None, "bad_epochs": 0,
+             "nonfinite": 0, "skipped": 0, "rollbacks": 0, "train_seconds": 0.0}
+    ckpt_path = run_dir / runs.CHECKPOINT
+    log = _Log(run_dir / "metrics.jsonl", quiet)
+
+    def save_checkpoint() -> None:
+        runs.save_state(ckpt_path, {"step_fn": step.state_dict(), "loop": state, "rng": rng_state()})
+
+    def restore(checkpoint: dict, with_rng: bool) -> None:
+        step.load_state_dict(checkpoint["step_fn"])
+        if with_rng:
+            state.update(checkpoint["loop"])
+            set_rng_state(checkpoint["rng"])
+
+    if resume:
+        if not ckpt_path.is_file():
+            raise GenforgeError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
+        restore(runs.load_state(ckpt_path), with_rng=True)
+        _truncate_metrics(log.path, state["step"])
+        log.line(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
+    else:
+        save_checkpoint()  # the initial state is the first rollback target
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False)
+    total = tcfg.epochs * steps_per_epoch
+    with _interrupt_flag() as interrupt, progress:
+        bar = progress.add_task("train", total=total, completed=state["step"], stats="")
+        while state["epoch"] < tcfg.epochs:
+            t_epoch = time.perf_counter()
+            order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
+            sums, count, seen = {"loss": 0.0, "acc": 0.0}, 0, 0
+            for b in range(state["batch"], steps_per_epoch):
+                idx = order[b * bs : (b + 1) * bs]
+                metrics = step(x[idx], y[idx])
+                state["batch"], state["step"] = b + 1, state["step"] + 1
+                if metrics is None:
+                    state["skipped"] += 1
+                    state["nonfinite"] += 1
+                    if state["nonfinite"] >= tcfg.max_nonfinite:
+                        _rollback(state, tcfg, ckpt_path, restore, log)
+                else:
+                    count, seen = count + 1, seen + len(idx)
+                    for k in sums:
+                        sums[k] += metrics[k]
+                    rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
+                    progress.update(bar, advance=1, description=f"epoch {state['epoch'] + 1}/{tcfg.epochs}",
+                                    stats=f"loss {metrics['loss']:.3f} acc {metrics['acc']:.3f} {rate:,.0f} img/s")
+                if tcfg.checkpoint_every and state["step"] % tcfg.checkpoint_every == 0:
+                    state["train_seconds"] += time.perf_counter() - t_epoch
+                    t_epoch = time.perf_counter()
+                    save_checkpoint()
+                if interrupt["signal"] is not None:
+                    state["train_seconds"] += time.perf_counter() - t_epoch
+                    save_checkpoint()
+                    raise Interrupted(f"interrupted at step {state['step']}; resume with: "
+                                      f"genforge train --resume {run_dir}")
+            val = evaluate(step.eval_model(), x_val, y_val, ds.classes) if len(val_idx) else {}
+            state["train_seconds"] += time.perf_counter() - t_epoch
+            record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
+                      "train_loss": sums["loss"] / max(count, 1), "train_acc": sums["acc"] / max(count, 1),
+                      "val_loss": val.get("loss"), "val_acc": val.get("accuracy"), "skipped_steps": state["skipped"]}
+            log.metrics(record)
+            log.line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+            stop = _early_stop(state, val, tcfg.early_stopping)
+            save_checkpoint()
+            if stop:
+                log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
+                break
+    summary = finish(cfg, run_dir, step.eval_model(), ds, meta, state)
+    if fold is not None:
+        summary["fold_accuracy"] = evaluate(step.eval_model(), x_val, y_val, ds.classes)["accuracy"]
+    return summary
+
+
+def _early_stop(state: dict, val: dict, patience: int | None) -> bool:
+    if not val:
+        return False
+    if state["best_val"] is None or val["loss"] < state["best_val"]:
+        state["best_val"], state["bad_epochs"] = val["loss"], 0
+    else:
+        state["bad_epochs"] += 1
+    return patience is not None and state["bad_epochs"] >= patience
+
+
+def _rollback(state: dict, tcfg, ckpt_path: Path, restore, log: _Log) -> None:
+    """Restore the last good weights and optimizer state, keep the data position: the bad batches are skipped."""
+    state["rollbacks"] += 1
+    state["nonfinite"] = 0
+    if state["rollbacks"] > tcfg.max_rollbacks:
+        raise Diverged(f"training diverged: {state['skipped']} non-finite steps and {tcfg.max_rollbacks} rollbacks; "
+                       "lower train.lr or set train.grad_clip=1.0")
+    restore(runs.load_state(ckpt_path), with_rng=False)
+    log.line(f"warning: {tcfg.max_nonfinite} non-finite steps; rolled back to the last checkpoint "
+             f"(rollback {state['rollbacks']}/{tcfg.max_rollbacks})")
+
+
+def finish(cfg: RunConfig, run_dir: Path, model, ds, meta: dict, state: dict) -> dict:
+    """Final weights, test metrics, speed, plots and report."""
+    from genforge.evaluate.report import write_report
+
+    runs.save_weights(model, run_dir / runs.WEIGHTS)
+    model = model.float().to(memory_format=torch.contiguous_format) if ds.is_image else model.float()
+    test = evaluate(model, ds.test_x, ds.test_y, ds.classes)
+    speed = measure_speed(model, ds.test_x[:1])
+    (run_dir / "eval.json").write_text(json.dumps(test, indent=1))
+    summary = {"status": "complete", "kind": cfg.model.kind, "dataset": ds.name,
+               "train_seconds": round(state["train_seconds"], 2), "epochs": state["epoch"], "steps": state["step"],
+               "skipped_steps": state["skipped"], "rollbacks": state["rollbacks"],
+               "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_macro_f1": test["macro_f1"], **speed}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_report(run_dir, model, ds, test, summary)
+    return summary
