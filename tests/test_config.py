@@ -13,8 +13,8 @@ def test_every_preset_validates():
 
 
 def test_dotted_overrides_parse_yaml_values():
-    cfg = load_config("fashion-cnn-fast", ["train.lr=3e-4", "seed=7", "deterministic=true", "model.width=8"])
-    assert cfg.train.lr == 3e-4 and cfg.seed == 7 and cfg.deterministic and cfg.model.width == 8
+    cfg = load_config("fashion-cnn-fast", ["train.lr=3e-4", "seed=7", "deterministic=true", "model.channels=[8, 16]"])
+    assert cfg.train.lr == 3e-4 and cfg.seed == 7 and cfg.deterministic and cfg.model.channels == [8, 16]
 
 
 def test_override_can_switch_model_kind():
@@ -29,7 +29,7 @@ def test_override_can_switch_model_kind():
         (["train.epochs=many"], "config key 'train.epochs'"),
         (["train.optimizer=rmsprop"], "'adamw', 'adam', 'sgd' or 'adadelta'"),
         (["model.kind=transformer"], "model.kind must be one of: " + ", ".join(MODELS)),
-        (["model.width=wide"], "config key 'model.width'"),
+        (["model.channels=wide"], "config key 'model.channels'"),
         (["nonsense"], "must look like key=value"),
     ],
 )

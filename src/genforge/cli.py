@@ -21,7 +21,7 @@ data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(data_app, name="data")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)  # messages stay one line, paths unbroken
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Parent folder of run directories.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")]
@@ -72,7 +72,7 @@ def train(
                 raise GenforgeError("give a preset or a config file; list presets with `genforge presets`")
             run_dir, summary = _train_new(config, overrides or [], name, runs_dir, quiet)
     except Interrupted as e:
-        err.print(str(e))
+        err.print(str(e), markup=False)
         raise typer.Exit(130) from None
     _print_summary(summary)
     out.print(f"run: {run_dir}\nreport: {run_dir / 'report.html'}")
@@ -269,5 +269,5 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except GenforgeError as e:
-        err.print(f"error: {e}", highlight=False, soft_wrap=True)
+        err.print(f"error: {e}", markup=False)
         sys.exit(2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -56,7 +56,8 @@ class TrainConfig(_Strict):
     max_rollbacks: int = Field(3, ge=0)  # rollbacks before the run stops
 
 
-ModelConfig = Annotated[tuple(spec.config for spec in MODELS.values()), Field(discriminator="kind")]
+# one config class per registered kind, told apart by `kind`
+ModelConfig = Annotated[Union[tuple(spec.config for spec in MODELS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
 class RunConfig(_Strict):

@@ -134,6 +134,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     log = _Log(run_dir / "metrics.jsonl", quiet)
 
     def save_checkpoint() -> None:
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            _rollback(state, tcfg, ckpt_path, restore, log)  # never overwrite a good checkpoint with NaN weights
+            return
         runs.save_state(ckpt_path, {"step_fn": step.state_dict(), "loop": state, "rng": rng_state()})
 
     def restore(checkpoint: dict, with_rng: bool) -> None:

@@ -1,0 +1,37 @@
+"""Shared by the benchmarks: train a genforge preset in-process and return its summary."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from genforge import runs
+from genforge.config import load_config
+from genforge.train.loop import train
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def train_preset(preset: str, overrides: list[str] = ()) -> dict:
+    cfg = load_config(preset, list(overrides))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = runs.create_run(tmp, cfg.name, cfg)
+        return train(cfg, run_dir, quiet=True)
+
+
+def machine() -> str:
+    cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True)
+    return f"{cpu.stdout.strip() or platform.processor()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def record(name: str, result: dict) -> None:
+    OUT.mkdir(exist_ok=True)
+    result = {"date": date.today().isoformat(), "machine": machine(), **result}
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))

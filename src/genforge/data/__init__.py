@@ -1,0 +1,39 @@
+"""Datasets by name: sources (download, verify, cache), IDX parsing, splits and the cleaning report.
+
+Names: mnist, fashion-mnist, kmnist (IDX files: local, else downloaded), mnist-5k, digits, blobs, moons
+(no download), imagefolder:PATH and csv:PATH (your own data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genforge.data.builtin import BUILTIN
+from genforge.data.dataset import Dataset
+from genforge.data.files import load_csv, load_imagefolder
+from genforge.data.idx_datasets import IDX_DATASETS, load_idx_dataset
+from genforge.data.info import data_info
+from genforge.data.splits import split_validation, stratified_kfold
+from genforge.errors import GenforgeError
+
+__all__ = ["Dataset", "load_dataset", "dataset_names", "data_info", "split_validation", "stratified_kfold"]
+
+FILE_LOADERS = {"imagefolder": load_imagefolder, "csv": load_csv}  # prefix of "prefix:PATH"
+
+
+def dataset_names() -> list[str]:
+    """The named datasets; imagefolder:PATH and csv:PATH load your own files."""
+    return sorted([*IDX_DATASETS, *BUILTIN])
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0,
+                 progress: bool = True) -> Dataset:
+    """Load a dataset into memory. seed only changes generated data (blobs, moons); test splits are fixed."""
+    prefix = name.split(":", 1)[0]
+    if ":" in name and prefix in FILE_LOADERS:
+        return FILE_LOADERS[prefix](name)
+    if name in IDX_DATASETS:
+        return load_idx_dataset(name, data_dir, progress)
+    if name in BUILTIN:
+        return BUILTIN[name](seed)
+    raise GenforgeError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}, "
+                        f"or imagefolder:PATH / csv:PATH for your own files")

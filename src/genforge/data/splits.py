@@ -1,0 +1,44 @@
+"""Seeded index splits: a validation hold-out and stratified k-fold. Indices are int64 tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+from genforge.errors import GenforgeError
+
+
+def split_validation(n: int, val_fraction: float, seed: int,
+                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, val_idx), both shuffled. Stratified when labels are given: each class keeps its share."""
+    if not 0 <= val_fraction < 1:
+        raise GenforgeError(f"val_fraction={val_fraction} must be in [0, 1); e.g. data.val_fraction=0.1")
+    g = torch.Generator().manual_seed(seed)
+    if labels is None:
+        perm = torch.randperm(n, generator=g)
+        n_val = round(n * val_fraction)
+        return perm[n_val:], perm[:n_val]
+    labels = torch.as_tensor(labels)
+    if len(labels) != n:
+        raise ValueError(f"split_validation: n={n} but {len(labels)} labels")
+    train_parts, val_parts = [], []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = round(len(idx) * val_fraction)
+        val_parts.append(idx[:n_val])
+        train_parts.append(idx[n_val:])
+    train, val = torch.cat(train_parts), torch.cat(val_parts)
+    # shuffle across classes too, so that train_idx[:k] is a fair sample
+    return train[torch.randperm(len(train), generator=g)], val[torch.randperm(len(val), generator=g)]
+
+
+def stratified_kfold(labels: torch.Tensor, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(train_idx, val_idx)] for each of `folds` folds; every index is in exactly one val fold."""
+    y = torch.as_tensor(labels).cpu().numpy()
+    if not 2 <= folds <= len(y):
+        raise GenforgeError(f"folds={folds} must be between 2 and the number of training samples ({len(y)})")
+    kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(torch.from_numpy(tr.astype(np.int64)), torch.from_numpy(va.astype(np.int64)))
+            for tr, va in kfold.split(np.zeros(len(y)), y)]

@@ -1,0 +1,117 @@
+"""The command line as a user meets it: exit codes, one-line errors, the README's commands."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genforge import runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "genforge", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "nope"], "unknown preset or config file 'nope'"),
+        (["train", "blobs-logreg", "train.lrr=1"], "unknown config key 'train.lrr'"),
+        (["train", "blobs-logreg", "train.epochs=many"], "config key 'train.epochs'"),
+        (["train", "blobs-logreg", "model={kind: cnn}"], "needs images but blobs is tabular"),
+        (["train", "blobs-logreg", "data.name=cifar"], "cifar"),
+        (["evaluate", "/nonexistent"], "is not a run directory"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(args, message, tmp_path):
+    result = cli(*args, "--runs-dir", str(tmp_path)) if args[0] == "train" else cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+@pytest.fixture(scope="module")
+def blobs_run(tmp_path_factory) -> Path:
+    parent = tmp_path_factory.mktemp("runs")
+    result = cli("train", "blobs-logreg", "--runs-dir", str(parent), "--quiet")
+    assert result.returncode == 0, result.stderr
+    (run,) = parent.iterdir()
+    return run
+
+
+def test_blobs_logreg_learns_the_line_and_plots_it(blobs_run):
+    summary = runs.read_json(blobs_run / "summary.json")
+    assert summary["test_accuracy"] > 0.97  # a linearly separable rule, up to the boundary's noise-free margin
+    assert (blobs_run / "plots" / "decision_boundary.png").is_file()
+    loaded = runs.load_run(blobs_run)
+    assert loaded.model.binary
+
+
+def test_predict_json_contract(blobs_run, tmp_path):
+    points = np.array([[3.0, 3.0], [-3.0, -3.0]], dtype=np.float32)
+    np.save(tmp_path / "p.npy", points)
+    result = cli("predict", str(blobs_run), str(tmp_path / "p.npy"), "--json")
+    assert result.returncode == 0, result.stderr
+    preds = json.loads(result.stdout)["predictions"]
+    assert [p["label"] for p in preds] == ["above", "below"]
+    assert [p["index"] for p in preds] == [1, 0]
+    assert all(abs(sum(p["probabilities"]) - 1) < 1e-5 for p in preds)
+
+
+def test_predict_rejects_wrong_shape(blobs_run, tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3), dtype=np.float32))
+    result = cli("predict", str(blobs_run), str(tmp_path / "bad.npy"))
+    assert result.returncode == 2 and "does not fit the model's input (2,)" in result.stderr
+
+
+def test_runs_lists_and_compares(blobs_run):
+    result = cli("runs", "--runs-dir", str(blobs_run.parent))
+    assert result.returncode == 0 and blobs_run.name[:20] in result.stdout
+    result = cli("runs", "compare", str(blobs_run), str(blobs_run))
+    assert result.returncode == 0 and "train.lr" in result.stdout
+
+
+def test_cv_reports_mean_and_sd(tmp_path):
+    result = cli("cv", "blobs-logreg", "train.epochs=5", "--folds", "3", "--runs-dir", str(tmp_path), "--quiet")
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"accuracy: ([\d.]+) ± ([\d.]+) over 3 folds", result.stdout)
+    assert match and float(match.group(1)) > 0.9
+    (parent,) = tmp_path.iterdir()
+    cv = json.loads((parent / "cv.json").read_text())
+    assert len(cv["accuracies"]) == 3
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [line[2:].strip() for line in re.findall(r"^\$ genforge .*$", text, flags=re.M)]
+
+
+def test_readme_commands_run(tmp_path, fashion_available):
+    """Every `$ genforge ...` line of the README, in order; training runs get quick overrides."""
+    commands = readme_commands()
+    assert len(commands) >= 6
+    last_run = None
+    for command in commands:
+        args = command.split()[1:]
+        args = [str(last_run) if a == "RUN" else a for a in args]
+        if args[0] in ("train", "cv"):
+            args += ["data.train_subset=512", "train.epochs=1", "train.threads=1", "--runs-dir", str(tmp_path / "r"),
+                     "--quiet"]
+        if args[0] == "quickstart":
+            args += ["--runs-dir", str(tmp_path / "r"), "--quiet"]
+        if args[0] == "runs" and len(args) == 1:
+            args += ["--runs-dir", str(tmp_path / "r")]
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        if args[0] in ("train", "quickstart"):
+            last_run = max((tmp_path / "r").iterdir(), key=lambda p: p.stat().st_mtime)
