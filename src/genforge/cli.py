@@ -78,32 +78,8 @@ def train(
     out.print(f"run: {run_dir}\nreport: {run_dir / 'report.html'}")
 
 
-@app.command()
-def evaluate(
-    run: Path,
-    data: Annotated[str | None, typer.Option(help="Evaluate on this dataset's test split instead.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-):
-    """Evaluate a run's model on the test split: accuracy, per-class metrics, speed."""
-    from genforge.data import load_dataset
-    from genforge.evaluate import evaluate as evaluate_model
-    from genforge.evaluate import measure_speed
-    from genforge.runs import load_run
-
-    loaded = load_run(run)
-    ds = load_dataset(data or loaded.meta["dataset"], loaded.config.data.data_dir, seed=loaded.config.seed,
-                      progress=not as_json)
-    if tuple(ds.input_shape) != tuple(loaded.meta["input_shape"]) or len(ds.classes) != len(loaded.meta["classes"]):
-        raise GenforgeError(f"{ds.name} (shape {tuple(ds.input_shape)}, {len(ds.classes)} classes) does not fit "
-                            f"this model (shape {tuple(loaded.meta['input_shape'])}, {len(loaded.meta['classes'])})")
-    result = evaluate_model(loaded.model, ds.test_x, ds.test_y, ds.classes)
-    result.update(measure_speed(loaded.model, ds.test_x[:1]))
-    result["dataset"] = ds.name
-    (loaded.path / "eval.json").write_text(json.dumps(result, indent=1))
-    if as_json:
-        print(json.dumps(result))
-        return
-    out.print(f"[bold]{loaded.path.name}[/] on {ds.name} test ({result['n']} items)")
+def _print_classifier_eval(name: str, result: dict) -> None:
+    out.print(f"[bold]{name}[/] on {result['dataset']} test ({result['n']} items)")
     table = Table("class", "precision", "recall", "F1")
     for c, m in result["per_class"].items():
         table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}")
@@ -111,6 +87,35 @@ def evaluate(
     out.print(f"accuracy {result['accuracy']:.4f}  macro F1 {result['macro_f1']:.4f}  loss {result['loss']:.4f}\n"
               f"latency (batch 1) {result['latency_ms_b1']:.2f} ms  throughput (batch 256) "
               f"{result['throughput_b256']:,.0f}/s")
+
+
+EVAL_PRINTERS = {"classify": _print_classifier_eval}
+
+
+@app.command()
+def evaluate(
+    run: Path,
+    data: Annotated[str | None, typer.Option(help="Evaluate on this dataset's test split instead.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Evaluate a run's model on the test split (the same evaluation training ends with); writes eval.json."""
+    from genforge.data import load_dataset
+    from genforge.runs import load_run
+    from genforge.train.tasks import TASKS
+
+    loaded = load_run(run)
+    ds = load_dataset(data or loaded.meta["dataset"], loaded.config.data.data_dir, seed=loaded.config.seed,
+                      progress=not as_json)
+    if tuple(ds.input_shape) != tuple(loaded.meta["input_shape"]) or len(ds.classes) != len(loaded.meta["classes"]):
+        raise GenforgeError(f"{ds.name} (shape {tuple(ds.input_shape)}, {len(ds.classes)} classes) does not fit "
+                            f"this model (shape {tuple(loaded.meta['input_shape'])}, {len(loaded.meta['classes'])})")
+    task = loaded.meta.get("task", "classify")
+    result = {**TASKS[task].test(loaded.model, ds, loaded.config), "dataset": ds.name}
+    (loaded.path / "eval.json").write_text(json.dumps(result, indent=1))
+    if as_json:
+        print(json.dumps(result))
+        return
+    EVAL_PRINTERS[task](loaded.path.name, result)
 
 
 @app.command()

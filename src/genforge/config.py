@@ -37,7 +37,10 @@ class TrainConfig(_Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(256, ge=1)
     optimizer: Literal["adamw", "adam", "sgd", "adadelta"] = "adamw"
-    lr: float = Field(1e-3, gt=0)  # peak learning rate
+    lr: float = Field(1e-3, gt=0)  # peak learning rate (a GAN's generator)
+    d_lr: float | None = Field(None, gt=0)  # a GAN's discriminator learning rate (TTUR); default: lr
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW moment decays; GANs use (0.5, 0.999) or (0.0, 0.9)
+    critic_steps: int = Field(1, ge=1)  # GAN: discriminator updates per generator update (5 for WGAN-GP)
     weight_decay: float = Field(5e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD (Nesterov) only
     schedule: Literal["onecycle", "cosine", "step", "none"] = "onecycle"
@@ -60,6 +63,16 @@ class TrainConfig(_Strict):
 ModelConfig = Annotated[Union[tuple(spec.config for spec in MODELS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
+class EvalConfig(_Strict):
+    """How generators are scored, at the end of training and by `genforge evaluate`."""
+
+    samples: int = Field(10_000, ge=100)  # N generated images (and test images) per score
+    seeds: int = Field(1, ge=1)  # sampling seeds; scores are reported as mean ± sd over them
+    iwae_k: int = Field(1000, ge=1)  # VAE: importance samples per image for the NLL bound (Burda et al. 2016)
+    iwae_images: int = Field(1000, ge=1)  # VAE: test images the NLL is estimated on
+    grid: int = Field(64, ge=1)  # images in the sample grid written at each evaluation
+
+
 class RunConfig(_Strict):
     name: str = "run"  # prefix of the run directory
     seed: int = 0
@@ -67,6 +80,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=lambda: MODELS["fastcnn"].config())
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def preset_names() -> list[str]:

@@ -1,4 +1,4 @@
-"""One table: model kind -> its config class and its builder. Add a kind here, nowhere else."""
+"""One table: model kind -> its config class, its builder and its task. Add a kind here, nowhere else."""
 
 from __future__ import annotations
 
@@ -7,31 +7,37 @@ from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel
+from torch import nn
 
 from genforge.models import classifier as clf
+from genforge.models.gan import GAN, GANConfig
+from genforge.models.vae import VAE, VAEConfig
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     config: type[BaseModel]
-    build_net: Callable  # (config, input_shape, num_classes) -> (nn.Module, binary: bool)
-    task: str  # "classify"; the step function and evaluation are chosen by task
+    build: Callable[..., nn.Module]  # (config, input_shape, num_classes, mean, std) -> nn.Module
+    task: str  # "classify", "gan" or "vae": picks the step function and the evaluation (train/tasks.py)
     image_only: bool  # needs (C, H, W) inputs
 
 
+def _generator(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    """Generators scale their inputs to a fixed range themselves: the data statistics are not needed."""
+    return lambda cfg, input_shape, num_classes, mean, std: cls(cfg, input_shape, num_classes)
+
+
 MODELS: dict[str, ModelSpec] = {
-    "logreg": ModelSpec(clf.LogRegConfig, clf.build_logreg, "classify", image_only=False),
-    "mlp": ModelSpec(clf.MLPConfig, clf.build_mlp, "classify", image_only=False),
-    "cnn": ModelSpec(clf.CNNConfig, clf.build_cnn, "classify", image_only=True),
-    "fastcnn": ModelSpec(clf.FastCNNConfig, clf.build_fastcnn, "classify", image_only=True),
+    "logreg": ModelSpec(clf.LogRegConfig, clf.classifier(clf.build_logreg), "classify", image_only=False),
+    "mlp": ModelSpec(clf.MLPConfig, clf.classifier(clf.build_mlp), "classify", image_only=False),
+    "cnn": ModelSpec(clf.CNNConfig, clf.classifier(clf.build_cnn), "classify", image_only=True),
+    "fastcnn": ModelSpec(clf.FastCNNConfig, clf.classifier(clf.build_fastcnn), "classify", image_only=True),
+    "gan": ModelSpec(GANConfig, _generator(GAN), "gan", image_only=True),
+    "vae": ModelSpec(VAEConfig, _generator(VAE), "vae", image_only=False),
 }
 
 
-def build_model(
-    cfg: BaseModel, input_shape: tuple[int, ...], num_classes: int, mean: torch.Tensor, std: torch.Tensor
-) -> clf.Classifier:
-    """Build a classifier whose first layer normalizes raw inputs with (mean, std)."""
-    spec = MODELS[cfg.kind]
-    net, binary = spec.build_net(cfg, tuple(input_shape), num_classes)
-    scale = 1 / 255 if len(input_shape) == 3 else 1.0
-    return clf.Classifier(net, clf.Normalize(mean, std, scale), num_classes, binary)
+def build_model(cfg: BaseModel, input_shape: tuple[int, ...], num_classes: int, mean: torch.Tensor,
+                std: torch.Tensor) -> nn.Module:
+    """Build the model of cfg.kind; classifiers get a first layer that normalizes raw inputs with (mean, std)."""
+    return MODELS[cfg.kind].build(cfg, tuple(input_shape), num_classes, mean, std)

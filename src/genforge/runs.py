@@ -132,11 +132,42 @@ def read_json(path: Path) -> dict:
 
 @dataclass
 class LoadedRun:
+    """A run's model, rebuilt, with the notebook verbs of generators (sample, encode, decode)."""
+
     path: Path
     config: RunConfig
     model: nn.Module
     meta: dict  # input_shape, classes, dataset, checksum: what the run learned from its data
     summary: dict
+
+    def _needs(self, verb: str) -> None:
+        if not hasattr(self.model, verb):
+            raise GenforgeError(f"{self.path.name} is a {self.config.model.kind} model: it cannot {verb}")
+
+    def sample(self, n: int, label: int | None = None, seed: int | None = None,
+               truncation: float | None = None) -> torch.Tensor:
+        """uint8 (n, C, H, W) samples; a conditional model draws class `label` (default: every class in turn)."""
+        self._needs("sample")
+        labels = None
+        if label is not None:
+            if not getattr(self.model.cfg, "conditional", False):
+                raise GenforgeError(f"{self.path.name} is not class-conditional: sample it without a label")
+            if not 0 <= label < len(self.meta["classes"]):
+                raise GenforgeError(f"label {label} is out of range 0-{len(self.meta['classes']) - 1}")
+            labels = torch.full((n,), label, dtype=torch.long)
+        return self.model.sample(n, labels=labels, seed=seed, truncation=truncation)
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of q(z|x) for raw uint8 images (a VAE)."""
+        self._needs("encode")
+        with torch.inference_mode():
+            return self.model.encode(x.float() / 255, labels)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 images, the mean of p(x|z) (a VAE)."""
+        self._needs("decode")
+        with torch.inference_mode():
+            return self.model.to_uint8(self.model.mean_image(self.model.decode(z, labels)))
 
 
 def load_run(path: str | Path, checkpoint: bool = False) -> LoadedRun:

@@ -22,15 +22,19 @@ def _figure():
 
 
 def plot_curves(metrics: list[dict], path: Path) -> None:
+    """One panel per logged quantity (train_X, with val_X on the same axes when there is one), per epoch."""
     plt = _figure()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    names = [k[6:] for k in metrics[0] if k.startswith("train_") and k not in ("train_seconds", "train_lr")][:4]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
     epochs = [m["epoch"] for m in metrics]
-    for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
-        ax.plot(epochs, [m[f"train_{key}"] for m in metrics], marker="o", label="train")
-        if any(m.get(f"val_{key}") is not None for m in metrics):
-            ax.plot(epochs, [m.get(f"val_{key}") for m in metrics], marker="o", label="validation")
+    for name, ax in zip(names, axes[0]):
+        ax.plot(epochs, [m.get(f"train_{name}") for m in metrics], marker="o", label="train")
+        if any(m.get(f"val_{name}") is not None for m in metrics):
+            ax.plot(epochs, [m.get(f"val_{name}") for m in metrics], marker="o", label="validation")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -75,34 +79,73 @@ def plot_decision_boundary(model, x: torch.Tensor, y: torch.Tensor, path: Path) 
     plt.close(fig)
 
 
-def write_report(run_dir: Path, model, ds, test: dict, summary: dict) -> Path:
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    if metrics:
-        plot_curves(metrics, plots / "curves.png")
-    plot_confusion(test["confusion_matrix"], ds.classes, plots / "confusion.png")
-    if not ds.is_image and ds.input_shape == (2,):
-        plot_decision_boundary(model, ds.test_x, ds.test_y, plots / "decision_boundary.png")
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
+
+def _table(rows: dict) -> str:
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{fmt(v)}</td></tr>" for k, v in rows.items())
+    return f"<table>{cells}</table>"
+
+
+def write_page(run_dir: Path, summary: dict, sections: list[tuple[str, str]]) -> Path:
+    """report.html: the summary, every PNG under plots/ inlined, extra (title, html) sections, the config."""
+    plots = run_dir / "plots"
     images = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
         f"<figcaption>{p.stem.replace('_', ' ')}</figcaption></figure>"
         for p in sorted(plots.glob("*.png"))
     )
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float)
-                   else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
-    per_class = "".join(f"<tr><th>{html.escape(c)}</th><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
-                        f"<td>{m['f1']:.3f}</td></tr>" for c, m in test["per_class"].items())
+    extra = "".join(f"<h2>{html.escape(title)}</h2>{body}" for title, body in sections)
     config = html.escape((run_dir / "config.yaml").read_text())
     page = f"""<!doctype html><html lang="en"><meta charset="utf-8"><title>{html.escape(run_dir.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
 table{{border-collapse:collapse}}td,th{{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left}}
 figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}pre{{background:#f6f6f6;padding:1rem}}</style>
-<h1>{html.escape(run_dir.name)}</h1><h2>Summary</h2><table>{rows}</table>
-<h2>Plots</h2>{images}
-<h2>Per class (test)</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th></tr>{per_class}</table>
+<h1>{html.escape(run_dir.name)}</h1><h2>Summary</h2>{_table(summary)}
+<h2>Plots</h2>{images}{extra}
 <h2>Config</h2><pre>{config}</pre></html>"""
     path = run_dir / "report.html"
     path.write_text(page)
     return path
+
+
+def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict) -> Path:
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    if metrics := read_metrics(run_dir):
+        plot_curves(metrics, plots / "curves.png")
+    plot_confusion(test["confusion_matrix"], ds.classes, plots / "confusion.png")
+    if not ds.is_image and ds.input_shape == (2,):
+        plot_decision_boundary(model, ds.test_x, ds.test_y, plots / "decision_boundary.png")
+    per_class = "".join(f"<tr><th>{html.escape(c)}</th><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
+                        f"<td>{m['f1']:.3f}</td></tr>" for c, m in test["per_class"].items())
+    table = f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th></tr>{per_class}</table>"
+    return write_page(run_dir, summary, [("Per class (test)", table)])
+
+
+def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict) -> Path:
+    """Curves, a sample grid (and input | reconstruction pairs for a VAE), the scores with their calibration."""
+    from genforge.sample import image_grid
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    if metrics := read_metrics(run_dir):
+        plot_curves(metrics, plots / "curves.png")
+    scale = 3 if ds.input_shape[-1] < 64 else 1
+    image_grid(model.sample(64, seed=0), scale=scale).save(plots / "samples.png")
+    if hasattr(model, "reconstruct"):
+        x = ds.test_x[:16]
+        labels = ds.test_y[:16] if model.cfg.conditional else None
+        pairs = torch.stack([x, model.reconstruct(x, labels)], 1).flatten(0, 1)  # (32, C, H, W): input, recon
+        image_grid(pairs, nrow=8, scale=scale).save(plots / "reconstructions.png")
+    scores = {f"{k} (mean ± sd)": f"{v['mean']:.4g} ± {v['sd']:.2g}" for k, v in result.items()
+              if isinstance(v, dict) and "mean" in v}
+    scores.update({k: v for k, v in result["calibration"].items()})
+    sections = [("Scores", _table(scores)), ("Memorization", _table(result["memorization"])),
+                ("Provenance", _table(result["provenance"]))]
+    if "likelihood" in result:
+        sections.insert(1, ("Likelihood (nats per image)", _table(result["likelihood"])))
+    return write_page(run_dir, summary, sections)

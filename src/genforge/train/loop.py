@@ -17,7 +17,6 @@ from genforge import runs
 from genforge.config import RunConfig
 from genforge.data import load_dataset, split_validation, stratified_kfold
 from genforge.errors import GenforgeError
-from genforge.evaluate import evaluate, measure_speed
 from genforge.registry import MODELS, build_model
 from genforge.train.device import (
     pick_device,
@@ -27,7 +26,7 @@ from genforge.train.device import (
     use_bf16,
     use_channels_last,
 )
-from genforge.train.steps import STEPS
+from genforge.train.tasks import TASKS
 
 
 class Interrupted(Exception):
@@ -100,10 +99,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         torch.set_num_threads(tcfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
     spec = MODELS[cfg.model.kind]
+    task = TASKS[spec.task]
 
     ds = load_dataset(cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet)
     if spec.image_only and not ds.is_image:
-        raise GenforgeError(f"model.kind={cfg.model.kind} needs images but {ds.name} is tabular; use mlp or logreg")
+        tabular = ", ".join(kind for kind, s in MODELS.items() if not s.image_only)
+        raise GenforgeError(f"model.kind={cfg.model.kind} needs images but {ds.name} is tabular; use one of: {tabular}")
+    if fold is not None and spec.task != "classify":
+        raise GenforgeError(f"cross-validation scores classifiers; model.kind={cfg.model.kind} is a generator")
     if fold is None:
         train_idx, val_idx = split_validation(len(ds.train_y), cfg.data.val_fraction, cfg.seed, ds.train_y)
     else:
@@ -127,15 +130,15 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
 
     bs = min(tcfg.batch_size, len(x))
     steps_per_epoch = len(x) // bs  # drop the ragged last batch: BatchNorm needs more than one sample
-    step = STEPS[spec.task](model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
+    step = task.step(model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
     state = {"epoch": 0, "batch": 0, "step": 0, "best_val": None, "bad_epochs": 0,
              "nonfinite": 0, "skipped": 0, "rollbacks": 0, "train_seconds": 0.0}
     ckpt_path = run_dir / runs.CHECKPOINT
     log = _Log(run_dir / "metrics.jsonl", quiet)
 
     def save_checkpoint() -> None:
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            _rollback(state, tcfg, ckpt_path, restore, log)  # never overwrite a good checkpoint with NaN weights
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good checkpoint with NaN
+            _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
             return
         runs.save_state(ckpt_path, {"step_fn": step.state_dict(), "loop": state, "rng": rng_state()})
 
@@ -162,7 +165,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         while state["epoch"] < tcfg.epochs:
             t_epoch = time.perf_counter()
             order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
-            sums, count, seen = {"loss": 0.0, "acc": 0.0}, 0, 0
+            sums, count, seen = {}, 0, 0
             for b in range(state["batch"], steps_per_epoch):
                 idx = order[b * bs : (b + 1) * bs]
                 metrics = step(x[idx], y[idx])
@@ -171,14 +174,15 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                     state["skipped"] += 1
                     state["nonfinite"] += 1
                     if state["nonfinite"] >= tcfg.max_nonfinite:
-                        _rollback(state, tcfg, ckpt_path, restore, log)
+                        _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
                 else:
                     count, seen = count + 1, seen + len(idx)
-                    for k in sums:
-                        sums[k] += metrics[k]
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v
                     rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
+                    shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "lr")
                     progress.update(bar, advance=1, description=f"epoch {state['epoch'] + 1}/{tcfg.epochs}",
-                                    stats=f"loss {metrics['loss']:.3f} acc {metrics['acc']:.3f} {rate:,.0f} img/s")
+                                    stats=f"{shown} {rate:,.0f} img/s")
                 if tcfg.checkpoint_every and state["step"] % tcfg.checkpoint_every == 0:
                     state["train_seconds"] += time.perf_counter() - t_epoch
                     t_epoch = time.perf_counter()
@@ -188,11 +192,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                     save_checkpoint()
                     raise Interrupted(f"interrupted at step {state['step']}; resume with: "
                                       f"genforge train --resume {run_dir}")
-            val = evaluate(step.eval_model(), x_val, y_val, ds.classes) if len(val_idx) else {}
+            val = task.validate(step.eval_model(), x_val, y_val, ds) if len(val_idx) else {}
             state["train_seconds"] += time.perf_counter() - t_epoch
+            task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
             record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
-                      "train_loss": sums["loss"] / max(count, 1), "train_acc": sums["acc"] / max(count, 1),
-                      "val_loss": val.get("loss"), "val_acc": val.get("accuracy"), "skipped_steps": state["skipped"]}
+                      **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
+                      **{f"val_{k}": v for k, v in val.items()}, "skipped_steps": state["skipped"]}
             log.metrics(record)
             log.line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             state["epoch"], state["batch"] = state["epoch"] + 1, 0
@@ -201,9 +206,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
             if stop:
                 log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
                 break
-    summary = finish(cfg, run_dir, step.eval_model(), ds, meta, state)
+    summary = finish(cfg, run_dir, step.eval_model(), ds, task, state)
     if fold is not None:
-        summary["fold_accuracy"] = evaluate(step.eval_model(), x_val, y_val, ds.classes)["accuracy"]
+        summary["fold_accuracy"] = task.validate(step.eval_model(), x_val, y_val, ds)["acc"]
     return summary
 
 
@@ -217,31 +222,26 @@ def _early_stop(state: dict, val: dict, patience: int | None) -> bool:
     return patience is not None and state["bad_epochs"] >= patience
 
 
-def _rollback(state: dict, tcfg, ckpt_path: Path, restore, log: _Log) -> None:
+def _rollback(state: dict, tcfg, ckpt_path: Path, restore, log: _Log, hint: str) -> None:
     """Restore the last good weights and optimizer state, keep the data position: the bad batches are skipped."""
     state["rollbacks"] += 1
     state["nonfinite"] = 0
     if state["rollbacks"] > tcfg.max_rollbacks:
-        raise Diverged(f"training diverged: {state['skipped']} non-finite steps and {tcfg.max_rollbacks} rollbacks; "
-                       "lower train.lr or set train.grad_clip=1.0")
+        raise Diverged(f"training diverged: {state['skipped']} bad steps and {tcfg.max_rollbacks} rollbacks; {hint}")
     restore(runs.load_state(ckpt_path), with_rng=False)
-    log.line(f"warning: {tcfg.max_nonfinite} non-finite steps; rolled back to the last checkpoint "
+    log.line(f"warning: {tcfg.max_nonfinite} bad steps (non-finite or unhealthy); rolled back to the last checkpoint "
              f"(rollback {state['rollbacks']}/{tcfg.max_rollbacks})")
 
 
-def finish(cfg: RunConfig, run_dir: Path, model, ds, meta: dict, state: dict) -> dict:
-    """Final weights, test metrics, speed, plots and report."""
-    from genforge.evaluate.report import write_report
-
+def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict) -> dict:
+    """Final weights, the task's test evaluation, summary.json and the report."""
     runs.save_weights(model, run_dir / runs.WEIGHTS)
     model = model.float().to(memory_format=torch.contiguous_format) if ds.is_image else model.float()
-    test = evaluate(model, ds.test_x, ds.test_y, ds.classes)
-    speed = measure_speed(model, ds.test_x[:1])
-    (run_dir / "eval.json").write_text(json.dumps(test, indent=1))
+    result = task.test(model, ds, cfg)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
     summary = {"status": "complete", "kind": cfg.model.kind, "dataset": ds.name,
                "train_seconds": round(state["train_seconds"], 2), "epochs": state["epoch"], "steps": state["step"],
-               "skipped_steps": state["skipped"], "rollbacks": state["rollbacks"],
-               "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_macro_f1": test["macro_f1"], **speed}
+               "skipped_steps": state["skipped"], "rollbacks": state["rollbacks"], **task.headline(result)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    write_report(run_dir, model, ds, test, summary)
+    task.report(run_dir, model, ds, result, summary)
     return summary

@@ -11,20 +11,24 @@ from genforge.config import TrainConfig
 def build_optimizer(params, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
     lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
     return torch.optim.Adadelta(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Every schedule is stepped once per optimizer step."""
+    """Every schedule is stepped once per optimizer step (steps_per_epoch counts that optimizer's steps)."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         # OneCycle divides by its warm-up length: very short runs get a schedule of at least 8 steps
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 8), pct_start=0.25)
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        # OneCycle also cycles beta1 (0.85-0.95, Smith 2018); betas set by hand (GANs) are kept as given
+        cycle = cfg.betas == TrainConfig.model_fields["betas"].default
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total, 8), pct_start=0.25,
+                                                   cycle_momentum=cycle)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.schedule == "step":

@@ -7,6 +7,7 @@ gradient was not finite: then no parameter was changed.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import nn
@@ -14,6 +15,10 @@ from torch import nn
 from genforge.config import RunConfig
 from genforge.data.augment import augment_batch, is_identity
 from genforge.train.optim import build_ema, build_optimizer, build_scheduler
+
+
+def _autocast(enabled: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 class ClassifierStep:
@@ -24,11 +29,6 @@ class ClassifierStep:
         self.ema = build_ema(model, cfg.train.ema) if cfg.train.ema else None
         self.autocast, self.channels_last = autocast, channels_last
 
-    def _autocast(self, device: torch.device):
-        if self.autocast:
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
         x = x.float()
         if x.ndim == 4:
@@ -37,7 +37,7 @@ class ClassifierStep:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        with self._autocast(x.device):
+        with _autocast(self.autocast, x.device):
             logits = self.model(x)
         loss = self.model.loss(logits, y, self.cfg.train.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -77,4 +77,142 @@ class ClassifierStep:
             self.ema.load_state_dict(state["ema"])
 
 
-STEPS = {"classify": ClassifierStep}
+
+
+class GANStep:
+    """The alternating GAN update (Goodfellow et al. 2014 alg. 1): every call updates D on one real batch and
+    one fake batch; every `train.critic_steps`-th call also updates G, through the updated D. Two optimizers,
+    two schedules (TTUR: train.d_lr, Heusel et al. 2017), and an optional EMA of G for sampling and evaluation.
+
+    Health: a step is refused (None: nothing is updated) when a loss or gradient norm is not finite or a
+    gradient norm explodes past EXPLODE, or when D has collapsed, i.e. its smoothed loss sits near 0 while
+    G's climbs (bce, hinge); the loop rolls back after train.max_nonfinite refused steps."""
+
+    EXPLODE = 1e4  # gradient norm that counts as exploding (before clipping)
+    COLLAPSE = {"bce": (0.01, 5.0), "hinge": (0.01, 2.0)}  # (D loss below, G loss above), both smoothed
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int, autocast: bool, channels_last: bool):
+        t = cfg.train
+        self.model, self.cfg, self.autocast, self.channels_last = model, cfg, autocast, channels_last
+        self.opt_d = build_optimizer(model.discriminator.parameters(), t, lr=t.d_lr or t.lr)
+        self.opt_g = build_optimizer(model.generator.parameters(), t)
+        self.sched_d = build_scheduler(self.opt_d, t, steps_per_epoch)
+        self.sched_g = build_scheduler(self.opt_g, t, -(-steps_per_epoch // t.critic_steps))
+        self.ema = build_ema(model.generator, t.ema) if t.ema else None
+        self._eval = copy.deepcopy(model) if self.ema is not None else None  # G replaced by the EMA for eval
+        self.counters = {"calls": 0, "d_smooth": None, "g_smooth": None, "g_loss": float("nan")}
+
+    def _update(self, loss: torch.Tensor, params, optimizer, scheduler) -> bool:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip or float("inf"))
+        if not torch.isfinite(norm) or norm > self.EXPLODE:
+            optimizer.zero_grad(set_to_none=True)
+            return False
+        optimizer.step()
+        scheduler.step()
+        return True
+
+    def _collapsed(self, d_loss: float, g_loss: float) -> bool:
+        c = self.counters
+        smooth = lambda old, new: new if old is None else 0.9 * old + 0.1 * new  # noqa: E731
+        c["d_smooth"], c["g_smooth"] = smooth(c["d_smooth"], d_loss), smooth(c["g_smooth"], g_loss)
+        limits = self.COLLAPSE.get(self.model.cfg.loss)
+        return limits is not None and c["d_smooth"] < limits[0] and c["g_smooth"] > limits[1]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+        model, c = self.model, self.counters
+        labels = y if model.cfg.conditional else None
+        real = model.to_model_space(x)
+        if self.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        model.train()
+        with _autocast(self.autocast, x.device):
+            fake = model.generate(model.noise(len(x)), labels)  # (B, C, H, W), still carries G's graph
+            d_loss, stats = model.d_loss(real, fake.detach(), labels)
+        if not torch.isfinite(d_loss):
+            return None
+        if not self._update(d_loss.float(), model.discriminator.parameters(), self.opt_d, self.sched_d):
+            return None
+        c["calls"] += 1
+        if c["calls"] % self.cfg.train.critic_steps == 0:
+            with _autocast(self.autocast, x.device):
+                g_loss = model.g_loss(fake, labels)
+            if not torch.isfinite(g_loss):
+                return None
+            if not self._update(g_loss.float(), model.generator.parameters(), self.opt_g, self.sched_g):
+                return None
+            model.discriminator.zero_grad(set_to_none=True)  # G's backward reached D too
+            c["g_loss"] = g_loss.item()
+            if self.ema is not None:
+                self.ema.update_parameters(model.generator)
+        if self._collapsed(stats["d_loss"], c["g_loss"]):
+            return None
+        return {**stats, "g_loss": c["g_loss"], "lr": self.sched_g.get_last_lr()[0]}
+
+    def eval_model(self) -> nn.Module:
+        """The GAN to evaluate and save: with the EMA generator when there is one."""
+        if self.ema is None:
+            return self.model
+        self._eval.load_state_dict(self.model.state_dict())
+        self._eval.generator.load_state_dict(self.ema.module.state_dict())
+        return self._eval
+
+    def state_dict(self) -> dict:
+        state = {"model": self.model.state_dict(), "opt_d": self.opt_d.state_dict(), "opt_g": self.opt_g.state_dict(),
+                 "sched_d": self.sched_d.state_dict(), "sched_g": self.sched_g.state_dict(),
+                 "counters": dict(self.counters)}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        for name in ("opt_d", "opt_g", "sched_d", "sched_g"):
+            getattr(self, name).load_state_dict(state[name])
+        self.counters = dict(state["counters"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+
+class VAEStep:
+    """One optimizer on the negative beta-ELBO (Kingma & Welling 2014); the data is re-binarized (Bernoulli)
+    or re-dequantized (Gaussian) at every step from the global, checkpointed RNG."""
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int, autocast: bool, channels_last: bool):
+        self.model, self.cfg, self.autocast, self.channels_last = model, cfg, autocast, channels_last
+        self.optimizer = build_optimizer(model.parameters(), cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, steps_per_epoch)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+        model = self.model
+        labels = y if model.cfg.conditional else None
+        x = model.prepare(x)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        model.train()
+        with _autocast(self.autocast, x.device):
+            loss, stats = model.loss(x, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return None
+        loss.float().backward()
+        norm = nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip or float("inf"))
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": loss.item(), **stats, "lr": self.scheduler.get_last_lr()[0]}
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
