@@ -3,8 +3,11 @@
 The reference is written the way the PyTorch MNIST example does it: a per-sample Dataset that
 normalizes each item, a DataLoader with batch 64, conv32-conv64-maxpool-dropout-fc128-fc10, Adadelta
 lr 1.0 with StepLR gamma 0.7. Its time to 90% is the training time (evaluation excluded) of the first
-epoch after which its test accuracy is >= 90%. genforge's is the whole `train_seconds` of the
-fashion-cnn-fast preset (an upper bound: it is not evaluated mid-run), which must end >= 90%.
+epoch after which its test accuracy is >= 90%.
+
+genforge's time to 90% is the median `train_seconds` over 3 seeds of complete runs of the fashion-cnn-fast
+recipe shortened to 2 epochs (its OneCycle schedule fitted to 2 epochs, test set untouched until the end);
+every one of those runs must end >= 90%. The 3-epoch preset itself is measured by fashion_presets.py.
 """
 
 from __future__ import annotations
@@ -76,13 +79,13 @@ def reference_time_to_90(max_epochs: int = 3) -> dict:
 
 def main() -> None:
     reference = reference_time_to_90()
-    genforge = [train_preset("fashion-cnn-fast", [f"seed={s}"]) for s in range(3)]
+    genforge = [train_preset("fashion-cnn-fast", [f"seed={s}", "train.epochs=2"]) for s in range(3)]
     times = sorted(g["train_seconds"] for g in genforge)
     accs = sorted(g["test_accuracy"] for g in genforge)
     ours = times[1]
     result = {
         "reference": reference,
-        "genforge_fashion_cnn_fast": {"train_seconds": times, "test_accuracy": accs, "median_seconds": ours},
+        "genforge_fashion_cnn_fast_2_epochs": {"train_seconds": times, "test_accuracy": accs, "median_seconds": ours},
         "all_genforge_runs_reached_90": all(a >= 0.90 for a in accs),
         "speedup_to_90": (reference["seconds_to_90"] / ours) if reference["seconds_to_90"] else None,
     }
