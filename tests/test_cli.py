@@ -15,8 +15,8 @@ from genforge import runs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def cli(*args, cwd=None, cache=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"GENFORGE_CACHE": str(cache)} if cache else {})}
     return subprocess.run([sys.executable, "-m", "genforge", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
 
@@ -96,22 +96,29 @@ def readme_commands() -> list[str]:
     return [line[2:].strip() for line in re.findall(r"^\$ genforge .*$", text, flags=re.M)]
 
 
-def test_readme_commands_run(tmp_path, fashion_available):
+def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache):
     """Every `$ genforge ...` line of the README, in order; training runs get quick overrides."""
+    from PIL import Image
+
+    from genforge.data import load_dataset
+
+    Image.fromarray(load_dataset("fashion-mnist", progress=False).test_x[7, 0].numpy()).save(tmp_path / "shirt.png")
     commands = readme_commands()
-    assert len(commands) >= 6
+    assert len(commands) >= 12
     last_run = None
     for command in commands:
         args = command.split()[1:]
         args = [str(last_run) if a == "RUN" else a for a in args]
         if args[0] in ("train", "cv"):
-            args += ["data.train_subset=512", "train.epochs=1", "train.threads=1", "--runs-dir", str(tmp_path / "r"),
-                     "--quiet"]
+            args += ["data.train_subset=512", "train.epochs=1", "train.threads=1", "eval.samples=200",
+                     "eval.iwae_k=5", "eval.iwae_images=10", "--runs-dir", str(tmp_path / "r"), "--quiet"]
+        if args[0] == "evaluate" and "--seeds" in args:
+            args += ["--samples", "200"]
         if args[0] == "quickstart":
             args += ["--runs-dir", str(tmp_path / "r"), "--quiet"]
         if args[0] == "runs" and len(args) == 1:
             args += ["--runs-dir", str(tmp_path / "r")]
-        result = cli(*args, cwd=tmp_path)
+        result = cli(*args, cwd=tmp_path, cache=evaluator_cache)
         assert result.returncode == 0, f"{command}\n{result.stderr}"
         if args[0] in ("train", "quickstart"):
             last_run = max((tmp_path / "r").iterdir(), key=lambda p: p.stat().st_mtime)

@@ -89,7 +89,33 @@ def _print_classifier_eval(name: str, result: dict) -> None:
               f"{result['throughput_b256']:,.0f}/s")
 
 
-EVAL_PRINTERS = {"classify": _print_classifier_eval}
+def _print_generator_eval(name: str, result: dict) -> None:
+    prov = result["provenance"]
+    out.print(f"[bold]{name}[/]: {prov['n']} samples vs {prov['reference']}, evaluator {prov['evaluator']} "
+              f"(test accuracy {prov['evaluator_test_accuracy']:.4f}), seeds {prov['seeds']}")
+    table = Table("score", "mean", "sd", "better")
+    better = {"fd": "lower", "kid": "lower", "precision": "higher", "recall": "higher",
+              "conditional_accuracy": "higher"}
+    for key, direction in better.items():
+        if key in result:
+            table.add_row(key, f"{result[key]['mean']:.4g}", f"{result[key]['sd']:.2g}", direction)
+    out.print(table)
+    cal = result["calibration"]
+    out.print(f"calibration on the same scale: FD(train vs test) {cal['fd_train_vs_test']:.4g}  "
+              f"FD(uniform noise vs test) {cal['fd_noise_vs_test']:.4g}")
+    mem = result["memorization"]
+    out.print(f"memorization: nearest-train distance median {mem['sample_nn_median']:.3f} for samples vs "
+              f"{mem['test_nn_median']:.3f} for test images (ratio {mem['ratio_median']:.3f}; "
+              f"{mem['share_closer_than_test_p05']:.1%} of samples closer than the test 5th percentile)")
+    if "likelihood" in result:
+        like = result["likelihood"]
+        out.print(f"likelihood ({like['likelihood']}, nats per image): test ELBO {like['test_elbo']:.2f} "
+                  f"(recon {like['test_recon']:.2f}, KL {like['test_kl']:.2f}); IWAE NLL {like['nll_iwae']:.2f} "
+                  f"± {like['nll_iwae_se']:.2f} (k={like['iwae_k']}, {like['iwae_images']} images)")
+    out.print(f"class histogram of the samples: {result['class_histogram']}")
+
+
+EVAL_PRINTERS = {"classify": _print_classifier_eval, "gan": _print_generator_eval, "vae": _print_generator_eval}
 
 
 @app.command()
@@ -97,6 +123,8 @@ def evaluate(
     run: Path,
     data: Annotated[str | None, typer.Option(help="Evaluate on this dataset's test split instead.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    samples: Annotated[int | None, typer.Option(min=100, help="Generators: N samples per score.")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Generators: sampling seeds (mean ± sd).")] = None,
 ):
     """Evaluate a run's model on the test split (the same evaluation training ends with); writes eval.json."""
     from genforge.data import load_dataset
@@ -110,6 +138,8 @@ def evaluate(
         raise GenforgeError(f"{ds.name} (shape {tuple(ds.input_shape)}, {len(ds.classes)} classes) does not fit "
                             f"this model (shape {tuple(loaded.meta['input_shape'])}, {len(loaded.meta['classes'])})")
     task = loaded.meta.get("task", "classify")
+    loaded.config.eval.samples = samples or loaded.config.eval.samples
+    loaded.config.eval.seeds = seeds or loaded.config.eval.seeds
     result = {**TASKS[task].test(loaded.model, ds, loaded.config), "dataset": ds.name}
     (loaded.path / "eval.json").write_text(json.dumps(result, indent=1))
     if as_json:
@@ -144,6 +174,76 @@ def predict(
         values, idx = p.topk(k)
         ranked = ", ".join(f"{classes[j]} {v:.3f}" for v, j in zip(values.tolist(), idx.tolist()))
         out.print(f"{i}: [bold]{classes[int(idx[0])]}[/]  ({ranked})")
+
+
+OutFile = Annotated[Path, typer.Option("--out", help="A .png (image grid) or .npy (uint8 array) file.")]
+
+
+@app.command()
+def sample(
+    run: Path,
+    n: Annotated[int, typer.Option("-n", min=1, max=100_000, help="Number of images.")] = 64,
+    label: Annotated[int | None, typer.Option(help="Class to draw (class-conditional models).")] = None,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same images.")] = 0,
+    truncation: Annotated[float | None, typer.Option(min=0.01, help="Redraw latent entries beyond ±T.")] = None,
+    out_file: OutFile = Path("samples.png"),
+):
+    """Draw images from a generator (GAN or VAE): a PNG grid or a uint8 .npy (N x H x W, or N x C x H x W)."""
+    from genforge.runs import load_run
+    from genforge.sample import save_images
+
+    images = load_run(run).sample(n, label=label, seed=seed, truncation=truncation)
+    out.print(f"wrote {n} samples to {save_images(images, out_file)}")
+
+
+@app.command()
+def interpolate(
+    run: Path,
+    steps: Annotated[int, typer.Option(min=2, max=256, help="Images along the walk.")] = 10,
+    from_label: Annotated[int | None, typer.Option(help="Class at the start (class-conditional models).")] = None,
+    to_label: Annotated[int | None, typer.Option(help="Class at the end (class-conditional models).")] = None,
+    seed: Annotated[int, typer.Option(help="Picks the two end points.")] = 0,
+    out_file: OutFile = Path("interpolation.png"),
+):
+    """A walk through latent space between two random points (spherical: the prior is Gaussian)."""
+    from genforge.runs import load_run
+    from genforge.sample import interpolate as walk
+    from genforge.sample import save_images
+
+    loaded = load_run(run)
+    loaded.require("render")
+    images = walk(loaded.model, steps, seed, from_label, to_label)
+    out.print(f"wrote a {steps}-step walk to {save_images(images, out_file, nrow=steps)}")
+
+
+@app.command()
+def reconstruct(
+    run: Path,
+    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) images.")],
+    label: Annotated[int | None, typer.Option(help="Class of the inputs (class-conditional VAEs).")] = None,
+    out_file: OutFile = Path("reconstructions.png"),
+):
+    """A VAE's reconstructions: each input beside its reconstruction, with the error (mean |x - x'|, 0-255)."""
+    import torch
+
+    from genforge.predict import load_inputs
+    from genforge.runs import load_run
+    from genforge.sample import reconstruction_errors, save_images
+
+    loaded = load_run(run)
+    loaded.require("reconstruct")
+    x = load_inputs(files, tuple(loaded.meta["input_shape"]))
+    labels = None
+    if loaded.model.cfg.conditional:
+        if label is None:
+            raise GenforgeError("this VAE is class-conditional: give the inputs' class with --label K")
+        labels = torch.full((len(x),), label, dtype=torch.long)
+    recon = loaded.model.reconstruct(x, labels)
+    pairs = torch.stack([x, recon], 1).flatten(0, 1)  # (2N, C, H, W): input, reconstruction
+    save_images(pairs, out_file, nrow=min(8, 2 * len(x)))
+    for i, error in enumerate(reconstruction_errors(x, recon)):
+        out.print(f"{i}: mean abs error {error:.2f} / 255")
+    out.print(f"wrote input | reconstruction pairs to {out_file}")
 
 
 @app.command()

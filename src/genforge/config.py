@@ -54,6 +54,7 @@ class TrainConfig(_Strict):
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; default: physical cores
     early_stopping: int | None = Field(None, ge=1)  # stop after N epochs without val improvement
+    max_seconds: float | None = Field(None, gt=0)  # stop once training took this long (equal-time comparisons)
     checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0 = at each epoch end
     max_nonfinite: int = Field(5, ge=1)  # non-finite steps before rolling back to the last checkpoint
     max_rollbacks: int = Field(3, ge=0)  # rollbacks before the run stops

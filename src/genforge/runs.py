@@ -140,14 +140,15 @@ class LoadedRun:
     meta: dict  # input_shape, classes, dataset, checksum: what the run learned from its data
     summary: dict
 
-    def _needs(self, verb: str) -> None:
+    def require(self, verb: str) -> None:
+        """A one-line error unless the model can do `verb` (sample, encode, decode, reconstruct, render)."""
         if not hasattr(self.model, verb):
             raise GenforgeError(f"{self.path.name} is a {self.config.model.kind} model: it cannot {verb}")
 
     def sample(self, n: int, label: int | None = None, seed: int | None = None,
                truncation: float | None = None) -> torch.Tensor:
         """uint8 (n, C, H, W) samples; a conditional model draws class `label` (default: every class in turn)."""
-        self._needs("sample")
+        self.require("sample")
         labels = None
         if label is not None:
             if not getattr(self.model.cfg, "conditional", False):
@@ -159,13 +160,13 @@ class LoadedRun:
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar) of q(z|x) for raw uint8 images (a VAE)."""
-        self._needs("encode")
+        self.require("encode")
         with torch.inference_mode():
             return self.model.encode(x.float() / 255, labels)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images, the mean of p(x|z) (a VAE)."""
-        self._needs("decode")
+        self.require("decode")
         with torch.inference_mode():
             return self.model.to_uint8(self.model.mean_image(self.model.decode(z, labels)))
 

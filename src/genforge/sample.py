@@ -60,3 +60,36 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.lerp(z0[None], z1[None], t[:, None])
     s = torch.sin(omega)
     return (torch.sin((1 - t) * omega)[:, None] * z0 + torch.sin(t * omega)[:, None] * z1) / s
+
+
+def interpolate(model, steps: int, seed: int = 0, from_label: int | None = None,
+                to_label: int | None = None) -> torch.Tensor:
+    """uint8 (steps, C, H, W): a walk from one latent to another, spherical since the prior is Gaussian. For a
+    class-conditional model the class conditioning moves from from_label to to_label along the same path
+    (a weighted mix of the two classes), so the walk also morphs one class into the other."""
+    from genforge.models.gan import standard_normal
+
+    if steps < 2:
+        raise GenforgeError(f"--steps {steps}: a walk needs at least 2 steps")
+    conditional = bool(getattr(model.cfg, "conditional", False))
+    if not conditional and (from_label is not None or to_label is not None):
+        raise GenforgeError("this model is not class-conditional: interpolate without --from-label/--to-label")
+    z = standard_normal((2, model.latent_dim), torch.Generator().manual_seed(seed))  # (2, D)
+    t = torch.linspace(0, 1, steps)
+    path = slerp(z[0], z[1], t)  # (steps, D)
+    labels = None
+    if conditional:
+        k = model.num_classes
+        a = 0 if from_label is None else from_label
+        b = a if to_label is None else to_label
+        if not (0 <= a < k and 0 <= b < k):
+            raise GenforgeError(f"labels must lie in 0-{k - 1}, got {a} and {b}")
+        labels = torch.zeros(steps, k)
+        labels[:, a] += 1 - t
+        labels[:, b] += t  # (steps, K) class weights summing to 1
+    return model.render(path, labels.to(model.device) if labels is not None else None)
+
+
+def reconstruction_errors(inputs: torch.Tensor, outputs: torch.Tensor) -> list[float]:
+    """Per-image mean absolute error in pixel units (0-255)."""
+    return (inputs.float() - outputs.float()).abs().flatten(1).mean(1).tolist()

@@ -47,13 +47,15 @@ def evaluator_dir(ds) -> Path:
     return cache_dir() / "evaluators" / f"{safe}-{ds.checksum[:16]}"
 
 
-def _train_evaluator(ds, data_dir: str | None, target: Path, quiet: bool) -> None:
-    """Train into a temp dir beside the cache entry, then rename: a crash never leaves a half evaluator."""
+def train_evaluator(ds, data_dir: str | None = None, quiet: bool = True, overrides: list[str] = ()) -> Path:
+    """Train the evaluator of `ds` into the cache (overrides: a cheaper recipe for tests). Trained in a temp dir
+    beside the cache entry, then renamed: a crash never leaves half an evaluator."""
     from genforge import runs
     from genforge.config import load_config
     from genforge.train.loop import train
 
-    cfg = load_config("fashion-cnn-fast", [f"data.name={ds.name}", *EVALUATOR_OVERRIDES])
+    target = evaluator_dir(ds)
+    cfg = load_config("fashion-cnn-fast", [f"data.name={ds.name}", *EVALUATOR_OVERRIDES, *overrides])
     cfg.name, cfg.data.data_dir = "evaluator", data_dir
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -67,6 +69,7 @@ def _train_evaluator(ds, data_dir: str | None, target: Path, quiet: bool) -> Non
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def load_evaluator(ds, data_dir: str | None = None, quiet: bool = True) -> Evaluator:
@@ -76,7 +79,7 @@ def load_evaluator(ds, data_dir: str | None = None, quiet: bool = True) -> Evalu
     target = evaluator_dir(ds)
     if not (target / runs.WEIGHTS).is_file():
         print(f"training the evaluator network for {ds.name} (once; cached in {target})", file=sys.stderr)
-        _train_evaluator(ds, data_dir, target, quiet)
+        train_evaluator(ds, data_dir, quiet)
     loaded = runs.load_run(target)
     digest = hashlib.sha256((target / runs.WEIGHTS).read_bytes()).hexdigest()[:16]
     return Evaluator(loaded.model.float().eval(), digest, loaded.summary.get("test_accuracy", float("nan")), target)

@@ -81,8 +81,15 @@ def check_labels(labels: torch.Tensor | None, n: int, conditional: bool) -> None
         return
     if labels is None:
         raise InputError("this model is class-conditional (conditional: true): pass labels, a (N,) long tensor")
-    if labels.shape != (n,):
-        raise InputError(f"labels must have shape ({n},), one per sample; got {tuple(labels.shape)}")
+    if labels.shape[:1] != (n,) or labels.ndim > (2 if labels.is_floating_point() else 1):
+        raise InputError(f"labels must have shape ({n},) (class indices) or ({n}, classes) (class weights, "
+                         f"float); got {tuple(labels.shape)}")
+
+
+def embed_labels(embedding: nn.Embedding, labels: torch.Tensor) -> torch.Tensor:
+    """Class indices (N,) or class weights (N, K) -> (N, D): a weighted mix of class embeddings lets a latent walk
+    move between classes (genforge interpolate --from-label A --to-label B)."""
+    return labels.to(embedding.weight.dtype) @ embedding.weight if labels.is_floating_point() else embedding(labels)
 
 
 def _init_dcgan(module: nn.Module) -> None:
@@ -107,7 +114,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
-            z = torch.cat([z, self.embed(labels)], dim=1)  # (N, 2 * latent_dim)
+            z = torch.cat([z, embed_labels(self.embed, labels)], dim=1)  # (N, 2 * latent_dim)
         return self.body(z)  # (N, C, H, W)
 
 
@@ -298,6 +305,16 @@ class GAN(nn.Module):
     def to_uint8(x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> uint8 0-255, rounded and clamped."""
         return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+    def render(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 images (N, C, H, W) on the CPU for given latents, in eval mode (the mode is restored)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return self.to_uint8(self.generate(z.to(self.device), labels)).cpu()
+        finally:
+            self.train(was_training)
 
     def sample(self, n: int, labels: torch.Tensor | None = None, seed: int | None = None,
                truncation: float | None = None) -> torch.Tensor:

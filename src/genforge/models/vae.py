@@ -110,7 +110,11 @@ class VAE(nn.Module):
 
     def _onehot(self, labels: torch.Tensor | None, n: int, dtype: torch.dtype) -> torch.Tensor | None:
         check_labels(labels, n, self.cfg.conditional)
-        return F.one_hot(labels, self.num_classes).to(dtype) if self.cfg.conditional else None  # (N, K)
+        if not self.cfg.conditional:
+            return None
+        if labels.is_floating_point():  # class weights (N, K): a walk between classes
+            return labels.to(dtype)
+        return F.one_hot(labels, self.num_classes).to(dtype)  # (N, K)
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Raw 0-255 -> model space [0, 1]. bernoulli: dynamic binarization, a fresh draw every call
@@ -181,6 +185,16 @@ class VAE(nn.Module):
     def to_uint8(x01: torch.Tensor) -> torch.Tensor:
         """[0, 1] -> uint8 0-255, rounded and clamped."""
         return (x01.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+    def render(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 mean images (N, *input_shape) on the CPU for given latents, in eval mode (the mode is restored)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return self.to_uint8(self.mean_image(self.decode(z.to(self.device), labels))).cpu()
+        finally:
+            self.train(was_training)
 
     def sample(self, n: int, labels: torch.Tensor | None = None, seed: int | None = None,
                truncation: float | None = None) -> torch.Tensor:

@@ -165,7 +165,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         while state["epoch"] < tcfg.epochs:
             t_epoch = time.perf_counter()
             order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
-            sums, count, seen = {}, 0, 0
+            sums, count, seen, out_of_time = {}, 0, 0, False
             for b in range(state["batch"], steps_per_epoch):
                 idx = order[b * bs : (b + 1) * bs]
                 metrics = step(x[idx], y[idx])
@@ -192,6 +192,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                     save_checkpoint()
                     raise Interrupted(f"interrupted at step {state['step']}; resume with: "
                                       f"genforge train --resume {run_dir}")
+                elapsed = state["train_seconds"] + time.perf_counter() - t_epoch
+                if out_of_time := bool(tcfg.max_seconds and elapsed >= tcfg.max_seconds):
+                    break
             val = task.validate(step.eval_model(), x_val, y_val, ds) if len(val_idx) else {}
             state["train_seconds"] += time.perf_counter() - t_epoch
             task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
@@ -205,6 +208,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
             save_checkpoint()
             if stop:
                 log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
+                break
+            if out_of_time:
+                log.line(f"time limit: stopped after {state['train_seconds']:.1f} s (train.max_seconds)")
                 break
     summary = finish(cfg, run_dir, step.eval_model(), ds, task, state)
     if fold is not None:
