@@ -1,7 +1,9 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import QUICK_GENERATOR, train_run
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(1)  # two threads on two cores are fragile when pytest shares the machine
@@ -38,3 +40,24 @@ def evaluator_cache(tmp_path_factory, fashion_available):
         train_evaluator(load_dataset("fashion-mnist", progress=False),
                         overrides=["data.train_subset=8192", "train.epochs=1", "train.threads=1"])
     return cache
+
+
+@pytest.fixture(scope="session")
+def gan_run(evaluator_cache, tmp_path_factory) -> Path:
+    """A class-conditional DCGAN, one epoch on 1,024 Fashion-MNIST images."""
+    return train_run(tmp_path_factory.mktemp("gan"), "fashion-cdcgan", *QUICK_GENERATOR, "model.width=16",
+                     cache=evaluator_cache)
+
+
+@pytest.fixture(scope="session")
+def vae_run(evaluator_cache, tmp_path_factory) -> Path:
+    """A convolutional VAE, one epoch on 1,024 Fashion-MNIST images."""
+    return train_run(tmp_path_factory.mktemp("vae"), "fashion-vae", *QUICK_GENERATOR, "model.width=8",
+                     "eval.iwae_k=20", "eval.iwae_images=20", cache=evaluator_cache)
+
+
+@pytest.fixture(scope="session")
+def classifier_run(tmp_path_factory, fashion_available) -> Path:
+    """The fast Fashion-MNIST CNN, two epochs on 8,192 images (~85% test accuracy)."""
+    return train_run(tmp_path_factory.mktemp("clf"), "fashion-cnn-fast", "train.threads=1", "data.train_subset=8192",
+                     "train.epochs=2", "train.batch_size=128")

@@ -4,12 +4,12 @@ reconstruct, evaluate (calibration and provenance), and the divergence guard."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import QUICK_GENERATOR, genforge_cli
 
 from genforge import runs
 from genforge.data import load_dataset
@@ -18,31 +18,11 @@ from genforge.evaluate.generative import frechet_distance
 
 pytestmark = pytest.mark.usefixtures("fashion_available")
 
-QUICK = ["train.threads=1", "data.train_subset=1024", "train.epochs=1", "eval.samples=300", "eval.grid=16"]
+QUICK = QUICK_GENERATOR
 
 
 def cli(cache: Path, *args, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENFORGE_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "genforge", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
-
-
-def train_run(cache: Path, parent: Path, preset: str, *overrides) -> Path:
-    result = cli(cache, "train", preset, *QUICK, *overrides, "--runs-dir", str(parent), "--quiet")
-    assert result.returncode == 0, result.stderr
-    (run,) = parent.iterdir()
-    return run
-
-
-@pytest.fixture(scope="module")
-def gan_run(evaluator_cache, tmp_path_factory) -> Path:
-    return train_run(evaluator_cache, tmp_path_factory.mktemp("gan"), "fashion-cdcgan", "model.width=16")
-
-
-@pytest.fixture(scope="module")
-def vae_run(evaluator_cache, tmp_path_factory) -> Path:
-    return train_run(evaluator_cache, tmp_path_factory.mktemp("vae"), "fashion-vae", "model.width=8",
-                     "eval.iwae_k=20", "eval.iwae_images=20")
+    return genforge_cli(*args, cache=cache, cwd=cwd)
 
 
 def test_gan_run_has_samples_scores_and_report(gan_run):
@@ -132,3 +112,7 @@ def test_diverging_gan_is_rolled_back_and_stops_with_finite_weights(evaluator_ca
     (run,) = tmp_path.iterdir()
     state = runs.load_state(run / runs.CHECKPOINT)
     assert all(torch.isfinite(v).all() for v in state["step_fn"]["model"].values() if v.is_floating_point())
+    assert runs.read_json(run / "summary.json")["status"] == "diverged"
+    kept = runs.load_run(run)  # the last good weights, usable like any run's
+    assert all(torch.isfinite(v).all() for v in kept.model.state_dict().values() if v.is_floating_point())
+    assert kept.sample(4, label=None if not kept.model.cfg.conditional else 1, seed=0).shape == (4, 1, 28, 28)

@@ -98,6 +98,8 @@ def test_divergence_rolls_back_then_stops_with_finite_weights(tmp_path):
     assert "Traceback" not in err
     state = runs.load_state(only_run(tmp_path) / runs.CHECKPOINT)
     assert all(torch.isfinite(v).all() for v in state["step_fn"]["model"].values() if v.is_floating_point())
+    assert runs.read_json(only_run(tmp_path) / "summary.json")["status"] == "diverged"
+    assert runs.load_run(only_run(tmp_path)).model is not None  # the last good weights were saved
 
 
 def test_fast_preset_learns_on_real_data(tmp_path):

@@ -272,6 +272,25 @@ def cv(
     out.print(f"cross-validated accuracy: {result['mean']:.4f} ± {result['sd']:.4f} over {folds} folds  ({parent})")
 
 
+@app.command()
+def serve(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to serve (classifiers, GANs, VAEs).")],
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs --token-file.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token_file: Annotated[Path | None, typer.Option(help="A file holding the bearer token clients must send.")] = None,
+    max_body: Annotated[int, typer.Option(min=1024, help="Largest request body, bytes.")] = 1 << 20,
+    max_concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight before 503.")] = 32,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Inference timeout, seconds (then 504).")] = 10.0,
+):
+    """Serve runs over HTTP: a JSON API (docs at /docs) and a web playground at /."""
+    from genforge.serve.limits import Limits
+    from genforge.serve.server import serve as run_server
+
+    run_server(runs, host, port, token_file,
+               Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout))
+
+
 @runs_app.callback()
 def runs_list(ctx: typer.Context, runs_dir: RunsDir = Path("runs")):
     """List runs with their headline metrics."""

@@ -12,21 +12,36 @@ from genforge.errors import GenforgeError
 MAX_PIXELS = 4096 * 4096  # refuse larger images before decoding them (decompression bombs)
 
 
-def _load_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = "image",
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """PNG or JPEG (a path or the file's bytes) -> uint8 (C, H, W) resized to the model's input.
+
+    The header is checked before any pixel is decoded: format, then width x height against max_pixels.
+    Grayscale models get light-on-dark images, like their training data: an image whose border is light
+    (a dark drawing on white paper) is inverted."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     c, h, w = shape
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             if im.format not in ("PNG", "JPEG"):
-                raise GenforgeError(f"{path}: {im.format} images are not supported; use PNG or JPEG")
-            if im.width * im.height > MAX_PIXELS:
-                raise GenforgeError(f"{path}: {im.width}x{im.height} is too large; resize it first")
-            im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise GenforgeError(f"{path}: not a readable PNG or JPEG ({e})") from None
-    return arr[None] if c == 1 else arr.transpose(2, 0, 1)  # (C, H, W)
+                raise GenforgeError(f"{name}: {im.format} images are not supported; use PNG or JPEG")
+            if im.width * im.height > max_pixels:
+                raise GenforgeError(f"{name}: {im.width}x{im.height} is too large (at most {max_pixels:,} pixels); "
+                                    f"resize it first")
+            if im.mode in ("RGBA", "LA", "P"):  # transparent areas become black, the background of the data
+                im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA"))
+            arr = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR),
+                             dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise GenforgeError(f"{name}: not a readable PNG or JPEG ({e})") from None
+    if c == 1:
+        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+        arr = 255 - arr if border.mean() > 127 else arr
+        return arr[None]  # (1, H, W)
+    return arr.transpose(2, 0, 1)  # (C, H, W)
 
 
 def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -58,7 +73,7 @@ def load_inputs(files: list[Path], shape: tuple[int, ...]) -> torch.Tensor:
         if path.suffix.lower() == ".npy":
             parts.append(_load_npy(path, shape))
         elif len(shape) == 3:
-            parts.append(_load_image(path, shape)[None])
+            parts.append(decode_image(path, shape, name=str(path))[None])
         else:
             raise GenforgeError(f"{path}: this model takes feature vectors; give a .npy of shape (N, {shape[0]})")
     return torch.from_numpy(np.concatenate(parts))

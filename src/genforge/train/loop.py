@@ -160,58 +160,66 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False)
     total = tcfg.epochs * steps_per_epoch
-    with _interrupt_flag() as interrupt, progress:
-        bar = progress.add_task("train", total=total, completed=state["step"], stats="")
-        while state["epoch"] < tcfg.epochs:
-            t_epoch = time.perf_counter()
-            order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
-            sums, count, seen, out_of_time = {}, 0, 0, False
-            for b in range(state["batch"], steps_per_epoch):
-                idx = order[b * bs : (b + 1) * bs]
-                metrics = step(x[idx], y[idx])
-                state["batch"], state["step"] = b + 1, state["step"] + 1
-                if metrics is None:
-                    state["skipped"] += 1
-                    state["nonfinite"] += 1
-                    if state["nonfinite"] >= tcfg.max_nonfinite:
-                        _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
-                else:
-                    count, seen = count + 1, seen + len(idx)
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
-                    shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "lr")
-                    progress.update(bar, advance=1, description=f"epoch {state['epoch'] + 1}/{tcfg.epochs}",
-                                    stats=f"{shown} {rate:,.0f} img/s")
-                if tcfg.checkpoint_every and state["step"] % tcfg.checkpoint_every == 0:
-                    state["train_seconds"] += time.perf_counter() - t_epoch
-                    t_epoch = time.perf_counter()
-                    save_checkpoint()
-                if interrupt["signal"] is not None:
-                    state["train_seconds"] += time.perf_counter() - t_epoch
-                    save_checkpoint()
-                    raise Interrupted(f"interrupted at step {state['step']}; resume with: "
-                                      f"genforge train --resume {run_dir}")
-                elapsed = state["train_seconds"] + time.perf_counter() - t_epoch
-                if out_of_time := bool(tcfg.max_seconds and elapsed >= tcfg.max_seconds):
+    try:
+        with _interrupt_flag() as interrupt, progress:
+            bar = progress.add_task("train", total=total, completed=state["step"], stats="")
+            while state["epoch"] < tcfg.epochs:
+                t_epoch = time.perf_counter()
+                order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
+                sums, count, seen, out_of_time = {}, 0, 0, False
+                for b in range(state["batch"], steps_per_epoch):
+                    idx = order[b * bs : (b + 1) * bs]
+                    metrics = step(x[idx], y[idx])
+                    state["batch"], state["step"] = b + 1, state["step"] + 1
+                    if metrics is None:
+                        state["skipped"] += 1
+                        state["nonfinite"] += 1
+                        if state["nonfinite"] >= tcfg.max_nonfinite:
+                            _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
+                    else:
+                        count, seen = count + 1, seen + len(idx)
+                        for k, v in metrics.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                        rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
+                        shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "lr")
+                        progress.update(bar, advance=1, description=f"epoch {state['epoch'] + 1}/{tcfg.epochs}",
+                                        stats=f"{shown} {rate:,.0f} img/s")
+                    if tcfg.checkpoint_every and state["step"] % tcfg.checkpoint_every == 0:
+                        state["train_seconds"] += time.perf_counter() - t_epoch
+                        t_epoch = time.perf_counter()
+                        save_checkpoint()
+                    if interrupt["signal"] is not None:
+                        state["train_seconds"] += time.perf_counter() - t_epoch
+                        save_checkpoint()
+                        raise Interrupted(f"interrupted at step {state['step']}; resume with: "
+                                          f"genforge train --resume {run_dir}")
+                    elapsed = state["train_seconds"] + time.perf_counter() - t_epoch
+                    if out_of_time := bool(tcfg.max_seconds and elapsed >= tcfg.max_seconds):
+                        break
+                val = task.validate(step.eval_model(), x_val, y_val, ds) if len(val_idx) else {}
+                state["train_seconds"] += time.perf_counter() - t_epoch
+                task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
+                record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
+                          **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
+                          **{f"val_{k}": v for k, v in val.items()}, "skipped_steps": state["skipped"]}
+                log.metrics(record)
+                log.line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+                state["epoch"], state["batch"] = state["epoch"] + 1, 0
+                stop = _early_stop(state, val, tcfg.early_stopping)
+                save_checkpoint()
+                if stop:
+                    log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
                     break
-            val = task.validate(step.eval_model(), x_val, y_val, ds) if len(val_idx) else {}
-            state["train_seconds"] += time.perf_counter() - t_epoch
-            task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
-            record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
-                      **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
-                      **{f"val_{k}": v for k, v in val.items()}, "skipped_steps": state["skipped"]}
-            log.metrics(record)
-            log.line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            state["epoch"], state["batch"] = state["epoch"] + 1, 0
-            stop = _early_stop(state, val, tcfg.early_stopping)
-            save_checkpoint()
-            if stop:
-                log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
-                break
-            if out_of_time:
-                log.line(f"time limit: stopped after {state['train_seconds']:.1f} s (train.max_seconds)")
-                break
+                if out_of_time:
+                    log.line(f"time limit: stopped after {state['train_seconds']:.1f} s (train.max_seconds)")
+                    break
+    except Diverged:  # _rollback restored the last good weights: keep them, usable like any run's
+        runs.save_weights(step.eval_model(), run_dir / runs.WEIGHTS)
+        (run_dir / "summary.json").write_text(json.dumps({"status": "diverged", "kind": cfg.model.kind,
+                                                          "dataset": ds.name, "steps": state["step"],
+                                                          "skipped_steps": state["skipped"],
+                                                          "rollbacks": state["rollbacks"]}, indent=1))
+        raise
     summary = finish(cfg, run_dir, step.eval_model(), ds, task, state)
     if fold is not None:
         summary["fold_accuracy"] = task.validate(step.eval_model(), x_val, y_val, ds)["acc"]
@@ -232,9 +240,10 @@ def _rollback(state: dict, tcfg, ckpt_path: Path, restore, log: _Log, hint: str)
     """Restore the last good weights and optimizer state, keep the data position: the bad batches are skipped."""
     state["rollbacks"] += 1
     state["nonfinite"] = 0
-    if state["rollbacks"] > tcfg.max_rollbacks:
-        raise Diverged(f"training diverged: {state['skipped']} bad steps and {tcfg.max_rollbacks} rollbacks; {hint}")
     restore(runs.load_state(ckpt_path), with_rng=False)
+    if state["rollbacks"] > tcfg.max_rollbacks:
+        raise Diverged(f"training diverged: {state['skipped']} bad steps and {tcfg.max_rollbacks} rollbacks; "
+                       f"the last good weights were kept; {hint}")
     log.line(f"warning: {tcfg.max_nonfinite} bad steps (non-finite or unhealthy); rolled back to the last checkpoint "
              f"(rollback {state['rollbacks']}/{tcfg.max_rollbacks})")
 

@@ -37,7 +37,18 @@ def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
 
 
 def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of the weights and buffers (BatchNorm statistics included)."""
-    return torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
-    )
+    """An exponential moving average of the weights and buffers (BatchNorm statistics included).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the average forgets the random
+    initial weights within a few hundred steps instead of carrying e^(-n (1 - decay)) of them (37% after
+    1,000 steps at 0.999)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged) -> None:
+        if not averaged[0].is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        n = float(n_averaged)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)

@@ -1,0 +1,111 @@
+"""A served model: a loaded run plus the verbs the API offers for its kind. No HTTP in here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genforge.errors import GenforgeError
+from genforge.runs import LoadedRun, load_run
+
+HEADLINE = ("test_accuracy", "test_macro_f1", "fd", "kid", "precision", "recall", "conditional_accuracy",
+            "nll_iwae", "test_elbo", "latency_ms_b1", "train_seconds")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    run: LoadedRun
+    task: str  # classify, gan or vae
+    backend: str = "torch"
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.run.meta["input_shape"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.run.meta["classes"])
+
+    @property
+    def conditional(self) -> bool:
+        return bool(getattr(self.run.model.cfg, "conditional", False)) if self.task != "classify" else False
+
+    def verbs(self) -> list[str]:
+        verbs = {"classify": ["classify"], "gan": ["generate", "interpolate"],
+                 "vae": ["generate", "interpolate", "reconstruct"]}
+        return verbs[self.task]
+
+    def card(self) -> dict:
+        """What a client needs to call the model and judge it: kind, data, classes, shape, metrics, config."""
+        summary = self.run.summary
+        return {
+            "name": self.name, "kind": self.run.config.model.kind, "task": self.task, "verbs": self.verbs(),
+            "dataset": self.run.meta.get("dataset"), "classes": self.classes, "input_shape": list(self.input_shape),
+            "conditional": self.conditional, "run_id": self.run.path.name, "backend": self.backend,
+            "metrics": {k: summary[k] for k in HEADLINE if isinstance(summary.get(k), (int, float))},
+            "config": self.run.config.model_dump(mode="json"),
+        }
+
+    # classify -----------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, *input_shape) raw inputs -> (N, K) probabilities; called from the one inference thread."""
+        model = self.run.model
+        return model.probabilities(model(x)).float()
+
+    # generate -----------------------------------------------------------------------------------------------
+    def generate(self, n: int, label: int | None, seed: int, truncation: float | None) -> torch.Tensor:
+        return self.run.sample(n, label=label, seed=seed, truncation=truncation)
+
+    def interpolate(self, steps: int, seed: int, from_label: int | None, to_label: int | None) -> torch.Tensor:
+        from genforge.sample import interpolate
+
+        return interpolate(self.run.model, steps, seed, from_label, to_label)
+
+    def reconstruct(self, x: torch.Tensor, label: int | None) -> torch.Tensor:
+        labels = None
+        if self.conditional:
+            if label is None:
+                raise GenforgeError("this VAE is class-conditional: give the inputs' class as `label`")
+            labels = torch.full((len(x),), label, dtype=torch.long)
+        return self.run.model.reconstruct(x, labels)
+
+    def warm_up(self) -> float:
+        """One call of every verb on dummy data, so the first request pays no one-time costs. Returns seconds."""
+        t0 = time.perf_counter()
+        if self.task == "classify":
+            dtype = torch.uint8 if len(self.input_shape) == 3 else torch.float32
+            self.probabilities(torch.zeros((1, *self.input_shape), dtype=dtype))
+            self.probabilities(torch.zeros((16, *self.input_shape), dtype=dtype))
+        else:
+            self.generate(4, 0 if self.conditional else None, 0, None)
+        return time.perf_counter() - t0
+
+
+def load_models(paths: list[str | Path]) -> dict[str, ServedModel]:
+    """Served models by name: the run's config name when it is unique among the runs given, else the run
+    directory's name. Exactly the runs given at start: the API never loads a model from a path or a URL."""
+    runs = [load_run(p) for p in paths]
+    if not runs:
+        raise GenforgeError("give at least one run directory to serve")
+    names = [r.config.name for r in runs]
+    models = {}
+    for run, short in zip(runs, names):
+        name = short if names.count(short) == 1 else run.path.name
+        if name in models:
+            raise GenforgeError(f"{run.path} is given twice")
+        run.model.eval()
+        models[name] = ServedModel(name, run, run.meta.get("task", "classify"))
+    return models
+
+
+def as_array(images: torch.Tensor) -> list:
+    """uint8 (N, C, H, W) -> nested lists (N, H, W) for one channel, else (N, C, H, W)."""
+    array = images.numpy()
+    return (array[:, 0] if array.shape[1] == 1 else array).astype(np.uint8).tolist()

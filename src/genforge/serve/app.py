@@ -1,0 +1,404 @@
+"""The HTTP API: models from the run directories given at start, nothing else. Every error is JSON with a message
+that says what to fix; a bad request gets a 4xx and the worker keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from genforge.errors import GenforgeError
+from genforge.serve.adapters import ServedModel, as_array
+from genforge.serve.batching import MicroBatcher
+from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs
+
+Number = float | int
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyRequest(_Strict):
+    inputs: list[list[Number] | list[list[Number]] | list[list[list[Number]]]] = Field(
+        min_length=1, max_length=256, description="Images (H x W, C x H x W or flat) or feature vectors")
+    top_k: int = Field(3, ge=1, le=1000, description="Classes listed per input, most probable first")
+    range: Literal["auto", "0-255", "0-1"] = Field("auto", description="Pixel scale; auto: 0-1 if every value <= 1")
+
+
+class GenerateRequest(_Strict):
+    n: int = Field(16, ge=1, le=256, description="Number of images")
+    label: int | None = Field(None, ge=0, le=100_000, description="Class to draw (class-conditional models)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="The same seed gives the same images")
+    truncation: float | None = Field(None, gt=0, le=10, description="Redraw latent entries beyond ±T")
+    format: Literal["png", "array"] = "png"
+
+
+class InterpolateRequest(_Strict):
+    steps: int = Field(10, ge=2, le=256)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    from_label: int | None = Field(None, ge=0, le=100_000)
+    to_label: int | None = Field(None, ge=0, le=100_000)
+    format: Literal["png", "array"] = "array"
+
+
+class ReconstructRequest(_Strict):
+    inputs: list[list[Number] | list[list[Number]] | list[list[list[Number]]]] = Field(min_length=1, max_length=256)
+    label: int | None = Field(None, ge=0, le=100_000, description="The inputs' class (class-conditional VAEs)")
+    range: Literal["auto", "0-255", "0-1"] = "auto"
+    format: Literal["png", "array"] = "array"
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in [
+    (401, "Missing or wrong bearer token"), (404, "No such model"), (413, "Body too large"),
+    (415, "Unsupported content type"), (422, "Invalid input; the message says what to fix"),
+    (503, "Overloaded or not ready; retry later"), (504, "Inference timed out")]}
+PNG = {200: {"content": {"image/png": {}, "application/json": {}}, "description": "A PNG grid or JSON arrays"}}
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)
+
+
+def _validation_message(errors: list) -> str:
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body",)) or "body"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+class Gate:
+    """ASGI middleware in front of the routes: bearer token, the concurrency limit (503 at once when full),
+    and the Prometheus request metrics."""
+
+    OPEN = ("/", "/livez", "/readyz", "/favicon.ico")
+
+    def __init__(self, app, state: dict):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, state = scope["path"], self.state
+        token = state["token"]
+        if token and path not in self.OPEN and not path.startswith("/static/"):
+            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return await _send(send, _error(401, "send the token as the header 'Authorization: Bearer TOKEN'",
+                                                {"www-authenticate": "Bearer"}), scope, receive)
+        parts = path.strip("/").split("/")
+        route = parts[-1] if len(parts) == 4 and parts[:2] == ["v1", "models"] else path
+        limited = scope["method"] == "POST"
+        if limited and state["in_flight"] >= state["limits"].max_concurrency:
+            state["metrics"].observe(route, 503, 0.0)
+            return await _send(send, _error(503, "the server is at its concurrency limit; retry shortly",
+                                            {"retry-after": "1"}), scope, receive)
+        status = {"code": 500}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        state["in_flight"] += limited
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            state["in_flight"] -= limited
+            state["metrics"].observe(route, status["code"], time.perf_counter() - t0)
+
+
+async def _send(send, response: Response, scope, receive) -> None:
+    await response(scope, receive, send)
+
+
+class Metrics:
+    """Prometheus metrics in a registry of this app's own (no process-global state)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("genforge_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.errors = Counter("genforge_errors", "HTTP requests answered 4xx or 5xx", ["route", "status"],
+                              registry=self.registry)
+        self.latency = Histogram("genforge_request_seconds", "Request latency", ["route"], registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+        self.batch = Histogram("genforge_batch_size", "Rows per inference batch", ["model"], registry=self.registry,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.ready = Gauge("genforge_ready", "1 when the models are loaded and warmed up", registry=self.registry)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+def create_app(models: dict[str, ServedModel], token: str | None = None, limits: Limits = Limits(),
+               max_wait_ms: float = 2.0) -> FastAPI:
+    """The API over already-loaded models. `token`: every route but the page and the probes needs it."""
+    metrics = Metrics()
+    state = {"token": token, "limits": limits, "in_flight": 0, "metrics": metrics, "ready": False}
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # one thread: no contention
+    batchers = {name: MicroBatcher(m.probabilities, executor, limits.max_batch, max_wait_ms,
+                                   on_batch=metrics.batch.labels(name).observe)
+                for name, m in models.items() if m.task == "classify"}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for batcher in batchers.values():
+            batcher.start()
+        loop = asyncio.get_running_loop()
+        for model in models.values():
+            await loop.run_in_executor(executor, model.warm_up)
+        state["ready"] = True
+        metrics.ready.set(1)
+        yield
+        state["ready"] = False
+        for batcher in batchers.values():
+            await batcher.stop()  # the executor lives as long as the app: a test client may start it again
+
+    app = FastAPI(title="genforge", version="1", lifespan=lifespan, responses=ERRORS,
+                  description="Trained genforge runs behind an HTTP API. Errors are JSON: {error: {status, message}}.")
+    app.state.genforge = state
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, e: RequestError):
+        return _error(e.status, str(e))
+
+    @app.exception_handler(GenforgeError)
+    async def user_error(request, e: GenforgeError):
+        return _error(422, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, e: RequestValidationError):
+        return _error(422, _validation_message(e.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    def model_for(name: str, verb: str) -> ServedModel:
+        model = models.get(name)
+        if model is None:
+            raise RequestError(f"no model named {name!r}; GET /v1/models lists them: {', '.join(models)}", 404)
+        if verb not in model.verbs():
+            raise RequestError(f"{name} is a {model.task} model: it offers {', '.join(model.verbs())}, not {verb}")
+        return model
+
+    async def infer(fn, *args):
+        """Run fn on the inference thread; 504 when it takes longer than the limit."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(executor, fn, *args), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"inference took longer than {limits.timeout_s:g} s; ask for fewer images", 504) \
+                from None
+
+    def parse(cls: type[BaseModel], body: bytes) -> BaseModel:
+        try:
+            return cls.model_validate_json(body or b"{}")
+        except ValidationError as e:
+            raise RequestError(_validation_message(e.errors())) from None
+
+    async def image_inputs(request: Request, model: ServedModel, cls: type[BaseModel]) -> tuple[np.ndarray, dict]:
+        """(N, *shape) inputs from a multipart `file` upload or a JSON body of arrays, plus the JSON fields."""
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            if len(model.input_shape) != 3:
+                raise RequestError(f"{model.name} takes feature vectors: send JSON {{\"inputs\": [[...]]}}", 415)
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except Exception as e:  # noqa: BLE001 - starlette raises several kinds for malformed multipart
+                raise RequestError(f"malformed multipart body ({e}); send one image in a field named 'file'", 400) \
+                    from None
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise RequestError("send the image as a multipart file field named 'file'")
+            data = await upload.read()
+            fields = {k: v for k, v in form.items() if k != "file"}
+            x = await run_in_threadpool(_decode, data, model.input_shape, upload.filename or "file", limits)
+            return x[None], fields
+        if content_type != "application/json":
+            raise RequestError(f"content type {content_type} is not accepted; send application/json or "
+                               f"multipart/form-data with a 'file' field", 415)
+        req = parse(cls, await request.body())
+        return array_inputs(req.inputs, model.input_shape, req.range), req.model_dump(exclude={"inputs"})
+
+    @app.get("/livez", tags=["operations"], summary="The process is up (also the stack's hello-world route)")
+    async def livez():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Ready once every model is loaded and warmed up",
+             responses={503: {"model": ErrorBody}})
+    async def readyz():
+        if not state["ready"]:
+            return _error(503, "not ready: models are loading or the server is shutting down")
+        return {"status": "ready", "models": list(models)}
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["models"], summary="The served models")
+    async def list_models():
+        return {"models": [m.card() for m in models.values()]}
+
+    @app.get("/v1/models/{name}", tags=["models"], summary="One model's card: kind, data, classes, metrics")
+    async def model_card(name: str):
+        model = models.get(name)
+        if model is None:
+            raise RequestError(f"no model named {name!r}; GET /v1/models lists them", 404)
+        return model.card()
+
+    classify_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ClassifyRequest.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "A PNG or JPEG image"}}}}}}}
+
+    @app.post("/v1/models/{name}/classify", tags=["models"], openapi_extra=classify_body,
+              summary="Class probabilities of images (PNG/JPEG upload or JSON arrays) or feature vectors")
+    async def classify(name: str, request: Request,
+                       top_k: int | None = Query(None, ge=1, le=1000, description="Overrides the body's top_k"),
+                       echo_input: bool = Query(False, description="Return the preprocessed input the model saw")):
+        model = model_for(name, "classify")
+        x, fields = await image_inputs(request, model, ClassifyRequest)
+        k = min(top_k or int(fields.get("top_k", 3)), len(model.classes))
+        if len(x) > limits.max_batch:
+            raise RequestError(f"at most {limits.max_batch} inputs per request, got {len(x)}")
+        t0 = time.perf_counter()
+        try:
+            probs = await asyncio.wait_for(batchers[name].submit(torch.from_numpy(x)), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"inference took longer than {limits.timeout_s:g} s", 504) from None
+        latency = (time.perf_counter() - t0) * 1000
+        values, indices = probs.topk(k, dim=1)
+        predictions = []
+        for i, (p, v, j) in enumerate(zip(probs.tolist(), values.tolist(), indices.tolist())):
+            pred = {"index": j[0], "label": model.classes[j[0]], "probabilities": p,
+                    "top_k": [{"index": c, "label": model.classes[c], "probability": q} for q, c in zip(v, j)]}
+            if echo_input:
+                pred["input"] = x[i].reshape(-1, *x.shape[-2:])[0].tolist() if x.ndim == 4 else x[i].tolist()
+            predictions.append(pred)
+        return {"model": name, "backend": model.backend, "latency_ms": latency, "predictions": predictions}
+
+    def images_response(images: torch.Tensor, fmt: str, extra: dict, latency: float, nrow: int | None = None):
+        from genforge.sample import png_bytes
+
+        headers = {"x-latency-ms": f"{latency:.2f}", "x-backend": "torch"}
+        if fmt == "png":
+            scale = 2 if images.shape[-1] < 64 else 1
+            return Response(png_bytes(images, nrow, scale=scale), media_type="image/png", headers=headers)
+        return JSONResponse({**extra, "latency_ms": latency, "backend": "torch", "images": as_array(images)},
+                            headers=headers)
+
+    @app.post("/v1/models/{name}/generate", tags=["models"], responses=PNG,
+              summary="Samples from a generator: a PNG grid or uint8 arrays; the same seed gives the same images")
+    async def generate(name: str, req: GenerateRequest):
+        model = model_for(name, "generate")
+        _check_label(model, req.label)
+        if req.n > limits.max_n:
+            raise RequestError(f"n must be at most {limits.max_n}")
+        t0 = time.perf_counter()
+        images = await infer(model.generate, req.n, req.label, req.seed, req.truncation)
+        extra = {"model": name, "n": req.n, "seed": req.seed, "label": req.label}
+        return images_response(images, req.format, extra, (time.perf_counter() - t0) * 1000)
+
+    @app.post("/v1/models/{name}/interpolate", tags=["models"], responses=PNG,
+              summary="A walk through latent space (spherical), from one class to another for conditional models")
+    async def interpolate(name: str, req: InterpolateRequest):
+        model = model_for(name, "interpolate")
+        for label in (req.from_label, req.to_label):
+            _check_label(model, label)
+        if req.steps > limits.max_n:
+            raise RequestError(f"steps must be at most {limits.max_n}")
+        t0 = time.perf_counter()
+        images = await infer(model.interpolate, req.steps, req.seed, req.from_label, req.to_label)
+        extra = {"model": name, "steps": req.steps, "seed": req.seed}
+        return images_response(images, req.format, extra, (time.perf_counter() - t0) * 1000, nrow=req.steps)
+
+    reconstruct_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ReconstructRequest.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary"}}}}}}}
+
+    @app.post("/v1/models/{name}/reconstruct", tags=["models"], openapi_extra=reconstruct_body, responses=PNG,
+              summary="A VAE's reconstructions of images, with the mean absolute error per image (0-255)")
+    async def reconstruct(name: str, request: Request):
+        model = model_for(name, "reconstruct")
+        x, fields = await image_inputs(request, model, ReconstructRequest)
+        label = fields.get("label")
+        label = int(label) if isinstance(label, (int, str)) and str(label).isdigit() else None
+        _check_label(model, label)
+        t0 = time.perf_counter()
+        recon = await infer(model.reconstruct, torch.from_numpy(x), label)
+        errors = (torch.from_numpy(x).float() - recon.float()).abs().flatten(1).mean(1).tolist()
+        latency = (time.perf_counter() - t0) * 1000
+        fmt = fields.get("format", "array")
+        if fmt == "png":
+            pairs = torch.stack([torch.from_numpy(x), recon], 1).flatten(0, 1)
+            return images_response(pairs, "png", {}, latency, nrow=min(8, len(pairs)))
+        return {"model": name, "latency_ms": latency, "backend": "torch", "errors": errors,
+                "images": as_array(recon)}
+
+    static = resources.files("genforge.serve") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def playground():
+        return FileResponse(str(static / "index.html"))
+
+    app.add_middleware(Gate, state=state)  # the last added runs first: the body limit, then the gate
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    return app
+
+
+def _check_label(model: ServedModel, label: int | None) -> None:
+    if label is None:
+        return
+    if not model.conditional:
+        raise RequestError(f"{model.name} is not class-conditional: leave out the label")
+    if label >= len(model.classes):
+        raise RequestError(f"label must lie in 0-{len(model.classes) - 1} ({', '.join(model.classes)})")
+
+
+def _decode(data: bytes, shape: tuple[int, ...], name: str, limits: Limits) -> np.ndarray:
+    from genforge.predict import decode_image
+
+    try:
+        return decode_image(data, shape, name=name, max_pixels=limits.max_pixels).copy()  # writable for torch
+    except GenforgeError as e:
+        raise RequestError(str(e)) from None

@@ -1,0 +1,100 @@
+"""Limits on every request, enforced where the input enters: body size before buffering, then shape, dtype,
+range and counts of what was sent."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from genforge.errors import GenforgeError
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1 << 20  # 1 MiB: refused before the body is read into memory
+    max_pixels: int = 4096 * 4096  # per uploaded image, checked from the header before decoding
+    max_batch: int = 256  # images or vectors per classify request
+    max_n: int = 256  # images per generate request; steps per interpolation
+    max_concurrency: int = 32  # requests in flight at once; beyond that 503 at once instead of a growing queue
+    timeout_s: float = 10.0  # inference time before 504
+
+
+class RequestError(GenforgeError):
+    """A client's mistake: answered with `status` and a message that says what to fix."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 when Content-Length says too much, or when the streamed body grows past the
+    limit; either way the body is never buffered beyond max_bytes."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await _reject(send, self.max_bytes)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await _reject(send, self.max_bytes)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _reject(send, max_bytes: int) -> None:
+    import json
+
+    body = json.dumps({"error": {"status": 413, "message": f"request body is larger than {max_bytes:,} bytes; "
+                                                           f"send fewer or smaller images"}}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def array_inputs(values: list, shape: tuple[int, ...], value_range: str) -> np.ndarray:
+    """JSON inputs -> (N, *shape) uint8 images or float32 vectors, validated.
+
+    An image may come as (H, W) or (C, H, W) nested lists, or flat (C*H*W); values 0-255, or 0-1 with
+    value_range "0-1" ("auto": 0-1 when every value is <= 1)."""
+    size = math.prod(shape)
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise RequestError("inputs must be a list of equally shaped arrays of numbers "
+                           f"(each {'x'.join(map(str, shape))} or flat {size})") from None
+    if array.ndim < 2 or array[0].size != size:
+        got = "x".join(map(str, array.shape[1:])) or "a number"
+        raise RequestError(f"each input must have {size} values ({'x'.join(map(str, shape))}), got {got}")
+    if not np.isfinite(array).all():
+        raise RequestError("inputs must be finite numbers (no NaN or infinity)")
+    array = array.reshape(len(array), *shape)
+    if len(shape) != 3:
+        return array.astype(np.float32)
+    low, high = float(array.min()), float(array.max())
+    top = {"0-1": 1.0, "0-255": 255.0, "auto": 1.0 if 0 <= low and high <= 1.0 else 255.0}[value_range]
+    if low < 0 or high > top:
+        allowed = "0-255 (or 0-1)" if value_range == "auto" else value_range
+        raise RequestError(f"pixel values must lie in {allowed}, got {low:g} to {high:g}")
+    return np.rint(array * (255.0 / top)).astype(np.uint8)

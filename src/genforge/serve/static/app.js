@@ -1,0 +1,246 @@
+// genforge playground: plain JavaScript, no build step, no external assets. Talks to the JSON API only.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = { models: [], walk: [], token: sessionStorage.getItem("genforge-token") || "" };
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(path, body, { binary = false, form = null } = {}) {
+  const headers = {};
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  const init = { method: body || form ? "POST" : "GET", headers };
+  if (form) init.body = form;
+  else if (body) { headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
+  const response = await fetch(path, init);
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error.message; } catch (e) { /* not JSON */ }
+    if (response.status === 401) $("token-row").hidden = false;
+    throw new Error(message);
+  }
+  showError("");
+  return binary ? response.blob() : response.json();
+}
+
+function option(select, value, text) {
+  const o = document.createElement("option");
+  o.value = value;
+  o.textContent = text;
+  select.append(o);
+}
+
+function drawImage(canvas, pixels, x0 = 0) {
+  // pixels: H x W (gray) or C x H x W; drawn scaled to the canvas height
+  const gray = !Array.isArray(pixels[0][0]);
+  const h = gray ? pixels.length : pixels[0].length, w = gray ? pixels[0].length : pixels[0][0].length;
+  const tmp = document.createElement("canvas");
+  tmp.width = w; tmp.height = h;
+  const ctx = tmp.getContext("2d"), img = ctx.createImageData(w, h);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+    const i = 4 * (y * w + x);
+    const rgb = gray ? [pixels[y][x], pixels[y][x], pixels[y][x]] : [0, 1, 2].map((c) => pixels[Math.min(c, pixels.length - 1)][y][x]);
+    img.data.set([...rgb, 255], i);
+  }
+  ctx.putImageData(img, 0, 0);
+  const out = canvas.getContext("2d");
+  out.imageSmoothingEnabled = false;
+  out.drawImage(tmp, x0, 0, canvas.height, canvas.height);
+}
+
+// ---- models and cards -----------------------------------------------------------------------------------
+async function loadModels() {
+  try {
+    state.models = (await api("/v1/models")).models;
+  } catch (e) { showError(e.message); return; }
+  const clf = $("classifier"), gen = $("generator");
+  clf.replaceChildren(); gen.replaceChildren();
+  for (const m of state.models) {
+    if (m.task === "classify" && m.input_shape.length === 3 && m.input_shape[0] === 1) option(clf, m.name, m.name);
+    if (m.task !== "classify") option(gen, m.name, `${m.name} (${m.kind})`);
+  }
+  $("classify").hidden = !clf.options.length;
+  $("generate").hidden = !gen.options.length;
+  fillLabels();
+  renderCards();
+}
+
+function model(name) { return state.models.find((m) => m.name === name); }
+
+function fillLabels() {
+  const m = model($("generator").value);
+  for (const id of ["label", "from-label", "to-label"]) {
+    const select = $(id);
+    select.replaceChildren();
+    if (!m || !m.conditional) { option(select, "", "(unconditional)"); select.disabled = true; continue; }
+    select.disabled = false;
+    if (id === "label") option(select, "", "every class");
+    m.classes.forEach((c, i) => option(select, i, c));
+  }
+  if (m && m.conditional) $("to-label").value = String(m.classes.length - 1);
+  $("recon-box").hidden = !(m && m.verbs.includes("reconstruct"));
+}
+
+function renderCards() {
+  const list = $("card-list");
+  list.replaceChildren();
+  for (const m of state.models) {
+    const card = document.createElement("article");
+    card.className = "card";
+    const rows = Object.entries(m.metrics).map(([k, v]) => `<tr><th>${k}</th><td>${Number(v).toPrecision(4)}</td></tr>`).join("");
+    card.innerHTML = `<h3></h3><p class="muted"></p><table>${rows}</table><details><summary>Training config</summary><pre></pre></details>`;
+    card.querySelector("h3").textContent = m.name;
+    card.querySelector("p").textContent = `${m.kind} · ${m.task} · ${m.dataset} · input ${m.input_shape.join("×")} · run ${m.run_id} · backend ${m.backend}`;
+    card.querySelector("pre").textContent = JSON.stringify(m.config, null, 2);
+    list.append(card);
+  }
+}
+
+// ---- classify: a drawing pad ----------------------------------------------------------------------------
+const pad = $("pad"), ink = pad.getContext("2d");
+let drawing = false, last = null, cursor = { x: 140, y: 140 }, penDown = false, pending = null;
+
+function clearPad() {
+  ink.fillStyle = "#000";
+  ink.fillRect(0, 0, pad.width, pad.height);
+  $("bars").replaceChildren();
+  $("seen").getContext("2d").clearRect(0, 0, 112, 112);
+}
+
+function stroke(from, to) {
+  ink.strokeStyle = "#fff";
+  ink.lineWidth = 22;
+  ink.lineCap = ink.lineJoin = "round";
+  ink.beginPath();
+  ink.moveTo(from.x, from.y);
+  ink.lineTo(to.x, to.y);
+  ink.stroke();
+}
+
+function point(event) {
+  const r = pad.getBoundingClientRect();
+  return { x: (event.clientX - r.left) * (pad.width / r.width), y: (event.clientY - r.top) * (pad.height / r.height) };
+}
+
+function padPixels() {
+  const small = document.createElement("canvas");
+  small.width = small.height = 28;
+  const ctx = small.getContext("2d");
+  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(pad, 0, 0, 28, 28);
+  const data = ctx.getImageData(0, 0, 28, 28).data;
+  return Array.from({ length: 28 }, (_, y) => Array.from({ length: 28 }, (_, x) => data[4 * (28 * y + x)]));
+}
+
+function showProbabilities(prediction, classes) {
+  const bars = $("bars");
+  bars.replaceChildren();
+  prediction.probabilities.forEach((p, i) => {
+    const li = document.createElement("li");
+    if (i === prediction.index) li.className = "top";
+    li.innerHTML = `<span></span><span class="track"><span class="bar" style="display:block;width:${(100 * p).toFixed(1)}%"></span></span><span>${(100 * p).toFixed(1)}%</span>`;
+    li.firstChild.textContent = classes[i];
+    li.setAttribute("aria-label", `${classes[i]} ${(100 * p).toFixed(1)} percent`);
+    bars.append(li);
+  });
+}
+
+async function classify(fromPad = true, file = null) {
+  const name = $("classifier").value;
+  if (!name) return;
+  const m = model(name);
+  try {
+    let body;
+    if (file) {
+      const form = new FormData();
+      form.append("file", file);
+      body = await api(`/v1/models/${encodeURIComponent(name)}/classify?echo_input=true&top_k=${m.classes.length}`, null, { form });
+      drawImage($("seen"), body.predictions[0].input);
+    } else if (fromPad) {
+      const pixels = padPixels();
+      drawImage($("seen"), pixels);
+      body = await api(`/v1/models/${encodeURIComponent(name)}/classify`, { inputs: [pixels], top_k: m.classes.length });
+    }
+    showProbabilities(body.predictions[0], m.classes);
+    $("latency").textContent = `answered by ${body.backend} in ${body.latency_ms.toFixed(1)} ms`;
+  } catch (e) { showError(e.message); }
+}
+
+function scheduleClassify() {
+  if (pending) return;
+  pending = setTimeout(() => { pending = null; classify(); }, 120);
+}
+
+pad.addEventListener("pointerdown", (e) => { drawing = true; last = point(e); stroke(last, last); pad.setPointerCapture(e.pointerId); });
+pad.addEventListener("pointermove", (e) => { if (!drawing) return; const p = point(e); stroke(last, p); last = p; scheduleClassify(); });
+for (const type of ["pointerup", "pointercancel"]) pad.addEventListener(type, () => { if (drawing) { drawing = false; classify(); } });
+pad.addEventListener("keydown", (e) => {
+  const moves = { ArrowLeft: [-10, 0], ArrowRight: [10, 0], ArrowUp: [0, -10], ArrowDown: [0, 10] };
+  if (e.key === " ") { penDown = !penDown; if (penDown) stroke(cursor, cursor); e.preventDefault(); }
+  else if (moves[e.key]) {
+    const next = { x: Math.min(275, Math.max(5, cursor.x + moves[e.key][0])), y: Math.min(275, Math.max(5, cursor.y + moves[e.key][1])) };
+    if (penDown) { stroke(cursor, next); scheduleClassify(); }
+    cursor = next;
+    e.preventDefault();
+  } else if (e.key === "Enter") classify();
+  else if (e.key === "Delete" || e.key === "Backspace") clearPad();
+});
+$("clear").addEventListener("click", clearPad);
+$("upload").addEventListener("change", (e) => { if (e.target.files[0]) classify(false, e.target.files[0]); });
+$("classifier").addEventListener("change", () => classify());
+
+// ---- generate, walk, reconstruct ------------------------------------------------------------------------
+async function generate() {
+  const name = $("generator").value, label = $("label").value;
+  const body = { n: Number($("count").value) || 16, seed: Number($("seed").value) || 0, format: "png" };
+  if (label !== "") body.label = Number(label);
+  try {
+    const blob = await api(`/v1/models/${encodeURIComponent(name)}/generate`, body, { binary: true });
+    const grid = $("grid");
+    if (grid.src) URL.revokeObjectURL(grid.src);
+    grid.src = URL.createObjectURL(blob);
+    grid.hidden = false;
+  } catch (e) { showError(e.message); }
+}
+
+async function walk() {
+  const name = $("generator").value, m = model(name);
+  const body = { steps: 16, seed: Number($("seed").value) || 0, format: "array" };
+  if (m.conditional) { body.from_label = Number($("from-label").value); body.to_label = Number($("to-label").value); }
+  try {
+    state.walk = (await api(`/v1/models/${encodeURIComponent(name)}/interpolate`, body)).images;
+    const slider = $("slider");
+    slider.max = String(state.walk.length - 1);
+    slider.disabled = false;
+    showFrame();
+  } catch (e) { showError(e.message); }
+}
+
+async function showFrame() {
+  const i = Number($("slider").value), frame = state.walk[i];
+  if (!frame) return;
+  drawImage($("frame"), frame);
+  const name = $("generator").value, m = model(name);
+  if (!m.verbs.includes("reconstruct")) return;
+  try {
+    const body = { inputs: [frame] };
+    if (m.conditional) body.label = Number($("to-label").value);
+    const r = await api(`/v1/models/${encodeURIComponent(name)}/reconstruct`, body);
+    drawImage($("recon"), frame, 0);
+    drawImage($("recon"), r.images[0], 112);
+    $("recon-error").textContent = `mean absolute error ${r.errors[0].toFixed(1)} / 255`;
+  } catch (e) { showError(e.message); }
+}
+
+$("go").addEventListener("click", generate);
+$("walk").addEventListener("click", walk);
+$("slider").addEventListener("input", showFrame);
+$("generator").addEventListener("change", fillLabels);
+$("token").addEventListener("change", (e) => { state.token = e.target.value.trim(); sessionStorage.setItem("genforge-token", state.token); loadModels(); });
+
+clearPad();
+loadModels();

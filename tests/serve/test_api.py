@@ -1,0 +1,171 @@
+"""Every route through the real app (TestClient), with real trained runs: answers, validation errors and auth."""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import TOKEN
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from genforge.data import load_dataset
+from genforge.serve.app import create_app
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_dataset("fashion-mnist", progress=False)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def error_of(response) -> str:
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["status"] == response.status_code
+    return body["error"]["message"]
+
+
+def test_probes_and_metrics(client):
+    assert client.get("/livez").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and len(ready.json()["models"]) == 3
+    text = client.get("/metrics").text
+    assert "genforge_requests_total" in text and "genforge_request_seconds_bucket" in text
+    assert "genforge_ready 1.0" in text
+
+
+def test_model_list_and_cards(client, names):
+    models = client.get("/v1/models").json()["models"]
+    assert {m["name"] for m in models} == set(names)
+    clf, gan, _ = names
+    card = client.get(f"/v1/models/{clf}").json()
+    assert card["task"] == "classify" and card["input_shape"] == [1, 28, 28] and card["classes"][0] == "T-shirt/top"
+    assert 0.5 < card["metrics"]["test_accuracy"] <= 1 and card["run_id"] and card["config"]["model"]["kind"]
+    assert client.get(f"/v1/models/{gan}").json()["conditional"] is True
+    missing = client.get("/v1/models/nope")
+    assert missing.status_code == 404 and "GET /v1/models" in error_of(missing)
+
+
+def test_classify_json_matches_the_model(client, names, served, fashion):
+    clf = names[0]
+    images = fashion.test_x[:8, 0].numpy()
+    r = client.post(f"/v1/models/{clf}/classify", json={"inputs": images.tolist(), "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["backend"] == "torch" and body["latency_ms"] > 0 and len(body["predictions"]) == 8
+    import torch
+
+    expected = served[clf].probabilities(torch.from_numpy(images[:, None])).argmax(1).tolist()
+    assert [p["index"] for p in body["predictions"]] == expected
+    first = body["predictions"][0]
+    assert len(first["top_k"]) == 3 and first["top_k"][0]["label"] == first["label"]
+    assert abs(sum(first["probabilities"]) - 1) < 1e-4
+    assert sum(p["index"] == y for p, y in zip(body["predictions"], fashion.test_y[:8].tolist())) >= 5
+
+
+def test_classify_flat_and_unit_range_inputs_agree(client, names, fashion):
+    clf = names[0]
+    image = fashion.test_x[0, 0].numpy()
+    a = client.post(f"/v1/models/{clf}/classify", json={"inputs": [image.tolist()]}).json()
+    b = client.post(f"/v1/models/{clf}/classify", json={"inputs": [(image.reshape(-1) / 255).tolist()]}).json()
+    assert a["predictions"][0]["index"] == b["predictions"][0]["index"]
+    assert np.allclose(a["predictions"][0]["probabilities"], b["predictions"][0]["probabilities"], atol=1e-3)
+
+
+def test_classify_png_upload_echoes_the_input(client, names, fashion):
+    clf = names[0]
+    image = fashion.test_x[3, 0].numpy()
+    r = client.post(f"/v1/models/{clf}/classify?echo_input=true&top_k=2",
+                    files={"file": ("x.png", png(image), "image/png")})
+    assert r.status_code == 200, r.text
+    pred = r.json()["predictions"][0]
+    assert np.array_equal(np.array(pred["input"], dtype=np.uint8), image) and len(pred["top_k"]) == 2
+    dark_on_light = client.post(f"/v1/models/{clf}/classify?echo_input=true",
+                                files={"file": ("x.png", png(255 - image), "image/png")}).json()
+    assert np.array_equal(np.array(dark_on_light["predictions"][0]["input"]), image)  # inverted like the data
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"inputs": [[[0] * 27] * 28]}, "784 values"),
+    ({"inputs": [[1, 2, 3]]}, "784 values"),
+    ({"inputs": [[300] * 784]}, "0-255"),
+    ({"inputs": [[-1] * 784]}, "0-255"),
+    ({"inputs": [[0.5] * 784], "range": "0-1", "top_k": 0}, "top_k"),
+    ({"inputs": []}, "inputs"),
+    ({"images": [[0] * 784]}, "inputs"),
+    ({"inputs": [[0] * 784] * 257}, "inputs"),
+])
+def test_classify_rejects_bad_inputs_with_a_message(client, names, body, message):
+    r = client.post(f"/v1/models/{names[0]}/classify", json=body)
+    assert r.status_code == 422 and message in error_of(r)
+
+
+def test_classify_rejects_nan_and_wrong_content(client, names):
+    clf = names[0]
+    r = client.post(f"/v1/models/{clf}/classify", content=b'{"inputs": [[NaN]]}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post(f"/v1/models/{clf}/classify", content=b"hello", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in error_of(r)
+    r = client.post(f"/v1/models/{clf}/classify", files={"file": ("x.gif", b"GIF89a" + b"\0" * 64, "image/gif")})
+    assert r.status_code == 422 and "PNG or JPEG" in error_of(r)
+    r = client.post(f"/v1/models/{clf}/generate", json={"n": 2})
+    assert r.status_code == 422 and "offers classify" in error_of(r)
+
+
+def test_generate_png_and_seeded_arrays(client, names):
+    gan = names[1]
+    r = client.post(f"/v1/models/{gan}/generate", json={"n": 16, "label": 3, "seed": 4})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size[0] > 28 * 4
+    a = client.post(f"/v1/models/{gan}/generate", json={"n": 5, "seed": 9, "format": "array"}).json()
+    b = client.post(f"/v1/models/{gan}/generate", json={"n": 5, "seed": 9, "format": "array"}).json()
+    c = client.post(f"/v1/models/{gan}/generate", json={"n": 5, "seed": 10, "format": "array"}).json()
+    assert np.array(a["images"]).shape == (5, 28, 28) and a["images"] == b["images"] != c["images"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"n": 10**6}, "n"), ({"n": 0}, "n"), ({"label": 10}, "0-9"), ({"seed": -1}, "seed"),
+    ({"truncation": 0}, "truncation"), ({"format": "gif"}, "format"), ({"colour": 1}, "colour"),
+])
+def test_generate_rejects_bad_parameters(client, names, body, message):
+    r = client.post(f"/v1/models/{names[1]}/generate", json=body)
+    assert r.status_code == 422 and message in error_of(r)
+
+
+def test_interpolate_and_reconstruct(client, names, fashion):
+    _, gan, vae = names
+    walk = client.post(f"/v1/models/{gan}/interpolate", json={"steps": 7, "from_label": 1, "to_label": 5}).json()
+    assert np.array(walk["images"]).shape == (7, 28, 28)
+    strip = client.post(f"/v1/models/{vae}/interpolate", json={"steps": 4, "format": "png"})
+    assert strip.headers["content-type"] == "image/png"
+    images = fashion.test_x[:3, 0].numpy()
+    r = client.post(f"/v1/models/{vae}/reconstruct", json={"inputs": images.tolist()}).json()
+    assert np.array(r["images"]).shape == (3, 28, 28) and len(r["errors"]) == 3
+    assert all(0 < e < 128 for e in r["errors"])
+    upload = client.post(f"/v1/models/{vae}/reconstruct", files={"file": ("x.png", png(images[0]), "image/png")})
+    assert upload.status_code == 200 and upload.json()["errors"][0] == pytest.approx(r["errors"][0], abs=1e-3)
+    r = client.post(f"/v1/models/{gan}/reconstruct", json={"inputs": images.tolist()})
+    assert r.status_code == 422 and "not reconstruct" in error_of(r)
+
+
+def test_unknown_routes_are_json_errors(client):
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and error_of(r)
+    r = client.get("/v1/models", headers={"authorization": "Bearer whatever"})  # no token configured: ignored
+    assert r.status_code == 200
+
+
+def test_bearer_token_is_required_and_compared(served):
+    with TestClient(create_app(served, token=TOKEN)) as c:
+        assert c.get("/livez").status_code == 200 and c.get("/readyz").status_code == 200
+        assert c.get("/").status_code == 200  # the playground page itself; it asks for the token
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+            r = c.get("/v1/models", headers=headers)
+            assert r.status_code == 401 and "Bearer" in error_of(r) and r.headers["www-authenticate"] == "Bearer"
+        assert c.get("/v1/models", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert c.get("/metrics").status_code == 401

@@ -1,0 +1,67 @@
+"""The playground in real headless Chromium (Debian's), driven by selenium: draw a stroke and see probabilities,
+click generate and see the grid load. A screenshot is kept in build/test-artifacts/."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1100,1400",
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_draw_then_classify_and_generate_a_grid(browser, live_server):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20)
+    browser.get(live_server + "/")
+    wait.until(lambda d: d.find_element(By.ID, "classifier").get_attribute("value"))
+    pad = browser.find_element(By.ID, "pad")
+    ActionChains(browser).move_to_element_with_offset(pad, -60, -90).click_and_hold() \
+        .move_by_offset(0, 60).move_by_offset(0, 60).move_by_offset(10, 60).release().perform()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars li")) == 10)
+    shares = [float(li.get_attribute("aria-label").split()[-2])  # "<class> <share> percent"
+              for li in browser.find_elements(By.CSS_SELECTOR, "#bars li")]
+    assert abs(sum(shares) - 100) < 1.5  # ten probabilities that add up
+    assert "ms" in browser.find_element(By.ID, "latency").text
+
+    browser.find_element(By.ID, "go").click()
+    wait.until(lambda d: d.execute_script(
+        "const g = document.getElementById('grid'); return !g.hidden && g.complete && g.naturalWidth > 0"))
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "playground.png"))
+
+
+def test_the_page_shows_the_servers_error_messages(browser, live_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(live_server + "/")
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "generator").get_attribute("value"))
+    browser.find_element(By.ID, "count").clear()
+    browser.find_element(By.ID, "count").send_keys("5000")  # over the server's limit of 256
+    browser.find_element(By.ID, "go").click()
+    error = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error") if d.find_element(
+        By.ID, "error").is_displayed() else None)
+    assert "n" in error.text and "256" in error.text

@@ -1,0 +1,33 @@
+"""SIGTERM while requests are in flight: they all complete, readiness turns off, and the process exits 0."""
+
+import signal
+import threading
+import time
+
+import httpx
+from conftest import start_server
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(gan_run):
+    proc, url = start_server([gan_run])
+    name = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
+    results, started = [], threading.Barrier(9)
+
+    def call():
+        started.wait()
+        try:
+            r = httpx.post(f"{url}/v1/models/{name}/generate", json={"n": 256, "format": "array"}, timeout=60)
+            results.append(r.status_code)
+        except httpx.TransportError as e:
+            results.append(repr(e))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.3)  # the requests are in flight (256 images each, one at a time on the inference thread)
+    proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=60)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert results == [200] * 8
