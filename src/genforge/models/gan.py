@@ -31,6 +31,10 @@ class GANConfig(_KindConfig):
     # (Miyato & Koyama 2018) or one-hot label maps concatenated to its input
     spectral_norm: bool = False  # on every conv/linear/embedding of D (Miyato et al. 2018)
     gp_weight: float = Field(10.0, ge=0)  # WGAN-GP lambda (Gulrajani et al. 2017 alg. 1)
+    mode_seeking: float = Field(0.0, ge=0)  # weight of the mode-seeking term in G's loss (Mao et al. 2019):
+    # two latents with one label must give different images, against a conditional G that ignores z
+    minibatch_std: bool = True  # D sees its batch's spread (Karras et al. 2018 sec. 3), against mode collapse;
+    # false keeps samples independent, as per-sample-gradient (DP) training needs
 
 
 class InputError(GenforgeError, ValueError):
@@ -166,15 +170,27 @@ def _dcgan_generator(cfg: GANConfig, in_features: int, input_shape: tuple[int, i
     )
 
 
+class MinibatchStd(nn.Module):
+    """Append the batch's spread as one more feature (channel): the standard deviation of every feature over
+    the batch, averaged (Karras et al. 2018 sec. 3). Without batch statistics a D cannot tell a varied batch
+    from one image repeated, and G collapses to one image per class."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        spread = h.float().std(dim=0, unbiased=False).mean().to(h.dtype)  # scalar, over the batch
+        return torch.cat([h, spread.expand(h.shape[0], 1, *h.shape[2:])], dim=1)  # (N, C + 1, ...)
+
+
 def _dcgan_discriminator(cfg: GANConfig, in_channels: int, input_shape: tuple[int, int, int]):
     _, h, w = input_shape
     width = cfg.width
+    extra = int(cfg.minibatch_std)
     features = nn.Sequential(
         nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True),  # (w, H/2, W/2)
         nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True),  # (2w, H/4, W/4)
-        nn.Flatten(),  # (2w * H/4 * W/4)
+        *([MinibatchStd()] if extra else []),  # (2w + 1, H/4, W/4)
+        nn.Flatten(),  # ((2w + 1) * H/4 * W/4)
     )
-    return features, 2 * width * (h // 4) * (w // 4)
+    return features, (2 * width + extra) * (h // 4) * (w // 4)
 
 
 def _mlp_generator(cfg: GANConfig, in_features: int, input_shape: tuple[int, int, int]) -> nn.Sequential:
@@ -193,7 +209,9 @@ def _mlp_discriminator(cfg: GANConfig, in_features: int, input_shape: tuple[int,
     for u in units:
         layers += [nn.Linear(in_features, u), nn.LeakyReLU(0.2, inplace=True)]
         in_features = u
-    return nn.Sequential(*layers), in_features
+    if cfg.minibatch_std:
+        layers.append(MinibatchStd())  # (N, F + 1)
+    return nn.Sequential(*layers), in_features + int(cfg.minibatch_std)
 
 
 class GAN(nn.Module):
@@ -295,6 +313,16 @@ class GAN(nn.Module):
         if self.cfg.loss == "bce":  # non-saturating: maximize log D(G(z)) (Goodfellow et al. 2014 sec. 3)
             return F.softplus(-score).mean()
         return -score.mean()  # hinge and WGAN: the generator raises the critic's score
+
+    def mode_seeking_loss(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|) for pairs that share a label (Mao et al. 2019 eq. 3), on
+        half the batch: z1 = z[:B/2], z2 fresh. Small when images move with the latent."""
+        half = z.shape[0] // 2
+        z1, z2 = z[:half], torch.randn_like(z[:half])
+        pair_labels = None if labels is None else labels[:half].repeat(2)
+        images = self.generate(torch.cat([z1, z2]), pair_labels)  # (2 * half, C, H, W)
+        ratio = (images[:half] - images[half:]).abs().mean() / (z1 - z2).abs().mean()
+        return 1.0 / (ratio + 1e-5)
 
     @staticmethod
     def to_model_space(x: torch.Tensor) -> torch.Tensor:

@@ -127,8 +127,9 @@ class GANStep:
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         model.train()
+        z = model.noise(len(x))
         with _autocast(self.autocast, x.device):
-            fake = model.generate(model.noise(len(x)), labels)  # (B, C, H, W), still carries G's graph
+            fake = model.generate(z, labels)  # (B, C, H, W), still carries G's graph
             d_loss, stats = model.d_loss(real, fake.detach(), labels)
         if not torch.isfinite(d_loss):
             return None
@@ -138,6 +139,8 @@ class GANStep:
         if c["calls"] % self.cfg.train.critic_steps == 0:
             with _autocast(self.autocast, x.device):
                 g_loss = model.g_loss(fake, labels)
+                if model.cfg.mode_seeking:
+                    g_loss = g_loss + model.cfg.mode_seeking * model.mode_seeking_loss(z, labels)
             if not torch.isfinite(g_loss):
                 return None
             if not self._update(g_loss.float(), model.generator.parameters(), self.opt_g, self.sched_g):
