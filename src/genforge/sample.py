@@ -67,7 +67,7 @@ def interpolate(model, steps: int, seed: int = 0, from_label: int | None = None,
     """uint8 (steps, C, H, W): a walk from one latent to another, spherical since the prior is Gaussian. For a
     class-conditional model the class conditioning moves from from_label to to_label along the same path
     (a weighted mix of the two classes), so the walk also morphs one class into the other."""
-    from genforge.models.gan import standard_normal
+    from genforge.models.layers import standard_normal
 
     if steps < 2:
         raise GenforgeError(f"--steps {steps}: a walk needs at least 2 steps")

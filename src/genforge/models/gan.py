@@ -16,8 +16,8 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from genforge.errors import GenforgeError
 from genforge.models.classifier import _KindConfig
+from genforge.models.layers import InputError, check_labels, evaluating, sample_labels, standard_normal
 
 
 class GANConfig(_KindConfig):
@@ -35,59 +35,6 @@ class GANConfig(_KindConfig):
     # two latents with one label must give different images, against a conditional G that ignores z
     minibatch_std: bool = True  # D sees its batch's spread (Karras et al. 2018 sec. 3), against mode collapse;
     # false keeps samples independent, as per-sample-gradient (DP) training needs
-
-
-class InputError(GenforgeError, ValueError):
-    """An input the model cannot take (labels, truncation, shape): a user's mistake, one line in the CLI."""
-
-
-def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None = None,
-                    truncation: float | None = None) -> torch.Tensor:
-    """N(0, I) drawn on the CPU (so a seed gives the same z on every device).
-
-    truncation T: every entry with |z| > T is redrawn until none is left, i.e. a normal truncated to [-T, T]
-    (truncation trick, Brock et al. 2019 sec. 3.1). Entries already inside keep their values, so a large T
-    changes nothing.
-    """
-    z = torch.randn(shape, generator=generator)
-    if truncation is None:
-        return z
-    if not truncation > 0:
-        raise InputError(f"truncation must be > 0 (or None for no truncation), got {truncation}")
-    outside = z.abs() > truncation
-    while outside.any():
-        z[outside] = torch.randn(int(outside.sum()), generator=generator)
-        outside = z.abs() > truncation
-    return z
-
-
-def sample_labels(n: int, labels, num_classes: int, conditional: bool, device: torch.device) -> torch.Tensor | None:
-    """Labels for sample(): checked, on `device`. A conditional model with labels=None cycles 0, 1, ...,
-    num_classes - 1 so a grid shows every class."""
-    if not conditional:
-        if labels is not None:
-            raise InputError("this model is unconditional (conditional: false); sample it with labels=None")
-        return None
-    if labels is None:
-        return torch.arange(n, device=device) % num_classes
-    labels = torch.as_tensor(labels).reshape(-1)
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.shape != (n,):
-        raise InputError(f"labels must be {n} integers (one per sample), got dtype {labels.dtype}, "
-                         f"shape {tuple(labels.shape)}")
-    if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
-    return labels.long().to(device)
-
-
-def check_labels(labels: torch.Tensor | None, n: int, conditional: bool) -> None:
-    """Shape-only check on the hot path (a range check would synchronize with the device)."""
-    if not conditional:
-        return
-    if labels is None:
-        raise InputError("this model is class-conditional (conditional: true): pass labels, a (N,) long tensor")
-    if labels.shape[:1] != (n,) or labels.ndim > (2 if labels.is_floating_point() else 1):
-        raise InputError(f"labels must have shape ({n},) (class indices) or ({n}, classes) (class weights, "
-                         f"float); got {tuple(labels.shape)}")
 
 
 def embed_labels(embedding: nn.Embedding, labels: torch.Tensor) -> torch.Tensor:
@@ -336,25 +283,13 @@ class GAN(nn.Module):
 
     def render(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images (N, C, H, W) on the CPU for given latents, in eval mode (the mode is restored)."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                return self.to_uint8(self.generate(z.to(self.device), labels)).cpu()
-        finally:
-            self.train(was_training)
+        with evaluating(self):
+            return self.to_uint8(self.generate(z.to(self.device), labels)).cpu()
 
     def sample(self, n: int, labels: torch.Tensor | None = None, seed: int | None = None,
                truncation: float | None = None) -> torch.Tensor:
         """uint8 (n, C, H, W) on the CPU, in eval mode (BatchNorm running statistics). The same seed gives the
         same images; the train/eval mode is restored afterwards."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                labels = sample_labels(n, labels, self.num_classes, self.cfg.conditional, self.device)
-                x = self.generate(self.noise(n, generator, truncation), labels)  # (n, C, H, W)
-        finally:
-            self.train(was_training)
-        return self.to_uint8(x).cpu()
+        labels = sample_labels(n, labels, self.num_classes, self.cfg.conditional, self.device)
+        return self.render(self.noise(n, generator, truncation), labels)

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from genforge.models.classifier import _KindConfig
-from genforge.models.gan import InputError, check_labels, sample_labels, standard_normal
+from genforge.models.layers import InputError, check_labels, evaluating, sample_labels, standard_normal
 
 
 class VAEConfig(_KindConfig):
@@ -188,42 +188,22 @@ class VAE(nn.Module):
 
     def render(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 mean images (N, *input_shape) on the CPU for given latents, in eval mode (the mode is restored)."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                return self.to_uint8(self.mean_image(self.decode(z.to(self.device), labels))).cpu()
-        finally:
-            self.train(was_training)
+        with evaluating(self):
+            return self.to_uint8(self.mean_image(self.decode(z.to(self.device), labels))).cpu()
 
     def sample(self, n: int, labels: torch.Tensor | None = None, seed: int | None = None,
                truncation: float | None = None) -> torch.Tensor:
         """uint8 (n, *input_shape) on the CPU: z ~ N(0, I) (truncated to [-T, T] when asked), decoded, the
         mean image. The same seed gives the same images; the train/eval mode is restored afterwards."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                labels = sample_labels(n, labels, self.num_classes, self.cfg.conditional, self.device)
-                z = standard_normal((n, self.latent_dim), generator, truncation).to(self.device)
-                x01 = self.mean_image(self.decode(z, labels))  # (n, *input_shape)
-        finally:
-            self.train(was_training)
-        return self.to_uint8(x01).cpu()
+        labels = sample_labels(n, labels, self.num_classes, self.cfg.conditional, self.device)
+        return self.render(standard_normal((n, self.latent_dim), generator, truncation), labels)
 
     def reconstruct(self, x_uint8: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 reconstructions, (N, *input_shape) on the CPU: decode(mu) of x / 255 (no binarization or
         noise, so the result is deterministic), the mean image."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                x01 = x_uint8.to(self.device).float() / 255.0
-                if labels is not None:
-                    labels = labels.to(self.device)
-                mu, _ = self.encode(x01, labels)
-                x01 = self.mean_image(self.decode(mu, labels))
-        finally:
-            self.train(was_training)
-        return self.to_uint8(x01).cpu()
+        with evaluating(self):
+            x01 = x_uint8.to(self.device).float() / 255.0
+            labels = None if labels is None else labels.to(self.device)
+            mu, _ = self.encode(x01, labels)
+            return self.to_uint8(self.mean_image(self.decode(mu, labels))).cpu()
