@@ -131,3 +131,19 @@ def test_corrupt_cached_file_is_reported_and_removed(tiny_spec, cache_dir, name,
 def test_unknown_dataset():
     with pytest.raises(GenforgeError, match="fashion-mnist"):
         load_dataset("nope")
+
+
+@pytest.mark.parametrize(("corrupt", "words"), [(_truncated, "gzip"), (_bad_magic, "magic"), (_short_by_one, "bytes")])
+def test_cli_corrupt_cache_exits_2_with_one_line_and_cleans_up(tmp_path, corrupt, words):
+    """Through the real command line: a corrupt file in the cache (checked before the system copy)."""
+    from helpers import genforge_cli
+
+    folder = tmp_path / "cache" / "fashion-mnist"
+    write_tiny_idx(folder)
+    (folder / TRAIN_IMAGES).write_bytes(corrupt((folder / TRAIN_IMAGES).read_bytes()))
+    result = genforge_cli("data", "info", "fashion-mnist", cache=tmp_path / "cache")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: fashion-mnist:") and words in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (folder / TRAIN_IMAGES).exists() and leftovers(folder) == []
