@@ -182,7 +182,7 @@ OutFile = Annotated[Path, typer.Option("--out", help="A .png (image grid) or .np
 @app.command()
 def sample(
     run: Path,
-    n: Annotated[int, typer.Option("-n", min=1, max=100_000, help="Number of images.")] = 64,
+    n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="Number of images (one batch).")] = 64,
     label: Annotated[int | None, typer.Option(help="Class to draw (class-conditional models).")] = None,
     seed: Annotated[int, typer.Option(help="The same seed gives the same images.")] = 0,
     truncation: Annotated[float | None, typer.Option(min=0.01, help="Redraw latent entries beyond ±T.")] = None,

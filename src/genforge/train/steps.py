@@ -84,9 +84,10 @@ class GANStep:
     one fake batch; every `train.critic_steps`-th call also updates G, through the updated D. Two optimizers,
     two schedules (TTUR: train.d_lr, Heusel et al. 2017), and an optional EMA of G for sampling and evaluation.
 
-    Health: a step is refused (None: nothing is updated) when a loss or gradient norm is not finite or a
-    gradient norm explodes past EXPLODE, or when D has collapsed, i.e. its smoothed loss sits near 0 while
-    G's climbs (bce, hinge); the loop rolls back after train.max_nonfinite refused steps."""
+    Health: a step returns None (a bad step) when a loss or gradient norm is not finite or a gradient norm
+    explodes past EXPLODE (then that update is not applied), or when D has collapsed, i.e. its smoothed
+    loss sits near 0 while G's climbs (bce, hinge); the loop rolls back after train.max_nonfinite bad
+    steps."""
 
     EXPLODE = 1e4  # gradient norm that counts as exploding (before clipping)
     COLLAPSE = {"bce": (0.01, 5.0), "hinge": (0.01, 2.0)}  # (D loss below, G loss above), both smoothed
