@@ -183,6 +183,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     """The API over already-loaded models. `token`: every route but the page and the probes needs it."""
     metrics = Metrics()
     state = {"token": token, "limits": limits, "in_flight": 0, "metrics": metrics, "ready": False}
+    metrics.ready.set_function(lambda: float(state["ready"]))  # follows readiness, SIGTERM included
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # one thread: no contention
     batchers = {name: MicroBatcher(m.probabilities, executor, limits.max_batch, max_wait_ms,
                                    on_batch=metrics.batch.labels(name).observe)
@@ -196,7 +197,6 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         for model in models.values():
             await loop.run_in_executor(executor, model.warm_up)
         state["ready"] = True
-        metrics.ready.set(1)
         yield
         state["ready"] = False
         for batcher in batchers.values():
