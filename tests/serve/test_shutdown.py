@@ -37,7 +37,7 @@ def test_past_the_concurrency_limit_the_excess_gets_503_at_once(gan_run):
     proc, url = start_server([gan_run], "--max-concurrency", "2")
     try:
         name = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
-        results, started = [], threading.Barrier(10)
+        results, started = [], threading.Barrier(16)
 
         def call():
             started.wait()
@@ -45,7 +45,7 @@ def test_past_the_concurrency_limit_the_excess_gets_503_at_once(gan_run):
             r = httpx.post(f"{url}/v1/models/{name}/generate", json={"n": 256, "format": "array"}, timeout=60)
             results.append((r.status_code, time.perf_counter() - t0, r.json()))
 
-        threads = [threading.Thread(target=call) for _ in range(10)]
+        threads = [threading.Thread(target=call) for _ in range(16)]
         for t in threads:
             t.start()
         for t in threads:
