@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import GenforgeError
+from genforge.sample import reconstruction_errors
 from genforge.serve.adapters import ServedModel, as_array
 from genforge.serve.batching import MicroBatcher
 from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs
@@ -393,7 +394,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         _check_label(model, label)
         t0 = time.perf_counter()
         recon = await infer(model.reconstruct, torch.from_numpy(x), label)
-        errors = (torch.from_numpy(x).float() - recon.float()).abs().flatten(1).mean(1).tolist()
+        errors = reconstruction_errors(torch.from_numpy(x), recon)
         latency = (time.perf_counter() - t0) * 1000
         fmt = fields.get("format", "array")
         if fmt == "png":
