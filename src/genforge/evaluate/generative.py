@@ -330,13 +330,12 @@ def evaluate_generator(model, ds, evaluator, n: int = 10_000, seeds: int = 1, se
 def likelihood_metrics(model, ds, iwae_k: int, iwae_images: int, seed: int = 0, batch: int = 10) -> dict:
     """A VAE's test ELBO (all test images, one z each) and IWAE NLL (first iwae_images, k importance samples),
     in nats per image, on test data prepared once with a fixed seed (binarized or dequantized)."""
-    x_all = model.prepare(ds.test_x.to(model.device), generator=_device_generator(model.device, seed))
+    x_all = model.prepare(ds.test_x.to(model.device), generator=torch.Generator(model.device).manual_seed(seed))
     labels_all = ds.test_y.to(model.device) if model.cfg.conditional else None
     g = torch.Generator().manual_seed(seed)
-    parts = [elbo(model, x_all[i: i + 1000], None if labels_all is None else labels_all[i: i + 1000], g)
-             for i in range(0, len(x_all), 1000)]
-    sizes = [min(1000, len(x_all) - i) for i in range(0, len(x_all), 1000)]
-    mean = lambda key: sum(p[key] * s for p, s in zip(parts, sizes)) / sum(sizes)  # noqa: E731
+    chunks = [slice(i, i + 1000) for i in range(0, len(x_all), 1000)]
+    parts = [elbo(model, x_all[c], None if labels_all is None else labels_all[c], g) for c in chunks]
+    mean = lambda key: sum(p[key] * len(x_all[c]) for p, c in zip(parts, chunks)) / len(x_all)  # noqa: E731
     m = min(iwae_images, len(x_all))
     log_px = torch.cat([iwae_log_likelihood(model, x_all[i: i + batch],
                                             None if labels_all is None else labels_all[i: i + batch],
@@ -346,6 +345,3 @@ def likelihood_metrics(model, ds, iwae_k: int, iwae_images: int, seed: int = 0, 
             "nll_iwae": -log_px.mean().item(), "nll_iwae_se": (log_px.std() / math.sqrt(m)).item() if m > 1 else 0.0,
             "iwae_k": iwae_k, "iwae_images": m, "likelihood": model.cfg.likelihood}
 
-
-def _device_generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)

@@ -112,11 +112,17 @@ figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}pre{{background:
     return path
 
 
-def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict) -> Path:
+def _plots_with_curves(run_dir: Path) -> Path:
+    """plots/, with the training curves drawn when the run logged any epochs."""
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     if metrics := read_metrics(run_dir):
         plot_curves(metrics, plots / "curves.png")
+    return plots
+
+
+def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict) -> Path:
+    plots = _plots_with_curves(run_dir)
     plot_confusion(test["confusion_matrix"], ds.classes, plots / "confusion.png")
     if not ds.is_image and ds.input_shape == (2,):
         plot_decision_boundary(model, ds.test_x, ds.test_y, plots / "decision_boundary.png")
@@ -130,10 +136,7 @@ def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict
     """Curves, a sample grid (and input | reconstruction pairs for a VAE), the scores with their calibration."""
     from genforge.sample import image_grid
 
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    if metrics := read_metrics(run_dir):
-        plot_curves(metrics, plots / "curves.png")
+    plots = _plots_with_curves(run_dir)
     scale = 3 if ds.input_shape[-1] < 64 else 1
     image_grid(model.sample(64, seed=0), scale=scale).save(plots / "samples.png")
     if hasattr(model, "reconstruct"):
@@ -143,7 +146,7 @@ def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict
         image_grid(pairs, nrow=8, scale=scale).save(plots / "reconstructions.png")
     scores = {f"{k} (mean ± sd)": f"{v['mean']:.4g} ± {v['sd']:.2g}" for k, v in result.items()
               if isinstance(v, dict) and "mean" in v}
-    scores.update({k: v for k, v in result["calibration"].items()})
+    scores.update(result["calibration"])
     sections = [("Scores", _table(scores)), ("Memorization", _table(result["memorization"])),
                 ("Provenance", _table(result["provenance"]))]
     if "likelihood" in result:

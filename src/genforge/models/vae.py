@@ -204,6 +204,7 @@ class VAE(nn.Module):
         noise, so the result is deterministic), the mean image."""
         with evaluating(self):
             x01 = x_uint8.to(self.device).float() / 255.0
-            labels = None if labels is None else labels.to(self.device)
+            if labels is not None:  # checked in range here: off the training hot path
+                labels = sample_labels(len(x01), labels, self.num_classes, self.cfg.conditional, self.device)
             mu, _ = self.encode(x01, labels)
             return self.to_uint8(self.mean_image(self.decode(mu, labels))).cpu()

@@ -358,7 +358,6 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
               summary="Samples from a generator: a PNG grid or uint8 arrays; the same seed gives the same images")
     async def generate(name: str, req: GenerateRequest):
         model = model_for(name, "generate")
-        _check_label(model, req.label)
         if req.n > limits.max_n:
             raise RequestError(f"n must be at most {limits.max_n}")
         t0 = time.perf_counter()
@@ -370,8 +369,6 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
               summary="A walk through latent space (spherical), from one class to another for conditional models")
     async def interpolate(name: str, req: InterpolateRequest):
         model = model_for(name, "interpolate")
-        for label in (req.from_label, req.to_label):
-            _check_label(model, label)
         if req.steps > limits.max_n:
             raise RequestError(f"steps must be at most {limits.max_n}")
         t0 = time.perf_counter()
@@ -391,7 +388,6 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         x, fields = await image_inputs(request, model, ReconstructRequest)
         label = fields.get("label")
         label = int(label) if isinstance(label, (int, str)) and str(label).isdigit() else None
-        _check_label(model, label)
         t0 = time.perf_counter()
         recon = await infer(model.reconstruct, torch.from_numpy(x), label)
         errors = reconstruction_errors(torch.from_numpy(x), recon)
@@ -413,15 +409,6 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     app.add_middleware(Gate, state=state)  # the last added runs first: the body limit, then the gate
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     return app
-
-
-def _check_label(model: ServedModel, label: int | None) -> None:
-    if label is None:
-        return
-    if not model.conditional:
-        raise RequestError(f"{model.name} is not class-conditional: leave out the label")
-    if label >= len(model.classes):
-        raise RequestError(f"label must lie in 0-{len(model.classes) - 1} ({', '.join(model.classes)})")
 
 
 def _decode(data: bytes, shape: tuple[int, ...], name: str, limits: Limits) -> np.ndarray:

@@ -21,7 +21,26 @@ def _autocast(enabled: bool, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-class ClassifierStep:
+def apply_update(loss: torch.Tensor, params, optimizer, scheduler, grad_clip: float | None,
+                 explode: float = float("inf")) -> bool:
+    """backward, clip, step: the one update every step function makes. Refused (False, nothing changed) when
+    the loss or the pre-clipping gradient norm is not finite, or the norm exceeds `explode`."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return False
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    if not torch.isfinite(norm) or norm > explode:
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    scheduler.step()
+    return True
+
+
+class SingleOptimizerStep:
+    """One optimizer and schedule over the whole model, plus an optional weight EMA; subclasses compute the loss."""
+
     def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int, autocast: bool, channels_last: bool):
         self.model, self.cfg = model, cfg
         self.optimizer = build_optimizer(model.parameters(), cfg.train)
@@ -29,34 +48,12 @@ class ClassifierStep:
         self.ema = build_ema(model, cfg.train.ema) if cfg.train.ema else None
         self.autocast, self.channels_last = autocast, channels_last
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
-        x = x.float()
-        if x.ndim == 4:
-            if not is_identity(self.cfg.data.augment):
-                x = augment_batch(x, self.cfg.data.augment)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-        self.model.train()
-        with _autocast(self.autocast, x.device):
-            logits = self.model(x)
-        loss = self.model.loss(logits, y, self.cfg.train.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return None
-        loss.backward()
-        max_norm = self.cfg.train.grad_clip or float("inf")
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.step()
-        self.scheduler.step()
+    def _update(self, loss: torch.Tensor) -> bool:
+        if not apply_update(loss, self.model.parameters(), self.optimizer, self.scheduler, self.cfg.train.grad_clip):
+            return False
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        with torch.no_grad():
-            pred = self.model.probabilities(logits.detach()).argmax(1)
-            acc = (pred == y).float().mean()
-        return {"loss": loss.item(), "acc": acc.item(), "lr": self.scheduler.get_last_lr()[0]}
+        return True
 
     def eval_model(self) -> nn.Module:
         """The model to evaluate and save: the EMA when there is one."""
@@ -77,6 +74,24 @@ class ClassifierStep:
             self.ema.load_state_dict(state["ema"])
 
 
+class ClassifierStep(SingleOptimizerStep):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+        x = x.float()
+        if x.ndim == 4:
+            if not is_identity(self.cfg.data.augment):
+                x = augment_batch(x, self.cfg.data.augment)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        with _autocast(self.autocast, x.device):
+            logits = self.model(x)
+        loss = self.model.loss(logits, y, self.cfg.train.label_smoothing)
+        if not self._update(loss):
+            return None
+        with torch.no_grad():
+            pred = self.model.probabilities(logits.detach()).argmax(1)
+            acc = (pred == y).float().mean()
+        return {"loss": loss.item(), "acc": acc.item(), "lr": self.scheduler.get_last_lr()[0]}
 
 
 class GANStep:
@@ -104,15 +119,7 @@ class GANStep:
         self.counters = {"calls": 0, "d_smooth": None, "g_smooth": None, "g_loss": float("nan")}
 
     def _update(self, loss: torch.Tensor, params, optimizer, scheduler) -> bool:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip or float("inf"))
-        if not torch.isfinite(norm) or norm > self.EXPLODE:
-            optimizer.zero_grad(set_to_none=True)
-            return False
-        optimizer.step()
-        scheduler.step()
-        return True
+        return apply_update(loss, params, optimizer, scheduler, self.cfg.train.grad_clip, explode=self.EXPLODE)
 
     def _collapsed(self, d_loss: float, g_loss: float) -> bool:
         c = self.counters
@@ -132,8 +139,6 @@ class GANStep:
         with _autocast(self.autocast, x.device):
             fake = model.generate(z, labels)  # (B, C, H, W), still carries G's graph
             d_loss, stats = model.d_loss(real, fake.detach(), labels)
-        if not torch.isfinite(d_loss):
-            return None
         if not self._update(d_loss.float(), model.discriminator.parameters(), self.opt_d, self.sched_d):
             return None
         c["calls"] += 1
@@ -142,8 +147,6 @@ class GANStep:
                 g_loss = model.g_loss(fake, labels)
                 if model.cfg.mode_seeking:
                     g_loss = g_loss + model.cfg.mode_seeking * model.mode_seeking_loss(z, labels)
-            if not torch.isfinite(g_loss):
-                return None
             if not self._update(g_loss.float(), model.generator.parameters(), self.opt_g, self.sched_g):
                 return None
             model.discriminator.zero_grad(set_to_none=True)  # G's backward reached D too
@@ -179,14 +182,9 @@ class GANStep:
             self.ema.load_state_dict(state["ema"])
 
 
-class VAEStep:
-    """One optimizer on the negative beta-ELBO (Kingma & Welling 2014); the data is re-binarized (Bernoulli)
-    or re-dequantized (Gaussian) at every step from the global, checkpointed RNG."""
-
-    def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int, autocast: bool, channels_last: bool):
-        self.model, self.cfg, self.autocast, self.channels_last = model, cfg, autocast, channels_last
-        self.optimizer = build_optimizer(model.parameters(), cfg.train)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train, steps_per_epoch)
+class VAEStep(SingleOptimizerStep):
+    """The negative beta-ELBO (Kingma & Welling 2014); the data is re-binarized (Bernoulli) or re-dequantized
+    (Gaussian) at every step from the global, checkpointed RNG."""
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
         model = self.model
@@ -197,26 +195,6 @@ class VAEStep:
         model.train()
         with _autocast(self.autocast, x.device):
             loss, stats = model.loss(x, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if not self._update(loss.float()):
             return None
-        loss.float().backward()
-        norm = nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip or float("inf"))
-        if not torch.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.step()
-        self.scheduler.step()
         return {"loss": loss.item(), **stats, "lr": self.scheduler.get_last_lr()[0]}
-
-    def eval_model(self) -> nn.Module:
-        return self.model
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
