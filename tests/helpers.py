@@ -1,8 +1,10 @@
 """Shared by the tests: the real command line in a subprocess, and quick training runs."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -21,3 +23,35 @@ def train_run(parent: Path, preset: str, *overrides, cache=None) -> Path:
     assert result.returncode == 0, result.stderr
     (run,) = parent.iterdir()
     return run
+
+
+TOKEN = "a-test-token-0123456789"  # a bearer token for the serving tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(runs, *extra):
+    """`genforge serve` in a subprocess on a free loopback port; returns (process, base URL) once ready."""
+    import httpx  # a dev dependency: only the serving tests need it
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "genforge", "serve", *map(str, runs), "--port", str(port), *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited: {proc.stderr.read()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server did not become ready in 60 s")

@@ -4,8 +4,8 @@ import io
 
 import numpy as np
 import pytest
-from conftest import TOKEN
 from fastapi.testclient import TestClient
+from helpers import TOKEN
 from PIL import Image
 
 from genforge.data import load_dataset

@@ -5,7 +5,7 @@ import threading
 import time
 
 import httpx
-from conftest import start_server
+from helpers import start_server
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(gan_run):
