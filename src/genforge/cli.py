@@ -282,13 +282,99 @@ def serve(
     max_body: Annotated[int, typer.Option(min=1024, help="Largest request body, bytes.")] = 1 << 20,
     max_concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight before 503.")] = 32,
     timeout: Annotated[float, typer.Option(min=0.1, help="Inference timeout, seconds (then 504).")] = 10.0,
+    backend: Annotated[str | None, typer.Option(
+        help="torch or onnxruntime for every run (a run is exported once if needed); default: each run's own "
+             "(onnxruntime for int8 runs)")] = None,
 ):
     """Serve runs over HTTP: a JSON API (docs at /docs) and a web playground at /."""
+    from genforge.runs import BACKENDS
     from genforge.serve.limits import Limits
     from genforge.serve.server import serve as run_server
 
+    if backend is not None and backend not in BACKENDS:
+        raise GenforgeError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     run_server(runs, host, port, token_file,
-               Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout))
+               Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout), backend=backend)
+
+
+@app.command()
+def export(
+    run: Path,
+    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
+    opset: Annotated[int, typer.Option(min=1, help="ONNX opset (18 or newer).")] = 18,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Any batch size (else --batch-size only).")]
+    = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="The fixed batch size without --dynamic-batch.")] = 1,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the .onnx files (default RUN/export).")]
+    = None,
+):
+    """Export a run to ONNX (classifier; GAN generator; VAE encoder and decoder), each file checked against
+    PyTorch with ONNX Runtime on held-out data (max abs difference <= 1e-4, or nothing is saved)."""
+    from genforge.compress.export import export_run
+    from genforge.runs import load_run
+
+    if format != "onnx":
+        raise GenforgeError(f"--format {format} is not supported; use onnx")
+    record = export_run(load_run(run, backend="torch"), out_dir, opset=opset, dynamic_batch=dynamic_batch,
+                        batch_size=batch_size, progress=err.print)
+    where = out_dir or Path(run) / "export"
+    for part in record["parts"].values():
+        out.print(f"{where / part['file']}  {part['bytes'] / 1024:,.0f} KiB  max |onnxruntime - torch| "
+                  f"{part['max_abs_diff']:.1e} on {part['parity_batch']} held-out inputs")
+
+
+def _cell(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _print_comparison(child: Path, comparison: dict) -> None:
+    rows = comparison["rows"]
+    table = Table(title=f"{child.name} vs its parent ({comparison['threads']} thread(s))")
+    table.add_column("")
+    for name in rows:
+        table.add_column(name, justify="right")
+    fields = list(dict.fromkeys(k for row in rows.values() for k in row))
+    for field in fields:
+        table.add_row(field, *(_cell(row.get(field)) for row in rows.values()))
+    out.print(table)
+    out.print(f"run directory: {child}\nreport:        {child / 'report.html'}")
+
+
+@app.command()
+def compress(
+    run: Path,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Fine-tuning config, e.g. train.lr=1e-3")] = None,
+    quantize: Annotated[str | None, typer.Option(help="int8: post-training quantization (ONNX Runtime).")] = None,
+    method: Annotated[str, typer.Option(help="static (calibrated) or dynamic quantization.")] = "static",
+    calibration: Annotated[int, typer.Option(min=1, help="Training inputs that calibrate static ranges.")] = 512,
+    prune: Annotated[float | None, typer.Option(help="Fraction of weights (or channels) to remove, e.g. 0.8.")]
+    = None,
+    structured: Annotated[bool, typer.Option("--structured", help="Remove whole channels (torch-pruning).")] = False,
+    finetune_epochs: Annotated[int, typer.Option(min=0, help="Fine-tune the pruned model this many epochs.")] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for timing and fine-tuning.")] = 1,
+    runs_dir: RunsDir = Path("runs"),
+    quiet: Quiet = False,
+):
+    """Compress a run into a new run that points to it: int8 quantization or pruning, then a side-by-side
+    comparison (size, parameters, latency, quality) in the terminal and in the new run's report.html."""
+    if (quantize is None) == (prune is None):
+        raise GenforgeError("give one of --quantize int8 or --prune FRACTION")
+    if quantize is not None:
+        from genforge.compress.quantize import quantize_run
+
+        if quantize != "int8":
+            raise GenforgeError(f"--quantize {quantize} is not supported; use int8")
+        if overrides or structured or finetune_epochs:
+            raise GenforgeError("--structured, --finetune-epochs and config overrides go with --prune")
+        child, comparison = quantize_run(run, method, calibration, runs_dir, threads, progress=err.print)
+    else:
+        from genforge.compress.prune import prune_run
+
+        child, comparison = prune_run(run, prune, structured, finetune_epochs, overrides or [], runs_dir, threads,
+                                      quiet, progress=err.print)
+    _print_comparison(child, comparison)
 
 
 @runs_app.callback()

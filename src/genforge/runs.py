@@ -139,6 +139,9 @@ class LoadedRun:
     model: nn.Module
     meta: dict  # input_shape, classes, dataset, checksum: what the run learned from its data
     summary: dict
+    backend: str = "torch"  # or "onnxruntime": the model's inference parts run from RUN/export/*.onnx
+    lineage: dict | None = None  # compression.json of a compressed run: its parent and the method
+    onnx_dir: Path | None = None  # where the ONNX parts come from, with backend onnxruntime
 
     def require(self, verb: str) -> None:
         """A one-line error unless the model can do `verb` (sample, encode, decode, reconstruct, render)."""
@@ -171,20 +174,42 @@ class LoadedRun:
             return self.model.to_uint8(self.model.mean_image(self.model.decode(z, labels)))
 
 
-def load_run(path: str | Path, checkpoint: bool = False) -> LoadedRun:
-    """Rebuild a run's model from its directory alone: config.yaml + meta.json + safetensors weights."""
+BACKENDS = ("torch", "onnxruntime")
+
+
+def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = None, threads: int = 1) -> LoadedRun:
+    """Rebuild a run's model from its directory alone: config.yaml + meta.json + safetensors weights.
+
+    backend: "torch" (eager), "onnxruntime" (the parts exported under RUN/export run in ONNX Runtime with
+    `threads` threads; see compress/export.py), or None for the run's own: ONNX Runtime for a run that holds
+    only ONNX files (an int8 run), else torch."""
     import yaml
 
     run = resolve_run(path)
     cfg = validate(yaml.safe_load((run / "config.yaml").read_text()))
     meta = read_json(run / "meta.json")
     weights = run / (CHECKPOINT if checkpoint else WEIGHTS)
-    if not meta or not weights.is_file():
+    exported = (run / "export" / "export.json").is_file()
+    if backend is None:
+        backend = "onnxruntime" if exported and not weights.is_file() else "torch"
+    if backend not in BACKENDS:
+        raise GenforgeError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if not meta or not (weights.is_file() or backend == "onnxruntime" and exported):
+        if backend == "torch" and exported:
+            raise GenforgeError(f"{run} holds only ONNX models (export/): load it with backend onnxruntime")
         raise GenforgeError(f"{run} has no trained model yet ({weights.name} missing); finish or resume training")
     zeros = torch.zeros(meta["norm_shape"])
     model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["classes"]), zeros, zeros + 1)
-    load_weights(model, weights).eval()
-    return LoadedRun(run, cfg, model, meta, read_json(run / "summary.json"))
+    if weights.is_file():
+        load_weights(model, weights)
+    model.eval()
+    loaded = LoadedRun(run, cfg, model, meta, read_json(run / "summary.json"), backend,
+                       read_json(run / "compression.json") or None)
+    if backend == "onnxruntime":
+        from genforge.compress.export import load_parts
+
+        load_parts(loaded, run / "export", threads)
+    return loaded
 
 
 def list_runs(runs_dir: str | Path) -> list[dict]:

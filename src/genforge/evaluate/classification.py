@@ -8,12 +8,14 @@ import time
 import torch
 from torch import nn
 
+from genforge.models.layers import device_of
+
 
 @torch.inference_mode()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """(N, classes) probabilities for raw inputs, in batches, on the model's device."""
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     out = [model.probabilities(model(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out)
 
@@ -46,7 +48,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
 def measure_speed(model: nn.Module, example: torch.Tensor, repeats: int = 30) -> dict:
     """Batch-1 latency (median ms) and batch-256 throughput (items/s) on the model's device."""
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     one = example[:1].to(device)
     big = example[:1].expand(256, *example.shape[1:]).contiguous().to(device)
 

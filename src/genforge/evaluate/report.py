@@ -121,7 +121,8 @@ def _plots_with_curves(run_dir: Path) -> Path:
     return plots
 
 
-def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict) -> Path:
+def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict,
+                            extra: list[tuple[str, str]] = ()) -> Path:
     plots = _plots_with_curves(run_dir)
     plot_confusion(test["confusion_matrix"], ds.classes, plots / "confusion.png")
     if not ds.is_image and ds.input_shape == (2,):
@@ -129,10 +130,11 @@ def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict)
     per_class = "".join(f"<tr><th>{html.escape(c)}</th><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
                         f"<td>{m['f1']:.3f}</td></tr>" for c, m in test["per_class"].items())
     table = f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th></tr>{per_class}</table>"
-    return write_page(run_dir, summary, [("Per class (test)", table)])
+    return write_page(run_dir, summary, [*extra, ("Per class (test)", table)])
 
 
-def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict) -> Path:
+def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict,
+                           extra: list[tuple[str, str]] = ()) -> Path:
     """Curves, a sample grid (and input | reconstruction pairs for a VAE), the scores with their calibration."""
     from genforge.sample import image_grid
 
@@ -147,7 +149,7 @@ def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict
     scores = {f"{k} (mean ± sd)": f"{v['mean']:.4g} ± {v['sd']:.2g}" for k, v in result.items()
               if isinstance(v, dict) and "mean" in v}
     scores.update(result["calibration"])
-    sections = [("Scores", _table(scores)), ("Memorization", _table(result["memorization"])),
+    sections = [*extra, ("Scores", _table(scores)), ("Memorization", _table(result["memorization"])),
                 ("Provenance", _table(result["provenance"]))]
     if "likelihood" in result:
         sections.insert(1, ("Likelihood (nats per image)", _table(result["likelihood"])))

@@ -14,6 +14,12 @@ class InputError(GenforgeError, ValueError):
     """An input the model cannot take (labels, truncation, shape): a user's mistake, one line in the CLI."""
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter; the CPU for a model without any (one run by ONNX Runtime)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None = None,
                     truncation: float | None = None) -> torch.Tensor:
     """N(0, I) drawn on the CPU (so a seed gives the same z on every device).

@@ -88,10 +88,22 @@ class ServedModel:
         return time.perf_counter() - t0
 
 
-def load_models(paths: list[str | Path]) -> dict[str, ServedModel]:
+def _load(path: str | Path, backend: str | None) -> LoadedRun:
+    """A run on the backend asked for; a trained run served by ONNX Runtime is exported (and verified) first,
+    once, into RUN/export."""
+    if backend == "onnxruntime" and not (Path(path) / "export" / "export.json").is_file():
+        from genforge.compress.export import export_run
+
+        print(f"exporting {path} to ONNX for onnxruntime (once, into {Path(path) / 'export'})", flush=True)
+        export_run(load_run(path, backend="torch"))
+    return load_run(path, backend=backend)
+
+
+def load_models(paths: list[str | Path], backend: str | None = None) -> dict[str, ServedModel]:
     """Served models by name: the run's config name when it is unique among the runs given, else the run
-    directory's name. Exactly the runs given at start: the API never loads a model from a path or a URL."""
-    runs = [load_run(p) for p in paths]
+    directory's name. Exactly the runs given at start: the API never loads a model from a path or a URL.
+    backend: torch or onnxruntime for every run; None: each run's own (ONNX Runtime for an int8 run)."""
+    runs = [_load(p, backend) for p in paths]
     if not runs:
         raise GenforgeError("give at least one run directory to serve")
     names = [r.config.name for r in runs]
@@ -101,7 +113,7 @@ def load_models(paths: list[str | Path]) -> dict[str, ServedModel]:
         if name in models:
             raise GenforgeError(f"{run.path} is given twice")
         run.model.eval()
-        models[name] = ServedModel(name, run, run.meta.get("task", "classify"))
+        models[name] = ServedModel(name, run, run.meta.get("task", "classify"), backend=run.backend)
     return models
 
 

@@ -344,14 +344,15 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
             predictions.append(pred)
         return {"model": name, "backend": model.backend, "latency_ms": latency, "predictions": predictions}
 
-    def images_response(images: torch.Tensor, fmt: str, extra: dict, latency: float, nrow: int | None = None):
+    def images_response(model: ServedModel, images: torch.Tensor, fmt: str, extra: dict, latency: float,
+                        nrow: int | None = None):
         from genforge.sample import png_bytes
 
-        headers = {"x-latency-ms": f"{latency:.2f}", "x-backend": "torch"}
+        headers = {"x-latency-ms": f"{latency:.2f}", "x-backend": model.backend}
         if fmt == "png":
             scale = 2 if images.shape[-1] < 64 else 1
             return Response(png_bytes(images, nrow, scale=scale), media_type="image/png", headers=headers)
-        return JSONResponse({**extra, "latency_ms": latency, "backend": "torch", "images": as_array(images)},
+        return JSONResponse({**extra, "latency_ms": latency, "backend": model.backend, "images": as_array(images)},
                             headers=headers)
 
     @app.post("/v1/models/{name}/generate", tags=["models"], responses=PNG,
@@ -363,7 +364,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         t0 = time.perf_counter()
         images = await infer(model.generate, req.n, req.label, req.seed, req.truncation)
         extra = {"model": name, "n": req.n, "seed": req.seed, "label": req.label}
-        return images_response(images, req.format, extra, (time.perf_counter() - t0) * 1000)
+        return images_response(model, images, req.format, extra, (time.perf_counter() - t0) * 1000)
 
     @app.post("/v1/models/{name}/interpolate", tags=["models"], responses=PNG,
               summary="A walk through latent space (spherical), from one class to another for conditional models")
@@ -374,7 +375,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         t0 = time.perf_counter()
         images = await infer(model.interpolate, req.steps, req.seed, req.from_label, req.to_label)
         extra = {"model": name, "steps": req.steps, "seed": req.seed}
-        return images_response(images, req.format, extra, (time.perf_counter() - t0) * 1000, nrow=req.steps)
+        return images_response(model, images, req.format, extra, (time.perf_counter() - t0) * 1000, nrow=req.steps)
 
     reconstruct_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": ReconstructRequest.model_json_schema()},
@@ -395,8 +396,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         fmt = fields.get("format", "array")
         if fmt == "png":
             pairs = torch.stack([torch.from_numpy(x), recon], 1).flatten(0, 1)
-            return images_response(pairs, "png", {}, latency, nrow=min(8, len(pairs)))
-        return {"model": name, "latency_ms": latency, "backend": "torch", "errors": errors,
+            return images_response(model, pairs, "png", {}, latency, nrow=min(8, len(pairs)))
+        return {"model": name, "latency_ms": latency, "backend": model.backend, "errors": errors,
                 "images": as_array(recon)}
 
     static = resources.files("genforge.serve") / "static"

@@ -37,7 +37,7 @@ def read_token(path: Path | None, host: str) -> str | None:
 
 
 def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_file: Path | None = None,
-          limits: Limits = Limits(), log_level: str = "warning") -> None:
+          limits: Limits = Limits(), log_level: str = "warning", backend: str | None = None) -> None:
     """Load the runs, then serve until SIGINT/SIGTERM: the server turns not-ready at once, stops accepting,
     lets in-flight requests finish (up to 30 s) and exits 0."""
     import torch
@@ -48,7 +48,7 @@ def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_fil
 
     token = read_token(token_file, host)
     torch.set_num_threads(1)  # one inference thread beside the event loop; two threads contend on small machines
-    app = create_app(load_models(runs), token=token, limits=limits)
+    app = create_app(load_models(runs, backend), token=token, limits=limits)
     state = app.state.genforge
 
     class DrainingServer(uvicorn.Server):

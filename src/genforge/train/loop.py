@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,10 +90,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
-          fold: tuple[int, int] | None = None) -> dict:
+          fold: tuple[int, int] | None = None, init: Callable[[torch.nn.Module], None] | None = None) -> dict:
     """Train `cfg` into `run_dir` (created by runs.create_run) and return the summary.
 
-    fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set."""
+    fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set.
+    init(model): called on the freshly built model before training (and before a resume restores it), to start
+    from given weights or add gradient hooks; fine-tuning a pruned model uses it."""
     tcfg = cfg.train
     device = pick_device(tcfg.device)
     if tcfg.threads:
@@ -118,6 +121,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
 
     mean, std = normalization_stats(ds.train_x[train_idx])
     model = build_model(cfg.model, ds.input_shape, len(ds.classes), mean, std).to(device)
+    if init is not None:
+        init(model)
     channels_last = use_channels_last(tcfg, device, ds.is_image)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

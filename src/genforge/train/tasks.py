@@ -5,7 +5,7 @@
 - `on_evaluation(model, run_dir, epoch, cfg)`: side outputs at each evaluation (a generator's sample grid);
 - `test(model, ds, cfg)`: the final evaluation, the same function `genforge evaluate` calls;
 - `headline(result)`: the few numbers that go into summary.json;
-- `report(run_dir, model, ds, result, summary)`: plots and report.html.
+- `report(run_dir, model, ds, result, summary, extra)`: plots and report.html, with extra (title, html) sections.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ class ClassifyTask:
         return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_macro_f1": result["macro_f1"],
                 "latency_ms_b1": result["latency_ms_b1"], "throughput_b256": result["throughput_b256"]}
 
-    def report(self, run_dir: Path, model, ds, result: dict, summary: dict) -> Path:
+    def report(self, run_dir: Path, model, ds, result: dict, summary: dict, extra=()) -> Path:
         from genforge.evaluate.report import write_classifier_report
 
-        return write_classifier_report(run_dir, model, ds, result, summary)
+        return write_classifier_report(run_dir, model, ds, result, summary, extra)
 
 
 class GenerativeTask:
@@ -69,10 +69,10 @@ class GenerativeTask:
         head["fd_train_vs_test"] = result["calibration"]["fd_train_vs_test"]
         return head
 
-    def report(self, run_dir: Path, model, ds, result: dict, summary: dict) -> Path:
+    def report(self, run_dir: Path, model, ds, result: dict, summary: dict, extra=()) -> Path:
         from genforge.evaluate.report import write_generator_report
 
-        return write_generator_report(run_dir, model, ds, result, summary)
+        return write_generator_report(run_dir, model, ds, result, summary, extra)
 
 
 class GANTask(GenerativeTask):

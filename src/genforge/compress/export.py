@@ -1,0 +1,238 @@
+"""ONNX export of a run's inference parts, verified against eager PyTorch, and ONNX Runtime running them in place.
+
+A part is one callable of the model with natural inputs, so an exported file is usable on its own:
+
+    classify  model.onnx      x (N, *input_shape) raw inputs (uint8 images)    -> logits (N, K)
+    gan       generator.onnx  z (N, latent) [, classes (N, K) one-hot weights] -> images (N, C, H, W) in [-1, 1]
+    vae       encoder.onnx    x (N, *input_shape) in [0, 1] [, classes]        -> mu, logvar (N, latent)
+              decoder.onnx    z (N, latent) [, classes]                        -> params (N, *input_shape)
+
+Conditional parts take class weights rather than indices: a one-hot row picks a class, a mixed row walks
+between classes (interpolate), and the graph needs no Gather on user-given indices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genforge.errors import GenforgeError
+from genforge.models.layers import check_labels
+
+EXPORT_DIR = "export"
+TOLERANCE = 1e-4  # max |onnxruntime - eager| accepted on a held-out batch
+DEFAULT_OPSET = 18  # the first opset of the dynamo exporter
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str  # file stem
+    seam: str  # the model attribute the part implements; ONNX Runtime takes its place there
+    inputs: tuple[str, ...]  # the first input is the batch; "classes" is added for conditional models
+    outputs: tuple[str, ...]
+
+
+PARTS: dict[str, tuple[Part, ...]] = {
+    "classify": (Part("model", "forward", ("x",), ("logits",)),),
+    "gan": (Part("generator", "generator", ("z",), ("images",)),),
+    "vae": (Part("encoder", "encode", ("x",), ("mu", "logvar")), Part("decoder", "decode", ("z",), ("params",))),
+}
+
+
+def is_conditional(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "cfg", None), "conditional", False))
+
+
+class _Exported(nn.Module):
+    """The traced wrapper: the model's seam called with positional tensors."""
+
+    def __init__(self, model: nn.Module, seam: str):
+        super().__init__()
+        self.model = model
+        self.seam = seam
+
+    def forward(self, first: torch.Tensor, classes: torch.Tensor | None = None):
+        seam = getattr(self.model, self.seam)
+        return seam(first) if classes is None else seam(first, classes)
+
+
+def part_inputs(run, part: Part, n: int, seed: int, split: str = "test") -> tuple[torch.Tensor, ...]:
+    """A batch of n inputs for `part`: real images of the run's dataset (`split`) for parts that read images,
+    fixed-seed noise for parts that read latents; one-hot class weights when the model is conditional."""
+    g = torch.Generator().manual_seed(seed)
+    model, classes = run.model, len(run.meta["classes"])
+    if part.inputs[0] == "z":
+        first = torch.randn(n, model.latent_dim, generator=g)
+        labels = torch.randint(0, classes, (n,), generator=g)
+    else:
+        x, y = heldout(run, n, seed, split)
+        first = x if part.name == "model" else x.float() / 255  # a VAE encodes model-space [0, 1]
+        labels = y
+    if not is_conditional(model):
+        return (first,)
+    return first, F.one_hot(labels, classes).float()
+
+
+def heldout(run, n: int, seed: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """n random items of the run's dataset split, raw (uint8 images or float features), with labels."""
+    from genforge.data import load_dataset
+
+    ds = load_dataset(run.config.data.name, run.config.data.data_dir, seed=run.config.seed, progress=False)
+    x, y = (ds.test_x, ds.test_y) if split == "test" else (ds.train_x, ds.train_y)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx], y[idx]
+
+
+def session(path: Path, threads: int = 1):
+    """An ONNX Runtime CPU session: no telemetry, no spinning threads (they slow torch in the same process)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: the quantizer's graphs make ORT chatty
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable or invalid graphs
+        raise GenforgeError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") from None
+
+
+def run_session(sess, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    feeds = {i.name: t.detach().cpu().contiguous().numpy() for i, t in zip(sess.get_inputs(), inputs)}
+    return [torch.from_numpy(o) for o in sess.run(None, feeds)]
+
+
+class OnnxPart(nn.Module):
+    """An exported part run by ONNX Runtime behind the model's own seam: same arguments, same outputs.
+
+    Labels come as the model takes them (indices, or class weights); they are checked like the eager model
+    checks them and become one-hot weights for the graph."""
+
+    def __init__(self, sess, part: Part, num_classes: int, conditional: bool, path: Path):
+        super().__init__()
+        self.session, self.part, self.num_classes, self.conditional = sess, part, num_classes, conditional
+        self.path = path
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        inputs = (x.float() if x.is_floating_point() else x,)
+        if self.conditional:
+            check_labels(labels, x.shape[0], True)
+            weights = labels.float() if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
+            inputs += (weights,)
+        outputs = [o.to(x.device) for o in run_session(self.session, inputs)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def attach(model: nn.Module, part: Part, runtime: OnnxPart) -> None:
+    """Put the runtime in the place of the part: a submodule is replaced, a method is shadowed on the instance
+    (nn.Module looks submodules up only after the instance dict, so the dict entry wins in both cases)."""
+    model.__dict__[part.seam] = runtime
+
+
+def export_part(model: nn.Module, part: Part, example: tuple[torch.Tensor, ...], path: Path, opset: int,
+                dynamic_batch: bool) -> Path:
+    """Write `part` of `model` to path (one self-contained file, weights inside)."""
+    import warnings
+
+    from torch.export import Dim
+
+    wrapper = _Exported(model, part.seam).eval()
+    names = part.inputs + (("classes",) if len(example) > len(part.inputs) else ())
+    dynamic = tuple({0: Dim("batch", min=1)} for _ in example) if dynamic_batch else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter warns about its own internals (torchvision ops, ...)
+        quiet.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(wrapper, example, dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
+                                        input_names=list(names), output_names=list(part.outputs), verbose=False)
+        except Exception as e:  # the exporter raises many types; the user needs the part and the first line
+            raise GenforgeError(f"ONNX export of the {part.name} failed: {str(e).splitlines()[0]}") from None
+        finally:
+            quiet.setLevel(level)
+    program.save(str(path), external_data=False)
+    strip_metadata(path)
+    return path
+
+
+def strip_metadata(path: Path) -> None:
+    """Drop the exporter's per-node metadata (stack traces, module paths) and doc strings: on a small CNN they were
+    a quarter of the file. The graph and the weights are untouched."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    model.graph.doc_string = ""
+    onnx.save(model, str(path))
+
+
+def max_difference(model: nn.Module, part: Part, path: Path, inputs: tuple[torch.Tensor, ...]) -> float:
+    """max |onnxruntime - eager| over every output of the part for one batch of inputs."""
+    with torch.inference_mode():
+        eager = getattr(model, part.seam)(*inputs)
+    eager = eager if isinstance(eager, tuple) else (eager,)
+    ort_out = run_session(session(path), inputs)
+    return max((a.float() - b.float()).abs().max().item() for a, b in zip(eager, ort_out))
+
+
+def export_run(run, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+               batch_size: int = 1, parity_batch: int = 64, tolerance: float = TOLERANCE,
+               progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Export every part of a loaded run into out_dir (default RUN/export) and verify each with ONNX Runtime on a
+    held-out batch (test images, or fresh noise). A part over the tolerance raises and leaves no file behind.
+    Returns the export record, also written to out_dir/export.json."""
+    if opset < DEFAULT_OPSET:
+        raise GenforgeError(f"opset {opset} is too old for the dynamo exporter; use {DEFAULT_OPSET} or newer")
+    model = run.model.float().eval()
+    out_dir = Path(out_dir) if out_dir else run.path / EXPORT_DIR
+    check = parity_batch if dynamic_batch else batch_size
+    example_n = max(batch_size, 2) if dynamic_batch else batch_size  # a batch of 1 would be specialized away
+    record = {"format": "onnx", "opset": opset, "dynamic_batch": dynamic_batch,
+              "batch_size": None if dynamic_batch else batch_size, "tolerance": tolerance, "parts": {}}
+    for part in PARTS[run.meta.get("task", "classify")]:
+        progress(f"exporting the {part.name}")
+        t0 = time.perf_counter()
+        path = out_dir / f"{part.name}.onnx"
+        tmp = path.with_suffix(".onnx.tmp")
+        export_part(model, part, part_inputs(run, part, example_n, seed=1, split="train"), tmp, opset, dynamic_batch)
+        diff = max_difference(model, part, tmp, part_inputs(run, part, check, seed=2))
+        if not diff <= tolerance:
+            tmp.unlink()
+            raise GenforgeError(f"the exported {part.name} differs from PyTorch by {diff:.2e} (> {tolerance:g}) on a "
+                                f"held-out batch; nothing was saved")
+        tmp.replace(path)
+        record["parts"][part.name] = {"file": path.name, "bytes": path.stat().st_size, "max_abs_diff": diff,
+                                      "parity_batch": check, "seconds": round(time.perf_counter() - t0, 2)}
+    (out_dir / "export.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def load_parts(run, onnx_dir: Path, threads: int = 1) -> None:
+    """Run the parts exported in onnx_dir with ONNX Runtime in place of the eager ones."""
+    record_path = onnx_dir / "export.json"
+    if not record_path.is_file():
+        raise GenforgeError(f"{onnx_dir} holds no export; run: genforge export {run.path} --dynamic-batch")
+    record = json.loads(record_path.read_text())
+    if not record.get("dynamic_batch"):
+        raise GenforgeError(f"{onnx_dir} was exported for batch {record.get('batch_size')} only; serving needs any "
+                            f"batch: genforge export {run.path} --dynamic-batch")
+    for part in PARTS[run.meta.get("task", "classify")]:
+        path = onnx_dir / record["parts"][part.name]["file"]
+        runtime = OnnxPart(session(path, threads), part, len(run.meta["classes"]), is_conditional(run.model), path)
+        attach(run.model, part, runtime)
+    run.backend, run.onnx_dir = "onnxruntime", onnx_dir
