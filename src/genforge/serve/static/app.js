@@ -23,7 +23,10 @@ async function api(path, body, { binary = false, form = null } = {}) {
     throw new Error(message);
   }
   showError("");
-  return binary ? response.blob() : response.json();
+  if (!binary) return response.json();
+  const blob = await response.blob();
+  blob.answeredBy = `answered by ${response.headers.get("x-backend")} in ${Number(response.headers.get("x-latency-ms")).toFixed(1)} ms`;
+  return blob;
 }
 
 function option(select, value, text) {
@@ -204,6 +207,7 @@ async function generate() {
     if (grid.src) URL.revokeObjectURL(grid.src);
     grid.src = URL.createObjectURL(blob);
     grid.hidden = false;
+    $("grid-info").textContent = blob.answeredBy;
   } catch (e) { showError(e.message); }
 }
 

@@ -1,0 +1,98 @@
+"""Compression benchmark (issue 5): int8 and pruned children of fashion-cnn, an int8 child of fashion-cdcgan, each
+measured against its parent in the same process (genforge.compress.child.finish_child).
+
+    python bench/compress.py [--cnn RUN] [--gan RUN] [--finetune-epochs 3]
+
+Without --cnn/--gan the parents are trained first (fashion-cnn about 4 minutes, fashion-cdcgan about 10 on 2
+cores). Writes bench/out/compress.json; the figures go into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parent
+
+
+def train(preset: str, runs_dir: Path) -> Path:
+    before = set(runs_dir.glob("*")) if runs_dir.exists() else set()
+    subprocess.run([sys.executable, "-m", "genforge", "train", preset, "--runs-dir", str(runs_dir), "--quiet"],
+                   check=True)
+    (run,) = set(runs_dir.glob("*")) - before
+    return run
+
+
+def check(name: str, value: float, op: str, target: float) -> dict:
+    ok = value <= target if op == "<=" else value >= target
+    print(f"  {'MET ' if ok else 'MISS'} {name}: {value:.4g} (target {op} {target:g})", flush=True)
+    return {"value": value, "target": f"{op} {target:g}", "met": ok}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cnn", type=Path, help="a trained fashion-cnn run (default: train one)")
+    parser.add_argument("--gan", type=Path, help="a trained fashion-cdcgan run (default: train one)")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "out" / "compress-runs")
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for timing (both models alike)")
+    args = parser.parse_args()
+
+    from genforge.compress.prune import prune_run
+    from genforge.compress.quantize import quantize_run
+
+    cnn = args.cnn or train("fashion-cnn", args.runs_dir / "parents")
+    gan = args.gan or train("fashion-cdcgan", args.runs_dir / "parents")
+    children = args.runs_dir / "children"
+    results, t0 = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "parents": [str(cnn), str(gan)]}, {}
+
+    def record(name: str, child: Path, comparison: dict, checks: dict) -> None:
+        results[name] = {"child": str(child), "comparison": comparison, "checks": checks,
+                         "seconds": round(time.perf_counter() - t0[name], 1)}
+        (ROOT / "out").mkdir(exist_ok=True)
+        (ROOT / "out" / "compress.json").write_text(json.dumps(results, indent=1))
+
+    print("1. int8 classifier (static, 512 calibration images)", flush=True)
+    t0["int8_classifier"] = time.perf_counter()
+    child, c = quantize_run(cnn, "static", 512, children, args.threads)
+    record("int8_classifier", child, c, {
+        "file_size_ratio": check("file size / fp32", c["ratio"]["file_bytes"], "<=", 0.30),
+        "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 0.5),
+        "latency_b1_ratio": check("batch-1 latency / fp32 eager", c["ratio"]["latency_ms_b1"], "<=", 0.7)})
+
+    print(f"2. unstructured magnitude pruning 80%, {args.finetune_epochs} fine-tuning epochs", flush=True)
+    t0["prune_unstructured"] = time.perf_counter()
+    child, c = prune_run(cnn, 0.8, False, args.finetune_epochs, [f"train.threads={args.threads}"], children,
+                         args.threads, quiet=True)
+    record("prune_unstructured", child, c, {
+        "nonzero_ratio": check("non-zero parameters / parent", c["ratio"]["nonzero_parameters"], "<=", 0.25),
+        "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 0.5)})
+
+    print(f"3. structured channel pruning 50%, {args.finetune_epochs} fine-tuning epochs", flush=True)
+    t0["prune_structured"] = time.perf_counter()
+    child, c = prune_run(cnn, 0.5, True, args.finetune_epochs, [f"train.threads={args.threads}"], children,
+                         args.threads, quiet=True)
+    record("prune_structured", child, c, {
+        "latency_b256_ratio": check("batch-256 latency / parent", c["ratio"]["latency_ms_b256"], "<=", 0.7),
+        "latency_b1_ratio": check("batch-1 latency / parent", c["ratio"]["latency_ms_b1"], "<=", 0.7),
+        "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 1.0)})
+
+    print("4. int8 generator (fashion-cdcgan, static, 512 calibration latents)", flush=True)
+    t0["int8_generator"] = time.perf_counter()
+    child, c = quantize_run(gan, "static", 512, children, args.threads)
+    parent_fd = c["rows"]["parent"]["fd"]
+    record("int8_generator", child, c, {
+        "fd_rise_fraction": check("FD rise (fraction)", c["change"]["fd"] / parent_fd, "<=", 0.10),
+        "conditional_accuracy_drop_points": check("conditional accuracy drop (points)",
+                                                  -100 * c["change"]["conditional_accuracy"], "<=", 2.0)})
+    print(json.dumps({k: v["checks"] for k, v in results.items() if isinstance(v, dict) and "checks" in v}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

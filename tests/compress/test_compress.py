@@ -1,0 +1,142 @@
+"""Compressed runs, end to end through the command line on real Fashion-MNIST runs: int8 quantization and pruning
+write a child run that points to its parent, compares itself with it, loads with load_run, predicts and serves."""
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from helpers import genforge_cli, start_server
+
+from genforge.runs import load_run
+
+
+def compress(parent, tmp_path, *args, cache=None):
+    out = tmp_path / "children"
+    result = genforge_cli("compress", str(parent), *args, "--runs-dir", str(out), "--quiet", cache=cache)
+    assert result.returncode == 0, result.stderr
+    (child,) = out.iterdir()
+    return child, result
+
+
+@pytest.fixture(scope="module")
+def int8_classifier(classifier_run, tmp_path_factory):
+    child, result = compress(classifier_run, tmp_path_factory.mktemp("int8"), "--quantize", "int8",
+                             "--calibration", "256")
+    return child, result.stdout
+
+
+def test_int8_classifier_child_points_to_its_parent_and_compares(int8_classifier, classifier_run):
+    child, stdout = int8_classifier
+    lineage = json.loads((child / "compression.json").read_text())
+    assert lineage["parent"] == str(classifier_run.resolve()) and lineage["method"] == "int8-static"
+    comparison = json.loads((child / "comparison.json").read_text())
+    parent, fp32, int8 = (comparison["rows"][k] for k in ("parent", "parent (onnxruntime fp32)", "compressed"))
+    assert int8["backend"] == "onnxruntime" and parent["backend"] == "torch"
+    assert int8["file_bytes"] < 0.35 * parent["file_bytes"]  # int8 weights: a quarter of fp32, plus the graph
+    assert int8["parameters"] == fp32["parameters"] > 0
+    assert all(row["latency_ms_b1"] > 0 and row["latency_ms_b256"] > 0 for row in comparison["rows"].values())
+    assert abs(comparison["change"]["test_accuracy"]) < 0.02
+    assert comparison["change"]["test_accuracy"] == pytest.approx(int8["test_accuracy"] - parent["test_accuracy"])
+    assert "vs its parent" in stdout and "test_accuracy" in stdout
+    report = (child / "report.html").read_text()
+    assert "Compared with the parent" in report and "parent (onnxruntime fp32)" in report
+    summary = json.loads((child / "summary.json").read_text())
+    assert summary["compressed_from"] == classifier_run.name and summary["test_accuracy"] == int8["test_accuracy"]
+    assert not (child / "model.safetensors").exists()  # the child is its int8 ONNX file
+
+
+def test_int8_child_round_trips_through_load_run_and_predict(int8_classifier, classifier_run, tmp_path):
+    child, _ = int8_classifier
+    loaded = load_run(child)
+    assert loaded.backend == "onnxruntime" and loaded.lineage["parent_name"] == classifier_run.name
+    from genforge.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", progress=False)
+    x, y = ds.test_x[:500], ds.test_y[:500]
+    with torch.inference_mode():
+        child_pred = loaded.model(x).argmax(1)
+        parent_pred = load_run(classifier_run).model(x).argmax(1)
+    assert (child_pred == parent_pred).float().mean() > 0.95
+    assert (child_pred == y).float().mean() > 0.75
+
+    np.save(tmp_path / "x.npy", x[:3, 0].numpy())
+    result = genforge_cli("predict", str(child), str(tmp_path / "x.npy"), "--json")
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)["predictions"]
+    assert [p["index"] for p in predictions] == child_pred[:3].tolist()
+
+
+def test_serve_answers_with_the_int8_child_and_says_which_backend(int8_classifier, classifier_run):
+    child, _ = int8_classifier
+    proc, url = start_server([child])
+    try:
+        card = httpx.get(f"{url}/v1/models").json()["models"][0]
+        assert card["backend"] == "onnxruntime"
+        from genforge.data import load_dataset
+
+        image = load_dataset("fashion-mnist", progress=False).test_x[0, 0]
+        r = httpx.post(f"{url}/v1/models/{card['name']}/classify", json={"inputs": [image.tolist()]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["backend"] == "onnxruntime" and abs(sum(body["predictions"][0]["probabilities"]) - 1) < 1e-4
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_serve_backend_onnxruntime_exports_a_trained_run_once(classifier_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    proc, url = start_server([run], "--backend", "onnxruntime")
+    try:
+        card = httpx.get(f"{url}/v1/models").json()["models"][0]
+        assert card["backend"] == "onnxruntime"
+        assert json.loads((run / "export" / "export.json").read_text())["dynamic_batch"] is True
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_magnitude_pruning_with_finetuning_keeps_its_zeros(classifier_run, tmp_path):
+    child, _ = compress(classifier_run, tmp_path, "--prune", "0.8", "--finetune-epochs", "1", "train.threads=1")
+    loaded, parent = load_run(child), load_run(classifier_run)
+    weights = [m.weight for m in loaded.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.8, abs=0.002)  # still exactly zero after a fine-tuning epoch
+    comparison = json.loads((child / "comparison.json").read_text())
+    assert comparison["ratio"]["nonzero_parameters"] < 0.3 and comparison["ratio"]["parameters"] == 1
+    assert comparison["rows"]["compressed"]["test_accuracy"] > parent.summary["test_accuracy"] - 0.05
+    assert (child / "metrics.jsonl").is_file()  # fine-tuned through the training loop
+    assert loaded.config.train.epochs == 1 and loaded.lineage["finetune_epochs"] == 1
+
+
+def test_channel_pruning_shrinks_the_architecture_in_the_config(classifier_run, tmp_path):
+    child, _ = compress(classifier_run, tmp_path, "--prune", "0.5", "--structured")
+    parent, loaded = load_run(classifier_run), load_run(child)
+    assert loaded.config.model.channels == [c // 2 for c in parent.config.model.channels]
+    comparison = json.loads((child / "comparison.json").read_text())
+    assert comparison["ratio"]["parameters"] < 0.35  # half the channels on both sides of most weights
+    assert comparison["rows"]["compressed"]["file_bytes"] == (child / "model.safetensors").stat().st_size
+
+
+def test_compress_refuses_what_it_cannot_do(classifier_run, gan_run, tmp_path):
+    for args, message in [((), "give one of"), (("--quantize", "int4"), "use int8"),
+                          (("--prune", "1.5"), "in (0, 1)"), (("--quantize", "int8", "--structured"), "go with")]:
+        result = genforge_cli("compress", str(classifier_run), *args, "--runs-dir", str(tmp_path))
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = genforge_cli("compress", str(gan_run), "--prune", "0.5", "--structured", "--runs-dir", str(tmp_path))
+    assert result.returncode == 2 and "classifiers" in result.stderr
+    assert not list(tmp_path.iterdir())  # a refused command leaves no half-made run
+
+
+def test_int8_generator_child_samples_and_reports_sample_quality(gan_run, evaluator_cache, tmp_path):
+    child, _ = compress(gan_run, tmp_path, "--quantize", "int8", "--calibration", "128", cache=evaluator_cache)
+    comparison = json.loads((child / "comparison.json").read_text())
+    assert {"fd", "conditional_accuracy"} <= set(comparison["change"])
+    loaded = load_run(child)
+    images = loaded.sample(6, label=3, seed=1)
+    assert images.shape == (6, 1, 28, 28) and images.dtype == torch.uint8
+    assert torch.equal(images, loaded.sample(6, label=3, seed=1))

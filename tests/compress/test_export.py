@@ -1,0 +1,98 @@
+"""ONNX export, parametrized over the registry: every kind's parts match eager PyTorch in ONNX Runtime on held-out
+data (Fashion-MNIST test images, fresh noise), and a run served by ONNX Runtime answers like the eager one."""
+
+import json
+
+import pytest
+import torch
+
+from genforge.compress.export import PARTS, TOLERANCE, export_run, load_parts, part_inputs
+from genforge.config import validate
+from genforge.errors import GenforgeError
+from genforge.registry import MODELS, build_model
+from genforge.runs import LoadedRun
+
+FASHION_META = {"dataset": "fashion-mnist", "classes": [str(i) for i in range(10)], "input_shape": [1, 28, 28],
+                "norm_shape": [1, 1, 1]}
+BLOBS_META = {"dataset": "blobs", "classes": ["below", "above"], "input_shape": [2], "norm_shape": [2]}
+
+# every kind of the registry, with the variants whose graphs differ (conditioning, architecture)
+VARIANTS = {
+    "logreg": ({"kind": "logreg"}, BLOBS_META),
+    "mlp": ({"kind": "mlp", "hidden": [32]}, FASHION_META),
+    "cnn": ({"kind": "cnn"}, FASHION_META),
+    "fastcnn": ({"kind": "fastcnn", "channels": [8, 16]}, FASHION_META),
+    "gan": ({"kind": "gan", "arch": "dcgan", "width": 8, "latent_dim": 8, "conditional": True}, FASHION_META),
+    "gan-mlp": ({"kind": "gan", "arch": "mlp", "width": 8, "latent_dim": 8}, FASHION_META),
+    "vae": ({"kind": "vae", "arch": "conv", "width": 8, "latent_dim": 4}, FASHION_META),
+    "vae-mlp-conditional": ({"kind": "vae", "arch": "mlp", "hidden": [32], "latent_dim": 4, "conditional": True},
+                            FASHION_META),
+}
+
+
+def test_the_variants_cover_the_registry():
+    assert {model["kind"] for model, _ in VARIANTS.values()} == set(MODELS)
+
+
+def loaded(tmp_path, variant: str) -> LoadedRun:
+    """A LoadedRun of a freshly built (untrained) model: export does not care whether weights were trained."""
+    model_cfg, meta = VARIANTS[variant]
+    cfg = validate({"name": variant, "data": {"name": meta["dataset"]}, "model": model_cfg})
+    torch.manual_seed(0)
+    mean = torch.full(meta["norm_shape"], 0.3)
+    model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["classes"]), mean, mean + 0.1).eval()
+    task = MODELS[cfg.model.kind].task
+    for module in model.modules():  # non-trivial BatchNorm statistics, so eval-mode folding is exercised
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return LoadedRun(tmp_path, cfg, model, {**meta, "task": task}, {})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_part_matches_pytorch_in_onnxruntime(variant, tmp_path, fashion_available):
+    run = loaded(tmp_path, variant)
+    record = export_run(run, tmp_path / "export", dynamic_batch=True)
+    task = run.meta["task"]
+    assert set(record["parts"]) == {p.name for p in PARTS[task]}
+    for part in PARTS[task]:
+        entry = record["parts"][part.name]
+        assert (tmp_path / "export" / entry["file"]).stat().st_size == entry["bytes"] > 0
+        assert entry["max_abs_diff"] <= TOLERANCE
+        assert entry["parity_batch"] == 64
+    assert json.loads((tmp_path / "export" / "export.json").read_text()) == record
+
+    # the same parts behind the model's own methods: other batch sizes, labels as indices
+    eager = loaded(tmp_path, variant)
+    load_parts(run, tmp_path / "export")
+    assert run.backend == "onnxruntime"
+    for part in PARTS[task]:
+        inputs = part_inputs(eager, part, 5, seed=9)
+        if len(inputs) == 2:
+            inputs = (inputs[0], inputs[1].argmax(1))  # class indices, as the model's callers pass them
+        with torch.inference_mode():
+            expected = getattr(eager.model, part.seam)(*inputs)
+            got = getattr(run.model, part.seam)(*inputs)
+        for a, b in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else
+                        (got,)):
+            torch.testing.assert_close(b, a, atol=TOLERANCE, rtol=0)
+
+
+def test_a_static_export_has_its_batch_size_and_cannot_be_served(tmp_path, fashion_available):
+    run = loaded(tmp_path, "fastcnn")
+    record = export_run(run, tmp_path / "export", dynamic_batch=False, batch_size=4)
+    assert record["batch_size"] == 4 and record["parts"]["model"]["parity_batch"] == 4
+    with pytest.raises(GenforgeError, match="--dynamic-batch"):
+        load_parts(run, tmp_path / "export")
+
+
+def test_a_failed_parity_check_saves_nothing(tmp_path, fashion_available):
+    run = loaded(tmp_path, "fastcnn")
+    with pytest.raises(GenforgeError, match="differs from PyTorch"):
+        export_run(run, tmp_path / "export", tolerance=0.0)  # fp32 kernels differ by rounding: never exactly 0
+    assert not list((tmp_path / "export").glob("*.onnx*"))
+
+
+def test_old_opsets_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(GenforgeError, match="use 18"):
+        export_run(loaded(tmp_path, "fastcnn"), tmp_path / "export", opset=13)
