@@ -1,7 +1,7 @@
 """Compression benchmark (issue 5): int8 and pruned children of fashion-cnn, an int8 child of fashion-cdcgan, each
 measured against its parent in the same process (genforge.compress.child.finish_child).
 
-    python bench/compress.py [--cnn RUN] [--gan RUN] [--finetune-epochs 3]
+    python bench/compress.py [--cnn RUN] [--gan RUN] [--finetune-epochs 5] [--structured-epochs 12] [--only 1,2,3,4]
 
 Without --cnn/--gan the parents are trained first (fashion-cnn about 4 minutes, fashion-cdcgan about 10 on 2
 cores). Writes bench/out/compress.json; the figures go into docs/benchmarks.md.
@@ -40,23 +40,39 @@ def main() -> None:
     parser.add_argument("--cnn", type=Path, help="a trained fashion-cnn run (default: train one)")
     parser.add_argument("--gan", type=Path, help="a trained fashion-cdcgan run (default: train one)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "out" / "compress-runs")
-    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=5, help="unstructured pruning's fine-tuning")
+    parser.add_argument("--structured-epochs", type=int, default=12,
+                        help="structured pruning's fine-tuning: a quarter of the weights is left to retrain")
+    parser.add_argument("--only", default="1,2,3,4", help="which of the four checks to run, e.g. 2,3")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for timing (both models alike)")
     args = parser.parse_args()
 
-    from genforge.compress.prune import prune_run
-    from genforge.compress.quantize import quantize_run
-
-    cnn = args.cnn or train("fashion-cnn", args.runs_dir / "parents")
-    gan = args.gan or train("fashion-cdcgan", args.runs_dir / "parents")
+    parts = {int(p) for p in args.only.split(",")}
+    cnn = (args.cnn or train("fashion-cnn", args.runs_dir / "parents")) if parts & {1, 2, 3} else None
+    gan = (args.gan or train("fashion-cdcgan", args.runs_dir / "parents")) if 4 in parts else None
     children = args.runs_dir / "children"
-    results, t0 = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "parents": [str(cnn), str(gan)]}, {}
+    results, t0 = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "parents": [str(cnn), str(gan)],
+                  "only": sorted(parts)}, {}
 
     def record(name: str, child: Path, comparison: dict, checks: dict) -> None:
         results[name] = {"child": str(child), "comparison": comparison, "checks": checks,
                          "seconds": round(time.perf_counter() - t0[name], 1)}
         (ROOT / "out").mkdir(exist_ok=True)
         (ROOT / "out" / "compress.json").write_text(json.dumps(results, indent=1))
+
+    if 1 in parts:
+        int8_classifier(cnn, children, args, record, t0)
+    if 2 in parts:
+        prune_unstructured(cnn, children, args, record, t0)
+    if 3 in parts:
+        prune_structured(cnn, children, args, record, t0)
+    if 4 in parts:
+        int8_generator(gan, children, args, record, t0)
+    print(json.dumps({k: v["checks"] for k, v in results.items() if isinstance(v, dict) and "checks" in v}, indent=1))
+
+
+def int8_classifier(cnn, children, args, record, t0) -> None:
+    from genforge.compress.quantize import quantize_run
 
     print("1. int8 classifier (static, 512 calibration images)", flush=True)
     t0["int8_classifier"] = time.perf_counter()
@@ -66,7 +82,13 @@ def main() -> None:
         "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 0.5),
         "latency_b1_ratio": check("batch-1 latency / fp32 eager", c["ratio"]["latency_ms_b1"], "<=", 0.7)})
 
-    print(f"2. unstructured magnitude pruning 80%, {args.finetune_epochs} fine-tuning epochs", flush=True)
+
+
+def prune_unstructured(cnn, children, args, record, t0) -> None:
+    from genforge.compress.prune import prune_run
+
+    print(f"2. unstructured magnitude pruning 80%, {args.finetune_epochs} fine-tuning epochs (gradual, distilled)",
+          flush=True)
     t0["prune_unstructured"] = time.perf_counter()
     child, c = prune_run(cnn, 0.8, False, args.finetune_epochs, [f"train.threads={args.threads}"], children,
                          args.threads, quiet=True)
@@ -74,14 +96,24 @@ def main() -> None:
         "nonzero_ratio": check("non-zero parameters / parent", c["ratio"]["nonzero_parameters"], "<=", 0.25),
         "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 0.5)})
 
-    print(f"3. structured channel pruning 50%, {args.finetune_epochs} fine-tuning epochs", flush=True)
+
+
+def prune_structured(cnn, children, args, record, t0) -> None:
+    from genforge.compress.prune import prune_run
+
+    print(f"3. structured channel pruning 50%, {args.structured_epochs} fine-tuning epochs (distilled)", flush=True)
     t0["prune_structured"] = time.perf_counter()
-    child, c = prune_run(cnn, 0.5, True, args.finetune_epochs, [f"train.threads={args.threads}"], children,
+    child, c = prune_run(cnn, 0.5, True, args.structured_epochs, [f"train.threads={args.threads}"], children,
                          args.threads, quiet=True)
     record("prune_structured", child, c, {
         "latency_b256_ratio": check("batch-256 latency / parent", c["ratio"]["latency_ms_b256"], "<=", 0.7),
         "latency_b1_ratio": check("batch-1 latency / parent", c["ratio"]["latency_ms_b1"], "<=", 0.7),
         "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 1.0)})
+
+
+
+def int8_generator(gan, children, args, record, t0) -> None:
+    from genforge.compress.quantize import quantize_run
 
     print("4. int8 generator (fashion-cdcgan, static, 512 calibration latents)", flush=True)
     t0["int8_generator"] = time.perf_counter()
@@ -91,7 +123,6 @@ def main() -> None:
         "fd_rise_fraction": check("FD rise (fraction)", c["change"]["fd"] / parent_fd, "<=", 0.10),
         "conditional_accuracy_drop_points": check("conditional accuracy drop (points)",
                                                   -100 * c["change"]["conditional_accuracy"], "<=", 2.0)})
-    print(json.dumps({k: v["checks"] for k, v in results.items() if isinstance(v, dict) and "checks" in v}, indent=1))
 
 
 if __name__ == "__main__":

@@ -117,12 +117,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--max-concurrency", type=int, default=16)
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], help="genforge serve --backend")
     args = parser.parse_args()
     host = "127.0.0.1"
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or _train_runs(Path(tmp))
         server = subprocess.Popen([sys.executable, "-m", "genforge", "serve", *runs, "--port", str(args.port),
-                                   "--max-concurrency", str(args.max_concurrency)],
+                                   "--max-concurrency", str(args.max_concurrency),
+                                   *(["--backend", args.backend] if args.backend else [])],
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:
             import httpx
@@ -155,7 +157,7 @@ def main() -> None:
         "classify_share_of_hello": classify["ok_per_s"] / hello["ok_per_s"],
         "classify_p99_ms": classify["p99_ms"], "generate_p99_ms": result["generate_c1"]["p99_ms"],
         "overload_503": overload["statuses"].get("503", 0), "overload_other_5xx": other_5xx,
-        "server_exit_code": server.returncode,
+        "server_exit_code": server.returncode, "backend": args.backend or "each run's own",
     }
     record("serve_load", result)
 

@@ -353,6 +353,7 @@ def compress(
     = None,
     structured: Annotated[bool, typer.Option("--structured", help="Remove whole channels (torch-pruning).")] = False,
     finetune_epochs: Annotated[int, typer.Option(min=0, help="Fine-tune the pruned model this many epochs.")] = 0,
+    distill: Annotated[bool, typer.Option(help="Fine-tune a pruned classifier on its parent's outputs too.")] = True,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for timing and fine-tuning.")] = 1,
     runs_dir: RunsDir = Path("runs"),
     quiet: Quiet = False,
@@ -366,14 +367,14 @@ def compress(
 
         if quantize != "int8":
             raise GenforgeError(f"--quantize {quantize} is not supported; use int8")
-        if overrides or structured or finetune_epochs:
-            raise GenforgeError("--structured, --finetune-epochs and config overrides go with --prune")
+        if overrides or structured or finetune_epochs or not distill:
+            raise GenforgeError("--structured, --finetune-epochs, --no-distill and config overrides go with --prune")
         child, comparison = quantize_run(run, method, calibration, runs_dir, threads, progress=err.print)
     else:
         from genforge.compress.prune import prune_run
 
         child, comparison = prune_run(run, prune, structured, finetune_epochs, overrides or [], runs_dir, threads,
-                                      quiet, progress=err.print)
+                                      quiet, distill=distill, progress=err.print)
     _print_comparison(child, comparison)
 
 

@@ -33,6 +33,15 @@ class DataConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
+class DistillConfig(_Strict):
+    """Knowledge distillation (Hinton et al. 2015): a classifier also learns the softened outputs of a trained
+    classifier of the same data. loss = (1 - weight) * CE + weight * T^2 * KL(teacher_T || student_T)."""
+
+    teacher: str  # a run directory of a classifier trained on the same classes and inputs
+    weight: float = Field(0.7, ge=0, le=1)  # share of the distillation term in the loss
+    temperature: float = Field(4.0, gt=0)  # T: softens both distributions
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -47,6 +56,7 @@ class TrainConfig(_Strict):
     step_size: int = Field(1, ge=1)  # epochs between decays, schedule=step
     gamma: float = Field(0.7, gt=0, le=1)  # decay factor, schedule=step
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    distill: DistillConfig | None = None  # learn from a teacher run too (pruned classifiers are fine-tuned so)
     ema: float | None = Field(None, gt=0, lt=1)  # decay of an EMA of the weights; evaluated instead
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has it

@@ -19,19 +19,79 @@ def _pruned_module(model: nn.Module, task: str) -> nn.Module:
     return model.generator if task == "gan" else model  # a GAN ships its generator: its critic stays dense
 
 
-def magnitude_prune(model: nn.Module, amount: float, task: str = "classify") -> dict[str, torch.Tensor]:
-    """Zero the `amount` fraction of conv and linear weights with the smallest |w|, ranked over all layers
-    together (global magnitude pruning, Han et al. 2015). Returns {parameter name: mask}, 1 where kept."""
-    from torch.nn.utils import prune
+def _layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, PRUNABLE)]
 
-    target = _pruned_module(model, task)
-    layers = [(m, "weight") for m in target.modules() if isinstance(m, PRUNABLE)]
-    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=amount)
-    for module, name in layers:
-        prune.remove(module, name)  # weight_orig * mask -> a plain weight holding the zeros
-    prefix = "generator." if target is not model else ""
-    return {f"{prefix}{name}.weight": (m.weight != 0).to(m.weight.dtype)
-            for name, m in target.named_modules() if isinstance(m, PRUNABLE)}
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP scores of one layer's weights (Lee et al. 2021): w^2 over the sum of the squares of the layer's weights
+    that are at least as large. Invariant to the layer's scale, which BatchNorm makes arbitrary, so one global
+    threshold gives each layer a sparsity that fits it; the largest weight of every layer scores 1 and stays."""
+    w2 = weight.detach().flatten().float() ** 2
+    order = torch.argsort(w2)
+    ranked = w2[order]
+    scores = torch.empty_like(w2)
+    scores[order] = ranked / ranked.flip(0).cumsum(0).flip(0).clamp_min(1e-30)
+    return scores
+
+
+def magnitude_masks(layers: list[nn.Module], amount: float, score: str = "lamp") -> list[torch.Tensor]:
+    """Masks (1 = kept) that zero the `amount` fraction of the layers' weights with the lowest scores, ranked over
+    all layers together: score "lamp" (layer-adaptive magnitude, the default) or "magnitude" (|w|, Han et al.
+    2015)."""
+    if score == "lamp":
+        scores = torch.cat([lamp_scores(m.weight) for m in layers])
+    else:
+        scores = torch.cat([m.weight.detach().abs().flatten() for m in layers])
+    drop = round(amount * len(scores))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if drop:
+        keep[torch.topk(scores, drop, largest=False).indices] = False
+    masks, start = [], 0
+    for m in layers:
+        n = m.weight.numel()
+        masks.append(keep[start: start + n].view_as(m.weight).to(m.weight.dtype))
+        start += n
+    return masks
+
+
+@torch.no_grad()
+def magnitude_prune(model: nn.Module, amount: float, task: str = "classify") -> None:
+    """One-shot global (LAMP) magnitude pruning of the conv and linear weights, in place (a GAN: its generator)."""
+    layers = _layers(_pruned_module(model, task))
+    for m, mask in zip(layers, magnitude_masks(layers, amount)):
+        m.weight.mul_(mask)
+
+
+class GradualPruning:
+    """Gradual magnitude pruning during fine-tuning (Zhu & Gupta 2017): the sparsity ramps as
+    s(t) = s_f * (1 - (1 - t / T)^3) over the first `ramp` of the steps, recomputing the global masks `events`
+    times, then holds while the network recovers. After every update the masks are applied again, so a pruned
+    weight stays exactly zero whatever the optimizer's momentum, and an EMA of the weights stays as sparse.
+    Called by the training loop after each update (train(..., on_step=)); it keeps no state a resume needs:
+    the masks are recomputed from the weights at the next call."""
+
+    def __init__(self, amount: float, task: str, ramp: float = 0.6, events: int = 20):
+        self.amount, self.task, self.ramp, self.events = amount, task, ramp, events
+        self.masks: list[torch.Tensor] | None = None
+
+    def sparsity(self, t: int, total: int) -> float:
+        ramp_steps = max(1, round(self.ramp * total))
+        return self.amount * (1 - (1 - min(t, ramp_steps) / ramp_steps) ** 3)
+
+    @torch.no_grad()
+    def __call__(self, step, t: int, total: int) -> None:
+        """After update t of total (1-based)."""
+        layers = _layers(_pruned_module(step.model, self.task))
+        ramp_steps = max(1, round(self.ramp * total))
+        due = t <= ramp_steps and (t % max(1, ramp_steps // self.events) == 0 or t == ramp_steps)
+        if self.masks is None or due:
+            self.masks = magnitude_masks(layers, self.sparsity(t, total))
+        ema = getattr(step, "ema", None)
+        shadows = [_layers(ema.module)] if ema is not None else []
+        for group in [layers, *shadows]:
+            for m, mask in zip(group, self.masks):
+                m.weight.mul_(mask)
 
 
 def _fastcnn_widths(cfg, net: nn.Sequential):
@@ -67,9 +127,12 @@ def channel_prune(model: nn.Module, model_cfg, example: torch.Tensor, amount: fl
 
 def prune_run(parent_path: Path, amount: float, structured: bool = False, finetune_epochs: int = 0,
               overrides: list[str] = (), runs_dir: Path = Path("runs"), threads: int = 1, quiet: bool = False,
-              progress=lambda _: None) -> tuple[Path, dict]:
-    """Prune a run into a new child run, fine-tune it for finetune_epochs through the training loop (the pruned
-    weights stay exactly zero: their gradients are masked), and compare it with its parent."""
+              distill: bool = True, progress=lambda _: None) -> tuple[Path, dict]:
+    """Prune a run into a new child run and compare it with its parent. Structured: remove the channels, then
+    fine-tune for finetune_epochs through the training loop. Unstructured: zero the weights at once without
+    fine-tuning, or ramp the sparsity up during the fine-tuning (GradualPruning). A classifier fine-tunes on its
+    parent's softened outputs too (train.distill), without label smoothing and dropout, unless distill is False;
+    `overrides` (key=value) change the fine-tuning config last."""
     from genforge.compress.child import create_child, finish_child
     from genforge.compress.export import PARTS, part_inputs
     from genforge.config import apply_override, validate
@@ -89,12 +152,15 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
         (example,) = part_inputs(parent, PARTS[task][0], 2, seed=1, split="train")
         model, raw["model"] = channel_prune(model, parent.config.model, example, amount)
         raw["model"] = raw["model"].model_dump(mode="json")
-        masks = {}
-    else:
-        masks = magnitude_prune(model, amount, task)
+    elif not finetune_epochs:
+        magnitude_prune(model, amount, task)  # with fine-tuning the sparsity ramps up during it instead
     raw["name"] = f"{parent.config.name}-{'channels' if structured else 'pruned'}{round(amount * 100)}"
-    if finetune_epochs:
-        raw["train"]["epochs"] = finetune_epochs
+    if finetune_epochs:  # the fine-tuning runs its whole length: gradual pruning reaches its sparsity near the end
+        raw["train"].update(epochs=finetune_epochs, early_stopping=None, max_seconds=None)
+        if distill and task == "classify":  # the teacher's soft targets replace the parent's regularizers, sized
+            raw["train"].update(distill={"teacher": str(Path(parent_path).resolve())}, label_smoothing=0.0)
+            if "dropout" in raw["model"]:  # for a network four or five times larger than what is left
+                raw["model"]["dropout"] = 0.0
     for override in overrides:
         apply_override(raw, override)
     cfg = validate(raw)
@@ -109,23 +175,19 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
         raise GenforgeError(f"the pruned model does not match its config ({str(e).splitlines()[0]})") from None
     method = f"{'channel' if structured else 'magnitude'}-prune-{amount:g}"
     child = create_child(parent, cfg, runs_dir, {"method": method, "amount": amount, "structured": structured,
-                                                 "finetune_epochs": finetune_epochs, "backend": "torch"})
+                                                 "finetune_epochs": finetune_epochs,
+                                                 "distilled": bool(cfg.train.distill), "backend": "torch"})
     if finetune_epochs:
         from genforge.train.loop import train
 
         progress(f"fine-tuning for {finetune_epochs} epochs")
 
-        def init(fresh: nn.Module) -> None:
-            fresh.load_state_dict(state)
-            params = dict(fresh.named_parameters())
-            for name, mask in masks.items():
-                mask = mask.to(params[name].device)
-                params[name].register_hook(lambda grad, mask=mask: grad * mask)  # zero stays zero, any optimizer
-
         if threads:
             cfg.train.threads = threads
-        train(cfg, child, quiet=quiet, init=init)
+        schedule = None if structured else GradualPruning(amount, task)
+        train(cfg, child, quiet=quiet, init=lambda fresh: fresh.load_state_dict(state), on_step=schedule)
     else:
         save_weights(model, child / WEIGHTS)
     comparison = finish_child(parent, child, threads=threads, progress=progress)
     return child, comparison
+

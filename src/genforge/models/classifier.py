@@ -90,6 +90,19 @@ class Classifier(nn.Module):
             return F.binary_cross_entropy_with_logits(logits.squeeze(1).float(), target)
         return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
 
+    def log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, num_classes) log-probabilities, also for the one-unit binary model."""
+        if self.binary:
+            return torch.cat([F.logsigmoid(-logits.float()), F.logsigmoid(logits.float())], dim=1)
+        return logits.float().log_softmax(dim=1)
+
+    def distillation_loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """T^2 * KL(teacher || student) of the distributions softened by T (Hinton et al. 2015): T^2 keeps the
+        gradient's scale independent of T."""
+        student = self.log_probabilities(logits.float() / temperature)
+        teacher = self.log_probabilities(teacher_logits.float() / temperature)
+        return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature ** 2
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, num_classes) probabilities, also for the one-unit binary model."""
         if self.binary:

@@ -90,12 +90,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
-          fold: tuple[int, int] | None = None, init: Callable[[torch.nn.Module], None] | None = None) -> dict:
+          fold: tuple[int, int] | None = None, init: Callable[[torch.nn.Module], None] | None = None,
+          on_step: Callable[[object, int, int], None] | None = None) -> dict:
     """Train `cfg` into `run_dir` (created by runs.create_run) and return the summary.
 
     fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set.
     init(model): called on the freshly built model before training (and before a resume restores it), to start
-    from given weights or add gradient hooks; fine-tuning a pruned model uses it."""
+    from given weights; fine-tuning a pruned model uses it.
+    on_step(step, t, total): called after each applied update t of total (gradual pruning re-masks weights there)."""
     tcfg = cfg.train
     device = pick_device(tcfg.device)
     if tcfg.threads:
@@ -182,6 +184,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                         if state["nonfinite"] >= tcfg.max_nonfinite:
                             _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
                     else:
+                        if on_step is not None:
+                            on_step(step, state["step"], total)
                         count, seen = count + 1, seen + len(idx)
                         for k, v in metrics.items():
                             sums[k] = sums.get(k, 0.0) + v

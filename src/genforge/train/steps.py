@@ -74,7 +74,28 @@ class SingleOptimizerStep:
             self.ema.load_state_dict(state["ema"])
 
 
+def load_teacher(cfg: RunConfig, student: nn.Module) -> nn.Module:
+    """The frozen teacher of train.distill, on the student's device; refused unless it classifies the same way."""
+    from genforge.errors import GenforgeError
+    from genforge.runs import load_run
+
+    teacher = load_run(cfg.train.distill.teacher, backend="torch")
+    if teacher.meta.get("task") != "classify" or teacher.model.num_classes != student.num_classes:
+        raise GenforgeError(f"train.distill.teacher {cfg.train.distill.teacher} is not a classifier of "
+                            f"{student.num_classes} classes: distill from a classifier of the same data")
+    model = teacher.model.float().to(next(student.parameters()).device).eval()
+    return model.requires_grad_(False)
+
+
 class ClassifierStep(SingleOptimizerStep):
+    """Cross-entropy (with label smoothing), plus a teacher's softened outputs when train.distill is set."""
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int, autocast: bool, channels_last: bool):
+        super().__init__(model, cfg, steps_per_epoch, autocast, channels_last)
+        self.teacher = load_teacher(cfg, model) if cfg.train.distill else None
+        if self.teacher is not None and channels_last:
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)  # else every conv converts its input
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
         x = x.float()
         if x.ndim == 4:
@@ -86,6 +107,12 @@ class ClassifierStep(SingleOptimizerStep):
         with _autocast(self.autocast, x.device):
             logits = self.model(x)
         loss = self.model.loss(logits, y, self.cfg.train.label_smoothing)
+        if self.teacher is not None:
+            distill = self.cfg.train.distill
+            with torch.no_grad(), _autocast(self.autocast, x.device):
+                teacher_logits = self.teacher(x)
+            soft = self.model.distillation_loss(logits, teacher_logits, distill.temperature)
+            loss = (1 - distill.weight) * loss + distill.weight * soft
         if not self._update(loss):
             return None
         with torch.no_grad():

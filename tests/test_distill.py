@@ -1,0 +1,43 @@
+"""Knowledge distillation (train.distill): the loss, and a student that learns from a teacher run alone."""
+
+import json
+
+import pytest
+import torch
+from helpers import genforge_cli, train_run
+
+from genforge.models.classifier import Classifier, Normalize
+from genforge.runs import load_run
+
+
+def classifier(classes: int) -> Classifier:
+    outputs = 1 if classes == 2 else classes
+    return Classifier(torch.nn.Linear(4, outputs), Normalize(torch.zeros(4), torch.ones(4), 1.0), classes,
+                      binary=classes == 2)
+
+
+@pytest.mark.parametrize("classes", [2, 10])
+def test_distillation_loss_is_the_scaled_kl_of_softened_outputs(classes):
+    model = classifier(classes)
+    student, teacher = torch.randn(8, model.net.out_features), torch.randn(8, model.net.out_features)
+    assert model.distillation_loss(teacher, teacher, 4.0).item() == pytest.approx(0, abs=1e-6)
+    p_t = model.probabilities(teacher / 4.0)
+    p_s = model.probabilities(student / 4.0)
+    expected = (p_t * (p_t.log() - p_s.log())).sum(1).mean() * 16
+    assert model.distillation_loss(student, teacher, 4.0).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_a_student_learns_from_the_teacher_without_labels(classifier_run, tmp_path):
+    """weight=1: the labels play no part, so the student's accuracy is what the teacher's outputs taught it."""
+    run = train_run(tmp_path, "fashion-cnn-fast", "model.channels=[8,16,32]", "train.threads=1",
+                    "data.train_subset=4096", "train.epochs=2", f"train.distill.teacher={classifier_run}",
+                    "train.distill.weight=1.0", "train.label_smoothing=0")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.7  # chance is 0.1
+    assert load_run(run).config.train.distill.teacher == str(classifier_run)  # the resolved config says so
+
+
+def test_a_teacher_that_is_not_a_classifier_is_refused(gan_run, tmp_path):
+    result = genforge_cli("train", "fashion-cnn-fast", "data.train_subset=512", "train.epochs=1",
+                          f"train.distill.teacher={gan_run}", "--runs-dir", str(tmp_path))
+    assert result.returncode == 2 and "not a classifier" in result.stderr, result.stderr
