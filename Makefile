@@ -28,7 +28,7 @@ quickstart: install
 test: install-dev
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
 
-bench: install-dev  # about 75 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
+bench: install-dev  # about 100 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py
 	$(PY) bench/fashion_presets.py
 	$(PY) bench/gan_vs_reference.py
