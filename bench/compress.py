@@ -51,78 +51,65 @@ def main() -> None:
     cnn = (args.cnn or train("fashion-cnn", args.runs_dir / "parents")) if parts & {1, 2, 3} else None
     gan = (args.gan or train("fashion-cdcgan", args.runs_dir / "parents")) if 4 in parts else None
     children = args.runs_dir / "children"
-    results, t0 = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "parents": [str(cnn), str(gan)],
-                  "only": sorted(parts)}, {}
-
-    def record(name: str, child: Path, comparison: dict, checks: dict) -> None:
-        results[name] = {"child": str(child), "comparison": comparison, "checks": checks,
-                         "seconds": round(time.perf_counter() - t0[name], 1)}
+    results = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "parents": [str(cnn), str(gan)],
+               "only": sorted(parts)}
+    checks = {1: ("int8_classifier", int8_classifier, cnn), 2: ("prune_unstructured", prune_unstructured, cnn),
+              3: ("prune_structured", prune_structured, cnn), 4: ("int8_generator", int8_generator, gan)}
+    for part in sorted(parts):
+        name, run_check, parent = checks[part]
+        t0 = time.perf_counter()
+        child, comparison, met = run_check(parent, children, args)
+        results[name] = {"child": str(child), "comparison": comparison, "checks": met,
+                         "seconds": round(time.perf_counter() - t0, 1)}
         (ROOT / "out").mkdir(exist_ok=True)
         (ROOT / "out" / "compress.json").write_text(json.dumps(results, indent=1))
-
-    if 1 in parts:
-        int8_classifier(cnn, children, args, record, t0)
-    if 2 in parts:
-        prune_unstructured(cnn, children, args, record, t0)
-    if 3 in parts:
-        prune_structured(cnn, children, args, record, t0)
-    if 4 in parts:
-        int8_generator(gan, children, args, record, t0)
     print(json.dumps({k: v["checks"] for k, v in results.items() if isinstance(v, dict) and "checks" in v}, indent=1))
 
 
-def int8_classifier(cnn, children, args, record, t0) -> None:
+def int8_classifier(cnn, children, args):
     from genforge.compress.quantize import quantize_run
 
     print("1. int8 classifier (static, 512 calibration images)", flush=True)
-    t0["int8_classifier"] = time.perf_counter()
     child, c = quantize_run(cnn, "static", 512, children, args.threads)
-    record("int8_classifier", child, c, {
+    return child, c, {
         "file_size_ratio": check("file size / fp32", c["ratio"]["file_bytes"], "<=", 0.30),
         "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 0.5),
-        "latency_b1_ratio": check("batch-1 latency / fp32 eager", c["ratio"]["latency_ms_b1"], "<=", 0.7)})
+        "latency_b1_ratio": check("batch-1 latency / fp32 eager", c["ratio"]["latency_ms_b1"], "<=", 0.7)}
 
 
-
-def prune_unstructured(cnn, children, args, record, t0) -> None:
+def prune_unstructured(cnn, children, args):
     from genforge.compress.prune import prune_run
 
     print(f"2. unstructured magnitude pruning 80%, {args.finetune_epochs} fine-tuning epochs (gradual, distilled)",
           flush=True)
-    t0["prune_unstructured"] = time.perf_counter()
     child, c = prune_run(cnn, 0.8, False, args.finetune_epochs, [f"train.threads={args.threads}"], children,
                          args.threads, quiet=True)
-    record("prune_unstructured", child, c, {
+    return child, c, {
         "nonzero_ratio": check("non-zero parameters / parent", c["ratio"]["nonzero_parameters"], "<=", 0.25),
-        "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 0.5)})
+        "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 0.5)}
 
 
-
-def prune_structured(cnn, children, args, record, t0) -> None:
+def prune_structured(cnn, children, args):
     from genforge.compress.prune import prune_run
 
     print(f"3. structured channel pruning 50%, {args.structured_epochs} fine-tuning epochs (distilled)", flush=True)
-    t0["prune_structured"] = time.perf_counter()
     child, c = prune_run(cnn, 0.5, True, args.structured_epochs, [f"train.threads={args.threads}"], children,
                          args.threads, quiet=True)
-    record("prune_structured", child, c, {
+    return child, c, {
         "latency_b256_ratio": check("batch-256 latency / parent", c["ratio"]["latency_ms_b256"], "<=", 0.7),
         "latency_b1_ratio": check("batch-1 latency / parent", c["ratio"]["latency_ms_b1"], "<=", 0.7),
-        "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 1.0)})
+        "accuracy_drop_points": check("accuracy drop (points)", -100 * c["change"]["test_accuracy"], "<=", 1.0)}
 
 
-
-def int8_generator(gan, children, args, record, t0) -> None:
+def int8_generator(gan, children, args):
     from genforge.compress.quantize import quantize_run
 
     print("4. int8 generator (fashion-cdcgan, static, 512 calibration latents)", flush=True)
-    t0["int8_generator"] = time.perf_counter()
     child, c = quantize_run(gan, "static", 512, children, args.threads)
-    parent_fd = c["rows"]["parent"]["fd"]
-    record("int8_generator", child, c, {
-        "fd_rise_fraction": check("FD rise (fraction)", c["change"]["fd"] / parent_fd, "<=", 0.10),
+    return child, c, {
+        "fd_rise_fraction": check("FD rise (fraction)", c["change"]["fd"] / c["rows"]["parent"]["fd"], "<=", 0.10),
         "conditional_accuracy_drop_points": check("conditional accuracy drop (points)",
-                                                  -100 * c["change"]["conditional_accuracy"], "<=", 2.0)})
+                                                  -100 * c["change"]["conditional_accuracy"], "<=", 2.0)}
 
 
 if __name__ == "__main__":

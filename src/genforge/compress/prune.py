@@ -74,22 +74,28 @@ class GradualPruning:
     def __init__(self, amount: float, task: str, ramp: float = 0.6, events: int = 20):
         self.amount, self.task, self.ramp, self.events = amount, task, ramp, events
         self.masks: list[torch.Tensor] | None = None
+        self.groups: list[list[nn.Module]] = []  # the pruned layers of the model, then of its EMA
+
+    def _ramp_steps(self, total: int) -> int:
+        return max(1, round(self.ramp * total))
 
     def sparsity(self, t: int, total: int) -> float:
-        ramp_steps = max(1, round(self.ramp * total))
+        ramp_steps = self._ramp_steps(total)
         return self.amount * (1 - (1 - min(t, ramp_steps) / ramp_steps) ** 3)
 
     @torch.no_grad()
     def __call__(self, step, t: int, total: int) -> None:
         """After update t of total (1-based)."""
-        layers = _layers(_pruned_module(step.model, self.task))
-        ramp_steps = max(1, round(self.ramp * total))
+        if self.masks is None:  # the first call, also after a resume; the modules stay the same objects after
+            ema = getattr(step, "ema", None)
+            self.groups = [_layers(_pruned_module(step.model, self.task))]
+            if ema is not None:
+                self.groups.append(_layers(ema.module))
+        ramp_steps = self._ramp_steps(total)
         due = t <= ramp_steps and (t % max(1, ramp_steps // self.events) == 0 or t == ramp_steps)
         if self.masks is None or due:
-            self.masks = magnitude_masks(layers, self.sparsity(t, total))
-        ema = getattr(step, "ema", None)
-        shadows = [_layers(ema.module)] if ema is not None else []
-        for group in [layers, *shadows]:
+            self.masks = magnitude_masks(self.groups[0], self.sparsity(t, total))
+        for group in self.groups:
             for m, mask in zip(group, self.masks):
                 m.weight.mul_(mask)
 
@@ -190,4 +196,3 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
         save_weights(model, child / WEIGHTS)
     comparison = finish_child(parent, child, threads=threads, progress=progress)
     return child, comparison
-

@@ -99,8 +99,8 @@ class Classifier(nn.Module):
     def distillation_loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
         """T^2 * KL(teacher || student) of the distributions softened by T (Hinton et al. 2015): T^2 keeps the
         gradient's scale independent of T."""
-        student = self.log_probabilities(logits.float() / temperature)
-        teacher = self.log_probabilities(teacher_logits.float() / temperature)
+        student = self.log_probabilities(logits / temperature)
+        teacher = self.log_probabilities(teacher_logits / temperature)
         return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature ** 2
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
