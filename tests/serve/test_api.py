@@ -67,6 +67,21 @@ def test_classify_json_matches_the_model(client, names, served, fashion):
     assert sum(p["index"] == y for p, y in zip(body["predictions"], fashion.test_y[:8].tolist())) >= 5
 
 
+def test_classify_fast_path_answers_like_the_route(client, names, fashion):
+    """A plain JSON request takes the ASGI fast path; a query string sends the same request through FastAPI's
+    route. Both must give the same answer, and the same message for the same mistake."""
+    clf, images = names[0], fashion.test_x[:3, 0].numpy().tolist()
+    fast = client.post(f"/v1/models/{clf}/classify", json={"inputs": images, "top_k": 2})
+    routed = client.post(f"/v1/models/{clf}/classify?top_k=2", json={"inputs": images})
+    assert fast.status_code == routed.status_code == 200
+    assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    a, b = fast.json(), routed.json()
+    assert a.pop("latency_ms") > 0 and b.pop("latency_ms") > 0 and a == b
+    bad = {"inputs": [[300] * 784]}
+    fast, routed = (client.post(f"/v1/models/{clf}/classify{q}", json=bad) for q in ("", "?top_k=1"))
+    assert fast.status_code == routed.status_code == 422 and error_of(fast) == error_of(routed)
+
+
 def test_classify_flat_and_unit_range_inputs_agree(client, names, fashion):
     clf = names[0]
     image = fashion.test_x[0, 0].numpy()

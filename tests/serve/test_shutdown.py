@@ -25,12 +25,19 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(gan_run):
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.3)  # the requests are in flight (256 images each, one at a time on the inference thread)
+    deadline = time.monotonic() + 30  # until all 8 are in flight (256 images each, one at a time on the
+    while in_flight(url) < 8 and time.monotonic() < deadline:  # inference thread), even on a loaded machine
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(timeout=60)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
     assert results == [200] * 8
+
+
+def in_flight(url: str) -> float:
+    line = next(x for x in httpx.get(f"{url}/metrics").text.splitlines() if x.startswith("genforge_in_flight "))
+    return float(line.split()[1])
 
 
 def test_past_the_concurrency_limit_the_excess_gets_503_at_once(gan_run):
