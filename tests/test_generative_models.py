@@ -363,12 +363,50 @@ def test_vae_rejects_bad_configs_and_shapes():
     assert VAE(VAEConfig(arch="mlp", hidden=[8]), (5,), 2).sample(3, seed=0).shape == (3, 5)
 
 
+def test_autoregressive_likelihood_is_a_distribution_over_binary_images():
+    """p(x|z) = prod_i p(x_i | z, x_<i) sums to 1 over all 2^9 binary 3x3 images only if no pixel sees itself
+    or a later one: the mask is causal. The context weights are random, not the zeros a model starts with."""
+    import itertools
+
+    model = _vae(shape=(1, 3, 3), arch="mlp", autoregressive=True, context=3)
+    with torch.no_grad():
+        model.context.weight.normal_(0, 2.0)
+        model.context.bias.normal_(0, 1.0)
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9))).view(-1, 1, 3, 3)  # (512, 1, 3, 3)
+    logits = torch.randn(1, 1, 3, 3).expand(len(images), -1, -1, -1)  # one z's decoder output
+    with torch.no_grad():
+        total = model.log_likelihood(images, logits).double().exp().sum()
+    assert abs(total.item() - 1) < 1e-5
+    first = torch.zeros(1, 1, 3, 3)
+    first[0, 0, 1, 1] = 1  # the centre pixel: only pixels after it in raster order may change
+    changed = (model.context_logits(first) != model.context_logits(torch.zeros_like(first)))[0, 0]
+    assert not changed.flatten()[:5].any() and changed.flatten()[5:].any()
+
+
+def test_autoregressive_vae_trains_and_renders_its_mean_field():
+    model = _vae(arch="conv", autoregressive=True)
+    assert model.context.weight.abs().sum() == 0  # starts as the factorized model
+    x = torch.bernoulli(torch.full((N, 1, 28, 28), 0.3))
+    loss, stats = model.loss(x)
+    loss.backward()
+    assert torch.isfinite(loss) and model.context.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.context.weight.normal_(0, 0.3)
+    params = model.decode(torch.randn(N, 4))
+    mean = model.mean_image(params)
+    assert torch.allclose(mean, torch.sigmoid(params + model.context_logits(mean)), atol=1e-3)  # a fixed point
+    assert model.sample(4, seed=3).equal(model.sample(4, seed=3))
+    with pytest.raises(ValueError, match="bernoulli"):
+        VAEConfig(autoregressive=True, likelihood="gaussian")
+
+
 @pytest.mark.parametrize("make", [
     lambda: _gan(arch="dcgan", conditional=True, spectral_norm=True),
     lambda: _gan(arch="mlp", conditional=True, conditioning="concat"),
     lambda: _vae(arch="conv", likelihood="gaussian", conditional=True),
     lambda: _vae(arch="mlp", hidden=[]),
-], ids=["dcgan-sn", "mlp-gan", "conv-vae", "linear-vae"])
+    lambda: _vae(arch="conv", autoregressive=True),
+], ids=["dcgan-sn", "mlp-gan", "conv-vae", "linear-vae", "autoregressive-vae"])
 def test_save_then_load_gives_the_same_samples(make, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from genforge import runs
-from genforge.compress.export import PARTS, part_inputs
+from genforge.compress.export import part_inputs, parts_of
 from genforge.config import RunConfig
 
 LINEAGE = "compression.json"
@@ -49,7 +49,7 @@ def count_parameters(run) -> tuple[int, int]:
     from onnx import numpy_helper
 
     total = nonzero = 0
-    for part in PARTS[task]:
+    for part in parts_of(run):
         graph = onnx.load(str(run.onnx_dir / f"{part.name}.onnx")).graph
         for init in graph.initializer:
             if init.name.endswith(("_scale", "_zero_point")) or init.data_type == onnx.TensorProto.INT64:
@@ -69,7 +69,7 @@ def file_bytes(run) -> int:
 
 def latency_ms(run, batch: int, repeats: int) -> float:
     """Median wall time (ms) of the run's main part (classifier, generator, decoder) on one batch."""
-    part = PARTS[run.meta.get("task", "classify")][-1]
+    part = parts_of(run)[-1]
     inputs = part_inputs(run, part, batch, seed=4)
     seam = getattr(run.model, part.seam)
     times = []

@@ -39,6 +39,7 @@ class Part:
     seam: str  # the model attribute the part implements; ONNX Runtime takes its place there
     inputs: tuple[str, ...]  # the first input is the batch; "classes" is added for conditional models
     outputs: tuple[str, ...]
+    labels: bool = True  # takes the one-hot classes too when the model is conditional
 
 
 PARTS: dict[str, tuple[Part, ...]] = {
@@ -46,6 +47,15 @@ PARTS: dict[str, tuple[Part, ...]] = {
     "gan": (Part("generator", "generator", ("z",), ("images",)),),
     "vae": (Part("encoder", "encode", ("x",), ("mu", "logvar")), Part("decoder", "decode", ("z",), ("params",))),
 }
+CONTEXT = Part("context", "context_logits", ("x",), ("logits",), labels=False)  # autoregressive VAEs
+
+
+def parts_of(run) -> tuple[Part, ...]:
+    """The parts a run's model exports, the main one (classifier, generator, decoder) last."""
+    parts = PARTS[run.meta.get("task", "classify")]
+    if getattr(run.model, "context", None) is not None:  # an autoregressive VAE: its likelihood needs it
+        parts = (parts[0], CONTEXT, *parts[1:])
+    return parts
 
 
 def is_conditional(model: nn.Module) -> bool:
@@ -77,7 +87,7 @@ def part_inputs(run, part: Part, n: int, seed: int, split: str = "test") -> tupl
         x, y = heldout(run, n, seed, split)
         first = x if part.name == "model" else x.float() / 255  # a VAE encodes model-space [0, 1]
         labels = y
-    if not is_conditional(model):
+    if not (is_conditional(model) and part.labels):
         return (first,)
     return first, F.one_hot(labels, classes).float()
 
@@ -204,7 +214,7 @@ def export_run(run, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, dyn
     example_n = max(batch_size, 2) if dynamic_batch else batch_size  # a batch of 1 would be specialized away
     record = {"format": "onnx", "opset": opset, "dynamic_batch": dynamic_batch,
               "batch_size": None if dynamic_batch else batch_size, "tolerance": tolerance, "parts": {}}
-    for part in PARTS[run.meta.get("task", "classify")]:
+    for part in parts_of(run):
         progress(f"exporting the {part.name}")
         t0 = time.perf_counter()
         path = out_dir / f"{part.name}.onnx"
@@ -231,8 +241,9 @@ def load_parts(run, onnx_dir: Path, threads: int = 1) -> None:
     if not record.get("dynamic_batch"):
         raise GenforgeError(f"{onnx_dir} was exported for batch {record.get('batch_size')} only; serving needs any "
                             f"batch: genforge export {run.path} --dynamic-batch")
-    for part in PARTS[run.meta.get("task", "classify")]:
+    for part in parts_of(run):
         path = onnx_dir / record["parts"][part.name]["file"]
-        runtime = OnnxPart(session(path, threads), part, len(run.meta["classes"]), is_conditional(run.model), path)
+        runtime = OnnxPart(session(path, threads), part, len(run.meta["classes"]),
+                           is_conditional(run.model) and part.labels, path)
         attach(run.model, part, runtime)
     run.backend, run.onnx_dir = "onnxruntime", onnx_dir

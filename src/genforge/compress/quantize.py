@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from genforge.compress.export import PARTS, part_inputs, run_session, session, strip_metadata
+from genforge.compress.export import part_inputs, parts_of, run_session, session, strip_metadata
 from genforge.errors import GenforgeError
 
 METHODS = ("static", "dynamic")
@@ -66,7 +66,7 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
         raise GenforgeError(f"--calibration must be >= 1 inputs, got {calibration}")
     record = json.loads((src_dir / "export.json").read_text())
     dst_dir.mkdir(parents=True, exist_ok=True)
-    for part in PARTS[run.meta.get("task", "classify")]:
+    for part in parts_of(run):
         batches = []
         if method == "static":
             inputs = part_inputs(run, part, calibration, seed=3, split="train")

@@ -61,10 +61,13 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        busy = False  # the last batch just finished and requests came in meanwhile
         while True:
+            busy = busy and bool(self.pending)
             await self.wake.wait()
-            if sum(len(x) for x, _ in self.pending) < self.max_batch:
-                await asyncio.sleep(self.max_wait)  # idle: give concurrent callers a moment to join
+            if not busy and sum(len(x) for x, _ in self.pending) < self.max_batch:
+                await asyncio.sleep(self.max_wait)  # after idle: give concurrent callers a moment to join
+            busy = True  # under load, what arrived during the last batch is the next batch, at once
             batch = self._take()
             if not batch:
                 continue
