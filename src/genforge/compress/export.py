@@ -6,6 +6,8 @@ A part is one callable of the model with natural inputs, so an exported file is 
     gan       generator.onnx  z (N, latent) [, classes (N, K) one-hot weights] -> images (N, C, H, W) in [-1, 1]
     vae       encoder.onnx    x (N, *input_shape) in [0, 1] [, classes]        -> mu, logvar (N, latent)
               decoder.onnx    z (N, latent) [, classes]                        -> params (N, *input_shape)
+              context.onnx    x (N, *input_shape) binary or means in [0, 1]    -> logits (N, *input_shape)
+                              (autoregressive VAEs only: what the pixels above/left add to each logit)
 
 Conditional parts take class weights rather than indices: a one-hot row picks a class, a mixed row walks
 between classes (interpolate), and the graph needs no Gather on user-given indices.
