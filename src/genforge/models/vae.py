@@ -228,8 +228,9 @@ class VAE(nn.Module):
         if self.cfg.likelihood != "bernoulli":
             return params.clamp(0.0, 1.0)
         mean = torch.sigmoid(params)
-        for _ in range(MEAN_FIELD_STEPS if self.context is not None else 0):
-            mean = torch.sigmoid(params + self.context_logits(mean))
+        if self.context is not None:
+            for _ in range(MEAN_FIELD_STEPS):
+                mean = torch.sigmoid(params + self.context_logits(mean))
         return mean
 
     @staticmethod

@@ -16,7 +16,7 @@ import orjson
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -81,8 +81,8 @@ ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in [
 PNG = {200: {"content": {"image/png": {}, "application/json": {}}, "description": "A PNG grid or JSON arrays"}}
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: dict | None = None) -> Response:
+    return _json({"error": {"status": status, "message": message}}, status, headers)
 
 
 def _validation_message(errors: list) -> str:
@@ -183,8 +183,8 @@ class Gate:
 
 class ClassifyFastPath:
     """ASGI, inside the gate: POST /v1/models/{name}/classify with a JSON body and no query string, answered
-    without FastAPI's routing, parameter solving and response machinery (together more than the model's share
-    of a one-image request). It parses and checks with the route's own functions; a request it cannot answer
+    without FastAPI's routing, parameter solving and response machinery, per-request work that the hello-world
+    route does not pay. It parses and checks with the route's own functions; a request it cannot answer
     plainly (another route, multipart, query parameters, any invalid input) goes to the app with its body
     replayed, so the app gives its usual answer and message."""
 
@@ -194,9 +194,8 @@ class ClassifyFastPath:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["query_string"]:
             return await self.app(scope, receive, send)
-        parts = scope["path"].split("/")  # ["", "v1", "models", name, "classify"]
-        model = self.models.get(parts[3]) if len(parts) == 5 and parts[4] == "classify" \
-            and parts[1:3] == ["v1", "models"] else None
+        name, verb = _model_route(scope["path"])
+        model = self.models.get(name) if verb == "classify" else None
         if model is None or model.task != "classify" or _content_type(scope) != "application/json":
             return await self.app(scope, receive, send)
         body, disconnected = await _read_body(receive)
@@ -208,17 +207,18 @@ class ClassifyFastPath:
         except RequestError:
             return await self.app(scope, _replay(body, receive), send)
         try:
-            response = _json(await self.classify(parts[3], model, x, fields["top_k"], False))
+            response = _json(await self.classify(name, model, x, fields["top_k"], False))
         except RequestError as e:  # 504: the inference timed out
             response = _error(e.status, str(e))
         await response(scope, receive, send)
 
 
 def _content_type(scope) -> str:
+    """The request's media type, lower case, without parameters; application/json when not given."""
     for key, value in scope["headers"]:
         if key == b"content-type":
             return value.decode("latin-1").split(";")[0].strip().lower()
-    return "application/json"  # the routes' default
+    return "application/json"
 
 
 async def _read_body(receive) -> tuple[bytes, bool]:
@@ -251,13 +251,21 @@ VERBS = {"classify", "generate", "interpolate", "reconstruct"}
 PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"}
 
 
+def _model_route(path: str) -> tuple[str | None, str | None]:
+    """/v1/models/{name}[/{verb}] -> (name, verb or None); any other path -> (None, None)."""
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["v1", "models"] and len(parts) in (3, 4):
+        return parts[2], parts[3] if len(parts) == 4 else None
+    return None, None
+
+
 def _route_label(path: str) -> str:
     """A metrics label from a fixed set: arbitrary paths must not grow the label space (memory)."""
     if path in PLAIN_ROUTES:
         return path
-    parts = path.strip("/").split("/")
-    if parts[:2] == ["v1", "models"] and len(parts) in (3, 4):
-        return parts[3] if len(parts) == 4 and parts[3] in VERBS else "card" if len(parts) == 3 else "other"
+    name, verb = _model_route(path)
+    if name is not None:
+        return verb if verb in VERBS else "card" if verb is None else "other"
     return "static" if path.startswith("/static/") else "other"
 
 
@@ -370,7 +378,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
 
     async def image_inputs(request: Request, model: ServedModel, cls: type[BaseModel]) -> tuple[np.ndarray, dict]:
         """(N, *shape) inputs from a multipart `file` upload or a JSON body of arrays, plus the JSON fields."""
-        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        content_type = _content_type(request.scope)
         if content_type == "multipart/form-data":
             if len(model.input_shape) != 3:
                 raise RequestError(f"{model.name} takes feature vectors: send JSON {{\"inputs\": [[...]]}}", 415)
@@ -443,8 +451,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         if fmt == "png":
             scale = 2 if images.shape[-1] < 64 else 1
             return Response(png_bytes(images, nrow, scale=scale), media_type="image/png", headers=headers)
-        return JSONResponse({**extra, "latency_ms": latency, "backend": model.backend, "images": as_array(images)},
-                            headers=headers)
+        return _json({**extra, "latency_ms": latency, "backend": model.backend, "images": as_array(images)},
+                     headers=headers)
 
     @app.post("/v1/models/{name}/generate", tags=["models"], responses=PNG,
               summary="Samples from a generator: a PNG grid or uint8 arrays; the same seed gives the same images")
