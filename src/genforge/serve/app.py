@@ -107,6 +107,8 @@ def parse_inputs(cls: type[BaseModel], body: bytes) -> tuple[list, dict]:
     except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("inputs"), list) and 1 <= len(data["inputs"]) <= 256:
+        if len(data) == 1:  # inputs only: every other field keeps its default
+            return data["inputs"], {k: f.default for k, f in cls.model_fields.items() if k != "inputs"}
         rest = _parse_python(cls, {**data, "inputs": [[0]]})
         return data["inputs"], rest.model_dump(exclude={"inputs"})
     req = _parse(cls, body)
@@ -128,15 +130,29 @@ def _json(content, status: int = 200, headers: dict | None = None) -> Response:
 def classify_answer(name: str, model: ServedModel, x: np.ndarray, probs: torch.Tensor, k: int, echo_input: bool,
                     latency_ms: float) -> dict:
     """The classify answer: every probability, the top k classes, and (echo_input) the preprocessed input."""
-    values, indices = probs.topk(k, dim=1)
     predictions = []
-    for i, (p, v, j) in enumerate(zip(probs.tolist(), values.tolist(), indices.tolist())):
-        pred = {"index": j[0], "label": model.classes[j[0]], "probabilities": p,
-                "top_k": [{"index": c, "label": model.classes[c], "probability": q} for q, c in zip(v, j)]}
+    for i, p in enumerate(probs.tolist()):
+        top = sorted(range(len(p)), key=p.__getitem__, reverse=True)[:k]  # a few classes: cheaper than Tensor.topk
+        pred = {"index": top[0], "label": model.classes[top[0]], "probabilities": p,
+                "top_k": [{"index": c, "label": model.classes[c], "probability": p[c]} for c in top]}
         if echo_input:
             pred["input"] = x[i].reshape(-1, *x.shape[-2:])[0].tolist() if x.ndim == 4 else x[i].tolist()
         predictions.append(pred)
     return {"model": name, "backend": model.backend, "latency_ms": latency_ms, "predictions": predictions}
+
+
+class FrontedAPI(FastAPI):
+    """FastAPI with genforge's ASGI layers in front of all of FastAPI's own per-request machinery (its telemetry
+    check, error and body-limit middleware, routing): the body limit, the gate, then the classify fast path,
+    whose requests so pay for none of it. `front` is set once the layers exist."""
+
+    front = None
+
+    async def __call__(self, scope, receive, send):
+        await self.front(scope, receive, send)
+
+    async def behind(self, scope, receive, send):
+        await super().__call__(scope, receive, send)
 
 
 class Gate:
@@ -188,8 +204,8 @@ class ClassifyFastPath:
     plainly (another route, multipart, query parameters, any invalid input) goes to the app with its body
     replayed, so the app gives its usual answer and message."""
 
-    def __init__(self, app, models: dict[str, ServedModel], classify):
-        self.app, self.models, self.classify = app, models, classify
+    def __init__(self, app, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher], classify):
+        self.app, self.models, self.batchers, self.classify = app, models, batchers, classify
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["query_string"]:
@@ -198,18 +214,27 @@ class ClassifyFastPath:
         model = self.models.get(name) if verb == "classify" else None
         if model is None or model.task != "classify" or _content_type(scope) != "application/json":
             return await self.app(scope, receive, send)
-        body, disconnected = await _read_body(receive)
-        if disconnected:
-            return
+        batcher = self.batchers[name]
+        batcher.coming += 1  # the batch being formed may wait a moment for this one
         try:
-            inputs, fields = parse_inputs(ClassifyRequest, body)
-            x = array_inputs(inputs, model.input_shape, fields["range"])
-        except RequestError:
+            body, disconnected = await _read_body(receive)
+            if disconnected:
+                return
+            try:
+                inputs, fields = parse_inputs(ClassifyRequest, body)
+                x = array_inputs(inputs, model.input_shape, fields["range"])
+            except RequestError:
+                x = None
+        finally:
+            batcher.coming -= 1
+        if x is None:
             return await self.app(scope, _replay(body, receive), send)
         try:
             response = _json(await self.classify(name, model, x, fields["top_k"], False))
         except RequestError as e:  # 504: the inference timed out
             response = _error(e.status, str(e))
+        except GenforgeError as e:  # as the app's handler answers it
+            response = _error(422, str(e))
         await response(scope, receive, send)
 
 
@@ -302,32 +327,29 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def create_app(models: dict[str, ServedModel], token: str | None = None, limits: Limits = Limits(),
-               max_wait_ms: float = 2.0) -> FastAPI:
+def create_app(models: dict[str, ServedModel], token: str | None = None, limits: Limits = Limits()) -> FastAPI:
     """The API over already-loaded models. `token`: every route but the page and the probes needs it."""
     metrics = Metrics()
     state = {"token": token, "limits": limits, "in_flight": 0, "metrics": metrics, "ready": False}
     metrics.ready.set_function(lambda: float(state["ready"]))  # follows readiness, SIGTERM included
     metrics.in_flight.set_function(lambda: float(state["in_flight"]))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # one thread: no contention
-    batchers = {name: MicroBatcher(m.probabilities, executor, limits.max_batch, max_wait_ms,
+    batchers = {name: MicroBatcher(m.probabilities, executor, limits.max_batch,
                                    on_batch=metrics.batch.labels(name).observe)
                 for name, m in models.items() if m.task == "classify"}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         for batcher in batchers.values():
-            batcher.start()
+            batcher.reset()
         loop = asyncio.get_running_loop()
         for model in models.values():
             await loop.run_in_executor(executor, model.warm_up)
         state["ready"] = True
         yield
-        state["ready"] = False
-        for batcher in batchers.values():
-            await batcher.stop()  # the executor lives as long as the app: a test client may start it again
+        state["ready"] = False  # the executor lives as long as the app: a test client may start it again
 
-    app = FastAPI(title="genforge", version="1", lifespan=lifespan, responses=ERRORS,
+    app = FrontedAPI(title="genforge", version="1", lifespan=lifespan, responses=ERRORS,
                   description="Trained genforge runs behind an HTTP API. Errors are JSON: {error: {status, message}}.")
     app.state.genforge = state
 
@@ -352,10 +374,22 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         if len(x) > limits.max_batch:
             raise RequestError(f"at most {limits.max_batch} inputs per request, got {len(x)}")
         t0 = time.perf_counter()
-        try:
-            probs = await asyncio.wait_for(batchers[name].submit(torch.from_numpy(x)), limits.timeout_s)
-        except asyncio.TimeoutError:
+        future = batchers[name].submit(torch.from_numpy(x))
+        expired = []
+
+        def expire():
+            expired.append(True)
+            future.cancel()  # the batcher skips a cancelled request
+
+        timer = asyncio.get_running_loop().call_later(limits.timeout_s, expire)
+        try:  # a timer on the future itself: asyncio.wait_for would add a task and a waiter per request
+            probs = await future
+        except asyncio.CancelledError:
+            if not expired:
+                raise  # the request itself was cancelled (client gone, shutdown), not timed out
             raise RequestError(f"inference took longer than {limits.timeout_s:g} s", 504) from None
+        finally:
+            timer.cancel()
         latency = (time.perf_counter() - t0) * 1000
         return classify_answer(name, model, x, probs, min(top_k, len(model.classes)), echo_input, latency)
 
@@ -443,14 +477,17 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         x, fields = await image_inputs(request, model, ClassifyRequest)
         return _json(await classify_inputs(name, model, x, top_k or int(fields.get("top_k", 3)), echo_input))
 
-    def images_response(model: ServedModel, images: torch.Tensor, fmt: str, extra: dict, latency: float,
-                        nrow: int | None = None):
+    async def images_response(model: ServedModel, images: torch.Tensor, fmt: str, extra: dict, latency: float,
+                              nrow: int | None = None):
+        """A PNG grid, encoded on the inference thread (Pillow releases the GIL, so the event loop keeps
+        serving meanwhile) at zlib level 1, or the uint8 arrays as JSON."""
         from genforge.sample import png_bytes
 
         headers = {"x-latency-ms": f"{latency:.2f}", "x-backend": model.backend}
         if fmt == "png":
             scale = 2 if images.shape[-1] < 64 else 1
-            return Response(png_bytes(images, nrow, scale=scale), media_type="image/png", headers=headers)
+            png = await infer(png_bytes, images, nrow, scale, 1)
+            return Response(png, media_type="image/png", headers=headers)
         return _json({**extra, "latency_ms": latency, "backend": model.backend, "images": as_array(images)},
                      headers=headers)
 
@@ -463,7 +500,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         t0 = time.perf_counter()
         images = await infer(model.generate, req.n, req.label, req.seed, req.truncation)
         extra = {"model": name, "n": req.n, "seed": req.seed, "label": req.label}
-        return images_response(model, images, req.format, extra, (time.perf_counter() - t0) * 1000)
+        return await images_response(model, images, req.format, extra, (time.perf_counter() - t0) * 1000)
 
     @app.post("/v1/models/{name}/interpolate", tags=["models"], responses=PNG,
               summary="A walk through latent space (spherical), from one class to another for conditional models")
@@ -474,7 +511,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         t0 = time.perf_counter()
         images = await infer(model.interpolate, req.steps, req.seed, req.from_label, req.to_label)
         extra = {"model": name, "steps": req.steps, "seed": req.seed}
-        return images_response(model, images, req.format, extra, (time.perf_counter() - t0) * 1000, nrow=req.steps)
+        return await images_response(model, images, req.format, extra, (time.perf_counter() - t0) * 1000,
+                                     nrow=req.steps)
 
     reconstruct_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": ReconstructRequest.model_json_schema()},
@@ -495,7 +533,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         fmt = fields.get("format", "array")
         if fmt == "png":
             pairs = torch.stack([torch.from_numpy(x), recon], 1).flatten(0, 1)
-            return images_response(model, pairs, "png", {}, latency, nrow=min(8, len(pairs)))
+            return await images_response(model, pairs, "png", {}, latency, nrow=min(8, len(pairs)))
         return {"model": name, "latency_ms": latency, "backend": model.backend, "errors": errors,
                 "images": as_array(recon)}
 
@@ -506,9 +544,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     async def playground():
         return FileResponse(str(static / "index.html"))
 
-    app.add_middleware(ClassifyFastPath, models=models, classify=classify_inputs)
-    app.add_middleware(Gate, state=state)  # the last added runs first: the body limit, the gate, the fast path
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.front = BodySizeLimit(Gate(ClassifyFastPath(app.behind, models, batchers, classify_inputs), state),
+                              limits.max_body_bytes)
     return app
 
 

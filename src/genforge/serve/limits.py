@@ -80,21 +80,23 @@ def array_inputs(values: list, shape: tuple[int, ...], value_range: str) -> np.n
     value_range "0-1" ("auto": 0-1 when every value is <= 1)."""
     size = math.prod(shape)
     try:
-        array = np.asarray(values, dtype=np.float64)
+        array = np.array(values, dtype=np.float64)  # a copy of its own, changed in place below
     except (ValueError, TypeError):
         raise RequestError("inputs must be a list of equally shaped arrays of numbers "
                            f"(each {'x'.join(map(str, shape))} or flat {size})") from None
     if array.ndim < 2 or array[0].size != size:
         got = "x".join(map(str, array.shape[1:])) or "a number"
         raise RequestError(f"each input must have {size} values ({'x'.join(map(str, shape))}), got {got}")
-    if not np.isfinite(array).all():
+    low, high = float(array.min()), float(array.max())  # NaN and infinity reach the extremes: one pass each
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise RequestError("inputs must be finite numbers (no NaN or infinity)")
     array = array.reshape(len(array), *shape)
     if len(shape) != 3:
         return array.astype(np.float32)
-    low, high = float(array.min()), float(array.max())
-    top = {"0-1": 1.0, "0-255": 255.0, "auto": 1.0 if 0 <= low and high <= 1.0 else 255.0}[value_range]
+    top = 1.0 if value_range == "0-1" or (value_range == "auto" and 0 <= low and high <= 1.0) else 255.0
     if low < 0 or high > top:
         allowed = "0-255 (or 0-1)" if value_range == "auto" else value_range
         raise RequestError(f"pixel values must lie in {allowed}, got {low:g} to {high:g}")
-    return np.rint(array * (255.0 / top)).astype(np.uint8)
+    if top == 1.0:
+        array *= 255.0  # in place: the array is this function's own float copy
+    return np.rint(array, out=array).astype(np.uint8)
