@@ -1,4 +1,4 @@
-"""The micro-batcher on its own: batching, errors, cancelled callers, waiting for parsed requests, fairness."""
+"""The micro-batcher on its own: batching, errors, cancelled callers, max_batch, fairness."""
 
 import asyncio
 import threading
@@ -86,26 +86,6 @@ def test_max_batch_bounds_the_rows_of_a_batch(executor):
 
     asyncio.run(main())
     assert max(sizes) <= 4 and sum(sizes) == 11
-
-
-def test_a_batch_waits_for_requests_being_parsed_but_not_for_absent_ones(executor):
-    sizes = []
-    batcher = MicroBatcher(recording(sizes), executor, max_wait_ms=500)
-
-    async def main():
-        batcher.coming += 1  # a request is being read: the batch should wait for it
-        first = batcher.submit(torch.zeros(1, 1))
-        await asyncio.sleep(0.05)
-        batcher.coming -= 1
-        second = batcher.submit(torch.zeros(1, 1))
-        await asyncio.gather(first, second)
-        t0 = time.perf_counter()
-        await batcher.submit(torch.zeros(1, 1))  # nobody is coming: no wait
-        return time.perf_counter() - t0
-
-    alone = asyncio.run(main())
-    assert sizes == [2, 1]
-    assert alone < 0.25  # far below max_wait
 
 
 def test_steady_load_does_not_starve_other_work_on_the_thread(executor):

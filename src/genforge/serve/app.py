@@ -204,8 +204,8 @@ class ClassifyFastPath:
     plainly (another route, multipart, query parameters, any invalid input) goes to the app with its body
     replayed, so the app gives its usual answer and message."""
 
-    def __init__(self, app, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher], classify):
-        self.app, self.models, self.batchers, self.classify = app, models, batchers, classify
+    def __init__(self, app, models: dict[str, ServedModel], classify):
+        self.app, self.models, self.classify = app, models, classify
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["query_string"]:
@@ -214,20 +214,13 @@ class ClassifyFastPath:
         model = self.models.get(name) if verb == "classify" else None
         if model is None or model.task != "classify" or _content_type(scope) != "application/json":
             return await self.app(scope, receive, send)
-        batcher = self.batchers[name]
-        batcher.coming += 1  # the batch being formed may wait a moment for this one
+        body, disconnected = await _read_body(receive)
+        if disconnected:
+            return
         try:
-            body, disconnected = await _read_body(receive)
-            if disconnected:
-                return
-            try:
-                inputs, fields = parse_inputs(ClassifyRequest, body)
-                x = array_inputs(inputs, model.input_shape, fields["range"])
-            except RequestError:
-                x = None
-        finally:
-            batcher.coming -= 1
-        if x is None:
+            inputs, fields = parse_inputs(ClassifyRequest, body)
+            x = array_inputs(inputs, model.input_shape, fields["range"])
+        except RequestError:
             return await self.app(scope, _replay(body, receive), send)
         try:
             response = _json(await self.classify(name, model, x, fields["top_k"], False))
@@ -479,14 +472,14 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
 
     async def images_response(model: ServedModel, images: torch.Tensor, fmt: str, extra: dict, latency: float,
                               nrow: int | None = None):
-        """A PNG grid, encoded on the inference thread (Pillow releases the GIL, so the event loop keeps
-        serving meanwhile) at zlib level 1, or the uint8 arrays as JSON."""
+        """A PNG grid, encoded at zlib level 1 in a worker thread (Pillow releases the GIL: the event loop keeps
+        serving and the inference thread starts the next request meanwhile), or the uint8 arrays as JSON."""
         from genforge.sample import png_bytes
 
         headers = {"x-latency-ms": f"{latency:.2f}", "x-backend": model.backend}
         if fmt == "png":
             scale = 2 if images.shape[-1] < 64 else 1
-            png = await infer(png_bytes, images, nrow, scale, 1)
+            png = await run_in_threadpool(png_bytes, images, nrow, scale, 1)
             return Response(png, media_type="image/png", headers=headers)
         return _json({**extra, "latency_ms": latency, "backend": model.backend, "images": as_array(images)},
                      headers=headers)
@@ -544,7 +537,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     async def playground():
         return FileResponse(str(static / "index.html"))
 
-    app.front = BodySizeLimit(Gate(ClassifyFastPath(app.behind, models, batchers, classify_inputs), state),
+    app.front = BodySizeLimit(Gate(ClassifyFastPath(app.behind, models, classify_inputs), state),
                               limits.max_body_bytes)
     return app
 
