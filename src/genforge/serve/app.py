@@ -198,11 +198,11 @@ class Gate:
 
 
 class ClassifyFastPath:
-    """ASGI, inside the gate: POST /v1/models/{name}/classify with a JSON body and no query string, answered
-    without FastAPI's routing, parameter solving and response machinery, per-request work that the hello-world
-    route does not pay. It parses and checks with the route's own functions; a request it cannot answer
-    plainly (another route, multipart, query parameters, any invalid input) goes to the app with its body
-    replayed, so the app gives its usual answer and message."""
+    """ASGI, behind the gate and in front of FastAPI: POST /v1/models/{name}/classify with a JSON body and no
+    query string, answered without FastAPI's middleware, routing, parameter solving and response machinery,
+    per-request work that the hello-world route pays. It parses and checks with the route's own functions; a
+    request it cannot answer plainly (another route, multipart, query parameters, any invalid input) goes to the
+    app with its body replayed, so the app gives its usual answer and message."""
 
     def __init__(self, app, models: dict[str, ServedModel], classify):
         self.app, self.models, self.classify = app, models, classify
