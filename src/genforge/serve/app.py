@@ -4,6 +4,7 @@ that says what to fix; a bad request gets a 4xx and the worker keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -108,11 +109,17 @@ def parse_inputs(cls: type[BaseModel], body: bytes) -> tuple[list, dict]:
         data = None
     if isinstance(data, dict) and isinstance(data.get("inputs"), list) and 1 <= len(data["inputs"]) <= 256:
         if len(data) == 1:  # inputs only: every other field keeps its default
-            return data["inputs"], {k: f.default for k, f in cls.model_fields.items() if k != "inputs"}
+            return data["inputs"], dict(_defaults(cls))
         rest = _parse_python(cls, {**data, "inputs": [[0]]})
         return data["inputs"], rest.model_dump(exclude={"inputs"})
     req = _parse(cls, body)
     return req.inputs, req.model_dump(exclude={"inputs"})
+
+
+@functools.cache
+def _defaults(cls: type[BaseModel]) -> dict:
+    """The request model's fields other than inputs, at their defaults (computed once per model class)."""
+    return {k: f.default for k, f in cls.model_fields.items() if k != "inputs"}
 
 
 def _parse_python(cls: type[BaseModel], data: dict) -> BaseModel:
@@ -130,11 +137,11 @@ def _json(content, status: int = 200, headers: dict | None = None) -> Response:
 def classify_answer(name: str, model: ServedModel, x: np.ndarray, probs: torch.Tensor, k: int, echo_input: bool,
                     latency_ms: float) -> dict:
     """The classify answer: every probability, the top k classes, and (echo_input) the preprocessed input."""
-    predictions = []
+    classes, predictions = model.classes, []  # the property copies the list: once per answer
     for i, p in enumerate(probs.tolist()):
         top = sorted(range(len(p)), key=p.__getitem__, reverse=True)[:k]  # a few classes: cheaper than Tensor.topk
-        pred = {"index": top[0], "label": model.classes[top[0]], "probabilities": p,
-                "top_k": [{"index": c, "label": model.classes[c], "probability": p[c]} for c in top]}
+        pred = {"index": top[0], "label": classes[top[0]], "probabilities": p,
+                "top_k": [{"index": c, "label": classes[c], "probability": p[c]} for c in top]}
         if echo_input:
             pred["input"] = x[i].reshape(-1, *x.shape[-2:])[0].tolist() if x.ndim == 4 else x[i].tolist()
         predictions.append(pred)
