@@ -130,14 +130,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="hello/classify pairs")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--max-concurrency", type=int, default=16)
-    parser.add_argument("--backend", choices=["torch", "onnxruntime"], help="genforge serve --backend")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                        help="genforge serve --backend")
     args = parser.parse_args()
     host = "127.0.0.1"
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or _train_runs(Path(tmp))
         server = subprocess.Popen([sys.executable, "-m", "genforge", "serve", *runs, "--port", str(args.port),
-                                   "--max-concurrency", str(args.max_concurrency),
-                                   *(["--backend", args.backend] if args.backend else [])],
+                                   "--max-concurrency", str(args.max_concurrency), "--backend", args.backend],
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:
             import httpx
@@ -175,7 +175,7 @@ def main() -> None:
         "classify_p99_ms_worst_round": max(c["p99_ms"] for _, c in rounds),
         "generate_p99_ms": result["generate_c1"]["p99_ms"],
         "overload_503": overload["statuses"].get("503", 0), "overload_other_5xx": other_5xx,
-        "server_exit_code": server.returncode, "backend": args.backend or "each run's own",
+        "server_exit_code": server.returncode, "backends": {m["name"]: m["backend"] for m in models},
     }
     record("serve_load", result)
 

@@ -43,7 +43,7 @@ def start_server(runs, *extra):
     proc = subprocess.Popen([sys.executable, "-m", "genforge", "serve", *map(str, runs), "--port", str(port), *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # the first start exports each run to ONNX
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"the server exited: {proc.stderr.read()}")
@@ -54,4 +54,4 @@ def start_server(runs, *extra):
             pass
         time.sleep(0.2)
     proc.kill()
-    raise AssertionError("the server did not become ready in 60 s")
+    raise AssertionError("the server did not become ready in 120 s")

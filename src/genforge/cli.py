@@ -282,17 +282,17 @@ def serve(
     max_body: Annotated[int, typer.Option(min=1024, help="Largest request body, bytes.")] = 1 << 20,
     max_concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight before 503.")] = 32,
     timeout: Annotated[float, typer.Option(min=0.1, help="Inference timeout, seconds (then 504).")] = 10.0,
-    backend: Annotated[str | None, typer.Option(
-        help="torch or onnxruntime for every run (a run is exported once if needed); default: each run's own "
-             "(onnxruntime for int8 runs)")] = None,
+    backend: Annotated[str, typer.Option(
+        help="auto, torch or onnxruntime for every run. auto: onnxruntime wherever a run can run there (a trained "
+             "run is exported once, into RUN/export), else torch")] = "auto",
 ):
     """Serve runs over HTTP: a JSON API (docs at /docs) and a web playground at /."""
-    from genforge.runs import BACKENDS
+    from genforge.serve.adapters import SERVE_BACKENDS
     from genforge.serve.limits import Limits
     from genforge.serve.server import serve as run_server
 
-    if backend is not None and backend not in BACKENDS:
-        raise GenforgeError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in SERVE_BACKENDS:
+        raise GenforgeError(f"--backend must be one of {', '.join(SERVE_BACKENDS)}, got {backend!r}")
     run_server(runs, host, port, token_file,
                Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout), backend=backend)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -124,6 +125,12 @@ def resolve_run(path: str | Path) -> Path:
     if not (run / "config.yaml").is_file():
         raise GenforgeError(f"{path} is not a run directory (no config.yaml); list runs with `genforge runs`")
     return run
+
+
+def weights_digest(run: Path) -> str | None:
+    """sha256 of a run's final weights (None before training ends): what an export records it was made from."""
+    path = run / WEIGHTS
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def read_json(path: Path) -> dict:

@@ -9,7 +9,9 @@ import pytest
 import torch
 from helpers import genforge_cli, start_server
 
+from genforge.errors import GenforgeError
 from genforge.runs import load_run
+from genforge.serve.adapters import load_models
 
 
 def compress(parent, tmp_path, *args, cache=None):
@@ -86,11 +88,11 @@ def test_serve_answers_with_the_int8_child_and_says_which_backend(int8_classifie
         proc.wait(30)
 
 
-def test_serve_backend_onnxruntime_exports_a_trained_run_once(classifier_run, tmp_path):
+def test_serve_exports_a_trained_run_once_and_answers_with_onnxruntime_by_default(classifier_run, tmp_path):
     import shutil
 
     run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
-    proc, url = start_server([run], "--backend", "onnxruntime")
+    proc, url = start_server([run])
     try:
         card = httpx.get(f"{url}/v1/models").json()["models"][0]
         assert card["backend"] == "onnxruntime"
@@ -98,6 +100,60 @@ def test_serve_backend_onnxruntime_exports_a_trained_run_once(classifier_run, tm
     finally:
         proc.terminate()
         proc.wait(30)
+    exported = (run / "export" / "model.onnx").stat().st_mtime_ns
+    (model,) = load_models([run], backend="onnxruntime").values()  # the export is reused, not redone
+    assert model.backend == "onnxruntime" and (run / "export" / "model.onnx").stat().st_mtime_ns == exported
+    (model,) = load_models([run], backend="torch").values()
+    assert model.backend == "torch"
+
+
+def test_auto_serves_with_torch_when_the_export_cannot_be_written(classifier_run, tmp_path, capsys):
+    import shutil
+
+    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    (run / "export").write_text("a file where the export directory would go")
+    (model,) = load_models([run]).values()
+    assert model.backend == "torch" and "exporting it to ONNX failed" in capsys.readouterr().out
+    assert model.probabilities(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+    with pytest.raises(OSError):  # asked for explicitly, the failure is the caller's to see
+        load_models([run], backend="onnxruntime")
+
+
+def test_auto_serves_a_batch_fixed_export_with_torch_and_says_how_to_fix_it(classifier_run, tmp_path, capsys):
+    import shutil
+
+    from genforge.compress.export import export_run
+
+    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    export_run(load_run(run), dynamic_batch=False, batch_size=4)
+    (model,) = load_models([run]).values()
+    assert model.backend == "torch" and "--dynamic-batch" in capsys.readouterr().out
+    with pytest.raises(GenforgeError, match="--dynamic-batch"):
+        load_models([run], backend="onnxruntime")
+    with pytest.raises(GenforgeError, match="backend must be one of auto, torch, onnxruntime"):
+        load_models([run], backend="tensorrt")
+
+
+def test_an_export_from_earlier_weights_is_refused_and_serve_exports_again(classifier_run, tmp_path, capsys):
+    import shutil
+
+    from genforge.compress.export import export_run
+    from genforge.runs import WEIGHTS, save_weights, weights_digest
+
+    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    export_run(load_run(run))
+    trained_on = load_run(run).model  # as if `genforge train --resume` had gone on: new weights, old export
+    with torch.no_grad():
+        list(trained_on.parameters())[-1].add_(torch.linspace(-1, 1, 10))  # the last layer's bias
+    save_weights(trained_on, run / WEIGHTS)
+    with pytest.raises(GenforgeError, match="earlier weights"):
+        load_run(run, backend="onnxruntime")
+    (model,) = load_models([run]).values()
+    assert "exporting again" in capsys.readouterr().out and model.backend == "onnxruntime"
+    assert json.loads((run / "export" / "export.json").read_text())["weights_sha256"] == weights_digest(run)
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.probabilities(x), trained_on.probabilities(trained_on(x)), atol=1e-4, rtol=0)
 
 
 def test_magnitude_pruning_with_finetuning_keeps_its_zeros(classifier_run, tmp_path):

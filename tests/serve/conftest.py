@@ -9,7 +9,7 @@ from genforge.serve.limits import Limits
 
 @pytest.fixture(scope="session")
 def served(classifier_run, gan_run, vae_run):
-    return load_models([classifier_run, gan_run, vae_run])
+    return load_models([classifier_run, gan_run, vae_run], backend="torch")  # the live server serves the default
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,7 @@ def names(served):
 
 @pytest.fixture(scope="module")
 def live_server(classifier_run, gan_run, vae_run):
+    """The real command line with its default backend (auto: the runs are exported to ONNX once, on first start)."""
     proc, url = start_server([classifier_run, gan_run, vae_run])
     yield url
     proc.terminate()

@@ -43,13 +43,13 @@ def test_draw_then_classify_and_generate_a_grid(browser, live_server):
     shares = [float(li.get_attribute("aria-label").split()[-2])  # "<class> <share> percent"
               for li in browser.find_elements(By.CSS_SELECTOR, "#bars li")]
     assert abs(sum(shares) - 100) < 1.5  # ten probabilities that add up
-    assert browser.find_element(By.ID, "latency").text.startswith("answered by torch in ")  # the backend shows
+    assert browser.find_element(By.ID, "latency").text.startswith("answered by onnxruntime in ")  # the default backend
 
     browser.find_element(By.ID, "go").click()
     wait.until(lambda d: d.execute_script(
         "const g = document.getElementById('grid'); return !g.hidden && g.complete && g.naturalWidth > 0"))
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
-    assert browser.find_element(By.ID, "grid-info").text.startswith("answered by torch in ")
+    assert browser.find_element(By.ID, "grid-info").text.startswith("answered by onnxruntime in ")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "playground.png"))
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from genforge.errors import GenforgeError
 from genforge.models.layers import check_labels
+from genforge.runs import weights_digest
 
 EXPORT_DIR = "export"
 TOLERANCE = 1e-4  # max |onnxruntime - eager| accepted on a held-out batch
@@ -215,7 +216,8 @@ def export_run(run, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, dyn
     check = parity_batch if dynamic_batch else batch_size
     example_n = max(batch_size, 2) if dynamic_batch else batch_size  # a batch of 1 would be specialized away
     record = {"format": "onnx", "opset": opset, "dynamic_batch": dynamic_batch,
-              "batch_size": None if dynamic_batch else batch_size, "tolerance": tolerance, "parts": {}}
+              "batch_size": None if dynamic_batch else batch_size, "tolerance": tolerance,
+              "weights_sha256": weights_digest(run.path), "parts": {}}
     for part in parts_of(run):
         progress(f"exporting the {part.name}")
         t0 = time.perf_counter()
@@ -234,12 +236,22 @@ def export_run(run, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, dyn
     return record
 
 
+def is_stale(run_dir: Path, record: dict) -> bool:
+    """Whether the run's weights changed since the export was made (a resumed run). An export that does not say
+    what it was made from, or a run without weights of its own (an int8 child), counts as current."""
+    made_from, now = record.get("weights_sha256"), weights_digest(run_dir)
+    return bool(made_from and now and made_from != now)
+
+
 def load_parts(run, onnx_dir: Path, threads: int = 1) -> None:
     """Run the parts exported in onnx_dir with ONNX Runtime in place of the eager ones."""
     record_path = onnx_dir / "export.json"
     if not record_path.is_file():
         raise GenforgeError(f"{onnx_dir} holds no export; run: genforge export {run.path} --dynamic-batch")
     record = json.loads(record_path.read_text())
+    if is_stale(run.path, record):
+        raise GenforgeError(f"{onnx_dir} was exported from earlier weights of {run.path.name} (trained on since); "
+                            f"export it again: genforge export {run.path} --dynamic-batch")
     if not record.get("dynamic_batch"):
         raise GenforgeError(f"{onnx_dir} was exported for batch {record.get('batch_size')} only; serving needs any "
                             f"batch: genforge export {run.path} --dynamic-batch")

@@ -37,7 +37,7 @@ def read_token(path: Path | None, host: str) -> str | None:
 
 
 def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_file: Path | None = None,
-          limits: Limits = Limits(), log_level: str = "warning", backend: str | None = None) -> None:
+          limits: Limits = Limits(), log_level: str = "warning", backend: str = "auto") -> None:
     """Load the runs, then serve until SIGINT/SIGTERM: the server turns not-ready at once, stops accepting,
     lets in-flight requests finish (up to 30 s) and exits 0."""
     import torch
