@@ -115,7 +115,7 @@ def test_auto_serves_with_torch_when_the_export_cannot_be_written(classifier_run
     (model,) = load_models([run]).values()
     assert model.backend == "torch" and "exporting it to ONNX failed" in capsys.readouterr().out
     assert model.probabilities(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, 10)
-    with pytest.raises(OSError):  # asked for explicitly, the failure is the caller's to see
+    with pytest.raises(GenforgeError, match="exporting it to ONNX failed"):  # asked for, the failure is an error
         load_models([run], backend="onnxruntime")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +102,7 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
     path = resolve_run(path)
     if backend == "torch":
         return load_run(path, backend="torch")
-    from genforge.compress.export import EXPORT_DIR, export_run, is_stale
+    from genforge.compress.export import EXPORT_DIR, is_stale
 
     record = read_json(path / EXPORT_DIR / "export.json")
     if is_stale(path, record):
@@ -108,21 +110,30 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
         record = {}
     if record.get("dynamic_batch") or record and backend == "onnxruntime":  # a batch-fixed export raises there
         return load_run(path, backend="onnxruntime")
-    trained = load_run(path, backend="torch")
     if record:  # auto, and the export serves one batch size only
         print(f"serving {path} with torch: its ONNX export is for batch {record.get('batch_size')} only "
               f"(`genforge export {path} --dynamic-batch` lets onnxruntime serve it)", flush=True)
-        return trained
-    print(f"exporting {path} to ONNX for onnxruntime (once, into {path / EXPORT_DIR})", flush=True)
+        return load_run(path, backend="torch")
+    trained = load_run(path, backend="torch")  # a run that cannot load says why before any export
     try:
-        export_run(trained)
-    except Exception as e:
+        _export(path)
+    except GenforgeError as e:
         if backend == "onnxruntime":
             raise
-        # auto picks the fastest backend that works, and torch always does
-        print(f"serving {path} with torch: exporting it to ONNX failed ({type(e).__name__}: {e})", flush=True)
+        print(f"serving {path} with torch: {e}", flush=True)  # auto: the fastest backend that works
         return trained
     return load_run(path, backend="onnxruntime")
+
+
+def _export(path: Path) -> None:
+    """`genforge export RUN --dynamic-batch` in a child process: the exporter's imports and graphs (~290 MiB
+    measured) stay out of the long-lived server, and an exporter crash cannot take it down."""
+    print(f"exporting {path} to ONNX for onnxruntime (once, into {path / 'export'})", flush=True)
+    child = subprocess.run([sys.executable, "-m", "genforge", "export", str(path), "--dynamic-batch"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        why = [line for line in child.stderr.splitlines() if line.strip()] or [f"exit code {child.returncode}"]
+        raise GenforgeError(f"exporting it to ONNX failed ({why[-1].removeprefix('error: ')})")
 
 
 def load_models(paths: list[str | Path], backend: str = "auto") -> dict[str, ServedModel]:
