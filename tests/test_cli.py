@@ -40,6 +40,13 @@ def test_user_errors_exit_2_with_one_line(args, message, tmp_path):
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
+def test_a_refusing_file_system_is_one_line_too(tmp_path):
+    (tmp_path / "runs").write_text("a file where the runs folder would go")
+    result = cli("train", "blobs-logreg", "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: [Errno 20] Not a directory" in result.stderr
+
+
 @pytest.fixture(scope="module")
 def blobs_run(tmp_path_factory) -> Path:
     parent = tmp_path_factory.mktemp("runs")

@@ -476,9 +476,10 @@ def quickstart(runs_dir: RunsDir = Path("runs"), quiet: Quiet = False):
 
 
 def main() -> None:
-    """Entry point: a user's mistake is one line and exit code 2; a bug is a traceback and exit code 1."""
+    """Entry point: a user's mistake, or a file system that refuses (a file where a folder should be, permissions,
+    a full disk), is one line and exit code 2; a bug is a traceback and exit code 1."""
     try:
         app(standalone_mode=True)
-    except GenforgeError as e:
+    except (GenforgeError, OSError) as e:
         err.print(f"error: {e}", markup=False)
         sys.exit(2)
