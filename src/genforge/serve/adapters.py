@@ -96,7 +96,7 @@ SERVE_BACKENDS = ("auto", *BACKENDS)
 def _load(path: str | Path, backend: str) -> LoadedRun:
     """A run on the backend asked for. onnxruntime exports a trained run first, once, into RUN/export (verified
     against PyTorch). auto: onnxruntime wherever the run can run there, else torch. Serving runs on the CPU, where
-    ONNX Runtime answers classify at ~1.5x eager PyTorch's rate and generates faster (docs/benchmarks.md)."""
+    ONNX Runtime answers classify at 1.3-1.5x eager PyTorch's rate and generates faster (docs/benchmarks.md)."""
     if backend not in SERVE_BACKENDS:
         raise GenforgeError(f"backend must be one of {', '.join(SERVE_BACKENDS)}, got {backend!r}")
     path = resolve_run(path)
