@@ -1,6 +1,9 @@
 """SIGTERM while requests are in flight: they all complete, readiness turns off, and the process exits 0."""
 
+import http.client
+import json
 import signal
+import socket
 import threading
 import time
 
@@ -10,29 +13,47 @@ from helpers import start_server
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(gan_run):
     proc, url = start_server([gan_run])
+    try:
+        answers = _drain_eight_held_requests(proc, url)
+        exit_code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [status for status, _ in answers] == [200] * 8
+    assert all(len(a["images"]) == 256 and a["images"] == answers[0][1]["images"] for _, a in answers)  # one seed
+    assert exit_code == 0, proc.stderr.read()
+
+
+def _drain_eight_held_requests(proc, url: str) -> list:
     name = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
-    results, started = [], threading.Barrier(9)
-
-    def call():
-        started.wait()
-        try:
-            r = httpx.post(f"{url}/v1/models/{name}/generate", json={"n": 256, "format": "array"}, timeout=60)
-            results.append(r.status_code)
-        except httpx.TransportError as e:
-            results.append(repr(e))
-
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for t in threads:
-        t.start()
-    started.wait()
-    deadline = time.monotonic() + 30  # until all 8 are in flight (256 images each, one at a time on the
-    while in_flight(url) < 8 and time.monotonic() < deadline:  # inference thread), even on a loaded machine
+    body = json.dumps({"n": 256, "format": "array", "seed": 3}).encode()
+    head = (f"POST /v1/models/{name}/generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
+    # Eight requests held in flight for sure: headers and half the body sent, the rest only after the signal
+    # (a generate answers in tens of ms, too fast to catch in flight by timing alone)
+    clients = [socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=60) for _ in range(8)]
+    for c in clients:
+        c.sendall(head + body[: len(body) // 2])
+    deadline = time.monotonic() + 30
+    while in_flight(url) < 8 and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert in_flight(url) == 8
     proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(timeout=60)
-    assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    assert results == [200] * 8
+    time.sleep(1.0)
+    assert proc.poll() is None, "the server exited with requests in flight"
+    try:
+        ready = httpx.get(f"{url}/readyz", timeout=2).status_code
+    except httpx.TransportError:  # the listening socket is already closed: as good as not ready
+        ready = None
+    assert ready in (503, None)
+    answers = []
+    for c in clients:
+        c.sendall(body[len(body) // 2:])
+        response = http.client.HTTPResponse(c)
+        response.begin()
+        answers.append((response.status, json.loads(response.read())))
+        c.close()
+    return answers
 
 
 def in_flight(url: str) -> float:
