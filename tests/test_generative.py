@@ -52,7 +52,11 @@ def test_sample_is_seeded_and_writes_uint8(gan_run, evaluator_cache, tmp_path):
 def test_interpolate_and_user_errors(gan_run, evaluator_cache, tmp_path):
     result = cli(evaluator_cache, "interpolate", str(gan_run), "--from-label", "0", "--to-label", "7", "--steps", "6",
                  "--out", str(tmp_path / "walk.png"))
-    assert result.returncode == 0, result.stderr and (tmp_path / "walk.png").stat().st_size > 0
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "walk.png") as walk:  # six 28x28 steps side by side
+        assert walk.width >= 6 * 28 and 28 <= walk.height < 2 * 28 + 16 and len(set(walk.getdata())) > 2
     for args, message in [(["sample", str(gan_run), "--label", "12"], "out of range"),
                           (["sample", str(gan_run), "--out", str(tmp_path / "x.gif")], "use a .png"),
                           (["reconstruct", str(gan_run), str(tmp_path / "walk.png")], "cannot reconstruct")]:

@@ -35,7 +35,12 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA"))
             arr = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR),
                              dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:  # Pillow's own header check, for sizes far past max_pixels
+        raise GenforgeError(f"{name}: the image is too large (at most {max_pixels:,} pixels); resize it first"
+                            ) from None
+    except UnidentifiedImageError:
+        raise GenforgeError(f"{name}: not a readable PNG or JPEG (not an image, or cut short)") from None
+    except (OSError, ValueError) as e:
         raise GenforgeError(f"{name}: not a readable PNG or JPEG ({e})") from None
     if c == 1:
         border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
