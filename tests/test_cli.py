@@ -81,11 +81,15 @@ def test_predict_rejects_wrong_shape(blobs_run, tmp_path):
     assert result.returncode == 2 and "does not fit the model's input (2,)" in result.stderr
 
 
-def test_runs_lists_and_compares(blobs_run):
+def test_runs_lists_and_compares(blobs_run, tmp_path):
     result = cli("runs", "--runs-dir", str(blobs_run.parent))
     assert result.returncode == 0 and blobs_run.name[:20] in result.stdout
-    result = cli("runs", "compare", str(blobs_run), str(blobs_run))
-    assert result.returncode == 0 and "train.lr" in result.stdout
+    assert cli("train", "blobs-logreg", "train.lr=0.0123", "--runs-dir", str(tmp_path), "--quiet").returncode == 0
+    (other,) = tmp_path.iterdir()
+    result = cli("runs", "compare", str(blobs_run), str(other))
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if "train.lr " in line]
+    assert "0.5 " in row and "0.0123" in row  # each run's own value, side by side
 
 
 def test_cv_reports_mean_and_sd(tmp_path):

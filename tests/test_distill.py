@@ -37,6 +37,30 @@ def test_a_student_learns_from_the_teacher_without_labels(classifier_run, tmp_pa
     assert load_run(run).config.train.distill.teacher == str(classifier_run)  # the resolved config says so
 
 
+@pytest.mark.parametrize("weight, labels_matter", [(1.0, False), (0.5, True)])
+def test_at_weight_1_the_labels_play_no_part_in_the_update(classifier_run, weight, labels_matter):
+    """Two students, one step on the same images with different labels: the same update at weight 1 only."""
+    import yaml
+
+    from genforge.config import validate
+    from genforge.data import load_dataset
+    from genforge.train.steps import ClassifierStep
+
+    raw = yaml.safe_load((classifier_run / "config.yaml").read_text())
+    raw["train"].update(distill={"teacher": str(classifier_run), "weight": weight}, label_smoothing=0, ema=None)
+    raw["data"]["augment"] = {}
+    cfg = validate(raw)
+    x = load_dataset("fashion-mnist", progress=False).train_x[:64]
+    y = torch.arange(64) % 10
+    after = []
+    for labels in (y, (y + 3) % 10):
+        student = load_run(classifier_run).model
+        torch.manual_seed(0)  # the same dropout masks in both
+        ClassifierStep(student, cfg, steps_per_epoch=10, autocast=False, channels_last=False)(x, labels)
+        after.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+    assert torch.equal(after[0], after[1]) is not labels_matter
+
+
 def test_a_teacher_that_is_not_a_classifier_is_refused(gan_run, tmp_path):
     result = genforge_cli("train", "fashion-cnn-fast", "data.train_subset=512", "train.epochs=1",
                           f"train.distill.teacher={gan_run}", "--runs-dir", str(tmp_path))

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from genforge.compress.export import TOLERANCE, export_run, load_parts, part_inputs, parts_of
+from genforge.compress.export import TOLERANCE, OnnxPart, export_run, load_parts, part_inputs, parts_of
 from genforge.config import validate
 from genforge.errors import GenforgeError
 from genforge.models.vae import CausalConv2d
@@ -71,6 +71,7 @@ def test_every_part_matches_pytorch_in_onnxruntime(variant, tmp_path, fashion_av
     load_parts(run, tmp_path / "export")
     assert run.backend == "onnxruntime"
     for part in parts_of(run):
+        assert isinstance(getattr(run.model, part.seam), OnnxPart)  # the comparison below is not eager vs eager
         inputs = part_inputs(eager, part, 5, seed=9)
         if len(inputs) == 2:
             inputs = (inputs[0], inputs[1].argmax(1))  # class indices, as the model's callers pass them

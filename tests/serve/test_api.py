@@ -71,9 +71,24 @@ def test_classify_json_matches_the_model(client, names, served, fashion):
 def test_classify_fast_path_answers_like_the_route(client, names, fashion):
     """A plain JSON request takes the ASGI fast path; a query string sends the same request through FastAPI's
     route. Both must give the same answer, and the same message for the same mistake."""
+    from genforge.serve.app import ClassifyFastPath
+
+    fast_path = client.app.front.app.app  # BodySizeLimit -> Gate -> ClassifyFastPath -> FastAPI's stack
+    assert isinstance(fast_path, ClassifyFastPath)
+    behind, passed_on = fast_path.app, []
+
+    async def fastapi(scope, receive, send):  # what the fast path hands to FastAPI
+        passed_on.append(scope["query_string"])
+        await behind(scope, receive, send)
+
     clf, images = names[0], fashion.test_x[:3, 0].numpy().tolist()
-    fast = client.post(f"/v1/models/{clf}/classify", json={"inputs": images, "top_k": 2})
-    routed = client.post(f"/v1/models/{clf}/classify?top_k=2", json={"inputs": images})
+    fast_path.app = fastapi
+    try:
+        fast = client.post(f"/v1/models/{clf}/classify", json={"inputs": images, "top_k": 2})
+        routed = client.post(f"/v1/models/{clf}/classify?top_k=2", json={"inputs": images})
+    finally:
+        fast_path.app = behind
+    assert passed_on == [b"top_k=2"]  # the plain request was answered by the fast path alone
     assert fast.status_code == routed.status_code == 200
     assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
     a, b = fast.json(), routed.json()
@@ -145,8 +160,9 @@ def test_generate_png_and_seeded_arrays(client, names):
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"n": 10**6}, "n"), ({"n": 0}, "n"), ({"label": 10}, "0-9"), ({"seed": -1}, "seed"),
-    ({"truncation": 0}, "truncation"), ({"format": "gif"}, "format"), ({"colour": 1}, "colour"),
+    ({"n": 10**6}, "n: Input should be less than or equal to 256"), ({"n": 0}, "n: Input should be greater"),
+    ({"label": 10}, "0-9"), ({"seed": -1}, "seed: "), ({"truncation": 0}, "truncation: "),
+    ({"format": "gif"}, "format: "), ({"colour": 1}, "colour"),
 ])
 def test_generate_rejects_bad_parameters(client, names, body, message):
     r = client.post(f"/v1/models/{names[1]}/generate", json=body)

@@ -82,6 +82,7 @@ def test_past_the_concurrency_limit_the_excess_gets_503_at_once(gan_run):
         assert set(codes) <= {200, 503} and codes.count(200) >= 2 and codes.count(503) >= 1, codes
         refused = [(seconds, body) for code, seconds, body in results if code == 503]
         assert all("concurrency limit" in body["error"]["message"] for _, body in refused)
+        assert all(seconds < 1.0 for seconds, _ in refused), refused  # at once, not after a wait in a queue
         metrics = httpx.get(f"{url}/metrics").text
         assert 'genforge_requests_total{route="generate",status="503"}' in metrics
     finally:
