@@ -90,6 +90,8 @@ def test_runs_lists_and_compares(blobs_run, tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if "train.lr " in line]
     assert "0.5 " in row and "0.0123" in row  # each run's own value, side by side
+    only = cli("runs", "compare", str(blobs_run), str(other), "--diff").stdout
+    assert "train.lr " in only and "data.name " not in only and "data.name " in result.stdout
 
 
 def test_cv_reports_mean_and_sd(tmp_path):
@@ -116,10 +118,11 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache):
     Image.fromarray(load_dataset("fashion-mnist", progress=False).test_x[7, 0].numpy()).save(tmp_path / "shirt.png")
     commands = readme_commands()
     assert len(commands) >= 12
-    last_run = None
+    made = []  # the runs made so far; RUN is the latest, RUN_A and RUN_B the two latest
     for command in commands:
         args = command.split()[1:]
-        args = [str(last_run) if a == "RUN" else a for a in args]
+        names = {"RUN": made[-1:], "RUN_A": made[-2:-1], "RUN_B": made[-1:]}
+        args = [str(names[a][0]) if a in names else a for a in args]
         if args[0] in ("train", "cv"):
             args += ["data.train_subset=512", "train.epochs=1", "train.threads=1", "eval.samples=200",
                      "eval.iwae_k=5", "eval.iwae_images=10", "--runs-dir", str(tmp_path / "r"), "--quiet"]
@@ -132,4 +135,4 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache):
         result = cli(*args, cwd=tmp_path, cache=evaluator_cache)
         assert result.returncode == 0, f"{command}\n{result.stderr}"
         if args[0] in ("train", "quickstart"):
-            last_run = max((tmp_path / "r").iterdir(), key=lambda p: p.stat().st_mtime)
+            made.append(max((tmp_path / "r").iterdir(), key=lambda p: p.stat().st_mtime))

@@ -398,8 +398,9 @@ def runs_list(ctx: typer.Context, runs_dir: RunsDir = Path("runs")):
 
 
 @runs_app.command("compare")
-def runs_compare(a: Path, b: Path):
-    """Put two runs' configs and metrics side by side; differences are highlighted."""
+def runs_compare(a: Path, b: Path, diff: Annotated[bool, typer.Option("--diff", help="Only the keys that differ.")]
+                 = False):
+    """Put two runs' configs and metrics side by side; differences are highlighted (--diff: only those)."""
     import yaml
 
     from genforge.runs import read_json, resolve_run
@@ -415,6 +416,8 @@ def runs_compare(a: Path, b: Path):
     table = Table("key", a.name, b.name)
     for key in sorted(set(left) | set(right)):
         va, vb = left.get(key, "-"), right.get(key, "-")
+        if diff and va == vb:
+            continue
         fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
         style = "bold yellow" if va != vb else None
         table.add_row(key, fmt(va), fmt(vb), style=style)
