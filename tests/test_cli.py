@@ -81,6 +81,35 @@ def test_predict_rejects_wrong_shape(blobs_run, tmp_path):
     assert result.returncode == 2 and "does not fit the model's input (2,)" in result.stderr
 
 
+def test_broken_runs_and_inputs_are_one_line_errors(blobs_run, tmp_path):
+    import shutil
+    import socket
+
+    def one_line(result, message):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr, result.stderr
+
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "none.npy", np.zeros((0, 2), dtype=np.float32))
+    one_line(cli("predict", str(blobs_run), str(tmp_path / "empty.npy")), "not a readable .npy file")
+    one_line(cli("predict", str(blobs_run), str(tmp_path / "none.npy")), "holds no inputs")
+    bad_yaml = shutil.copytree(blobs_run, tmp_path / "bad-yaml")
+    (bad_yaml / "config.yaml").write_text("model: [[[")
+    one_line(cli("evaluate", str(bad_yaml)), "config.yaml does not load")
+    bad_weights = shutil.copytree(blobs_run, tmp_path / "bad-weights")
+    (bad_weights / runs.WEIGHTS).write_bytes(b"\xff" * 64)
+    one_line(cli("evaluate", str(bad_weights)), "not a readable safetensors file")
+    other_weights = shutil.copytree(blobs_run, tmp_path / "other-weights")
+    from safetensors.numpy import save_file
+
+    save_file({"net.weight": np.zeros((3, 3), dtype=np.float32)}, other_weights / runs.WEIGHTS)
+    one_line(cli("evaluate", str(other_weights)), "do not fit the model")
+    one_line(cli("cv", "blobs-logreg", "--folds", "1500", "--runs-dir", str(tmp_path / "cv")), "smallest class")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        one_line(cli("serve", str(blobs_run), "--port", port), f"cannot listen on 127.0.0.1:{port}")
+
+
 def test_runs_lists_and_compares(blobs_run, tmp_path):
     result = cli("runs", "--runs-dir", str(blobs_run.parent))
     assert result.returncode == 0 and blobs_run.name[:20] in result.stdout

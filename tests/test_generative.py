@@ -59,7 +59,8 @@ def test_interpolate_and_user_errors(gan_run, evaluator_cache, tmp_path):
         assert walk.width >= 6 * 28 and 28 <= walk.height < 2 * 28 + 16 and len(np.unique(np.asarray(walk))) > 2
     for args, message in [(["sample", str(gan_run), "--label", "12"], "out of range"),
                           (["sample", str(gan_run), "--out", str(tmp_path / "x.gif")], "use a .png"),
-                          (["reconstruct", str(gan_run), str(tmp_path / "walk.png")], "cannot reconstruct")]:
+                          (["reconstruct", str(gan_run), str(tmp_path / "walk.png")], "cannot reconstruct"),
+                          (["predict", str(gan_run), str(tmp_path / "walk.png")], "not a classifier")]:
         result = cli(evaluator_cache, *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 

@@ -161,6 +161,9 @@ def predict(
     from genforge.runs import load_run
 
     loaded = load_run(run)
+    if loaded.meta.get("task", "classify") != "classify":
+        raise GenforgeError(f"{run} is a {loaded.config.model.kind} model, not a classifier: predict classifies; "
+                            f"use genforge sample (or reconstruct, for a VAE)")
     x = load_inputs(files, tuple(loaded.meta["input_shape"]))
     probs = predict_proba(loaded.model, x)
     classes = loaded.meta["classes"]

@@ -52,14 +52,16 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
 def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise GenforgeError(f"{path}: not a readable .npy file ({e})") from None
+    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
+        raise GenforgeError(f"{path}: not a readable .npy file ({e or 'empty'})") from None
     if arr.ndim == len(shape) and len(shape) > 1 or arr.shape == tuple(shape):
         arr = arr[None] if arr.shape == tuple(shape) else arr
     if len(shape) == 3 and shape[0] == 1 and arr.ndim == 3:
         arr = arr[:, None]  # (N, H, W) -> (N, 1, H, W)
     if arr.shape[1:] != tuple(shape):
         raise GenforgeError(f"{path}: shape {arr.shape} does not fit the model's input {tuple(shape)} (N first)")
+    if len(arr) == 0:
+        raise GenforgeError(f"{path}: holds no inputs (shape {arr.shape})")
     if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
         raise GenforgeError(f"{path}: values must be finite numbers")
     if len(shape) == 3:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
@@ -88,7 +88,15 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    model.load_state_dict(load_file(str(path)))
+    try:
+        state = load_file(str(path))
+    except SafetensorError as e:
+        raise GenforgeError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+        raise GenforgeError(f"{path}: the weights do not fit the model its config.yaml describes "
+                            f"({str(e).splitlines()[0]} ...)") from None
     return model
 
 
@@ -193,7 +201,10 @@ def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = N
     import yaml
 
     run = resolve_run(path)
-    cfg = validate(yaml.safe_load((run / "config.yaml").read_text()))
+    try:
+        cfg = validate(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    except (yaml.YAMLError, GenforgeError) as e:
+        raise GenforgeError(f"{run / 'config.yaml'} does not load: {str(e).splitlines()[0]}") from None
     meta = read_json(run / "meta.json")
     weights = run / (CHECKPOINT if checkpoint else WEIGHTS)
     exported = (run / "export" / "export.json").is_file()

@@ -101,3 +101,5 @@ def test_a_failed_parity_check_saves_nothing(tmp_path, fashion_available):
 def test_old_opsets_are_refused_with_the_fix(tmp_path):
     with pytest.raises(GenforgeError, match="use 18"):
         export_run(loaded(tmp_path, "fastcnn"), tmp_path / "export", opset=13)
+    with pytest.raises(GenforgeError, match="newer than this onnx package knows"):
+        export_run(loaded(tmp_path, "fastcnn"), tmp_path / "export", opset=99)

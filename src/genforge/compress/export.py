@@ -211,6 +211,10 @@ def export_run(run, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, dyn
     Returns the export record, also written to out_dir/export.json."""
     if opset < DEFAULT_OPSET:
         raise GenforgeError(f"opset {opset} is too old for the dynamo exporter; use {DEFAULT_OPSET} or newer")
+    import onnx
+
+    if opset > onnx.defs.onnx_opset_version():
+        raise GenforgeError(f"opset {opset} is newer than this onnx package knows ({onnx.defs.onnx_opset_version()})")
     model = run.model.float().eval()
     out_dir = Path(out_dir) if out_dir else run.path / EXPORT_DIR
     check = parity_batch if dynamic_batch else batch_size

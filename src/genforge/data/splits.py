@@ -37,8 +37,9 @@ def split_validation(n: int, val_fraction: float, seed: int,
 def stratified_kfold(labels: torch.Tensor, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """[(train_idx, val_idx)] for each of `folds` folds; every index is in exactly one val fold."""
     y = torch.as_tensor(labels).cpu().numpy()
-    if not 2 <= folds <= len(y):
-        raise GenforgeError(f"folds={folds} must be between 2 and the number of training samples ({len(y)})")
+    smallest = int(np.bincount(y).min(initial=len(y), where=np.bincount(y) > 0)) if len(y) else 0
+    if not 2 <= folds <= smallest:  # every fold holds at least one sample of every class
+        raise GenforgeError(f"folds={folds} must be between 2 and the size of the smallest class ({smallest})")
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [(torch.from_numpy(tr.astype(np.int64)), torch.from_numpy(va.astype(np.int64)))
             for tr, va in kfold.split(np.zeros(len(y)), y)]

@@ -36,6 +36,16 @@ def read_token(path: Path | None, host: str) -> str | None:
     return token
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound here so that uvicorn serves it and a failure says what to change."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        why = e.strerror.split(" (while")[0] if e.strerror else str(e)  # create_server appends the address
+        raise GenforgeError(f"cannot listen on {host}:{port} ({why}); choose another --port or --host") from None
+
+
 def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_file: Path | None = None,
           limits: Limits = Limits(), log_level: str = "warning", backend: str = "auto") -> None:
     """Load the runs, then serve until SIGINT/SIGTERM: the server turns not-ready at once, stops accepting,
@@ -47,6 +57,7 @@ def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_fil
     from genforge.serve.app import create_app
 
     token = read_token(token_file, host)
+    sock = listen(host, port)  # before loading: a taken port is a one-line error, not one after the models load
     torch.set_num_threads(1)  # one inference thread beside the event loop; two threads contend on small machines
     app = create_app(load_models(runs, backend), token=token, limits=limits)
     state = app.state.genforge
@@ -61,4 +72,4 @@ def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_fil
                             limit_concurrency=None, access_log=False)
     print(f"serving {len(runs)} run(s) on http://{host}:{port}  (docs: /docs, playground: /)",
           flush=True)
-    DrainingServer(config).run()
+    DrainingServer(config).run(sockets=[sock])
