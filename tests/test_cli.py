@@ -105,6 +105,8 @@ def test_broken_runs_and_inputs_are_one_line_errors(blobs_run, tmp_path):
     save_file({"net.weight": np.zeros((3, 3), dtype=np.float32)}, other_weights / runs.WEIGHTS)
     one_line(cli("evaluate", str(other_weights)), "do not fit the model")
     one_line(cli("cv", "blobs-logreg", "--folds", "1500", "--runs-dir", str(tmp_path / "cv")), "smallest class")
+    one_line(cli("train", "--resume", str(blobs_run)), "finished training already")
+    one_line(cli("train", "blobs-logreg", "train.lr=1", "--resume", str(blobs_run)), "give no preset, overrides")
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
         one_line(cli("serve", str(blobs_run), "--port", port), f"cannot listen on 127.0.0.1:{port}")

@@ -66,6 +66,11 @@ def train(
             from genforge.train.loop import train as train_loop
 
             run_dir = runs.resolve_run(resume)
+            if config is not None or overrides or name is not None:
+                raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides "
+                                    "or --name (to change the config, train a new run)")
+            if runs.read_json(run_dir / "summary.json").get("status") == "complete":
+                raise GenforgeError(f"{run_dir} finished training already; there is nothing to resume")
             summary = train_loop(load_config(str(run_dir / "config.yaml")), run_dir, resume=True, quiet=quiet)
         else:
             if config is None:
