@@ -30,6 +30,7 @@ def cli(*args, cwd=None, cache=None) -> subprocess.CompletedProcess:
         (["train", "blobs-logreg", "model={kind: cnn}"], "needs images but blobs is tabular"),
         (["train", "blobs-logreg", "data.name=cifar"], "cifar"),
         (["evaluate", "/nonexistent"], "is not a run directory"),
+        (["train", "blobs-logreg", "--name", "a/b"], "config key 'name'"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(args, message, tmp_path):

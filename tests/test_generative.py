@@ -60,7 +60,9 @@ def test_interpolate_and_user_errors(gan_run, evaluator_cache, tmp_path):
     for args, message in [(["sample", str(gan_run), "--label", "12"], "out of range"),
                           (["sample", str(gan_run), "--out", str(tmp_path / "x.gif")], "use a .png"),
                           (["reconstruct", str(gan_run), str(tmp_path / "walk.png")], "cannot reconstruct"),
-                          (["predict", str(gan_run), str(tmp_path / "walk.png")], "not a classifier")]:
+                          (["predict", str(gan_run), str(tmp_path / "walk.png")], "not a classifier"),
+                          (["interpolate", str(gan_run), "--from-label", "11", "--out", str(tmp_path / "w.png")],
+                           "the from label 11 is out of range 0-9")]:
         result = cli(evaluator_cache, *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 

@@ -32,9 +32,7 @@ def _train_new(source: str, overrides: list[str], name: str | None, runs_dir: Pa
     from genforge.config import load_config
     from genforge.train.loop import train
 
-    cfg = load_config(source, overrides)
-    if name:
-        cfg.name = name
+    cfg = load_config(source, [*overrides, *([f"name={name}"] if name else [])])  # validated like any key
     run_dir = runs.create_run(runs_dir, cfg.name, cfg)
     err.print(f"run directory: {run_dir}")
     return run_dir, train(cfg, run_dir, quiet=quiet)

@@ -85,7 +85,7 @@ class EvalConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    name: str = "run"  # prefix of the run directory
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")  # prefix of the run directory
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms (slower); needed for bit-exact resume on GPU
     data: DataConfig = Field(default_factory=DataConfig)

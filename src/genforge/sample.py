@@ -84,8 +84,9 @@ def interpolate(model, steps: int, seed: int = 0, from_label: int | None = None,
         k = model.num_classes
         a = 0 if from_label is None else from_label
         b = a if to_label is None else to_label
-        if not (0 <= a < k and 0 <= b < k):
-            raise GenforgeError(f"labels must lie in 0-{k - 1}, got {a} and {b}")
+        for which, label in (("from", a), ("to", b)):
+            if not 0 <= label < k:
+                raise GenforgeError(f"the {which} label {label} is out of range 0-{k - 1}")
         labels = torch.zeros(steps, k)
         labels[:, a] += 1 - t
         labels[:, b] += t  # (steps, K) class weights summing to 1
