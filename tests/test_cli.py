@@ -31,6 +31,9 @@ def cli(*args, cwd=None, cache=None) -> subprocess.CompletedProcess:
         (["train", "blobs-logreg", "data.name=cifar"], "cifar"),
         (["evaluate", "/nonexistent"], "is not a run directory"),
         (["train", "blobs-logreg", "--name", "a/b"], "config key 'name'"),
+        (["compress", "RUN", "--quantize", "int8", "--prune", "0.5"], "give one of --quantize int8 or --prune"),
+        (["compress", "RUN", "--prune", "0.5", "--method", "dynamic"], "--method and --calibration go with"),
+        (["export", "RUN", "--dynamic-batch", "--batch-size", "8"], "give one of them"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(args, message, tmp_path):

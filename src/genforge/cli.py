@@ -310,7 +310,8 @@ def export(
     opset: Annotated[int, typer.Option(min=1, help="ONNX opset (18 or newer).")] = 18,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Any batch size (else --batch-size only).")]
     = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="The fixed batch size without --dynamic-batch.")] = 1,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="The fixed batch size without --dynamic-batch "
+                                                             "(default 1).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the .onnx files (default RUN/export).")]
     = None,
 ):
@@ -321,8 +322,10 @@ def export(
 
     if format != "onnx":
         raise GenforgeError(f"--format {format} is not supported; use onnx")
+    if dynamic_batch and batch_size is not None:
+        raise GenforgeError("--batch-size fixes the batch; with --dynamic-batch any batch works: give one of them")
     record = export_run(load_run(run, backend="torch"), out_dir, opset=opset, dynamic_batch=dynamic_batch,
-                        batch_size=batch_size, progress=err.print)
+                        batch_size=batch_size or 1, progress=err.print)
     where = out_dir or Path(run) / "export"
     for part in record["parts"].values():
         out.print(f"{where / part['file']}  {part['bytes'] / 1024:,.0f} KiB  max |onnxruntime - torch| "
@@ -353,8 +356,10 @@ def compress(
     run: Path,
     overrides: Annotated[list[str] | None, typer.Argument(help="Fine-tuning config, e.g. train.lr=1e-3")] = None,
     quantize: Annotated[str | None, typer.Option(help="int8: post-training quantization (ONNX Runtime).")] = None,
-    method: Annotated[str, typer.Option(help="static (calibrated) or dynamic quantization.")] = "static",
-    calibration: Annotated[int, typer.Option(min=1, help="Training inputs that calibrate static ranges.")] = 512,
+    method: Annotated[str | None, typer.Option(help="static (calibrated, the default) or dynamic quantization.")]
+    = None,
+    calibration: Annotated[int | None, typer.Option(min=1, help="Training inputs that calibrate static ranges "
+                                                                "(default 512).")] = None,
     prune: Annotated[float | None, typer.Option(help="Fraction of weights (or channels) to remove, e.g. 0.8.")]
     = None,
     structured: Annotated[bool, typer.Option("--structured", help="Remove whole channels (torch-pruning).")] = False,
@@ -375,9 +380,13 @@ def compress(
             raise GenforgeError(f"--quantize {quantize} is not supported; use int8")
         if overrides or structured or finetune_epochs or not distill:
             raise GenforgeError("--structured, --finetune-epochs, --no-distill and config overrides go with --prune")
-        child, comparison = quantize_run(run, method, calibration, runs_dir, threads, progress=err.print)
+        child, comparison = quantize_run(run, method or "static", calibration or 512, runs_dir, threads,
+                                         progress=err.print)
     else:
         from genforge.compress.prune import prune_run
+
+        if method is not None or calibration is not None:
+            raise GenforgeError("--method and --calibration go with --quantize int8")
 
         child, comparison = prune_run(run, prune, structured, finetune_epochs, overrides or [], runs_dir, threads,
                                       quiet, distill=distill, progress=err.print)
