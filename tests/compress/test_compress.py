@@ -2,6 +2,7 @@
 write a child run that points to its parent, compares itself with it, loads with load_run, predicts and serves."""
 
 import json
+import shutil
 
 import httpx
 import numpy as np
@@ -20,6 +21,11 @@ def compress(parent, tmp_path, *args, cache=None):
     assert result.returncode == 0, result.stderr
     (child,) = out.iterdir()
     return child, result
+
+
+def unexported_copy(run, tmp_path):
+    """A copy of a trained run without the export a live server of another test module may have made."""
+    return shutil.copytree(run, tmp_path / run.name, ignore=shutil.ignore_patterns("export"))
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +95,7 @@ def test_serve_answers_with_the_int8_child_and_says_which_backend(int8_classifie
 
 
 def test_serve_exports_a_trained_run_once_and_answers_with_onnxruntime_by_default(classifier_run, tmp_path):
-    import shutil
-
-    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    run = unexported_copy(classifier_run, tmp_path)
     proc, url = start_server([run])
     try:
         card = httpx.get(f"{url}/v1/models").json()["models"][0]
@@ -108,9 +112,7 @@ def test_serve_exports_a_trained_run_once_and_answers_with_onnxruntime_by_defaul
 
 
 def test_auto_serves_with_torch_when_the_export_cannot_be_written(classifier_run, tmp_path, capsys):
-    import shutil
-
-    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    run = unexported_copy(classifier_run, tmp_path)
     (run / "export").write_text("a file where the export directory would go")
     (model,) = load_models([run]).values()
     assert model.backend == "torch" and "exporting it to ONNX failed" in capsys.readouterr().out
@@ -120,11 +122,9 @@ def test_auto_serves_with_torch_when_the_export_cannot_be_written(classifier_run
 
 
 def test_auto_serves_a_batch_fixed_export_with_torch_and_says_how_to_fix_it(classifier_run, tmp_path, capsys):
-    import shutil
-
     from genforge.compress.export import export_run
 
-    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    run = unexported_copy(classifier_run, tmp_path)
     export_run(load_run(run), dynamic_batch=False, batch_size=4)
     (model,) = load_models([run]).values()
     assert model.backend == "torch" and "--dynamic-batch" in capsys.readouterr().out
@@ -135,12 +135,10 @@ def test_auto_serves_a_batch_fixed_export_with_torch_and_says_how_to_fix_it(clas
 
 
 def test_an_export_from_earlier_weights_is_refused_and_serve_exports_again(classifier_run, tmp_path, capsys):
-    import shutil
-
     from genforge.compress.export import export_run
     from genforge.runs import WEIGHTS, save_weights, weights_digest
 
-    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    run = unexported_copy(classifier_run, tmp_path)
     export_run(load_run(run))
     trained_on = load_run(run).model  # as if `genforge train --resume` had gone on: new weights, old export
     with torch.no_grad():
