@@ -293,12 +293,9 @@ def serve(
              "run is exported once, into RUN/export), else torch")] = "auto",
 ):
     """Serve runs over HTTP: a JSON API (docs at /docs) and a web playground at /."""
-    from genforge.serve.adapters import SERVE_BACKENDS
     from genforge.serve.limits import Limits
     from genforge.serve.server import serve as run_server
 
-    if backend not in SERVE_BACKENDS:
-        raise GenforgeError(f"--backend must be one of {', '.join(SERVE_BACKENDS)}, got {backend!r}")
     run_server(runs, host, port, token_file,
                Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout), backend=backend)
 

@@ -213,8 +213,8 @@ def export_run(run, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, dyn
         raise GenforgeError(f"opset {opset} is too old for the dynamo exporter; use {DEFAULT_OPSET} or newer")
     import onnx
 
-    if opset > onnx.defs.onnx_opset_version():
-        raise GenforgeError(f"opset {opset} is newer than this onnx package knows ({onnx.defs.onnx_opset_version()})")
+    if opset > (newest := onnx.defs.onnx_opset_version()):
+        raise GenforgeError(f"opset {opset} is newer than this onnx package knows ({newest})")
     model = run.model.float().eval()
     out_dir = Path(out_dir) if out_dir else run.path / EXPORT_DIR
     check = parity_batch if dynamic_batch else batch_size

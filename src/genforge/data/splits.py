@@ -37,7 +37,8 @@ def split_validation(n: int, val_fraction: float, seed: int,
 def stratified_kfold(labels: torch.Tensor, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """[(train_idx, val_idx)] for each of `folds` folds; every index is in exactly one val fold."""
     y = torch.as_tensor(labels).cpu().numpy()
-    smallest = int(np.bincount(y).min(initial=len(y), where=np.bincount(y) > 0)) if len(y) else 0
+    counts = np.bincount(y)
+    smallest = int(counts[counts > 0].min()) if len(y) else 0
     if not 2 <= folds <= smallest:  # every fold holds at least one sample of every class
         raise GenforgeError(f"folds={folds} must be between 2 and the size of the smallest class ({smallest})")
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

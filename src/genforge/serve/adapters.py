@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,17 @@ class ServedModel:
     name: str
     run: LoadedRun
     task: str  # classify, gan or vae
-    backend: str = "torch"
     stats: dict = field(default_factory=dict)
 
     @property
+    def backend(self) -> str:
+        return self.run.backend
+
+    @cached_property  # read on every classify request
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.run.meta["input_shape"])
 
-    @property
+    @cached_property
     def classes(self) -> list[str]:
         return list(self.run.meta["classes"])
 
@@ -103,7 +107,7 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
     path = resolve_run(path)
     if backend == "torch":
         return load_run(path, backend="torch")
-    from genforge.compress.export import EXPORT_DIR, is_stale
+    from genforge.compress.export import EXPORT_DIR, is_stale, load_parts
 
     threads = _onnx_threads(read_json(path / "meta.json").get("task", "classify"))
     record = read_json(path / EXPORT_DIR / "export.json")
@@ -117,6 +121,7 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
               f"(`genforge export {path} --dynamic-batch` lets onnxruntime serve it)", flush=True)
         return load_run(path, backend="torch")
     trained = load_run(path, backend="torch")  # a run that cannot load says why before any export
+    print(f"exporting {path} to ONNX for onnxruntime (once, into {path / EXPORT_DIR})", flush=True)
     try:
         _export(path)
     except GenforgeError as e:
@@ -124,7 +129,8 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
             raise
         print(f"serving {path} with torch: {e}", flush=True)  # auto: the fastest backend that works
         return trained
-    return load_run(path, backend="onnxruntime", threads=threads)
+    load_parts(trained, path / EXPORT_DIR, threads)  # the loaded run, its parts now in ONNX Runtime
+    return trained
 
 
 def _onnx_threads(task: str) -> int:
@@ -137,7 +143,6 @@ def _onnx_threads(task: str) -> int:
 def _export(path: Path) -> None:
     """`genforge export RUN --dynamic-batch` in a child process: the exporter's imports and graphs (~290 MiB
     measured) stay out of the long-lived server, and an exporter crash cannot take it down."""
-    print(f"exporting {path} to ONNX for onnxruntime (once, into {path / 'export'})", flush=True)
     child = subprocess.run([sys.executable, "-m", "genforge", "export", str(path), "--dynamic-batch"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if child.returncode != 0:
@@ -159,7 +164,7 @@ def load_models(paths: list[str | Path], backend: str = "auto") -> dict[str, Ser
         if name in models:
             raise GenforgeError(f"{run.path} is given twice")
         run.model.eval()
-        models[name] = ServedModel(name, run, run.meta.get("task", "classify"), backend=run.backend)
+        models[name] = ServedModel(name, run, run.meta.get("task", "classify"))
     return models
 
 

@@ -137,7 +137,7 @@ def _json(content, status: int = 200, headers: dict | None = None) -> Response:
 def classify_answer(name: str, model: ServedModel, x: np.ndarray, probs: torch.Tensor, k: int, echo_input: bool,
                     latency_ms: float) -> dict:
     """The classify answer: every probability, the top k classes, and (echo_input) the preprocessed input."""
-    classes, predictions = model.classes, []  # the property copies the list: once per answer
+    classes, predictions = model.classes, []
     for i, p in enumerate(probs.tolist()):
         top = sorted(range(len(p)), key=p.__getitem__, reverse=True)[:k]  # a few classes: cheaper than Tensor.topk
         pred = {"index": top[0], "label": classes[top[0]], "probabilities": p,
