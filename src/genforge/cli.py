@@ -492,9 +492,29 @@ def quickstart(runs_dir: RunsDir = Path("runs"), quiet: Quiet = False):
 
 def main() -> None:
     """Entry point: a user's mistake, or a file system that refuses (a file where a folder should be, permissions,
-    a full disk), is one line and exit code 2; a bug is a traceback and exit code 1."""
+    a full disk), is one line and exit code 2; a bug is a traceback and exit code 1. Argument errors that click
+    catches (an unknown command or option, a bad value, a missing argument) are one line too, naming the command
+    and its --help, instead of typer's boxed panel."""
+    click = sys.modules[typer.BadParameter.__module__]  # the click typer runs on: its own copy since typer 0.23
+    no_args = getattr(click, "NoArgsIsHelpError", ())  # click >= 8.2
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+    except no_args as e:  # `genforge` or a group alone: its help, as before
+        e.show()
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        command = e.ctx.command_path if e.ctx is not None else "genforge"
+        message = " ".join(e.format_message().split()).rstrip(".")
+        err.print(f"error: {command}: {message} (see {command} --help)", markup=False)
+        sys.exit(2)
+    except click.ClickException as e:
+        err.print(f"error: {' '.join(e.format_message().split())}", markup=False)
+        sys.exit(e.exit_code)
+    except (typer.Abort, getattr(click, "Abort", typer.Abort)):
+        err.print("aborted", markup=False)
+        sys.exit(1)
     except (GenforgeError, OSError) as e:
         err.print(f"error: {e}", markup=False)
         sys.exit(2)
+    if isinstance(code, int) and code:  # typer.Exit(n) and Ctrl-C (130) come back as the exit code
+        sys.exit(code)
