@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install install-dev quickstart test bench lint clean
+.PHONY: install install-dev system-deps quickstart test bench lint clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -25,10 +25,31 @@ install-dev: .venv/.torch
 quickstart: install
 	.venv/bin/genforge quickstart
 
-test: install-dev
+# The Debian packages behind the real-data, browser and serving-benchmark paths: installed here when running as
+# root with apt-get, else the one command that installs them, and a stop (SYSTEM_DEPS=skip runs without them;
+# their tests are then listed as skipped at the end of the run).
+SYSTEM_DEPS ?= check
+system-deps:
+	@[ "$(SYSTEM_DEPS)" = skip ] && exit 0; missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else \
+	  echo "the test suite needs Debian packages that are missing; install them with:"; \
+	  echo "  sudo apt-get install -y$$missing"; \
+	  echo "or run without their tests (reported as skipped): make test SYSTEM_DEPS=skip"; \
+	  exit 1; \
+	fi
+
+test: install-dev system-deps
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
 
-bench: install-dev  # about 100 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
+bench: install-dev system-deps  # about 100 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py
 	$(PY) bench/fashion_presets.py
 	$(PY) bench/gan_vs_reference.py
