@@ -1,27 +1,45 @@
-"""Load on `genforge serve`, in one run: the server in its own process, the load generator in another, both on
-127.0.0.1, every phase bounded in time.
+"""Load on `genforge serve` and on a real peer (LitServe serving the same ONNX model), in one run: each server in
+its own process group, the load generators in others, all on 127.0.0.1, every phase bounded in time.
 
-Phases (each --seconds long, closed loop: every client sends its next request when the last one answered):
-  hello     GET /livez, the stack's hello-world route, concurrency 16: the ceiling;
-  classify  POST one 28x28 image as JSON, concurrency 16: req/s, p50, p99;
-            hello and classify alternate for --rounds rounds; the share is the median over rounds of
-            classify/hello, each pair measured back to back (this VM's speed drifts by 2x over a day);
-  generate  POST n=64 -> PNG grid, concurrency 1 and 4: p50, p99;
+Phases (each --seconds long, closed loop: every connection sends its next request when the last one answered),
+with two clients: wrk (Debian's, a standard independent client; `apt-get install -y wrk`) and this file's own
+minimal keep-alive client on asyncio streams:
+  hello     GET /livez (genforge) and GET /health (LitServe), the stacks' hello-world routes, 16 connections;
+  classify  POST one 28x28 image as JSON, 16 connections: req/s, p50, p99;
+            per round: genforge hello and classify with wrk, then with the own client, then LitServe's hello and
+            classify with wrk; --rounds rounds. The server not being measured is paused (SIGSTOP on its process
+            group: LitServe's worker polls its queue every millisecond even when idle). Ratios are the median over
+            rounds of pairs measured back to back (this VM's speed drifts by 2x over a day);
+  generate  POST n=64 -> PNG grid, concurrency 1 and 4: p50, p99 (only with a generator run);
   overload  classify at twice the server's --max-concurrency: the excess must get 503, nothing else 5xx,
             and the server's resident memory (sampled from /proc) must stay flat.
-Goals: classify >= 60% of hello req/s with p99 <= 50 ms; generate p99 <= 150 ms.
+Goals: genforge classify >= 1.5x LitServe's classify req/s with wrk, and genforge classify p99 <= 20 ms, both at 16
+connections; generate p99 <= 150 ms. Also reported: classify's share of hello for each server (genforge's /livez is
+answered by the same raw ASGI front layer as the classify fast path).
 
-The client is a minimal keep-alive HTTP/1.1 client on asyncio streams, so that the generator's own overhead
-is small next to the server's.
+The peer (bench/litserve_peer.py) runs the classifier's ONNX export (RUN/export/model.onnx, made by the server's
+first start) in ONNX Runtime with genforge's classify session options, one worker, LitAPI(max_batch_size=64,
+batch_timeout=5 ms); genforge's batcher takes whatever is queued (up to its per-batch limit) without waiting. Both
+answers are checked to agree before the load starts.
+
+    python bench/serve_load.py [CLASSIFIER_RUN [GENERATOR_RUN]] [--seconds 5] [--rounds 3] [--peer litserve|none]
+
+Without runs it trains a classifier and a conditional GAN first (a few minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.metadata
+import importlib.util
 import json
 import multiprocessing as mp
 import os
+import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -105,6 +123,44 @@ def _median_round(phases: list[dict]) -> dict:
     return {**middle, "rounds_ok_per_s": [p["ok_per_s"] for p in phases]}
 
 
+WRK_SCRIPT = """wrk.method = "{method}"
+wrk.body = [==[{body}]==]
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK_JSON {{"requests": %d, "duration_us": %d, "non_2xx": %d, "connect": %d, ' ..
+    '"read": %d, "write": %d, "timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk_phase(url: str, method: str, body: bytes, connections: int, seconds: float, threads: int) -> dict:
+    """One phase with wrk: req/s that answered 2xx, p50 and p99 from wrk's own latency histogram, read by the
+    script's done() as JSON. The body sits in a level-2 long bracket: a JSON image of nested lists holds "]]"."""
+    text = body.decode()
+    if "]==]" in text:
+        raise ValueError("the request body contains ]==], which would end the Lua long bracket")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT.format(method=method, body=text))
+    try:
+        out = subprocess.run(["wrk", "-t", str(min(threads, connections)), "-c", str(connections),
+                              "-d", f"{max(1, round(seconds))}s", "--timeout", "10s", "-s", f.name, url],
+                             capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(f.name)
+    found = re.search(r"^WRK_JSON (.*)$", out.stdout, re.M)
+    if out.returncode or not found:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+    w = json.loads(found.group(1))
+    ok = w["requests"] - w["non_2xx"]
+    errors = {k: w[k] for k in ("non_2xx", "connect", "read", "write", "timeout") if w[k]}
+    return {"client": "wrk", "connections": connections, "seconds": w["duration_us"] / 1e6, "requests": w["requests"],
+            "errors": errors, "ok_per_s": ok / (w["duration_us"] / 1e6), "p50_ms": w["p50_us"] / 1000,
+            "p90_ms": w["p90_us"] / 1000, "p99_ms": w["p99_us"] / 1000, "max_ms": w["max_us"] / 1000}
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -123,61 +179,200 @@ def _train_runs(folder: Path) -> list[str]:
     return runs
 
 
+def _wait_ready(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} was not ready after {seconds:g} s")
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    """A server in a process group of its own, so that it can be paused and stopped whole (LitServe forks)."""
+    return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", "ORT_DISABLE_TELEMETRY": "1"},
+                            start_new_session=True)
+
+
+@contextlib.contextmanager
+def _paused(proc: subprocess.Popen | None):
+    """The other server stopped (SIGSTOP) while one is measured: an idle LitServe worker still polls its queue."""
+    if proc is not None:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGCONT)
+
+
+def _stop(proc: subprocess.Popen | None) -> int | None:
+    if proc is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGCONT)
+        proc.terminate()
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def _task(run: str) -> str:
+    return json.loads((Path(run) / "meta.json").read_text()).get("task", "classify")
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    pa, pb = a["predictions"][0]["probabilities"], b["predictions"][0]["probabilities"]
+    return max(abs(x - y) for x, y in zip(pa, pb))
+
+
+def _median_ratio(pairs: list[tuple[dict, dict]]) -> float:
+    return statistics.median(a["ok_per_s"] / b["ok_per_s"] for a, b in pairs)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("runs", nargs="*", help="a classifier run and a generator run (default: train both)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", help="a classifier run and optionally a generator run (default: train both)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each phase")
-    parser.add_argument("--rounds", type=int, default=5, help="hello/classify pairs")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of hello/classify on each server")
+    parser.add_argument("--port", type=int, default=8765, help="genforge's port; the peer listens on the next one")
+    parser.add_argument("--connections", type=int, default=16, help="hello/classify connections")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t")
     parser.add_argument("--max-concurrency", type=int, default=16)
     parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
                         help="genforge serve --backend")
+    has_litserve = importlib.util.find_spec("litserve") is not None
+    parser.add_argument("--peer", choices=["litserve", "none"], default="litserve" if has_litserve else "none",
+                        help="the reference server (default: litserve when it is installed)")
+    parser.add_argument("--peer-max-batch", type=int, default=64, help="LitAPI(max_batch_size=...)")
+    parser.add_argument("--peer-batch-timeout", type=float, default=0.005, help="LitAPI(batch_timeout=...), s")
+    parser.add_argument("--peer-fast-queue", action="store_true", help="LitServer(fast_queue=True) (ZeroMQ)")
     args = parser.parse_args()
-    host = "127.0.0.1"
+    if shutil.which("wrk") is None:
+        sys.exit("error: wrk is not installed; install it with: apt-get install -y wrk")
+    if args.peer == "litserve" and not has_litserve:
+        sys.exit("error: litserve is not installed; install it with: pip install -e '.[bench]' (or use --peer none)")
+    if args.peer == "none":
+        print("no peer: " + ("--peer none" if has_litserve else "litserve is not installed (pip install -e '.[bench]')")
+              + "; genforge alone", flush=True)
+    host, n, s = "127.0.0.1", args.connections, args.seconds
+    base, peer_base = f"http://{host}:{args.port}", f"http://{host}:{args.port + 1}"
+    image = json.dumps({"inputs": [[[(x * y) % 256 for x in range(28)] for y in range(28)]]}).encode()
+    gen_body = json.dumps({"n": 64, "seed": 1}).encode()
+    server = peer = None
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or _train_runs(Path(tmp))
-        server = subprocess.Popen([sys.executable, "-m", "genforge", "serve", *runs, "--port", str(args.port),
-                                   "--max-concurrency", str(args.max_concurrency), "--backend", args.backend],
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        clf_run = next(r for r in runs if _task(r) == "classify")
         try:
             import httpx
 
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://{host}:{args.port}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.3)
-            models = httpx.get(f"http://{host}:{args.port}/v1/models").json()["models"]
+            server = _start([sys.executable, "-m", "genforge", "serve", *runs, "--port", str(args.port),
+                             "--max-concurrency", str(args.max_concurrency), "--backend", args.backend])
+            _wait_ready(f"{base}/readyz", server)
+            models = httpx.get(f"{base}/v1/models").json()["models"]
             clf = next(m["name"] for m in models if m["task"] == "classify")
-            gan = next(m["name"] for m in models if m["task"] != "classify")
-            image = json.dumps({"inputs": [[[(x * y) % 256 for x in range(28)] for y in range(28)]]}).encode()
-            gen = json.dumps({"n": 64, "seed": 1}).encode()
-            s = args.seconds
-            rounds = [(run_phase(host, args.port, "GET", "/livez", b"", 16, s),
-                       run_phase(host, args.port, "POST", f"/v1/models/{clf}/classify", image, 16, s))
-                      for _ in range(args.rounds)]
-            result = {"hello": _median_round([h for h, _ in rounds]),
-                      "classify": _median_round([c for _, c in rounds]),
-                      "shares": [c["ok_per_s"] / h["ok_per_s"] for h, c in rounds],
-                      "generate_c1": run_phase(host, args.port, "POST", f"/v1/models/{gan}/generate", gen, 1, s),
-                      "generate_c4": run_phase(host, args.port, "POST", f"/v1/models/{gan}/generate", gen, 4, s),
-                      "overload": run_phase(host, args.port, "POST", f"/v1/models/{clf}/classify", image,
-                                            2 * args.max_concurrency, s, server_pid=server.pid)}
+            gan = next((m["name"] for m in models if m["task"] != "classify"), None)
+            classify_path = f"/v1/models/{clf}/classify"
+            answer = httpx.post(base + classify_path, content=image, headers={"content-type": "application/json"})
+            peer_info = None
+            if args.peer == "litserve":
+                if not (Path(clf_run) / "export" / "model.onnx").is_file():  # --backend torch exports nothing
+                    subprocess.run([sys.executable, "-m", "genforge", "export", clf_run, "--dynamic-batch"],
+                                   check=True)
+                with _paused(server):
+                    peer = _start([sys.executable, str(Path(__file__).with_name("litserve_peer.py")), clf_run,
+                                   "--port", str(args.port + 1), "--max-batch", str(args.peer_max_batch),
+                                   "--batch-timeout", str(args.peer_batch_timeout)]
+                                  + (["--fast-queue"] if args.peer_fast_queue else []))
+                    _wait_ready(f"{peer_base}/health", peer)
+                    peer_answer = httpx.post(f"{peer_base}/predict", content=image,
+                                             headers={"content-type": "application/json"}).json()
+                peer_info = {"server": "litserve", "version": importlib.metadata.version("litserve"),
+                             "max_batch_size": args.peer_max_batch, "batch_timeout_s": args.peer_batch_timeout,
+                             "fast_queue": args.peer_fast_queue, "workers": 1, "accelerator": "cpu",
+                             "max_abs_diff_vs_genforge": _max_diff(answer.json(), peer_answer)}
+                if peer_info["max_abs_diff_vs_genforge"] > 1e-4:
+                    raise RuntimeError(f"the peer's answer differs from genforge's: {peer_info}")
+            rounds = []
+            for _ in range(args.rounds):
+                r = {}
+                with _paused(peer):
+                    r["wrk_hello"] = wrk_phase(f"{base}/livez", "GET", b"", n, s, args.wrk_threads)
+                    r["wrk_classify"] = wrk_phase(base + classify_path, "POST", image, n, s, args.wrk_threads)
+                    r["own_hello"] = run_phase(host, args.port, "GET", "/livez", b"", n, s)
+                    r["own_classify"] = run_phase(host, args.port, "POST", classify_path, image, n, s)
+                if peer is not None:
+                    with _paused(server):
+                        r["peer_hello"] = wrk_phase(f"{peer_base}/health", "GET", b"", n, s, args.wrk_threads)
+                        r["peer_classify"] = wrk_phase(f"{peer_base}/predict", "POST", image, n, s, args.wrk_threads)
+                rounds.append(r)
+            peer_code = _stop(peer)
+            peer = None
+            result = {"connections": n, "seconds": s, "rounds": args.rounds, "peer": peer_info,
+                      "genforge_batch_limit_rows": _genforge_batch_limit()}
+            for key in rounds[0]:
+                result[key] = _median_round([r[key] for r in rounds])
+            if gan is not None:
+                gen_path = f"/v1/models/{gan}/generate"
+                result["generate_c1"] = run_phase(host, args.port, "POST", gen_path, gen_body, 1, s)
+                result["generate_c4"] = run_phase(host, args.port, "POST", gen_path, gen_body, 4, s)
+            result["overload"] = run_phase(host, args.port, "POST", classify_path, image,
+                                           2 * args.max_concurrency, s, server_pid=server.pid)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            _stop(peer)
+            server_code = _stop(server)
     overload = result["overload"]
-    other_5xx = sum(n for code, n in overload["statuses"].items() if code.startswith("5") and code != "503")
-    result["summary"] = {
-        "classify_share_of_hello": statistics.median(result["shares"]),
-        "classify_p99_ms_worst_round": max(c["p99_ms"] for _, c in rounds),
-        "generate_p99_ms": result["generate_c1"]["p99_ms"],
-        "overload_503": overload["statuses"].get("503", 0), "overload_other_5xx": other_5xx,
-        "server_exit_code": server.returncode, "backends": {m["name"]: m["backend"] for m in models},
+    other_5xx = sum(k for code, k in overload["statuses"].items() if code.startswith("5") and code != "503")
+    summary = {
+        "wrk_genforge_hello_req_s": result["wrk_hello"]["ok_per_s"],
+        "wrk_genforge_classify_req_s": result["wrk_classify"]["ok_per_s"],
+        "wrk_genforge_classify_p50_ms": result["wrk_classify"]["p50_ms"],
+        "wrk_genforge_classify_p99_ms": result["wrk_classify"]["p99_ms"],
+        "wrk_genforge_classify_p99_ms_worst_round": max(r["wrk_classify"]["p99_ms"] for r in rounds),
+        "wrk_genforge_classify_share_of_hello": _median_ratio([(r["wrk_classify"], r["wrk_hello"]) for r in rounds]),
+        "own_genforge_classify_share_of_hello": _median_ratio([(r["own_classify"], r["own_hello"]) for r in rounds]),
+        "own_genforge_classify_p99_ms": result["own_classify"]["p99_ms"],
     }
+    if peer_info:
+        summary |= {
+            "wrk_litserve_hello_req_s": result["peer_hello"]["ok_per_s"],
+            "wrk_litserve_classify_req_s": result["peer_classify"]["ok_per_s"],
+            "wrk_litserve_classify_p50_ms": result["peer_classify"]["p50_ms"],
+            "wrk_litserve_classify_p99_ms": result["peer_classify"]["p99_ms"],
+            "wrk_litserve_classify_share_of_hello": _median_ratio([(r["peer_classify"], r["peer_hello"])
+                                                                   for r in rounds]),
+            "genforge_over_litserve_classify": _median_ratio([(r["wrk_classify"], r["peer_classify"])
+                                                              for r in rounds]),
+            "peer_exit_code": peer_code,
+        }
+    summary["goals"] = {
+        "genforge_over_litserve_classify_ge_1.5": (summary["genforge_over_litserve_classify"] >= 1.5
+                                                   if peer_info else None),
+        "genforge_classify_p99_le_20ms": summary["wrk_genforge_classify_p99_ms"] <= 20,
+        "generate_p99_le_150ms": result["generate_c1"]["p99_ms"] <= 150 if "generate_c1" in result else None,
+    }
+    summary |= {"generate_p99_ms": result.get("generate_c1", {}).get("p99_ms"),
+                "overload_503": overload["statuses"].get("503", 0), "overload_other_5xx": other_5xx,
+                "server_exit_code": server_code, "backends": {m["name"]: m["backend"] for m in models}}
+    result["summary"] = summary
     record("serve_load", result)
+
+
+def _genforge_batch_limit() -> int:
+    """Rows genforge's micro-batcher puts in one forward pass (Limits.max_batch); LitServe's is --peer-max-batch.
+    At 16 connections of one image each neither limit binds: a batch holds at most 16 rows."""
+    from genforge.serve.limits import Limits
+
+    return Limits().max_batch
 
 
 if __name__ == "__main__":
