@@ -365,6 +365,23 @@ def main() -> None:
                 "server_exit_code": server_code, "backends": {m["name"]: m["backend"] for m in models}}
     result["summary"] = summary
     record("serve_load", result)
+    _print_table(result)
+
+
+def _print_table(result: dict) -> None:
+    """The headline figures (medians over rounds, wrk, 16 connections) in a few lines under the JSON."""
+    print(f"\nwrk, {result['connections']} connections, median of {result['rounds']} rounds of {result['seconds']:g} s")
+    print(f"{'server':10} {'hello req/s':>12} {'classify req/s':>15} {'p50 ms':>8} {'p99 ms':>8} {'share':>6}")
+    rows = [("genforge", "wrk_hello", "wrk_classify")] + ([("litserve", "peer_hello", "peer_classify")]
+                                                         if result["peer"] else [])
+    for name, hello, classify in rows:
+        h, c = result[hello], result[classify]
+        print(f"{name:10} {h['ok_per_s']:12,.0f} {c['ok_per_s']:15,.0f} {c['p50_ms']:8.1f} {c['p99_ms']:8.1f} "
+              f"{c['ok_per_s'] / h['ok_per_s']:6.2f}")
+    summary = result["summary"]
+    if result["peer"]:
+        print(f"genforge/litserve classify: {summary['genforge_over_litserve_classify']:.2f}x (goal >= 1.5)")
+    print(f"genforge classify p99: {summary['wrk_genforge_classify_p99_ms']:.1f} ms (goal <= 20)")
 
 
 def _genforge_batch_limit() -> int:
