@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: train a genforge preset in-process and return its summary."""
+"""Shared by the benchmarks: train a genforge preset in-process (its summary, or the summary and the model),
+describe the machine, and write bench/out/<name>.json."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ def train_preset(preset: str, overrides: list[str] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = runs.create_run(tmp, cfg.name, cfg)
         return train(cfg, run_dir, quiet=True)
+
+
+def train_and_load(preset: str, overrides: list[str] = ()) -> tuple[dict, torch.nn.Module]:
+    """Train a preset in a throw-away run dir; (summary, the trained model in eval mode, fp32)."""
+    cfg = load_config(preset, list(overrides))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = runs.create_run(tmp, cfg.name, cfg)
+        summary = train(cfg, run_dir, quiet=True)
+        return summary, runs.load_run(run_dir).model.eval()
 
 
 def machine() -> str:
