@@ -112,6 +112,24 @@ def test_gradient_penalty_uses_one_interpolation_weight_per_sample():
     assert torch.equal(x_hat, x_hat[:, :1].expand_as(x_hat)) and x_hat[:, 0].unique().numel() == 3
 
 
+@pytest.mark.parametrize("arch", ["dcgan", "mlp"])
+def test_gradient_penalty_differentiates_each_sample_on_its_own_with_minibatch_std(arch):
+    model = _gan(arch=arch, loss="wgan-gp", minibatch_std=True)
+    seen = []
+    hook = model.discriminator.register_forward_hook(lambda _m, inputs, out: seen.append((inputs[0], out)))
+    model.gradient_penalty(_images((1, 28, 28)).float() / 127.5 - 1, torch.rand(N, 1, 28, 28) * 2 - 1)
+    hook.remove()
+    ((x_hat, score),) = seen  # what the penalty differentiates: D's scores on the interpolates
+    for i in range(N):
+        (grad,) = torch.autograd.grad(score[i], x_hat, retain_graph=True)  # (N, C, H, W)
+        others = torch.cat([grad[:i], grad[i + 1:]])
+        assert grad[i].abs().sum() > 0 and torch.equal(others, torch.zeros_like(others))
+    real, fake = _images((1, 28, 28)).float() / 127.5 - 1, torch.rand(N, 1, 28, 28) * 2 - 1
+    assert model.critic(real).shape == (N,)
+    (coupled,) = torch.autograd.grad(model.critic(fake.requires_grad_(True))[0], fake)
+    assert coupled[1:].abs().sum() > 0  # outside the penalty, D still sees the batch's spread
+
+
 @pytest.mark.parametrize("spectral_norm", [False, True])
 @pytest.mark.parametrize("conditioning", ["projection", "concat"])
 @pytest.mark.parametrize("arch", ["mlp", "dcgan"])
@@ -420,3 +438,17 @@ def test_save_then_load_gives_the_same_samples(make, tmp_path):
     other = type(model)(model.cfg, model.input_shape, model.num_classes)
     other.load_state_dict(load_file(tmp_path / "model.safetensors"))
     assert torch.equal(model.sample(6, seed=0), other.sample(6, seed=0))
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_a_vae_on_tabular_data_is_refused_before_training(likelihood, tmp_path):
+    from genforge import runs
+    from genforge.config import load_config
+    from genforge.train.loop import train
+
+    cfg = load_config("blobs-logreg", [f"model={{kind: vae, arch: mlp, likelihood: {likelihood}}}", "train.threads=1",
+                                       "train.epochs=1"])
+    run = runs.create_run(tmp_path, "tabular-vae", cfg)
+    with pytest.raises(GenforgeError, match="model.kind=vae needs images but blobs is tabular"):
+        train(cfg, run, quiet=True)
+    assert not (run / "metrics.jsonl").exists()  # refused before the first step, not after the first epoch

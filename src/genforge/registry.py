@@ -19,7 +19,7 @@ class ModelSpec:
     config: type[BaseModel]
     build: Callable[..., nn.Module]  # (config, input_shape, num_classes, mean, std) -> nn.Module
     task: str  # "classify", "gan" or "vae": picks the step function and the evaluation (train/tasks.py)
-    image_only: bool  # needs (C, H, W) inputs
+    image_only: bool  # needs (C, H, W) uint8 images: refused on tabular data before training starts
 
 
 def _generator(cls: type[nn.Module]) -> Callable[..., nn.Module]:
@@ -33,7 +33,9 @@ MODELS: dict[str, ModelSpec] = {
     "cnn": ModelSpec(clf.CNNConfig, clf.classifier(clf.build_cnn), "classify", image_only=True),
     "fastcnn": ModelSpec(clf.FastCNNConfig, clf.classifier(clf.build_fastcnn), "classify", image_only=True),
     "gan": ModelSpec(GANConfig, _generator(GAN), "gan", image_only=True),
-    "vae": ModelSpec(VAEConfig, _generator(VAE), "vae", image_only=False),
+    # a VAE's likelihood is defined on 8-bit pixels (binarized or dequantized), its verbs (sample, interpolate,
+    # reconstruct, serve) return images: real-valued features have neither (docs/decisions.md)
+    "vae": ModelSpec(VAEConfig, _generator(VAE), "vae", image_only=True),
 }
 
 

@@ -2,12 +2,14 @@
 
 Images live in model space [-1, 1] (G ends in tanh); `to_model_space` and `to_uint8` convert at the edges.
 The objective (d_loss, g_loss) lives here; the alternating two-optimizer update lives in the GAN step function.
-D has no BatchNorm: the WGAN-GP penalty is per sample (Gulrajani et al. 2017 sec. 4), and per-sample
-gradient training (differential privacy) needs samples that do not see each other.
+D has no BatchNorm: the WGAN-GP penalty is per sample (Gulrajani et al. 2017 sec. 4; minibatch_std's batch
+spread is held constant inside it), and per-sample gradient training (differential privacy) needs samples that
+do not see each other.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -122,9 +124,26 @@ class MinibatchStd(nn.Module):
     the batch, averaged (Karras et al. 2018 sec. 3). Without batch statistics a D cannot tell a varied batch
     from one image repeated, and G collapses to one image per class."""
 
+    fixed = False  # True inside GAN.gradient_penalty: the spread is a constant of the batch (see there)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        spread = h.float().std(dim=0, unbiased=False).mean().to(h.dtype)  # scalar, over the batch
+        stats = h.detach() if self.fixed else h
+        spread = stats.float().std(dim=0, unbiased=False).mean().to(h.dtype)  # scalar, over the batch
         return torch.cat([h, spread.expand(h.shape[0], 1, *h.shape[2:])], dim=1)  # (N, C + 1, ...)
+
+
+@contextmanager
+def fixed_batch_statistics(module: nn.Module):
+    """Inside the block every MinibatchStd of `module` treats its batch's spread as a constant, so output i is a
+    function of input i alone (and of that constant)."""
+    layers = [m for m in module.modules() if isinstance(m, MinibatchStd)]
+    for m in layers:
+        m.fixed = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.fixed = False
 
 
 def _dcgan_discriminator(cfg: GANConfig, in_channels: int, input_shape: tuple[int, int, int]):
@@ -229,10 +248,16 @@ class GAN(nn.Module):
                          labels: torch.Tensor | None = None) -> torch.Tensor:
         """E[(||grad_x_hat D(x_hat)||_2 - 1)^2] on x_hat = eps * real + (1 - eps) * fake, one eps ~ U(0, 1) per
         sample (Gulrajani et al. 2017 alg. 1). The norm is sqrt(sum g^2 + 1e-12): at g = 0 a plain norm has
-        an infinite derivative and turns the penalty's gradient into NaN."""
+        an infinite derivative and turns the penalty's gradient into NaN.
+
+        The penalty is on the gradient of a per-sample critic. With minibatch_std, D(x_hat)_i also depends on
+        every x_hat_j through the batch's spread, and grad of sum_i D_i w.r.t. x_hat_i would add the other
+        samples' terms dD_j/dx_hat_i. So the spread of the interpolates is held constant here (detached): then
+        dD_i/dx_hat_j = 0 for j != i and the norm is that of x -> D(x; spread) at sample i alone."""
         eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)  # (N, 1, 1, 1)
         x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)  # (N, C, H, W)
-        score = self.critic(x_hat, labels)  # (N,)
+        with fixed_batch_statistics(self.discriminator):
+            score = self.critic(x_hat, labels)  # (N,)
         (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)  # (N, C, H, W)
         norm = torch.sqrt(grad.flatten(1).pow(2).sum(dim=1) + 1e-12)  # (N,)
         return (norm - 1).pow(2).mean()
