@@ -112,9 +112,13 @@ def _print_generator_eval(name: str, result: dict) -> None:
               f"{mem['share_closer_than_test_p05']:.1%} of samples closer than the test 5th percentile)")
     if "likelihood" in result:
         like = result["likelihood"]
-        out.print(f"likelihood ({like['likelihood']}, nats per image): test ELBO {like['test_elbo']:.2f} "
+        out.print(f"likelihood ({like['likelihood']}; {like['measure']}): test ELBO {like['test_elbo']:.2f} "
                   f"(recon {like['test_recon']:.2f}, KL {like['test_kl']:.2f}); IWAE NLL {like['nll_iwae']:.2f} "
-                  f"± {like['nll_iwae_se']:.2f} (k={like['iwae_k']}, {like['iwae_images']} images)")
+                  f"± {like['nll_iwae_se']:.2f} = {like['bits_per_dim']:.4f} bits/dim "
+                  f"(k={like['iwae_k']}, {like['iwae_images']} images)")
+        if "nll_iwae_continuous" in like:
+            out.print(f"continuous density on [0, 1]^D (not a probability; can be negative): IWAE NLL "
+                      f"{like['nll_iwae_continuous']:.2f} nats")
     out.print(f"class histogram of the samples: {result['class_histogram']}")
 
 

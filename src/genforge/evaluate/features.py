@@ -41,6 +41,16 @@ class Evaluator:
         """(N,) predicted class of raw uint8 images."""
         return torch.cat([self.model(x[i: i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
+    @torch.inference_mode()
+    def features_and_predictions(self, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features` and `predict` of the same images from one pass of the network: (N, D) float32, (N,)."""
+        feats, predicted = [], []
+        for i in range(0, len(x), batch_size):
+            h, logits = self.model.features_and_logits(x[i: i + batch_size])
+            feats.append(h.float())
+            predicted.append(logits.argmax(1))
+        return torch.cat(feats), torch.cat(predicted)
+
 
 def evaluator_dir(ds) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ds.name)

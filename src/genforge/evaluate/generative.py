@@ -287,10 +287,9 @@ def score_samples(samples: torch.Tensor, reference_feats: torch.Tensor, evaluato
                   num_classes: int) -> dict:
     """FD, KID, precision/recall against the reference features, the evaluator's class histogram of the
     samples and, for conditional samples, the share it labels as the class that was asked for."""
-    feats = evaluator.features(samples)  # (N, D)
+    feats, predicted = evaluator.features_and_predictions(samples)  # (N, D), (N,): one pass of the evaluator
     kid, kid_sd = kernel_distance(feats, reference_feats)
     precision, recall = precision_recall(reference_feats, feats, k=3)
-    predicted = evaluator.predict(samples)  # (N,)
     scores = {"fd": frechet_distance(feats, reference_feats), "kid": kid, "kid_subset_sd": kid_sd,
               "precision": precision, "recall": recall,
               "class_histogram": torch.bincount(predicted, minlength=num_classes).tolist()}
@@ -327,10 +326,27 @@ def evaluate_generator(model, ds, evaluator, n: int = 10_000, seeds: int = 1, se
     return result
 
 
+EVAL_PREPARE_SEED = 0  # the one binarization (dequantization) of a test set that every VAE is scored on
+
+
+def evaluation_inputs(model, x: torch.Tensor) -> torch.Tensor:
+    """Raw test images -> the model-space images a VAE's likelihood is scored on: binarized (bernoulli) or
+    dequantized (gaussian) once, with EVAL_PREPARE_SEED, never with a run's seed, so two runs, two seeds and
+    `genforge evaluate` all score the same images (docs/decisions.md, VAE likelihoods)."""
+    return model.prepare(x.to(model.device), generator=torch.Generator(model.device).manual_seed(EVAL_PREPARE_SEED))
+
+
 def likelihood_metrics(model, ds, iwae_k: int, iwae_images: int, seed: int = 0, batch: int = 10) -> dict:
-    """A VAE's test ELBO (all test images, one z each) and IWAE NLL (first iwae_images, k importance samples),
-    in nats per image, on test data prepared once with a fixed seed (binarized or dequantized)."""
-    x_all = model.prepare(ds.test_x.to(model.device), generator=torch.Generator(model.device).manual_seed(seed))
+    """A VAE's test ELBO (all test images, one z each) and IWAE NLL (first iwae_images, k importance samples) in
+    nats per image, and bits per dimension, on the fixed evaluation images (`evaluation_inputs`); `seed` draws
+    only the estimators' latent noise.
+
+    Every number is a discrete likelihood. bernoulli: the probability of the binary test images. gaussian: the
+    8-bit images k in {0..255}^D through uniform dequantization x = (k + u) / 256 (Theis et al. 2016 sec. 3.1):
+    P(k) = E_u p(x) / 256^D >= exp(E_u log p(x)) / 256^D (Jensen), so -log P(k) <= -log p(x) + D ln 256, the
+    continuous density's NLL on [0, 1]^D plus D ln 256 (kept as *_continuous; that one can be negative).
+    IWAE and ELBO are upper bounds on the discrete NLL in expectation. bits/dim = nats / (D ln 2)."""
+    x_all = evaluation_inputs(model, ds.test_x)
     labels_all = ds.test_y.to(model.device) if model.cfg.conditional else None
     g = torch.Generator().manual_seed(seed)
     chunks = [slice(i, i + 1000) for i in range(0, len(x_all), 1000)]
@@ -341,7 +357,18 @@ def likelihood_metrics(model, ds, iwae_k: int, iwae_images: int, seed: int = 0, 
                                             None if labels_all is None else labels_all[i: i + batch],
                                             k=iwae_k, chunk=min(iwae_k, 100), generator=g)
                         for i in range(0, m, batch)])
-    return {"test_elbo": mean("elbo"), "test_recon": mean("recon"), "test_kl": mean("kl"),
-            "nll_iwae": -log_px.mean().item(), "nll_iwae_se": (log_px.std() / math.sqrt(m)).item() if m > 1 else 0.0,
-            "iwae_k": iwae_k, "iwae_images": m, "likelihood": model.cfg.likelihood}
-
+    dims = math.prod(x_all.shape[1:])
+    gaussian = model.cfg.likelihood == "gaussian"
+    offset = dims * math.log(256) if gaussian else 0.0  # nats: density on [0, 1]^D -> mass of 8-bit pixels
+    nll_iwae, test_elbo = -log_px.mean().item() + offset, mean("elbo") - offset
+    result = {"likelihood": model.cfg.likelihood,
+              "measure": ("nats per 8-bit image (dequantization bound: continuous NLL + D ln 256)" if gaussian else
+                          "nats per binarized image (one fixed binarization)"),
+              "dims": dims, "test_elbo": test_elbo, "test_recon": mean("recon") + offset, "test_kl": mean("kl"),
+              "nll_iwae": nll_iwae, "nll_iwae_se": (log_px.std() / math.sqrt(m)).item() if m > 1 else 0.0,
+              "bits_per_dim": nll_iwae / (dims * math.log(2)), "bits_per_dim_elbo": -test_elbo / (dims * math.log(2)),
+              "iwae_k": iwae_k, "iwae_images": m, "prepare_seed": EVAL_PREPARE_SEED}
+    if gaussian:
+        result.update({"nll_iwae_continuous": nll_iwae - offset, "test_elbo_continuous": test_elbo + offset,
+                       "dequantization_nats": offset})
+    return result

@@ -152,5 +152,5 @@ def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict
     sections = [*extra, ("Scores", _table(scores)), ("Memorization", _table(result["memorization"])),
                 ("Provenance", _table(result["provenance"]))]
     if "likelihood" in result:
-        sections.insert(1, ("Likelihood (nats per image)", _table(result["likelihood"])))
+        sections.insert(1, ("Likelihood (discrete: nats per image, bits per dimension)", _table(result["likelihood"])))
     return write_page(run_dir, summary, sections)

@@ -84,6 +84,11 @@ class Classifier(nn.Module):
         """Penultimate activations (N, D): the input of the last linear layer."""
         return self.net[:-1](self.normalize(x)).flatten(1)
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (N, D), logits) from one pass through the network: the head applied to `features`."""
+        h = self.features(x)
+        return h, self.net[-1](h)
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         if self.binary:
             target = y.float() * (1 - label_smoothing) + 0.5 * label_smoothing
