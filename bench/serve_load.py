@@ -301,7 +301,10 @@ def main() -> None:
                              "fast_queue": args.peer_fast_queue, "workers": 1, "accelerator": "cpu",
                              "max_abs_diff_vs_genforge": _max_diff(answer.json(), peer_answer)}
                 if peer_info["max_abs_diff_vs_genforge"] > 1e-4:
-                    raise RuntimeError(f"the peer's answer differs from genforge's: {peer_info}")
+                    raise RuntimeError(f"the peer's answer differs from genforge's by "
+                                       f"{peer_info['max_abs_diff_vs_genforge']:.3g} ({clf_run}): genforge "
+                                       f"{answer.json()['predictions'][0]['probabilities']}, peer "
+                                       f"{peer_answer['predictions'][0]['probabilities']}")
             rounds = []
             for _ in range(args.rounds):
                 r = {}
