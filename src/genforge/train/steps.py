@@ -1,13 +1,15 @@
 """Step functions: one optimization step of one model kind. The loop knows nothing about the model.
 
-A step owns its optimizers and schedulers. It returns the batch's metrics, or None when the loss or a
-gradient was not finite: then no parameter was changed.
+A step owns its optimizers and schedulers. It returns the batch's metrics, or None for a bad step (a loss or a
+gradient that was not finite, an unhealthy GAN): then nothing the step owns was changed, neither a parameter nor a
+buffer (BatchNorm statistics, spectral-norm vectors), an optimizer's state, a schedule or the step's counters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import torch
 from torch import nn
@@ -38,6 +40,42 @@ def apply_update(loss: torch.Tensor, params, optimizer, scheduler, grad_clip: fl
     return True
 
 
+def _copy_buffers(module: nn.Module) -> list[torch.Tensor]:
+    """The buffers a train-mode forward changes (BatchNorm running statistics, spectral-norm vectors), copied before
+    it: a non-finite batch would otherwise leave NaN running statistics behind a step that changed nothing. Buffers
+    are small (per channel), so this costs little on every step."""
+    return [b.clone() for b in module.buffers()]
+
+
+@torch.no_grad()
+def _restore_buffers(module: nn.Module, saved: list[torch.Tensor]) -> None:
+    for buffer, old in zip(module.buffers(), saved):
+        buffer.copy_(old)
+
+
+class _Undo:
+    """A copy of what one applied update changes (the module's parameters, its optimizer's state and learning rates,
+    its schedule), taken before it, so a step that turns out bad after the update can put everything back."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler):
+        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+        self.params = [p.detach().clone() for p in module.parameters()]
+        self.state = {p: {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in s.items()}
+                      for p, s in optimizer.state.items()}
+        self.groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        self.schedule = copy.deepcopy(scheduler.state_dict())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, old in zip(self.module.parameters(), self.params):
+            p.copy_(old)
+        self.optimizer.state.clear()  # a state created by this update (the first one) goes too
+        self.optimizer.state.update(self.state)
+        for group, old in zip(self.optimizer.param_groups, self.groups):
+            group.update(old)
+        self.scheduler.load_state_dict(self.schedule)
+
+
 class SingleOptimizerStep:
     """One optimizer and schedule over the whole model, plus an optional weight EMA; subclasses compute the loss."""
 
@@ -47,6 +85,16 @@ class SingleOptimizerStep:
         self.scheduler = build_scheduler(self.optimizer, cfg.train, steps_per_epoch)
         self.ema = build_ema(model, cfg.train.ema) if cfg.train.ema else None
         self.autocast, self.channels_last = autocast, channels_last
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+        buffers = _copy_buffers(self.model)
+        metrics = self._step(x, y)
+        if metrics is None:  # the update was refused; the forward may still have moved the buffers
+            _restore_buffers(self.model, buffers)
+        return metrics
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+        raise NotImplementedError
 
     def _update(self, loss: torch.Tensor) -> bool:
         if not apply_update(loss, self.model.parameters(), self.optimizer, self.scheduler, self.cfg.train.grad_clip):
@@ -96,7 +144,7 @@ class ClassifierStep(SingleOptimizerStep):
         if self.teacher is not None and channels_last:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)  # else every conv converts its input
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
         x = x.float()
         if x.ndim == 4:
             if not is_identity(self.cfg.data.augment):
@@ -127,9 +175,11 @@ class GANStep:
     two schedules (TTUR: train.d_lr, Heusel et al. 2017), and an optional EMA of G for sampling and evaluation.
 
     Health: a step returns None (a bad step) when a loss or gradient norm is not finite or a gradient norm
-    explodes past EXPLODE (then that update is not applied), or when D has collapsed, i.e. its smoothed
-    loss sits near 0 while G's climbs (bce, hinge); the loop rolls back after train.max_nonfinite bad
-    steps."""
+    explodes past EXPLODE, or when D has collapsed, i.e. its smoothed loss sits near 0 while G's climbs (bce,
+    hinge); the loop rolls back after train.max_nonfinite bad steps in a row. A bad step changes nothing: collapse
+    is judged before any update (on this batch's D loss and G's last loss), and when G's update is refused after
+    D's was applied, D's update is undone (its parameters, optimizer state and schedule were copied before it, on
+    the calls that update G only)."""
 
     EXPLODE = 1e4  # gradient norm that counts as exploding (before clipping)
     COLLAPSE = {"bce": (0.01, 5.0), "hinge": (0.01, 2.0)}  # (D loss below, G loss above), both smoothed
@@ -150,12 +200,22 @@ class GANStep:
 
     def _collapsed(self, d_loss: float, g_loss: float) -> bool:
         c = self.counters
-        smooth = lambda old, new: new if old is None else 0.9 * old + 0.1 * new  # noqa: E731
+        # a loss not yet known (G before its first update) or not finite (then the update is refused) is skipped
+        smooth = lambda old, new: old if not math.isfinite(new) else new if old is None else 0.9 * old + 0.1 * new  # noqa: E731
         c["d_smooth"], c["g_smooth"] = smooth(c["d_smooth"], d_loss), smooth(c["g_smooth"], g_loss)
         limits = self.COLLAPSE.get(self.model.cfg.loss)
-        return limits is not None and c["d_smooth"] < limits[0] and c["g_smooth"] > limits[1]
+        return (limits is not None and c["d_smooth"] is not None and c["g_smooth"] is not None
+                and c["d_smooth"] < limits[0] and c["g_smooth"] > limits[1])
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+        buffers, counters = _copy_buffers(self.model), dict(self.counters)
+        metrics = self._step(x, y)
+        if metrics is None:
+            _restore_buffers(self.model, buffers)
+            self.counters = counters
+        return metrics
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
         model, c = self.model, self.counters
         labels = y if model.cfg.conditional else None
         real = model.to_model_space(x)
@@ -166,22 +226,26 @@ class GANStep:
         with _autocast(self.autocast, x.device):
             fake = model.generate(z, labels)  # (B, C, H, W), still carries G's graph
             d_loss, stats = model.d_loss(real, fake.detach(), labels)
+        if self._collapsed(stats["d_loss"], c["g_loss"]):
+            return None
+        g_turn = (c["calls"] + 1) % self.cfg.train.critic_steps == 0
+        undo_d = _Undo(model.discriminator, self.opt_d, self.sched_d) if g_turn else None
         if not self._update(d_loss.float(), model.discriminator.parameters(), self.opt_d, self.sched_d):
             return None
         c["calls"] += 1
-        if c["calls"] % self.cfg.train.critic_steps == 0:
+        if g_turn:
             with _autocast(self.autocast, x.device):
                 g_loss = model.g_loss(fake, labels)
                 if model.cfg.mode_seeking:
                     g_loss = g_loss + model.cfg.mode_seeking * model.mode_seeking_loss(z, labels)
             if not self._update(g_loss.float(), model.generator.parameters(), self.opt_g, self.sched_g):
+                undo_d.restore()
+                model.discriminator.zero_grad(set_to_none=True)
                 return None
             model.discriminator.zero_grad(set_to_none=True)  # G's backward reached D too
             c["g_loss"] = g_loss.item()
             if self.ema is not None:
                 self.ema.update_parameters(model.generator)
-        if self._collapsed(stats["d_loss"], c["g_loss"]):
-            return None
         return {**stats, "g_loss": c["g_loss"], "lr": self.sched_g.get_last_lr()[0]}
 
     def eval_model(self) -> nn.Module:
@@ -213,7 +277,7 @@ class VAEStep(SingleOptimizerStep):
     """The negative beta-ELBO (Kingma & Welling 2014); the data is re-binarized (Bernoulli) or re-dequantized
     (Gaussian) at every step from the global, checkpointed RNG."""
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
         model = self.model
         labels = y if model.cfg.conditional else None
         x = model.prepare(x)
