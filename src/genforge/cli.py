@@ -67,6 +67,11 @@ def train(
             if config is not None or overrides or name is not None:
                 raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides "
                                     "or --name (to change the config, train a new run)")
+            if (run_dir / "compression.json").is_file():  # a pruned child: its schedule, then the comparison
+                from genforge.compress.prune import resume_prune
+
+                _print_comparison(*resume_prune(run_dir, quiet, progress=err.print))
+                return
             if runs.read_json(run_dir / "summary.json").get("status") == "complete":
                 raise GenforgeError(f"{run_dir} finished training already; there is nothing to resume")
             summary = train_loop(load_config(str(run_dir / "config.yaml")), run_dir, resume=True, quiet=quiet)
@@ -134,6 +139,7 @@ def evaluate(
     seeds: Annotated[int | None, typer.Option(min=1, help="Generators: sampling seeds (mean ± sd).")] = None,
 ):
     """Evaluate a run's model on the test split (the same evaluation training ends with); writes eval.json."""
+    from genforge import runs
     from genforge.data import load_dataset
     from genforge.runs import load_run
     from genforge.train.tasks import TASKS
@@ -148,7 +154,7 @@ def evaluate(
     loaded.config.eval.samples = samples or loaded.config.eval.samples
     loaded.config.eval.seeds = seeds or loaded.config.eval.seeds
     result = {**TASKS[task].test(loaded.model, ds, loaded.config), "dataset": ds.name}
-    (loaded.path / "eval.json").write_text(json.dumps(result, indent=1))
+    runs.write_json(loaded.path / "eval.json", result)
     if as_json:
         print(json.dumps(result))
         return
@@ -272,13 +278,13 @@ def cv(
     cfg = load_config(config, overrides or [])
     parent = runs.create_run(runs_dir, f"{cfg.name}-cv", cfg)
     scores = []
-    for k in range(folds):
+    for k in range(folds):  # a fold trains and scores on its validation part only: no test evaluation or report
         fold_dir = runs.create_run(parent, f"fold{k}", cfg)
         summary = train_loop(cfg, fold_dir, quiet=quiet, fold=(k, folds))
         scores.append(summary["fold_accuracy"])
         err.print(f"fold {k + 1}/{folds}: accuracy {summary['fold_accuracy']:.4f}")
     result = {"folds": folds, "accuracies": scores, "mean": statistics.mean(scores), "sd": statistics.stdev(scores)}
-    (parent / "cv.json").write_text(json.dumps(result, indent=1))
+    runs.write_json(parent / "cv.json", result)
     out.print(f"cross-validated accuracy: {result['mean']:.4f} ± {result['sd']:.4f} over {folds} folds  ({parent})")
 
 
@@ -372,6 +378,8 @@ def compress(
 ):
     """Compress a run into a new run that points to it: int8 quantization or pruning, then a side-by-side
     comparison (size, parameters, latency, quality) in the terminal and in the new run's report.html."""
+    from genforge.train.loop import Interrupted
+
     if (quantize is None) == (prune is None):
         raise GenforgeError("give one of --quantize int8 or --prune FRACTION")
     if quantize is not None:
@@ -389,8 +397,12 @@ def compress(
         if method is not None or calibration is not None:
             raise GenforgeError("--method and --calibration go with --quantize int8")
 
-        child, comparison = prune_run(run, prune, structured, finetune_epochs, overrides or [], runs_dir, threads,
-                                      quiet, distill=distill, progress=err.print)
+        try:
+            child, comparison = prune_run(run, prune, structured, finetune_epochs, overrides or [], runs_dir, threads,
+                                          quiet, distill=distill, progress=err.print)
+        except Interrupted as e:  # the fine-tuning was: its message names the command that finishes the child
+            err.print(str(e), markup=False)
+            raise typer.Exit(130) from None
     _print_comparison(child, comparison)
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,10 +27,14 @@ from genforge.registry import build_model
 
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoints/last.safetensors"
+BEST = "checkpoints/best.safetensors"  # with train.early_stopping: the weights of the best validation epoch so far
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: a reader sees the old file or the new one."""
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """The one way a run-dir file is written: a temp file in the same folder, fsync, rename over the old file, fsync
+    of the folder (else the rename itself may be lost in a power cut). A crash at any point leaves the old file or
+    the new one, never a torn one, and no temp file behind a failed write."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -39,6 +46,37 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform without directory handles (Windows): the rename is what it offers
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder; the file itself was synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=1))
+
+
+def write_with(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Atomically write what `write(file)` writes (a figure's savefig, PIL's save, np.save), through write_bytes."""
+    buffer = io.BytesIO()
+    write(buffer)
+    return write_bytes(path, buffer.getvalue())
+
 
 
 def _flatten(tree, tensors: dict[str, torch.Tensor], prefix: str = ""):
@@ -68,7 +106,7 @@ def save_state(path: Path, state: dict) -> None:
     """Save a nested dict of tensors and plain values (optimizer, RNG, counters) as one safetensors file."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _flatten(state, tensors)
-    _atomic_write(Path(path), st_save(tensors, metadata={"genforge_tree": json.dumps(tree)}))
+    write_bytes(path, st_save(tensors, metadata={"genforge_tree": json.dumps(tree)}))
 
 
 def load_state(path: Path) -> dict:
@@ -84,7 +122,7 @@ def save_weights(model: nn.Module, path: Path) -> None:
     if bad:
         raise RuntimeError(f"refusing to save non-finite weights ({bad[0]})")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    _atomic_write(Path(path), st_save(tensors, metadata={"format": "pt"}))  # plain keys: readable anywhere
+    write_bytes(path, st_save(tensors, metadata={"format": "pt"}))  # plain keys: readable anywhere
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -100,6 +138,19 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+def checkpoint_weights(step_state: dict) -> dict[str, torch.Tensor]:
+    """The plain weights in a checkpoint's step state: what its step evaluates and saves (eval_model), the EMA of
+    the weights where there is one (of the whole model, or of a GAN's generator)."""
+    weights = dict(step_state["model"])
+    if (ema := step_state.get("ema")) is not None:
+        averaged = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+        if averaged.keys() <= weights.keys():
+            weights.update(averaged)
+        else:
+            weights.update({f"generator.{k}": v for k, v in averaged.items()})
+    return weights
+
+
 def create_run(runs_dir: str | Path, name: str, cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run = Path(runs_dir) / f"{name}-{stamp}"
@@ -108,7 +159,7 @@ def create_run(runs_dir: str | Path, name: str, cfg: RunConfig) -> Path:
         suffix += 1
         run = Path(runs_dir) / f"{name}-{stamp}-{suffix}"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text(dump_config(cfg))
+    write_text(run / "config.yaml", dump_config(cfg))
     return run
 
 
@@ -195,6 +246,9 @@ BACKENDS = ("torch", "onnxruntime")
 def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = None, threads: int = 1) -> LoadedRun:
     """Rebuild a run's model from its directory alone: config.yaml + meta.json + safetensors weights.
 
+    checkpoint: the weights of the last checkpoint (checkpoints/last.safetensors, the EMA where the run keeps one)
+    instead of the final ones, e.g. to look at an interrupted run.
+
     backend: "torch" (eager), "onnxruntime" (the parts exported under RUN/export run in ONNX Runtime with
     `threads` threads; see compress/export.py), or None for the run's own: ONNX Runtime for a run that holds
     only ONNX files (an int8 run), else torch."""
@@ -218,7 +272,13 @@ def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = N
         raise GenforgeError(f"{run} has no trained model yet ({weights.name} missing); finish or resume training")
     zeros = torch.zeros(meta["norm_shape"])
     model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["classes"]), zeros, zeros + 1)
-    if weights.is_file():
+    if checkpoint and weights.is_file():
+        try:
+            model.load_state_dict(checkpoint_weights(load_state(weights)["step_fn"]))
+        except (SafetensorError, KeyError, RuntimeError) as e:
+            raise GenforgeError(f"{weights}: not a checkpoint of the model config.yaml describes "
+                                f"({str(e).splitlines()[0]})") from None
+    elif weights.is_file():
         load_weights(model, weights)
     model.eval()
     loaded = LoadedRun(run, cfg, model, meta, read_json(run / "summary.json"), backend,

@@ -41,13 +41,15 @@ def png_bytes(images: torch.Tensor, nrow: int | None = None, scale: int = 1, com
 
 def save_images(images: torch.Tensor, out: Path, nrow: int | None = None) -> Path:
     """.png: a grid (scaled up so 28x28 images show); .npy: uint8 (N, H, W) for one channel, else (N, C, H, W)."""
+    from genforge import runs
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npy":
         array = images.cpu().numpy()
-        np.save(out, array[:, 0] if array.shape[1] == 1 else array, allow_pickle=False)
+        runs.write_with(out, lambda f: np.save(f, array[:, 0] if array.shape[1] == 1 else array, allow_pickle=False))
     elif out.suffix.lower() == ".png":
-        out.write_bytes(png_bytes(images, nrow, scale=2 if images.shape[-1] < 64 else 1))
+        runs.write_bytes(out, png_bytes(images, nrow, scale=2 if images.shape[-1] < 64 else 1))
     else:
         raise GenforgeError(f"--out {out}: use a .png (image grid) or .npy (uint8 array) file name")
     return out

@@ -8,7 +8,6 @@ and the quality metrics of the kind (the task's own test evaluation, the functio
 from __future__ import annotations
 
 import html
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,9 +26,9 @@ COMPARISON = "comparison.json"
 def create_child(parent, cfg: RunConfig, runs_dir: Path, lineage: dict) -> Path:
     """A new run dir under runs_dir named after cfg.name, holding the config, the parent's meta and the lineage."""
     child = runs.create_run(runs_dir, cfg.name, cfg)
-    (child / "meta.json").write_text(json.dumps(parent.meta, indent=1))
+    runs.write_json(child / "meta.json", parent.meta)
     record = {"parent": str(parent.path.resolve()), "parent_name": parent.path.name, **lineage}
-    (child / LINEAGE).write_text(json.dumps(record, indent=1))
+    runs.write_json(child / LINEAGE, record)
     return child
 
 
@@ -109,7 +108,7 @@ def comparison_html(comparison: dict) -> str:
 
 
 def write_comparison(child: Path, comparison: dict) -> None:
-    (child / COMPARISON).write_text(json.dumps(comparison, indent=1))
+    runs.write_json(child / COMPARISON, comparison)
 
 
 def finish_child(parent, child_dir: Path, references: dict[str, Path] | None = None, threads: int = 1,
@@ -141,13 +140,13 @@ def finish_child(parent, child_dir: Path, references: dict[str, Path] | None = N
                   "ratio": {k: v / rows["parent"][k] for k, v in rows["compressed"].items()
                             if k in ("file_bytes", "parameters", "nonzero_parameters", "latency_ms_b1",
                                      "latency_ms_b256") and rows["parent"][k]}}
-    write_comparison(child_dir, comparison)
     summary = {**runs.read_json(child_dir / "summary.json"), "status": "complete",
                "kind": parent.config.model.kind, "dataset": ds.name, "compressed_from": parent.path.name,
                **{k: child.lineage[k] for k in ("method",)}, **child_quality,
                "latency_ms_b1": rows["compressed"]["latency_ms_b1"], "file_bytes": rows["compressed"]["file_bytes"]}
-    (child_dir / "eval.json").write_text(json.dumps(child_result, indent=1))
-    (child_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    runs.write_json(child_dir / "eval.json", child_result)
+    runs.write_json(child_dir / "summary.json", summary)
     task.report(child_dir, child.model, ds, child_result, summary,
                 [("Compared with the parent", comparison_html(comparison))])
+    write_comparison(child_dir, comparison)  # last: a child with comparison.json is complete (resume_prune)
     return comparison

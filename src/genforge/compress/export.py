@@ -29,7 +29,7 @@ from torch import nn
 
 from genforge.errors import GenforgeError
 from genforge.models.layers import check_labels
-from genforge.runs import weights_digest
+from genforge.runs import weights_digest, write_json
 
 EXPORT_DIR = "export"
 TOLERANCE = 1e-4  # max |onnxruntime - eager| accepted on a held-out batch
@@ -236,7 +236,7 @@ def export_run(run, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, dyn
         tmp.replace(path)
         record["parts"][part.name] = {"file": path.name, "bytes": path.stat().st_size, "max_abs_diff": diff,
                                       "parity_batch": check, "seconds": round(time.perf_counter() - t0, 2)}
-    (out_dir / "export.json").write_text(json.dumps(record, indent=1))
+    write_json(out_dir / "export.json", record)
     return record
 
 

@@ -68,8 +68,9 @@ class GradualPruning:
     s(t) = s_f * (1 - (1 - t / T)^3) over the first `ramp` of the steps, recomputing the global masks `events`
     times, then holds while the network recovers. After every update the masks are applied again, so a pruned
     weight stays exactly zero whatever the optimizer's momentum, and an EMA of the weights stays as sparse.
-    Called by the training loop after each update (train(..., on_step=)); it keeps no state a resume needs:
-    the masks are recomputed from the weights at the next call."""
+    Called by the training loop after each update (train(..., on_step=)). The masks are its state: the loop
+    checkpoints them (state_dict), because masks recomputed from the weights after a resume would rank weights
+    that the optimizer has moved since the last event, and prune others than an uninterrupted run."""
 
     def __init__(self, amount: float, task: str, ramp: float = 0.6, events: int = 20):
         self.amount, self.task, self.ramp, self.events = amount, task, ramp, events
@@ -83,14 +84,22 @@ class GradualPruning:
         ramp_steps = self._ramp_steps(total)
         return self.amount * (1 - (1 - min(t, ramp_steps) / ramp_steps) ** 3)
 
+    def state_dict(self) -> dict:
+        return {"masks": None if self.masks is None else [m.bool() for m in self.masks]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks = state["masks"]  # bool; cast to the weights' dtype and device at the next call
+
     @torch.no_grad()
     def __call__(self, step, t: int, total: int) -> None:
         """After update t of total (1-based)."""
-        if self.masks is None:  # the first call, also after a resume; the modules stay the same objects after
+        if not self.groups:  # the first call, also after a resume; the modules stay the same objects after
             ema = getattr(step, "ema", None)
             self.groups = [_layers(_pruned_module(step.model, self.task))]
             if ema is not None:
                 self.groups.append(_layers(ema.module))
+        if self.masks is not None:
+            self.masks = [m.to(layer.weight.device, layer.weight.dtype) for m, layer in zip(self.masks, self.groups[0])]
         ramp_steps = self._ramp_steps(total)
         due = t <= ramp_steps and (t % max(1, ramp_steps // self.events) == 0 or t == ramp_steps)
         if self.masks is None or due:
@@ -170,6 +179,8 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
     for override in overrides:
         apply_override(raw, override)
     cfg = validate(raw)
+    if threads:  # in config.yaml, so that a resumed fine-tuning runs with the same threads (the same arithmetic)
+        cfg.train.threads = threads
     state = model.state_dict()
     try:  # the child must rebuild from its config alone
         from genforge.registry import build_model
@@ -182,17 +193,41 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
     method = f"{'channel' if structured else 'magnitude'}-prune-{amount:g}"
     child = create_child(parent, cfg, runs_dir, {"method": method, "amount": amount, "structured": structured,
                                                  "finetune_epochs": finetune_epochs,
-                                                 "distilled": bool(cfg.train.distill), "backend": "torch"})
+                                                 "distilled": bool(cfg.train.distill), "backend": "torch",
+                                                 "threads": threads})
     if finetune_epochs:
         from genforge.train.loop import train
 
         progress(f"fine-tuning for {finetune_epochs} epochs")
-
-        if threads:
-            cfg.train.threads = threads
         schedule = None if structured else GradualPruning(amount, task)
         train(cfg, child, quiet=quiet, init=lambda fresh: fresh.load_state_dict(state), on_step=schedule)
     else:
         save_weights(model, child / WEIGHTS)
     comparison = finish_child(parent, child, threads=threads, progress=progress)
     return child, comparison
+
+
+def resume_prune(child: Path, quiet: bool = False, progress=lambda _: None) -> tuple[Path, dict]:
+    """Finish an interrupted `compress --prune --finetune-epochs` exactly as the uninterrupted command would have:
+    the fine-tuning resumes from the child's checkpoint with its pruning schedule (the masks are in the checkpoint),
+    then the child is compared with its parent. What `genforge train --resume CHILD` runs for a pruned child."""
+    from genforge.compress.child import COMPARISON, LINEAGE, finish_child
+    from genforge.config import load_config
+    from genforge.runs import load_run, read_json
+    from genforge.train.loop import train
+
+    lineage = read_json(child / LINEAGE)
+    if not lineage.get("finetune_epochs"):
+        raise GenforgeError(f"{child} is a compressed run ({lineage.get('method', 'unknown')}) without fine-tuning: "
+                            f"there is nothing to resume; compress its parent again")
+    if (child / COMPARISON).is_file():
+        raise GenforgeError(f"{child} finished compressing already; there is nothing to resume")
+    parent = load_run(lineage["parent"], backend="torch")
+    cfg = load_config(str(child / "config.yaml"))
+    if read_json(child / "summary.json").get("status") != "complete":  # else only the comparison was left to do
+        task = parent.meta.get("task", "classify")
+        schedule = None if lineage["structured"] else GradualPruning(lineage["amount"], task)
+        progress(f"resuming the fine-tuning of {child.name}")
+        train(cfg, child, resume=True, quiet=quiet, on_step=schedule)
+    return child, finish_child(parent, child, threads=lineage.get("threads") or cfg.train.threads or 1,
+                               progress=progress)

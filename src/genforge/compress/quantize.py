@@ -62,6 +62,8 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
     calibrates on `calibration` training inputs (images of the training split, or noise for latents)."""
     import json
 
+    from genforge.runs import write_json
+
     if calibration < 1:
         raise GenforgeError(f"--calibration must be >= 1 inputs, got {calibration}")
     record = json.loads((src_dir / "export.json").read_text())
@@ -79,7 +81,7 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
         entry.update({"bytes": dst.stat().st_size, "max_abs_diff": None, "quantized": f"int8-{method}"})
     record["quantization"] = {"dtype": "int8", "method": method, "calibration": calibration if method == "static"
                               else 0, "tool": "onnxruntime.quantization"}
-    (dst_dir / "export.json").write_text(json.dumps(record, indent=1))
+    write_json(dst_dir / "export.json", record)
     return record
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from genforge import runs
 from genforge.evaluate.classification import predict_proba
 
 
@@ -38,7 +39,7 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -57,7 +58,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
             ax.text(j, i, confusion[i][j], ha="center", va="center", fontsize=7,
                     color="white" if confusion[i][j] > peak / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -75,7 +76,7 @@ def plot_decision_boundary(model, x: torch.Tensor, y: torch.Tensor, path: Path) 
     ax.set_xlabel("x0")
     ax.set_ylabel("x1")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -108,7 +109,7 @@ figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}pre{{background:
 <h2>Plots</h2>{images}{extra}
 <h2>Config</h2><pre>{config}</pre></html>"""
     path = run_dir / "report.html"
-    path.write_text(page)
+    runs.write_text(path, page)
     return path
 
 
@@ -140,12 +141,14 @@ def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict
 
     plots = _plots_with_curves(run_dir)
     scale = 3 if ds.input_shape[-1] < 64 else 1
-    image_grid(model.sample(64, seed=0), scale=scale).save(plots / "samples.png")
+    grid = image_grid(model.sample(64, seed=0), scale=scale)
+    runs.write_with(plots / "samples.png", lambda f: grid.save(f, format="PNG"))
     if hasattr(model, "reconstruct"):
         x = ds.test_x[:16]
         labels = ds.test_y[:16] if model.cfg.conditional else None
         pairs = torch.stack([x, model.reconstruct(x, labels)], 1).flatten(0, 1)  # (32, C, H, W): input, recon
-        image_grid(pairs, nrow=8, scale=scale).save(plots / "reconstructions.png")
+        grid = image_grid(pairs, nrow=8, scale=scale)
+        runs.write_with(plots / "reconstructions.png", lambda f: grid.save(f, format="PNG"))
     scores = {f"{k} (mean ± sd)": f"{v['mean']:.4g} ± {v['sd']:.2g}" for k, v in result.items()
               if isinstance(v, dict) and "mean" in v}
     scores.update(result["calibration"])

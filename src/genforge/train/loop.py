@@ -1,9 +1,14 @@
 """The one training loop. A model kind supplies its step function (train/steps.py); the loop does the rest:
-batching, progress, validation, early stopping, checkpoints, resume, interrupts and the non-finite guard."""
+batching, progress, validation, early stopping, checkpoints, resume, interrupts and the non-finite guard.
+
+Every file of the run dir is written through runs.write_bytes (temp file, fsync, rename, fsync of the folder),
+except metrics.jsonl, which gets one appended line per epoch: rewriting the whole log each epoch would cost O(epochs)
+per epoch for no gain, since a line torn by a crash is dropped when the run resumes (the atomic truncation)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -21,6 +26,7 @@ from genforge.errors import GenforgeError
 from genforge.registry import MODELS, build_model
 from genforge.train.device import (
     pick_device,
+    restored_torch_settings,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -76,17 +82,27 @@ class _Log:
     def metrics(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # once per epoch: the line survives a crash of the machine, not just the process
 
     def line(self, text: str) -> None:
         if self.quiet:
             print(text, file=sys.stderr, flush=True)
 
 
+def _logged_step(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):  # a line torn by a crash mid-append
+        return None
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop what the interrupted process logged after its last checkpoint."""
+    """On resume, drop what the interrupted process logged after its last checkpoint (and a torn last line)."""
     if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line in path.read_text().splitlines() if (logged := _logged_step(line)) is not None
+                and logged <= step]
+        runs.write_text(path, "".join(line + "\n" for line in keep))
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
@@ -97,7 +113,16 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set.
     init(model): called on the freshly built model before training (and before a resume restores it), to start
     from given weights; fine-tuning a pruned model uses it.
-    on_step(step, t, total): called after each applied update t of total (gradual pruning re-masks weights there)."""
+    on_step(step, t, total): called after each applied update t of total (gradual pruning re-masks weights there);
+    when it has state_dict/load_state_dict, its state is checkpointed and restored with the step's.
+
+    The process-wide torch settings the run changes (threads, deterministic algorithms) are restored on return."""
+    with restored_torch_settings():
+        return _train(cfg, run_dir, resume, quiet, fold, init, on_step)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple[int, int] | None,
+           init: Callable[[torch.nn.Module], None] | None, on_step: Callable[[object, int, int], None] | None) -> dict:
     tcfg = cfg.train
     device = pick_device(tcfg.device)
     if tcfg.threads:
@@ -132,25 +157,34 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     meta = {"dataset": ds.name, "source": ds.source, "checksum": ds.checksum, "classes": ds.classes,
             "input_shape": list(ds.input_shape), "norm_shape": list(mean.shape), "task": spec.task,
             "n_train": len(train_idx), "n_val": len(val_idx), "bf16": bf16, "channels_last": channels_last}
-    (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
-    (run_dir / "env.json").write_text(json.dumps(runs.environment(device), indent=1))
+    runs.write_json(run_dir / "meta.json", meta)
+    runs.write_json(run_dir / "env.json", runs.environment(device))
 
     bs = min(tcfg.batch_size, len(x))
     steps_per_epoch = len(x) // bs  # drop the ragged last batch: BatchNorm needs more than one sample
     step = task.step(model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
-    state = {"epoch": 0, "batch": 0, "step": 0, "best_val": None, "bad_epochs": 0,
+    # nonfinite counts the bad steps in a row (a good step resets it): sporadic bad batches are skipped, a run of
+    # them rolls back. best_epoch: the epoch of best_val, whose weights runs.BEST holds with early stopping
+    state = {"epoch": 0, "batch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
              "nonfinite": 0, "skipped": 0, "rollbacks": 0, "train_seconds": 0.0}
-    ckpt_path = run_dir / runs.CHECKPOINT
+    ckpt_path, best_path = run_dir / runs.CHECKPOINT, run_dir / runs.BEST
+    keep_best = tcfg.early_stopping is not None and len(val_idx) > 0
     log = _Log(run_dir / "metrics.jsonl", quiet)
+    stateful_hook = hasattr(on_step, "state_dict") and hasattr(on_step, "load_state_dict")
 
     def save_checkpoint() -> None:
         if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good checkpoint with NaN
             _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
             return
-        runs.save_state(ckpt_path, {"step_fn": step.state_dict(), "loop": state, "rng": rng_state()})
+        checkpoint = {"step_fn": step.state_dict(), "loop": state, "rng": rng_state()}
+        if stateful_hook:
+            checkpoint["hook"] = on_step.state_dict()
+        runs.save_state(ckpt_path, checkpoint)
 
     def restore(checkpoint: dict, with_rng: bool) -> None:
         step.load_state_dict(checkpoint["step_fn"])
+        if stateful_hook and "hook" in checkpoint:
+            on_step.load_state_dict(checkpoint["hook"])
         if with_rng:
             state.update(checkpoint["loop"])
             set_rng_state(checkpoint["rng"])
@@ -184,6 +218,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                         if state["nonfinite"] >= tcfg.max_nonfinite:
                             _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
                     else:
+                        state["nonfinite"] = 0
                         if on_step is not None:
                             on_step(step, state["step"], total)
                         count, seen = count + 1, seen + len(idx)
@@ -215,6 +250,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                 log.line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
                 state["epoch"], state["batch"] = state["epoch"] + 1, 0
                 stop = _early_stop(state, val, tcfg.early_stopping)
+                if keep_best and state["best_epoch"] == state["epoch"]:  # before the checkpoint that records it
+                    runs.save_weights(step.eval_model(), best_path)
                 save_checkpoint()
                 if stop:
                     log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
@@ -224,22 +261,23 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                     break
     except Diverged:  # _rollback restored the last good weights: keep them, usable like any run's
         runs.save_weights(step.eval_model(), run_dir / runs.WEIGHTS)
-        (run_dir / "summary.json").write_text(json.dumps({"status": "diverged", "kind": cfg.model.kind,
-                                                          "dataset": ds.name, "steps": state["step"],
-                                                          "skipped_steps": state["skipped"],
-                                                          "rollbacks": state["rollbacks"]}, indent=1))
+        runs.write_json(run_dir / "summary.json", {"status": "diverged", "kind": cfg.model.kind, "dataset": ds.name,
+                                                   "steps": state["step"], "skipped_steps": state["skipped"],
+                                                   "rollbacks": state["rollbacks"]})
         raise
-    summary = finish(cfg, run_dir, step.eval_model(), ds, task, state)
+    model = step.eval_model()
+    if keep_best and best_path.is_file():  # early stopping keeps the best validation epoch, not the last one
+        runs.load_weights(model, best_path)
     if fold is not None:
-        summary["fold_accuracy"] = task.validate(step.eval_model(), x_val, y_val, ds)["acc"]
-    return summary
+        return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds)["acc"], ds, state, fold)
+    return finish(cfg, run_dir, model, ds, task, state)
 
 
 def _early_stop(state: dict, val: dict, patience: int | None) -> bool:
     if not val:
         return False
     if state["best_val"] is None or val["loss"] < state["best_val"]:
-        state["best_val"], state["bad_epochs"] = val["loss"], 0
+        state["best_val"], state["best_epoch"], state["bad_epochs"] = val["loss"], state["epoch"], 0
     else:
         state["bad_epochs"] += 1
     return patience is not None and state["bad_epochs"] >= patience
@@ -257,15 +295,33 @@ def _rollback(state: dict, tcfg, ckpt_path: Path, restore, log: _Log, hint: str)
              f"(rollback {state['rollbacks']}/{tcfg.max_rollbacks})")
 
 
+def _summary(cfg: RunConfig, ds, state: dict) -> dict:
+    summary = {"status": "complete", "kind": cfg.model.kind, "dataset": ds.name,
+               "train_seconds": round(state["train_seconds"], 2), "epochs": state["epoch"], "steps": state["step"],
+               "skipped_steps": state["skipped"], "rollbacks": state["rollbacks"]}
+    if state.get("best_epoch") is not None:  # the weights saved are the best epoch's with early stopping
+        keep_best = cfg.train.early_stopping is not None
+        summary.update(best_epoch=state["best_epoch"], best_val_loss=state["best_val"],
+                       weights_epoch=state["best_epoch"] if keep_best else state["epoch"])
+    return summary
+
+
 def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict) -> dict:
     """Final weights, the task's test evaluation, summary.json and the report."""
     runs.save_weights(model, run_dir / runs.WEIGHTS)
     model = model.float().to(memory_format=torch.contiguous_format) if ds.is_image else model.float()
     result = task.test(model, ds, cfg)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
-    summary = {"status": "complete", "kind": cfg.model.kind, "dataset": ds.name,
-               "train_seconds": round(state["train_seconds"], 2), "epochs": state["epoch"], "steps": state["step"],
-               "skipped_steps": state["skipped"], "rollbacks": state["rollbacks"], **task.headline(result)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    runs.write_json(run_dir / "eval.json", result)
+    summary = {**_summary(cfg, ds, state), **task.headline(result)}
+    runs.write_json(run_dir / "summary.json", summary)
     task.report(run_dir, model, ds, result, summary)
+    return summary
+
+
+def finish_fold(cfg: RunConfig, run_dir: Path, model, accuracy: float, ds, state: dict, fold: tuple[int, int]) -> dict:
+    """A cross-validation fold ends with its validation score and its weights (a loadable run, e.g. to ensemble the
+    folds): no test evaluation, speed measurement or report, which nobody reads for a fold."""
+    runs.save_weights(model, run_dir / runs.WEIGHTS)
+    summary = {**_summary(cfg, ds, state), "fold": fold[0], "folds": fold[1], "fold_accuracy": accuracy}
+    runs.write_json(run_dir / "summary.json", summary)
     return summary

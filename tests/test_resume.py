@@ -1,0 +1,123 @@
+"""Exact resume beyond classifiers: a GAN (two optimizers, an EMA of G) and a VAE killed mid-epoch (SIGKILL) end
+bit-identical to uninterrupted runs, and an interrupted pruning fine-tune resumed with the command it prints
+finishes exactly like an uninterrupted `genforge compress` (weights, zeros, comparison)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genforge import runs
+
+pytestmark = pytest.mark.usefixtures("fashion_available")
+
+EXACT = ["train.threads=1", "deterministic=true", "seed=5", "data.train_subset=2048", "train.batch_size=64",
+         "train.epochs=2", "train.checkpoint_every=4", "eval.samples=100", "eval.seeds=1", "eval.grid=4"]
+GAN = ["fashion-cdcgan", "model.width=8", "model.latent_dim=16"]  # two optimizers, an EMA of G (0.999)
+VAE = ["fashion-vae", "model.width=8", "model.latent_dim=8", "eval.iwae_k=5", "eval.iwae_images=10"]
+
+
+def genforge(*args, cache=None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"GENFORGE_CACHE": str(cache)} if cache else {})}
+    return subprocess.Popen([sys.executable, "-m", "genforge", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc) -> str:
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    return stderr
+
+
+def checkpoint_step(run: Path) -> int:
+    try:
+        return runs.load_state(run / runs.CHECKPOINT)["loop"]["step"]
+    except Exception:  # not written yet
+        return -1
+
+
+def wait_for_step(proc, parent: Path, step: int, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        dirs = [p for p in parent.glob("*") if p.is_dir()]
+        if dirs and checkpoint_step(dirs[0]) >= step:
+            return dirs[0]
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def assert_same_tree(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}.{i}")
+    else:
+        assert a == b or (a != a and b != b), where
+
+
+@pytest.mark.parametrize("preset", [GAN, VAE], ids=["gan", "vae"])
+def test_a_generator_killed_mid_epoch_resumes_bit_identical(preset, evaluator_cache, tmp_path):
+    finish(genforge("train", *preset, *EXACT, "--runs-dir", tmp_path / "a", "--quiet", cache=evaluator_cache))
+    (reference,) = (tmp_path / "a").iterdir()
+
+    proc = genforge("train", *preset, *EXACT, "--runs-dir", tmp_path / "b", "--quiet", cache=evaluator_cache)
+    run = wait_for_step(proc, tmp_path / "b", 36)  # in the second epoch (32 steps an epoch)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < checkpoint_step(run) < 64 and not (run / runs.WEIGHTS).exists()
+    assert "resumed at epoch 2" in finish(genforge("train", "--resume", run, "--quiet", cache=evaluator_cache))
+
+    expected, resumed = load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS)
+    assert_same_tree(expected, resumed)
+    # the whole state: both optimizers and schedules, the EMA with its update count, the GAN's counters
+    assert_same_tree(runs.load_state(reference / runs.CHECKPOINT)["step_fn"],
+                     runs.load_state(run / runs.CHECKPOINT)["step_fn"])
+
+
+TIMINGS = ("latency_ms_b1", "latency_ms_b256")
+
+
+def without_timings(comparison: dict) -> dict:
+    rows = {name: {k: v for k, v in row.items() if k not in TIMINGS} for name, row in comparison["rows"].items()}
+    return {**comparison, "rows": rows, "ratio": {k: v for k, v in comparison["ratio"].items() if k not in TIMINGS}}
+
+
+def test_an_interrupted_pruning_finetune_resumes_with_its_printed_command_and_ends_the_same(classifier_run,
+                                                                                          tmp_path):
+    args = ["compress", classifier_run, "--prune", "0.8", "--finetune-epochs", "2", "deterministic=true",
+            "data.train_subset=4096", "train.batch_size=128", "train.checkpoint_every=8", "--quiet"]
+    finish(genforge(*args, "--runs-dir", tmp_path / "a"))
+    (reference,) = (tmp_path / "a").iterdir()
+
+    proc = genforge(*args, "--runs-dir", tmp_path / "b")
+    child = wait_for_step(proc, tmp_path / "b", 24)  # of 64 steps: the sparsity is still ramping up
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    hint = re.search(r"resume with: (genforge .*)$", stderr, flags=re.M).group(1)
+    assert hint == f"genforge train --resume {child}"
+    finish(genforge(*hint.split()[1:]))
+
+    expected, resumed = load_file(reference / runs.WEIGHTS), load_file(child / runs.WEIGHTS)
+    assert_same_tree(expected, resumed)  # the same weights, so the same zeros
+    zeros = [int((w == 0).sum()) for k, w in resumed.items() if k.endswith("weight") and w.ndim > 1]
+    assert sum(zeros) > 0.75 * sum(w.numel() for k, w in resumed.items() if k.endswith("weight") and w.ndim > 1)
+    read = lambda run: json.loads((run / "comparison.json").read_text())  # noqa: E731
+    assert without_timings(read(reference)) == without_timings(read(child))
+    summary = runs.read_json(child / "summary.json")
+    assert summary["status"] == "complete" and summary["compressed_from"] == classifier_run.name

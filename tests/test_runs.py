@@ -1,0 +1,154 @@
+"""Run directories and the loop's bookkeeping, in process on the small built-in datasets: atomic writes, checkpoint
+loading, restored torch settings, consecutive bad steps, best-epoch weights with early stopping, and folds."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genforge import runs
+from genforge.config import load_config
+from genforge.train.loop import Interrupted, train
+from genforge.train.steps import ClassifierStep
+from genforge.train.tasks import ClassifyTask
+
+
+def new_run(tmp_path, *overrides, preset="blobs-logreg", name="run"):
+    cfg = load_config(preset, ["train.threads=1", *overrides])
+    return cfg, runs.create_run(tmp_path / name, cfg.name, cfg)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    path = runs.write_json(tmp_path / "summary.json", {"status": "complete"})
+
+    def crash(*args):
+        raise OSError("power cut before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        runs.write_json(path, {"status": "half"})
+    assert json.loads(path.read_text()) == {"status": "complete"}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_the_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.path.isdir(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    runs.write_text(tmp_path / "eval.json", "{}")
+    assert synced == [False, True]  # the temp file's data, then the folder that holds the rename
+
+
+def test_the_resume_truncation_of_metrics_is_atomic_and_drops_a_torn_line(tmp_path, monkeypatch):
+    from genforge.train.loop import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "epoch": e}) for e, s in enumerate((10, 20, 30), 1)]
+    path.write_text("\n".join(lines) + '\n{"step": 4')  # the last append was torn by a crash
+    original = path.read_text()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("crash")))
+    with pytest.raises(OSError):
+        _truncate_metrics(path, 20)
+    assert path.read_text() == original  # never half-truncated
+    monkeypatch.undo()
+    _truncate_metrics(path, 20)
+    assert path.read_text() == "\n".join(lines[:2]) + "\n"
+
+
+def test_load_run_loads_the_checkpoints_weights_the_ema_where_there_is_one(tmp_path):
+    cfg, run = new_run(tmp_path, "train.epochs=3", "train.ema=0.9")
+    train(cfg, run, quiet=True)
+    final = runs.load_run(run).model.state_dict()  # the EMA's weights: what the loop saved
+    from_checkpoint = runs.load_run(run, checkpoint=True).model.state_dict()  # the last checkpoint: the same state
+    assert final.keys() == from_checkpoint.keys()
+    assert all(torch.equal(final[k], from_checkpoint[k]) for k in final)
+
+
+def test_train_restores_the_process_wide_torch_settings(tmp_path):
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    cfg, run = new_run(tmp_path, "train.epochs=1", "train.threads=2", "deterministic=true")
+    train(cfg, run, quiet=True)
+    assert torch.get_num_threads() == threads and torch.are_deterministic_algorithms_enabled() == deterministic
+    cfg, run = new_run(tmp_path, "train.epochs=1", "train.threads=2", "deterministic=true", name="raises")
+    with pytest.raises(Interrupted):  # also when train() raises
+        train(cfg, run, quiet=True, on_step=lambda step, t, total: os.kill(os.getpid(), signal.SIGINT))
+    assert torch.get_num_threads() == threads and torch.are_deterministic_algorithms_enabled() == deterministic
+
+
+class EveryOtherBatchIsBad(ClassifierStep):
+    """Sporadic bad batches: every other one is not finite (the step refuses it)."""
+
+    calls = 0
+
+    def __call__(self, x, y):
+        EveryOtherBatchIsBad.calls += 1
+        return super().__call__(x.float() * float("nan") if self.calls % 2 else x, y)
+
+
+def test_sporadic_bad_steps_are_skipped_without_a_rollback(tmp_path, monkeypatch):
+    monkeypatch.setattr(ClassifyTask, "step", EveryOtherBatchIsBad)
+    cfg, run = new_run(tmp_path, "train.epochs=2", "train.max_nonfinite=2", "train.max_rollbacks=0")
+    summary = train(cfg, run, quiet=True)  # max_rollbacks=0: a single rollback would end the run as diverged
+    assert summary["status"] == "complete" and summary["rollbacks"] == 0
+    assert summary["skipped_steps"] == summary["steps"] // 2 > 2 * cfg.train.max_nonfinite
+    assert summary["test_accuracy"] > 0.9  # the good half of the batches trained it
+
+
+EARLY = ["model={kind: mlp, hidden: [64, 64], dropout: 0.0}", "data.name=moons", "data.train_subset=64",
+         "train.optimizer=adam", "train.lr=0.03", "train.schedule=none", "train.batch_size=16", "deterministic=true",
+         "seed=1"]
+
+
+def test_early_stopping_keeps_the_best_validation_epochs_weights(tmp_path):
+    """The weights saved are the best epoch's, bit for bit: those of a run that stopped at that epoch."""
+    cfg, run = new_run(tmp_path, *EARLY, "train.epochs=60", "train.early_stopping=3")
+    summary = train(cfg, run, quiet=True)
+    best = summary["best_epoch"]
+    assert summary["epochs"] == best + 3 < 60  # it stopped early, 3 epochs after its best one
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert min(logged, key=lambda r: r["val_loss"])["epoch"] == best
+    assert logged[-1]["val_loss"] > summary["best_val_loss"]
+    assert summary["weights_epoch"] == best
+    cfg, short = new_run(tmp_path, *EARLY, f"train.epochs={best}", name="short")
+    train(cfg, short, quiet=True)
+    kept, reference = load_file(run / runs.WEIGHTS), load_file(short / runs.WEIGHTS)
+    assert all(torch.equal(kept[k], reference[k]) for k in reference)
+    assert runs.read_json(run / "eval.json")["loss"] == runs.read_json(short / "eval.json")["loss"]  # evaluated
+
+
+def test_the_best_weights_survive_a_resume(tmp_path):
+    cfg, run = new_run(tmp_path, *EARLY, "train.epochs=60", "train.early_stopping=3")
+    reference = train(cfg, run, quiet=True)
+    cfg, again = new_run(tmp_path, *EARLY, "train.epochs=60", "train.early_stopping=3", name="again")
+    stop_at = (reference["best_epoch"] + 1) * 4  # 4 steps an epoch: interrupted after the best epoch
+    with pytest.raises(Interrupted):
+        train(cfg, again, quiet=True,
+              on_step=lambda step, t, total: t == stop_at and os.kill(os.getpid(), signal.SIGINT))
+    resumed = train(cfg, again, resume=True, quiet=True)
+    assert resumed["best_epoch"] == reference["best_epoch"] and resumed["epochs"] == reference["epochs"]
+    kept, expected = load_file(again / runs.WEIGHTS), load_file(run / runs.WEIGHTS)
+    assert all(torch.equal(kept[k], expected[k]) for k in expected)
+
+
+def test_cross_validation_folds_only_train_and_score(tmp_path):
+    from helpers import genforge_cli
+
+    t0 = time.perf_counter()
+    result = genforge_cli("cv", "blobs-logreg", "train.epochs=3", "--folds", "3", "--runs-dir", str(tmp_path),
+                          "--quiet")
+    seconds = time.perf_counter() - t0
+    assert result.returncode == 0, result.stderr
+    (parent,) = tmp_path.iterdir()
+    folds = sorted(parent.glob("fold*"))
+    assert len(folds) == 3
+    for fold in folds:
+        assert not (fold / "report.html").exists() and not (fold / "eval.json").exists()
+        assert not (fold / "plots").exists()
+        summary = runs.read_json(fold / "summary.json")
+        assert 0.9 < summary["fold_accuracy"] <= 1 and "latency_ms_b1" not in summary
+        assert runs.load_run(fold).model is not None  # a fold's weights are kept: it loads like any run
+    print(f"cv, 3 folds of blobs-logreg, 3 epochs: {seconds:.1f} s")
