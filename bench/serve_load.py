@@ -218,12 +218,24 @@ def _stop(proc: subprocess.Popen | None) -> int | None:
         return None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGCONT)
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the group: LitServe's forked API server outlives its parent
     try:
-        return proc.wait(timeout=60)
+        code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
+        code = None
+    with contextlib.suppress(ProcessLookupError):
+        time.sleep(1)  # the group's other processes drain after the leader
         os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
+    return code if code is not None else proc.wait()
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse a taken port: a leftover server there would answer the readiness check and be measured instead."""
+    import socket
+
+    with socket.socket() as sock:
+        if sock.connect_ex((host, port)) == 0:
+            sys.exit(f"error: something already listens on {host}:{port}; stop it or choose another --port")
 
 
 def _task(run: str) -> str:
@@ -270,6 +282,8 @@ def main() -> None:
     gen_body = json.dumps({"n": 64, "seed": 1}).encode()
     server = peer = None
     with tempfile.TemporaryDirectory() as tmp:
+        for port in (args.port, args.port + 1):
+            _port_free(host, port)
         runs = args.runs or _train_runs(Path(tmp))
         clf_run = next(r for r in runs if _task(r) == "classify")
         try:
