@@ -16,9 +16,10 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """PNG or JPEG (a path or the file's bytes) -> uint8 (C, H, W) resized to the model's input.
 
-    The header is checked before any pixel is decoded: format, then width x height against max_pixels.
-    Grayscale models get light-on-dark images, like their training data: an image whose border is light
-    (a dark drawing on white paper) is inverted."""
+    The header is checked before any pixel is decoded: format, then width x height against max_pixels, the
+    pixels held in memory once decoded. A JPEG is decoded reduced (DCT scaling, up to 1/8 per side, never below
+    the model's size), so its header may claim up to 64x max_pixels. Grayscale models get light-on-dark images,
+    like their training data: an image whose border is light (a dark drawing on white paper) is inverted."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -28,6 +29,8 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             if im.format not in ("PNG", "JPEG"):
                 raise GenforgeError(f"{name}: {im.format} images are not supported; use PNG or JPEG")
+            if im.format == "JPEG" and im.width * im.height <= 64 * max_pixels:
+                im.draft("L" if c == 1 else "RGB", (w, h))  # only configures the decoder: nothing decoded yet
             if im.width * im.height > max_pixels:
                 raise GenforgeError(f"{name}: {im.width}x{im.height} is too large (at most {max_pixels:,} pixels); "
                                     f"resize it first")
@@ -68,7 +71,11 @@ def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         if arr.min() < 0 or arr.max() > 255:
             raise GenforgeError(f"{path}: pixel values must lie in 0-255")
         return arr.astype(np.uint8)
-    return arr.astype(np.float32)
+    with np.errstate(over="ignore"):
+        vectors = arr.astype(np.float32)  # what the model sees: 1e300 is finite in float64 and inf here
+    if not np.isfinite(vectors).all():
+        raise GenforgeError(f"{path}: values must fit in float32 (magnitude at most {np.finfo(np.float32).max:.3g})")
+    return vectors
 
 
 def load_inputs(files: list[Path], shape: tuple[int, ...]) -> torch.Tensor:

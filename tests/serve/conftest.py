@@ -1,6 +1,6 @@
 import pytest
 from fastapi.testclient import TestClient
-from helpers import start_server
+from helpers import start_server, train_run
 
 from genforge.serve.adapters import load_models
 from genforge.serve.app import create_app
@@ -25,9 +25,21 @@ def names(served):
 
 
 @pytest.fixture(scope="module")
-def live_server(classifier_run, gan_run, vae_run):
-    """The real command line with its default backend (auto: the runs are exported to ONNX once, on first start)."""
+def live_process(classifier_run, gan_run, vae_run):
+    """The real command line with its default backend (auto: the runs are exported to ONNX once, on first start):
+    (process, base URL)."""
     proc, url = start_server([classifier_run, gan_run, vae_run])
-    yield url
+    yield proc, url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def live_server(live_process):
+    return live_process[1]
+
+
+@pytest.fixture(scope="session")
+def tabular_run(tmp_path_factory):
+    """A logistic regression on the 2-D blobs (seconds): a model that takes float32 feature vectors."""
+    return train_run(tmp_path_factory.mktemp("blobs"), "blobs-logreg", "train.threads=1", "train.epochs=2")

@@ -1,14 +1,18 @@
 """Hostile inputs against a real `genforge serve` process: each is refused with a 4xx in under a second, and
 the worker goes on serving."""
 
+import http.client
 import io
+import json
 import struct
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
+from helpers import start_server
 from PIL import Image
 
 
@@ -72,3 +76,88 @@ def test_hostile_inputs_get_a_fast_4xx_and_the_server_keeps_serving(live_server,
             ok = http.post(f"/v1/models/{clf}/classify", json={"inputs": [[0] * 784]})
             assert ok.status_code == 200, (what, ok.text)
         assert http.get("/readyz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def every_post_route(served):
+    """(path, content type) of every POST route with a model that offers it, in each encoding it accepts."""
+    routes = []
+    for name, model in served.items():
+        for verb in model.verbs():
+            routes.append((f"/v1/models/{name}/{verb}", "application/json"))
+            if verb in ("classify", "reconstruct"):
+                routes.append((f"/v1/models/{name}/{verb}", "multipart/form-data; boundary=x"))
+    return routes
+
+
+def test_a_streamed_body_over_the_limit_is_413_on_every_route(live_server, every_post_route):
+    """Chunked transfer encoding, no Content-Length: the same 413 and message as a body with a length."""
+    def chunks():  # 2 MiB in 64 KiB chunks, over the 1 MiB limit
+        for _ in range(32):
+            yield b"0" * 65536
+
+    with httpx.Client(base_url=live_server, timeout=10) as http:
+        for path, content_type in every_post_route:
+            r = http.post(path, content=chunks(), headers={"content-type": content_type})
+            assert r.status_code == 413, (path, content_type, r.status_code, r.text)
+            assert r.json() == {"error": {"status": 413, "message": "request body is larger than 1,048,576 bytes; "
+                                                                    "send fewer or smaller images"}}
+            small = http.post(path, content=iter([b"{}"]), headers={"content-type": "application/json"})
+            assert small.status_code in (200, 422), (path, small.text)  # a small streamed body still gets in
+
+
+def rss_peak_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def test_a_small_png_of_huge_dimensions_is_refused_without_decoding(live_process, names):
+    """A 4096x4096 RGBA PNG is ~60 KB on disk and 64 MiB decoded (more with the alpha composite): eight at once
+    must be refused from the header, quickly, with the server's peak memory unchanged."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (4096, 4096)).save(buffer, format="PNG")
+    big = buffer.getvalue()
+    assert len(big) < 1 << 20
+    proc, live_server = live_process
+    url = f"{live_server}/v1/models/{names[0]}/classify"
+
+    def upload(_):
+        t0 = time.perf_counter()
+        r = httpx.post(url, files={"file": ("big.png", big, "image/png")}, timeout=30)
+        return r, time.perf_counter() - t0
+
+    before = rss_peak_kib(proc.pid)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(upload, range(8)))
+    for r, seconds in results:
+        assert r.status_code == 422 and "4096x4096 is too large" in r.json()["error"]["message"], r.text
+        assert seconds < 2.0
+    assert rss_peak_kib(proc.pid) - before < 32 * 1024  # KiB: nothing near 8 x 64 MiB was decoded
+
+
+def test_a_keep_alive_connection_answers_50_requests_in_well_under_a_second(classifier_run, tmp_path, monkeypatch):
+    """A plain install (no uvloop, no httptools: asyncio's loop and h11) on one keep-alive connection, as wrk and
+    httpx's pool use it. Without TCP_NODELAY on the accepted socket every answer waits ~44 ms (Nagle meets the
+    client's delayed ACK): 50 requests took ~2.2 s."""
+    for module in ("uvloop", "httptools"):
+        (tmp_path / f"{module}.py").write_text("raise ImportError('hidden by the test: a plain install')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    proc, url = start_server([classifier_run])
+    try:
+        name = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
+        connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
+        body = json.dumps({"inputs": [[0] * 784]})
+        t0 = time.perf_counter()
+        for i in range(50):
+            if i % 2:
+                connection.request("POST", f"/v1/models/{name}/classify", body, {"content-type": "application/json"})
+            else:
+                connection.request("GET", "/livez")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+        elapsed = time.perf_counter() - t0
+        connection.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert elapsed < 1.0, f"50 keep-alive requests took {elapsed:.2f} s"

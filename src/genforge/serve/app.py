@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ import numpy as np
 import orjson
 import torch
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,7 +29,9 @@ from genforge.errors import GenforgeError
 from genforge.sample import reconstruction_errors
 from genforge.serve.adapters import ServedModel, as_array
 from genforge.serve.batching import MicroBatcher
-from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs
+from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, replay
+
+log = logging.getLogger("genforge.serve")
 
 Number = float | int
 
@@ -36,11 +40,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ClassifyRequest(_Strict):
-    inputs: list[list[Number] | list[list[Number]] | list[list[list[Number]]]] = Field(
-        min_length=1, max_length=256, description="Images (H x W, C x H x W or flat) or feature vectors")
+class ClassifyOptions(_Strict):
+    """The fields beside the inputs: the JSON body's, and a multipart upload's form fields."""
     top_k: int = Field(3, ge=1, le=1000, description="Classes listed per input, most probable first")
     range: Literal["auto", "0-255", "0-1"] = Field("auto", description="Pixel scale; auto: 0-1 if every value <= 1")
+
+
+class ClassifyRequest(ClassifyOptions):
+    inputs: list[list[Number] | list[list[Number]] | list[list[list[Number]]]] = Field(
+        min_length=1, max_length=256, description="Images (H x W, C x H x W or flat) or feature vectors")
 
 
 class GenerateRequest(_Strict):
@@ -59,11 +67,29 @@ class InterpolateRequest(_Strict):
     format: Literal["png", "array"] = "array"
 
 
-class ReconstructRequest(_Strict):
-    inputs: list[list[Number] | list[list[Number]] | list[list[list[Number]]]] = Field(min_length=1, max_length=256)
+class ReconstructOptions(_Strict):
     label: int | None = Field(None, ge=0, le=100_000, description="The inputs' class (class-conditional VAEs)")
     range: Literal["auto", "0-255", "0-1"] = "auto"
     format: Literal["png", "array"] = "array"
+
+
+class ReconstructRequest(ReconstructOptions):
+    inputs: list[list[Number] | list[list[Number]] | list[list[list[Number]]]] = Field(min_length=1, max_length=256)
+
+
+OPTIONS = {ClassifyRequest: ClassifyOptions, ReconstructRequest: ReconstructOptions}
+
+
+def form_schema(options: type[BaseModel]) -> dict:
+    """The multipart body: the image as `file`, and the JSON body's other fields as form fields (text, so a
+    field that may be null in JSON is simply left out)."""
+    properties = {"file": {"type": "string", "format": "binary", "description": "A PNG or JPEG image"}}
+    for name, field in options.model_json_schema()["properties"].items():
+        kinds = [k for k in field.pop("anyOf", []) if k.get("type") != "null"]
+        if "default" in field and field["default"] is None:
+            del field["default"]
+        properties[name] = {**field, **(kinds[0] if kinds else {})}
+    return {"type": "object", "required": ["file"], "properties": properties, "additionalProperties": False}
 
 
 class ErrorDetail(BaseModel):
@@ -204,18 +230,28 @@ class Gate:
             state["metrics"].observe(route, status["code"], time.perf_counter() - t0)
 
 
+LIVE = b'{"status":"ok"}'
+
+
 class ClassifyFastPath:
     """ASGI, behind the gate and in front of FastAPI: POST /v1/models/{name}/classify with a JSON body and no
     query string, answered without FastAPI's middleware, routing, parameter solving and response machinery,
     per-request work that the hello-world route pays. It parses and checks with the route's own functions; a
     request it cannot answer plainly (another route, multipart, query parameters, any invalid input) goes to the
-    app with its body replayed, so the app gives its usual answer and message."""
+    app with its body replayed, so the app gives its usual answer and message. GET /livez, the hello-world
+    route, is answered here too, so that a benchmark compares classify with hello-world on the same layers."""
 
     def __init__(self, app, models: dict[str, ServedModel], classify):
         self.app, self.models, self.classify = app, models, classify
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["query_string"]:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == "/livez" and scope["method"] == "GET" and not scope["query_string"]:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(LIVE)).encode())]})
+            return await send({"type": "http.response.body", "body": LIVE})
+        if scope["method"] != "POST" or scope["query_string"]:
             return await self.app(scope, receive, send)
         name, verb = _model_route(scope["path"])
         model = self.models.get(name) if verb == "classify" else None
@@ -228,7 +264,7 @@ class ClassifyFastPath:
             inputs, fields = parse_inputs(ClassifyRequest, body)
             x = array_inputs(inputs, model.input_shape, fields["range"])
         except RequestError:
-            return await self.app(scope, _replay(body, receive), send)
+            return await self.app(scope, replay(body, receive), send)
         try:
             response = _json(await self.classify(name, model, x, fields["top_k"], False))
         except RequestError as e:  # 504: the inference timed out
@@ -258,18 +294,39 @@ async def _read_body(receive) -> tuple[bytes, bool]:
             return b"".join(chunks), False
 
 
-def _replay(body: bytes, receive):
-    """A receive that gives the already-read body once, then whatever the connection says next."""
-    sent = False
+class ErrorGuard:
+    """The outermost ASGI layer: an exception that nothing answered (a bug, a model that fails) is logged with
+    its traceback and answered as a JSON 500 when no response has started; after a complete answer (FastAPI's
+    own 500 handler) it is only logged; mid-answer it goes on to the server, which closes the connection."""
 
-    async def replay():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    def __init__(self, app):
+        self.app = app
 
-    return replay
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        progress = {"started": False, "done": False}
+
+        async def tracked(message):
+            if message["type"] == "http.response.start":
+                progress["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                progress["done"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as e:  # noqa: BLE001 - the last place that can still answer
+            log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+            if progress["done"]:
+                return
+            if progress["started"]:
+                raise
+            await _error(500, _internal(e))(scope, receive, send)
+
+
+def _internal(e: Exception) -> str:
+    return f"internal error ({type(e).__name__}); the server's log has the details"
 
 
 VERBS = {"classify", "generate", "interpolate", "reconstruct"}
@@ -330,7 +387,8 @@ class Metrics:
 def create_app(models: dict[str, ServedModel], token: str | None = None, limits: Limits = Limits()) -> FastAPI:
     """The API over already-loaded models. `token`: every route but the page and the probes needs it."""
     metrics = Metrics()
-    state = {"token": token, "limits": limits, "in_flight": 0, "metrics": metrics, "ready": False}
+    state = {"token": token, "limits": limits, "in_flight": 0, "metrics": metrics, "ready": False,
+             "decodes": asyncio.Semaphore(limits.max_decodes)}
     metrics.ready.set_function(lambda: float(state["ready"]))  # follows readiness, SIGTERM included
     metrics.in_flight.set_function(lambda: float(state["in_flight"]))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # one thread: no contention
@@ -342,6 +400,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     async def lifespan(app: FastAPI):
         for batcher in batchers.values():
             batcher.reset()
+        state["decodes"] = asyncio.Semaphore(limits.max_decodes)  # of this event loop (a test client starts anew)
         loop = asyncio.get_running_loop()
         for model in models.values():
             await loop.run_in_executor(executor, model.warm_up)
@@ -369,6 +428,10 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     async def http_error(request, e: StarletteHTTPException):
         return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
 
+    @app.exception_handler(Exception)  # starlette answers with it, then re-raises to ErrorGuard, which logs
+    async def internal_error(request, e: Exception):
+        return _error(500, _internal(e))
+
     async def classify_inputs(name: str, model: ServedModel, x: np.ndarray, top_k: int, echo_input: bool) -> dict:
         """Validated inputs (N, *shape) -> the classify answer, through the model's micro-batcher."""
         if len(x) > limits.max_batch:
@@ -390,8 +453,16 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
             raise RequestError(f"inference took longer than {limits.timeout_s:g} s", 504) from None
         finally:
             timer.cancel()
+        if not torch.isfinite(probs).all():  # finite float32 inputs can still overflow inside the model
+            raise RequestError("the model's output for these inputs is not finite (values too large for its "
+                               "float32 arithmetic); send inputs on the scale of its training data")
         latency = (time.perf_counter() - t0) * 1000
         return classify_answer(name, model, x, probs, min(top_k, len(model.classes)), echo_input, latency)
+
+    def served(verb: str | None):
+        """The `name` path parameter; an unknown name gets the route's 404 with the list. Its schema lists no
+        enum of names: the fuzzer would then run real generate/reconstruct calls for minutes (measured 196 s)."""
+        return FastAPIPath(description="A served model's name" + (f", one that offers {verb}" if verb else ""))
 
     def model_for(name: str, verb: str) -> ServedModel:
         model = models.get(name)
@@ -424,9 +495,10 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise RequestError("send the image as a multipart file field named 'file'")
+            fields = form_fields(form, OPTIONS[cls])
             data = await upload.read()
-            fields = {k: v for k, v in form.items() if k != "file"}
-            x = await run_in_threadpool(_decode, data, model.input_shape, upload.filename or "file", limits)
+            async with state["decodes"]:  # a decoded image is held whole: bound how many are at once
+                x = await run_in_threadpool(_decode, data, model.input_shape, upload.filename or "file", limits)
             return x[None], fields
         if content_type != "application/json":
             raise RequestError(f"content type {content_type} is not accepted; send application/json or "
@@ -457,7 +529,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         return {"models": [m.card() for m in models.values()]}
 
     @app.get("/v1/models/{name}", tags=["models"], summary="One model's card: kind, data, classes, metrics")
-    async def model_card(name: str):
+    async def model_card(name: str = served(None)):
         model = models.get(name)
         if model is None:
             raise RequestError(f"no model named {name!r}; GET /v1/models lists them", 404)
@@ -465,17 +537,16 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
 
     classify_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": ClassifyRequest.model_json_schema()},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary", "description": "A PNG or JPEG image"}}}}}}}
+        "multipart/form-data": {"schema": form_schema(ClassifyOptions)}}}}
 
     @app.post("/v1/models/{name}/classify", tags=["models"], openapi_extra=classify_body,
               summary="Class probabilities of images (PNG/JPEG upload or JSON arrays) or feature vectors")
-    async def classify(name: str, request: Request,
+    async def classify(request: Request, name: str = served("classify"),
                        top_k: int | None = Query(None, ge=1, le=1000, description="Overrides the body's top_k"),
                        echo_input: bool = Query(False, description="Return the preprocessed input the model saw")):
         model = model_for(name, "classify")
         x, fields = await image_inputs(request, model, ClassifyRequest)
-        return _json(await classify_inputs(name, model, x, top_k or int(fields.get("top_k", 3)), echo_input))
+        return _json(await classify_inputs(name, model, x, top_k or fields["top_k"], echo_input))
 
     async def images_response(model: ServedModel, images: torch.Tensor, fmt: str, extra: dict, latency: float,
                               nrow: int | None = None):
@@ -493,7 +564,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
 
     @app.post("/v1/models/{name}/generate", tags=["models"], responses=PNG,
               summary="Samples from a generator: a PNG grid or uint8 arrays; the same seed gives the same images")
-    async def generate(name: str, req: GenerateRequest):
+    async def generate(req: GenerateRequest, name: str = served("generate")):
         model = model_for(name, "generate")
         if req.n > limits.max_n:
             raise RequestError(f"n must be at most {limits.max_n}")
@@ -504,7 +575,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
 
     @app.post("/v1/models/{name}/interpolate", tags=["models"], responses=PNG,
               summary="A walk through latent space (spherical), from one class to another for conditional models")
-    async def interpolate(name: str, req: InterpolateRequest):
+    async def interpolate(req: InterpolateRequest, name: str = served("interpolate")):
         model = model_for(name, "interpolate")
         if req.steps > limits.max_n:
             raise RequestError(f"steps must be at most {limits.max_n}")
@@ -516,22 +587,18 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
 
     reconstruct_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": ReconstructRequest.model_json_schema()},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary"}}}}}}}
+        "multipart/form-data": {"schema": form_schema(ReconstructOptions)}}}}
 
     @app.post("/v1/models/{name}/reconstruct", tags=["models"], openapi_extra=reconstruct_body, responses=PNG,
               summary="A VAE's reconstructions of images, with the mean absolute error per image (0-255)")
-    async def reconstruct(name: str, request: Request):
+    async def reconstruct(request: Request, name: str = served("reconstruct")):
         model = model_for(name, "reconstruct")
         x, fields = await image_inputs(request, model, ReconstructRequest)
-        label = fields.get("label")
-        label = int(label) if isinstance(label, (int, str)) and str(label).isdigit() else None
         t0 = time.perf_counter()
-        recon = await infer(model.reconstruct, torch.from_numpy(x), label)
+        recon = await infer(model.reconstruct, torch.from_numpy(x), fields["label"])
         errors = reconstruction_errors(torch.from_numpy(x), recon)
         latency = (time.perf_counter() - t0) * 1000
-        fmt = fields.get("format", "array")
-        if fmt == "png":
+        if fields["format"] == "png":
             pairs = torch.stack([torch.from_numpy(x), recon], 1).flatten(0, 1)
             return await images_response(model, pairs, "png", {}, latency, nrow=min(8, len(pairs)))
         return {"model": name, "latency_ms": latency, "backend": model.backend, "errors": errors,
@@ -544,15 +611,31 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     async def playground():
         return FileResponse(str(static / "index.html"))
 
-    app.front = BodySizeLimit(Gate(ClassifyFastPath(app.behind, models, classify_inputs), state),
-                              limits.max_body_bytes)
+    app.front = ErrorGuard(BodySizeLimit(Gate(ClassifyFastPath(app.behind, models, classify_inputs), state),
+                                         limits.max_body_bytes))
     return app
 
 
 def _decode(data: bytes, shape: tuple[int, ...], name: str, limits: Limits) -> np.ndarray:
     from genforge.predict import decode_image
 
+    max_pixels = max(limits.max_pixels, 64 * shape[-2] * shape[-1])  # by what the model needs: 8x its side
     try:
-        return decode_image(data, shape, name=name, max_pixels=limits.max_pixels).copy()  # writable for torch
+        return decode_image(data, shape, name=name, max_pixels=max_pixels).copy()  # writable for torch
     except GenforgeError as e:
         raise RequestError(str(e)) from None
+
+
+def form_fields(form, options: type[BaseModel]) -> dict:
+    """A multipart upload's text fields, validated by the JSON body's model: the same types, bounds and
+    messages, and an unknown or repeated field refused as in JSON."""
+    fields = {}
+    for key, value in form.multi_items():
+        if key == "file":
+            continue
+        if not isinstance(value, str):
+            raise RequestError(f"{key}: only the field 'file' may be a file")
+        if key in fields:
+            raise RequestError(f"{key}: given more than once")
+        fields[key] = value
+    return _parse_python(options, fields).model_dump()

@@ -14,7 +14,8 @@ from genforge.errors import GenforgeError
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 1 << 20  # 1 MiB: refused before the body is read into memory
-    max_pixels: int = 4096 * 4096  # per uploaded image, checked from the header before decoding
+    max_pixels: int = 1024 * 1024  # decoded pixels per uploaded image (more for models above 128x128: 64x theirs)
+    max_decodes: int = 2  # image uploads decoded at once (one per core); the others wait their turn
     max_batch: int = 256  # images or vectors per classify request
     max_n: int = 256  # images per generate request; steps per interpolation
     max_concurrency: int = 32  # requests in flight at once; beyond that 503 at once instead of a growing queue
@@ -30,8 +31,10 @@ class RequestError(GenforgeError):
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 when Content-Length says too much, or when the streamed body grows past the
-    limit; either way the body is never buffered beyond max_bytes."""
+    """ASGI middleware: 413 when Content-Length says too much, or when a streamed body (chunked, no length) grows
+    past the limit; either way the body is never buffered beyond max_bytes. A streamed body is read here, in
+    full, before the app sees it: an error raised from inside the app's receive would reach FastAPI's body
+    parsing and starlette's form parser, which answer it with their own 400 or 500."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -42,25 +45,34 @@ class BodySizeLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _reject(send, self.max_bytes)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
+        if length is not None or scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)  # the server reads at most content-length bytes
+        chunks, received = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.max_bytes:
+                return await _reject(send, self.max_bytes)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, replay(b"".join(chunks), receive), send)
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await _reject(send, self.max_bytes)
 
+def replay(body: bytes, receive):
+    """A receive that gives the already-read body once, then whatever the connection says next."""
+    sent = False
 
-class _TooLarge(Exception):
-    pass
+    async def replayed():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
 
 
 async def _reject(send, max_bytes: int) -> None:
@@ -92,7 +104,11 @@ def array_inputs(values: list, shape: tuple[int, ...], value_range: str) -> np.n
         raise RequestError("inputs must be finite numbers (no NaN or infinity)")
     array = array.reshape(len(array), *shape)
     if len(shape) != 3:
-        return array.astype(np.float32)
+        with np.errstate(over="ignore"):
+            vectors = array.astype(np.float32)  # what the model sees: 1e300 is finite here and inf there
+        if not np.isfinite(vectors).all():
+            raise RequestError(f"inputs must fit in float32 (magnitude at most {np.finfo(np.float32).max:.3g})")
+        return vectors
     top = 1.0 if value_range == "0-1" or (value_range == "auto" and 0 <= low and high <= 1.0) else 255.0
     if low < 0 or high > top:
         allowed = "0-255 (or 0-1)" if value_range == "auto" else value_range
