@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genforge.config import load_config
 from genforge.data import load_dataset, split_validation
-from genforge.evaluate.generative import likelihood_metrics
+from genforge.evaluate.generative import evaluation_inputs, likelihood_metrics
 from genforge.sample import save_images
 
 MODELS = {"factorized": ["model.autoregressive=false"], "autoregressive": []}  # fashion-vae overrides
@@ -174,6 +174,9 @@ def main() -> None:
             print(f"warning: the budget cut {name}'s one-cycle schedule at epoch {done:.1f}/{epochs}; rerun with "
                   f"--epochs-{name} {max(1, math.floor(done))}", flush=True)
 
+    scored = [evaluation_inputs(model, ds.test_x) for model in (reference, *ours.values())]
+    if not all(torch.equal(scored[0], x) for x in scored[1:]):
+        raise SystemExit("the three models would be scored on different binarizations of the test images")
     ref_like = likelihood_metrics(reference, ds, args.k, args.images)  # the evaluation's fixed binarization
     print(f"reference NLL {ref_like[NLL]:.2f}", flush=True)
     result = {"minutes_each": args.minutes, "threads": args.threads, "iwae_k": args.k, "iwae_images": args.images,

@@ -514,7 +514,7 @@ def main() -> None:
     click = sys.modules[typer.BadParameter.__module__]  # the click typer runs on: its own copy since typer 0.23
     no_args = getattr(click, "NoArgsIsHelpError", ())  # click >= 8.2
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="genforge")
     except no_args as e:  # `genforge` or a group alone: its help, as before
         e.show()
         sys.exit(e.exit_code)
