@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install install-dev system-deps quickstart test bench lint clean
+.PHONY: install install-dev install-bench system-deps quickstart test bench lint clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -21,6 +21,10 @@ install: .venv/.torch
 install-dev: .venv/.torch
 	$(PY) -c 'import torch;print("torch=="+torch.__version__.split("+")[0])' > .venv/constraints.txt
 	$(PIP) install -q -e ".[dev]" -c .venv/constraints.txt
+
+install-bench: .venv/.torch  # dev + the LitServe peer of bench/serve_load.py
+	$(PY) -c 'import torch;print("torch=="+torch.__version__.split("+")[0])' > .venv/constraints.txt
+	$(PIP) install -q -e ".[dev,bench]" -c .venv/constraints.txt
 
 quickstart: install
 	.venv/bin/genforge quickstart
@@ -49,7 +53,7 @@ system-deps:
 test: install-dev system-deps
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
 
-bench: install-dev system-deps  # about 100 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
+bench: install-bench system-deps  # about 100 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py
 	$(PY) bench/fashion_presets.py
 	$(PY) bench/gan_vs_reference.py
