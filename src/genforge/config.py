@@ -66,7 +66,7 @@ class TrainConfig(_Strict):
     early_stopping: int | None = Field(None, ge=1)  # stop after N epochs without val improvement
     max_seconds: float | None = Field(None, gt=0)  # stop once training took this long (equal-time comparisons)
     checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0 = at each epoch end
-    max_nonfinite: int = Field(5, ge=1)  # bad steps in a row (non-finite or unhealthy) before rolling back to the last checkpoint
+    max_nonfinite: int = Field(5, ge=1)  # bad steps in a row (non-finite or unhealthy) before rolling back
     max_rollbacks: int = Field(3, ge=0)  # rollbacks before the run stops
 
 
