@@ -410,20 +410,41 @@ def runs_compare(a: Path, b: Path, diff: Annotated[bool, typer.Option("--diff", 
 @data_app.command("info")
 def data_info_command(
     name: str,
+    options: Annotated[list[str] | None, typer.Argument(
+        help="Series only: data.series options as key=value (fill=ffill, outliers=clip, freq=MS, target=[a,b]).",
+        show_default=False)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where to look for the files.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ):
-    """Cleaning report: class counts, duplicates, constant images, pixel statistics."""
+    """Cleaning report. Images and tables: class counts, duplicates, constant images, pixel statistics. Series
+    (series:NAME, csv-series:PATH): frequency, season, and per series gaps, missing values, duplicates, outliers,
+    seasonality."""
     from genforge.data import data_info, load_dataset
+    from genforge.data.series import is_series, load_series, options_from
 
-    info = data_info(load_dataset(name, data_dir, progress=not as_json))
+    if is_series(name):
+        info = load_series(name, options_from(options or [])).info()
+    elif options:
+        raise GenforgeError(f"{options[0]}: key=value options are for series (series:NAME, csv-series:PATH)")
+    else:
+        info = data_info(load_dataset(name, data_dir, progress=not as_json))
     if as_json:
         print(json.dumps(info))
         return
     table = Table(show_header=False, box=None)
     for k, v in info.items():
-        table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+        if k != "series":
+            table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
     out.print(table)
+    if "series" in info:
+        keys = ("length", "start", "gaps", "missing", "duplicates", "outliers", "seasonal")  # the rest: --json
+        rows = Table(box=None)
+        rows.add_column("series", no_wrap=True)
+        for key in keys:
+            rows.add_column(key, no_wrap=True)
+        for sid, report in info["series"].items():
+            rows.add_row(sid, *(str(report[k]) for k in keys), style="yellow" if report["constant"] else None)
+        out.print(rows)
 
 
 @app.command()

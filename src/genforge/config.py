@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genforge.data.series import SeriesOptions
 from genforge.errors import GenforgeError
 from genforge.registry import MODELS
 
@@ -31,6 +32,7 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1)  # share of train held out for validation
     train_subset: int | None = Field(None, ge=1)  # use only the first N training images (quick runs)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    series: SeriesOptions = Field(default_factory=SeriesOptions)  # series:NAME and csv-series:PATH: reading, cleaning
 
 
 class DistillConfig(_Strict):
