@@ -7,12 +7,11 @@ import torch
 from genforge.config import RunConfig
 from genforge.registry import MODELS, build_model
 from genforge.runs import load_weights, save_weights
-from genforge.train.tasks import TASKS
 
 IMAGE = (1, 28, 28)
 FEATURES = (2,)
-CLASSIFIERS = [k for k, s in MODELS.items() if s.task == "classify"]
-GENERATORS = [k for k, s in MODELS.items() if s.task != "classify"]
+CLASSIFIERS = [k for k, s in MODELS.items() if "classify" in s.task.verbs]
+GENERATORS = [k for k, s in MODELS.items() if "generate" in s.task.verbs]
 SMALL = {"gan": {"width": 16, "latent_dim": 8, "conditional": True}, "vae": {"width": 8, "latent_dim": 4}}
 
 
@@ -64,7 +63,7 @@ def test_save_then_load_gives_the_same_output(kind, tmp_path):
 @pytest.mark.parametrize("kind", GENERATORS)
 def test_generator_samples_survive_a_round_trip(kind, tmp_path):
     model, shape = _make(kind, seed=0)
-    step = TASKS[MODELS[kind].task].step(model, RunConfig.model_validate({"model": {"kind": kind, **SMALL[kind]}}),
+    step = MODELS[kind].task.step(model, RunConfig.model_validate({"model": {"kind": kind, **SMALL[kind]}}),
                                          steps_per_epoch=4, autocast=False, channels_last=False)
     step(_inputs(shape, 16), torch.randint(0, 10, (16,)))  # non-trivial BatchNorm statistics and weights
     samples = model.sample(12, seed=5)
@@ -81,7 +80,7 @@ def test_generator_samples_survive_a_round_trip(kind, tmp_path):
 def test_one_training_step_is_finite_and_changes_weights(kind):
     model, shape = _make(kind)
     cfg = RunConfig.model_validate({"model": {"kind": kind, **SMALL.get(kind, {})}, "train": {"epochs": 1}})
-    step = TASKS[MODELS[kind].task].step(model, cfg, steps_per_epoch=4, autocast=False, channels_last=False)
+    step = MODELS[kind].task.step(model, cfg, steps_per_epoch=4, autocast=False, channels_last=False)
     before = [p.detach().clone() for p in model.parameters()]
     metrics = step(_inputs(shape, 16), torch.randint(0, 10, (16,)))
     assert metrics is not None and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from genforge import runs
 from genforge.config import load_config
+from genforge.train import steps
 from genforge.train.loop import Interrupted, train
 from genforge.train.steps import ClassifierStep
-from genforge.train.tasks import ClassifyTask
 
 
 def new_run(tmp_path, *overrides, preset="blobs-logreg", name="run"):
@@ -90,7 +90,7 @@ class EveryOtherBatchIsBad(ClassifierStep):
 
 
 def test_sporadic_bad_steps_are_skipped_without_a_rollback(tmp_path, monkeypatch):
-    monkeypatch.setattr(ClassifyTask, "step", EveryOtherBatchIsBad)
+    monkeypatch.setattr(steps, "ClassifierStep", EveryOtherBatchIsBad)  # what the classify task's step builds
     cfg, run = new_run(tmp_path, "train.epochs=2", "train.max_nonfinite=2", "train.max_rollbacks=0")
     summary = train(cfg, run, quiet=True)  # max_rollbacks=0: a single rollback would end the run as diverged
     assert summary["status"] == "complete" and summary["rollbacks"] == 0

@@ -86,50 +86,6 @@ def train(
     out.print(f"run: {run_dir}\nreport: {run_dir / 'report.html'}")
 
 
-def _print_classifier_eval(name: str, result: dict) -> None:
-    out.print(f"[bold]{name}[/] on {result['dataset']} test ({result['n']} items)")
-    table = Table("class", "precision", "recall", "F1")
-    for c, m in result["per_class"].items():
-        table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}")
-    out.print(table)
-    out.print(f"accuracy {result['accuracy']:.4f}  macro F1 {result['macro_f1']:.4f}  loss {result['loss']:.4f}\n"
-              f"latency (batch 1) {result['latency_ms_b1']:.2f} ms  throughput (batch 256) "
-              f"{result['throughput_b256']:,.0f}/s")
-
-
-def _print_generator_eval(name: str, result: dict) -> None:
-    prov = result["provenance"]
-    out.print(f"[bold]{name}[/]: {prov['n']} samples vs {prov['reference']}, evaluator {prov['evaluator']} "
-              f"(test accuracy {prov['evaluator_test_accuracy']:.4f}), seeds {prov['seeds']}")
-    table = Table("score", "mean", "sd", "better")
-    better = {"fd": "lower", "kid": "lower", "precision": "higher", "recall": "higher",
-              "conditional_accuracy": "higher"}
-    for key, direction in better.items():
-        if key in result:
-            table.add_row(key, f"{result[key]['mean']:.4g}", f"{result[key]['sd']:.2g}", direction)
-    out.print(table)
-    cal = result["calibration"]
-    out.print(f"calibration on the same scale: FD(train vs test) {cal['fd_train_vs_test']:.4g}  "
-              f"FD(uniform noise vs test) {cal['fd_noise_vs_test']:.4g}")
-    mem = result["memorization"]
-    out.print(f"memorization: nearest-train distance median {mem['sample_nn_median']:.3f} for samples vs "
-              f"{mem['test_nn_median']:.3f} for test images (ratio {mem['ratio_median']:.3f}; "
-              f"{mem['share_closer_than_test_p05']:.1%} of samples closer than the test 5th percentile)")
-    if "likelihood" in result:
-        like = result["likelihood"]
-        out.print(f"likelihood ({like['likelihood']}; {like['measure']}): test ELBO {like['test_elbo']:.2f} "
-                  f"(recon {like['test_recon']:.2f}, KL {like['test_kl']:.2f}); IWAE NLL {like['nll_iwae']:.2f} "
-                  f"± {like['nll_iwae_se']:.2f} = {like['bits_per_dim']:.4f} bits/dim "
-                  f"(k={like['iwae_k']}, {like['iwae_images']} images)")
-        if "nll_iwae_continuous" in like:
-            out.print(f"continuous density on [0, 1]^D (not a probability; can be negative): IWAE NLL "
-                      f"{like['nll_iwae_continuous']:.2f} nats")
-    out.print(f"class histogram of the samples: {result['class_histogram']}")
-
-
-EVAL_PRINTERS = {"classify": _print_classifier_eval, "gan": _print_generator_eval, "vae": _print_generator_eval}
-
-
 @app.command()
 def evaluate(
     run: Path,
@@ -142,7 +98,6 @@ def evaluate(
     from genforge import runs
     from genforge.data import load_dataset
     from genforge.runs import load_run
-    from genforge.train.tasks import TASKS
 
     loaded = load_run(run)
     ds = load_dataset(data or loaded.meta["dataset"], loaded.config.data.data_dir, seed=loaded.config.seed,
@@ -150,15 +105,15 @@ def evaluate(
     if tuple(ds.input_shape) != tuple(loaded.meta["input_shape"]) or len(ds.classes) != len(loaded.meta["classes"]):
         raise GenforgeError(f"{ds.name} (shape {tuple(ds.input_shape)}, {len(ds.classes)} classes) does not fit "
                             f"this model (shape {tuple(loaded.meta['input_shape'])}, {len(loaded.meta['classes'])})")
-    task = loaded.meta.get("task", "classify")
+    task = loaded.task
     loaded.config.eval.samples = samples or loaded.config.eval.samples
     loaded.config.eval.seeds = seeds or loaded.config.eval.seeds
-    result = {**TASKS[task].test(loaded.model, ds, loaded.config), "dataset": ds.name}
+    result = {**task.test(loaded.model, ds, loaded.config), "dataset": ds.name}
     runs.write_json(loaded.path / "eval.json", result)
     if as_json:
         print(json.dumps(result))
         return
-    EVAL_PRINTERS[task](loaded.path.name, result)
+    task.print_evaluation(out, loaded.path.name, result)
 
 
 @app.command()
@@ -174,7 +129,7 @@ def predict(
     from genforge.runs import load_run
 
     loaded = load_run(run)
-    if loaded.meta.get("task", "classify") != "classify":
+    if "classify" not in loaded.task.verbs:
         raise GenforgeError(f"{run} is a {loaded.config.model.kind} model, not a classifier: predict classifies; "
                             f"use genforge sample (or reconstruct, for a VAE)")
     x = load_inputs(files, tuple(loaded.meta["input_shape"]))
@@ -455,20 +410,41 @@ def runs_compare(a: Path, b: Path, diff: Annotated[bool, typer.Option("--diff", 
 @data_app.command("info")
 def data_info_command(
     name: str,
+    options: Annotated[list[str] | None, typer.Argument(
+        help="Series only: data.series options as key=value (fill=ffill, outliers=clip, freq=MS, target=[a,b]).",
+        show_default=False)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where to look for the files.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ):
-    """Cleaning report: class counts, duplicates, constant images, pixel statistics."""
+    """Cleaning report. Images and tables: class counts, duplicates, constant images, pixel statistics. Series
+    (series:NAME, csv-series:PATH): frequency, season, and per series gaps, missing values, duplicates, outliers,
+    seasonality."""
     from genforge.data import data_info, load_dataset
+    from genforge.data.series import is_series, load_series, options_from
 
-    info = data_info(load_dataset(name, data_dir, progress=not as_json))
+    if is_series(name):
+        info = load_series(name, options_from(options or [])).info()
+    elif options:
+        raise GenforgeError(f"{options[0]}: key=value options are for series (series:NAME, csv-series:PATH)")
+    else:
+        info = data_info(load_dataset(name, data_dir, progress=not as_json))
     if as_json:
         print(json.dumps(info))
         return
     table = Table(show_header=False, box=None)
     for k, v in info.items():
-        table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+        if k != "series":
+            table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
     out.print(table)
+    if "series" in info:
+        keys = ("length", "start", "gaps", "missing", "duplicates", "outliers", "seasonal")  # the rest: --json
+        rows = Table(box=None)
+        rows.add_column("series", no_wrap=True)
+        for key in keys:
+            rows.add_column(key, no_wrap=True)
+        for sid, report in info["series"].items():
+            rows.add_row(sid, *(str(report[k]) for k in keys), style="yellow" if report["constant"] else None)
+        out.print(rows)
 
 
 @app.command()

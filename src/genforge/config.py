@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genforge.data.series import SeriesOptions
 from genforge.errors import GenforgeError
 from genforge.registry import MODELS
 
@@ -31,6 +32,7 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1)  # share of train held out for validation
     train_subset: int | None = Field(None, ge=1)  # use only the first N training images (quick runs)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    series: SeriesOptions = Field(default_factory=SeriesOptions)  # series:NAME and csv-series:PATH: reading, cleaning
 
 
 class DistillConfig(_Strict):
@@ -66,7 +68,7 @@ class TrainConfig(_Strict):
     early_stopping: int | None = Field(None, ge=1)  # stop after N epochs without val improvement
     max_seconds: float | None = Field(None, gt=0)  # stop once training took this long (equal-time comparisons)
     checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0 = at each epoch end
-    max_nonfinite: int = Field(5, ge=1)  # bad steps in a row (non-finite or unhealthy) before rolling back to the last checkpoint
+    max_nonfinite: int = Field(5, ge=1)  # bad steps in a row (non-finite or unhealthy) before rolling back
     max_rollbacks: int = Field(3, ge=0)  # rollbacks before the run stops
 
 

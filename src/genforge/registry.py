@@ -1,4 +1,5 @@
-"""One table: model kind -> its config class, its builder and its task. Add a kind here, nowhere else."""
+"""One table: model kind -> its config class, its builder and its task. Add a kind here, nowhere else; what a task
+does (train, evaluate, report, export, serve) is its module's under tasks/."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from torch import nn
 from genforge.models import classifier as clf
 from genforge.models.gan import GAN, GANConfig
 from genforge.models.vae import VAE, VAEConfig
+from genforge.tasks import classify, gan, vae
+from genforge.tasks.base import Task
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     config: type[BaseModel]
     build: Callable[..., nn.Module]  # (config, input_shape, num_classes, mean, std) -> nn.Module
-    task: str  # "classify", "gan" or "vae": picks the step function and the evaluation (train/tasks.py)
+    task: Task  # the step function, evaluation, report, export parts and serving verbs (tasks/)
     image_only: bool  # needs (C, H, W) uint8 images: refused on tabular data before training starts
 
 
@@ -28,14 +31,14 @@ def _generator(cls: type[nn.Module]) -> Callable[..., nn.Module]:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "logreg": ModelSpec(clf.LogRegConfig, clf.classifier(clf.build_logreg), "classify", image_only=False),
-    "mlp": ModelSpec(clf.MLPConfig, clf.classifier(clf.build_mlp), "classify", image_only=False),
-    "cnn": ModelSpec(clf.CNNConfig, clf.classifier(clf.build_cnn), "classify", image_only=True),
-    "fastcnn": ModelSpec(clf.FastCNNConfig, clf.classifier(clf.build_fastcnn), "classify", image_only=True),
-    "gan": ModelSpec(GANConfig, _generator(GAN), "gan", image_only=True),
+    "logreg": ModelSpec(clf.LogRegConfig, clf.classifier(clf.build_logreg), classify.TASK, image_only=False),
+    "mlp": ModelSpec(clf.MLPConfig, clf.classifier(clf.build_mlp), classify.TASK, image_only=False),
+    "cnn": ModelSpec(clf.CNNConfig, clf.classifier(clf.build_cnn), classify.TASK, image_only=True),
+    "fastcnn": ModelSpec(clf.FastCNNConfig, clf.classifier(clf.build_fastcnn), classify.TASK, image_only=True),
+    "gan": ModelSpec(GANConfig, _generator(GAN), gan.TASK, image_only=True),
     # a VAE's likelihood is defined on 8-bit pixels (binarized or dequantized), its verbs (sample, interpolate,
     # reconstruct, serve) return images: real-valued features have neither (docs/decisions.md)
-    "vae": ModelSpec(VAEConfig, _generator(VAE), "vae", image_only=True),
+    "vae": ModelSpec(VAEConfig, _generator(VAE), vae.TASK, image_only=True),
 }
 
 
@@ -43,3 +46,8 @@ def build_model(cfg: BaseModel, input_shape: tuple[int, ...], num_classes: int, 
                 std: torch.Tensor) -> nn.Module:
     """Build the model of cfg.kind; classifiers get a first layer that normalizes raw inputs with (mean, std)."""
     return MODELS[cfg.kind].build(cfg, tuple(input_shape), num_classes, mean, std)
+
+
+def task_of(kind: str) -> Task:
+    """The task of a model kind (a run's: its config.model.kind)."""
+    return MODELS[kind].task

@@ -23,7 +23,7 @@ from torch import nn
 
 from genforge.config import RunConfig, dump_config, validate
 from genforge.errors import GenforgeError
-from genforge.registry import build_model
+from genforge.registry import build_model, task_of
 
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoints/last.safetensors"
@@ -209,6 +209,11 @@ class LoadedRun:
     lineage: dict | None = None  # compression.json of a compressed run: its parent and the method
     onnx_dir: Path | None = None  # where the ONNX parts come from, with backend onnxruntime
 
+    @property
+    def task(self):
+        """What the run's kind does (genforge.tasks): its evaluation, report, export parts, serving verbs."""
+        return task_of(self.config.model.kind)
+
     def require(self, verb: str) -> None:
         """A one-line error unless the model can do `verb` (sample, encode, decode, reconstruct, render)."""
         if not hasattr(self.model, verb):
@@ -243,15 +248,16 @@ class LoadedRun:
 BACKENDS = ("torch", "onnxruntime")
 
 
-def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = None, threads: int = 1) -> LoadedRun:
+def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = None,
+             threads: int | None = 1) -> LoadedRun:
     """Rebuild a run's model from its directory alone: config.yaml + meta.json + safetensors weights.
 
     checkpoint: the weights of the last checkpoint (checkpoints/last.safetensors, the EMA where the run keeps one)
     instead of the final ones, e.g. to look at an interrupted run.
 
     backend: "torch" (eager), "onnxruntime" (the parts exported under RUN/export run in ONNX Runtime with
-    `threads` threads; see compress/export.py), or None for the run's own: ONNX Runtime for a run that holds
-    only ONNX files (an int8 run), else torch."""
+    `threads` threads, or with None as many as its task serves with; see compress/export.py), or None for the
+    run's own: ONNX Runtime for a run that holds only ONNX files (an int8 run), else torch."""
     import yaml
 
     run = resolve_run(path)
@@ -286,7 +292,7 @@ def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = N
     if backend == "onnxruntime":
         from genforge.compress.export import load_parts
 
-        load_parts(loaded, run / "export", threads)
+        load_parts(loaded, run / "export", threads if threads is not None else loaded.task.onnx_threads())
     return loaded
 
 

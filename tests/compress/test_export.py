@@ -51,7 +51,7 @@ def loaded(tmp_path, variant: str) -> LoadedRun:
             module.running_var.uniform_(0.5, 1.5)
         if isinstance(module, CausalConv2d):  # it starts at zero, which any graph would match
             module.weight.data.normal_(0, 0.3)
-    return LoadedRun(tmp_path, cfg, model, {**meta, "task": task}, {})
+    return LoadedRun(tmp_path, cfg, model, {**meta, "task": task.name}, {})
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

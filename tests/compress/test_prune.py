@@ -45,7 +45,7 @@ def test_lamp_masks_ignore_each_layers_scale_and_keep_every_layer_alive():
 
 
 def test_the_schedule_ramps_cubically_then_holds():
-    schedule = GradualPruning(0.8, "classify", ramp=0.5)
+    schedule = GradualPruning(0.8, ramp=0.5)
     values = [schedule.sparsity(t, 100) for t in range(0, 101)]
     assert values[0] == 0 and values[50] == pytest.approx(0.8) and values[100] == pytest.approx(0.8)
     assert all(a <= b for a, b in zip(values, values[1:]))
@@ -56,7 +56,7 @@ def test_pruned_weights_stay_zero_through_adam_momentum_and_the_ema():
     model = net()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     step = SimpleNamespace(model=model, ema=build_ema(model, 0.9))
-    schedule, total = GradualPruning(0.8, "classify", ramp=0.5, events=5), 40
+    schedule, total = GradualPruning(0.8, ramp=0.5, events=5), 40
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     seen = []
     for t in range(1, total + 1):

@@ -15,8 +15,7 @@ from genforge.evaluate.features import Evaluator
 from genforge.evaluate.generative import evaluate_generator, generate, likelihood_metrics
 from genforge.models.classifier import FastCNNConfig
 from genforge.models.vae import VAE, VAEConfig
-from genforge.registry import build_model
-from genforge.train.tasks import TASKS
+from genforge.registry import build_model, task_of
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def _cfg(seed: int) -> RunConfig:
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_the_likelihood_does_not_depend_on_the_runs_seed(digits, likelihood):
     model = _vae(digits, likelihood=likelihood)
-    task = TASKS["vae"]
+    task = task_of("vae")
     first, second = task.likelihood(model, digits, _cfg(0)), task.likelihood(model, digits, _cfg(1))
     assert first == second  # the same binary (dequantized) test images and the same estimator noise
     assert likelihood_metrics(model, digits, 8, 40) == first  # bench/ calls this with the same defaults

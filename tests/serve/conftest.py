@@ -20,7 +20,7 @@ def client(served):
 
 @pytest.fixture(scope="session")
 def names(served):
-    by_task = {m.task: name for name, m in served.items()}
+    by_task = {m.task.name: name for name, m in served.items()}
     return by_task["classify"], by_task["gan"], by_task["vae"]
 
 

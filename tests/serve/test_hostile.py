@@ -59,7 +59,7 @@ def hostile_requests(clf: str, gan: str) -> list[tuple[str, str, dict, str]]:
 
 @pytest.fixture(scope="module")
 def names(served):
-    by_task = {m.task: name for name, m in served.items()}
+    by_task = {m.task.name: name for name, m in served.items()}
     return by_task["classify"], by_task["gan"]
 
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from genforge import runs
 from genforge.compress.export import part_inputs, parts_of
@@ -32,16 +31,11 @@ def create_child(parent, cfg: RunConfig, runs_dir: Path, lineage: dict) -> Path:
     return child
 
 
-def _inference_module(model: nn.Module, task: str) -> nn.Module:
-    return model.generator if task == "gan" else model  # a GAN ships its generator, not its discriminator
-
-
 def count_parameters(run) -> tuple[int, int]:
     """(parameters, non-zero parameters) of what the run runs: its PyTorch weights, or the weights in its ONNX
     files (quantized int8 tensors included; scales, zero points and shape constants are not parameters)."""
-    task = run.meta.get("task", "classify")
     if run.backend == "torch":
-        params = list(_inference_module(run.model, task).parameters())
+        params = list(run.task.inference_module(run.model).parameters())
         return sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params)
     import numpy as np
     import onnx
@@ -117,11 +111,10 @@ def finish_child(parent, child_dir: Path, references: dict[str, Path] | None = N
     and report.html. references: extra rows, {label: folder of fp32 ONNX files of the parent}."""
     from genforge.compress.export import load_parts
     from genforge.data import load_dataset
-    from genforge.train.tasks import TASKS
 
     torch.set_num_threads(threads)
     child = runs.load_run(child_dir, threads=threads)
-    task = TASKS[parent.meta.get("task", "classify")]
+    task = parent.task
     ds = load_dataset(parent.config.data.name, parent.config.data.data_dir, seed=parent.config.seed, progress=False)
     progress("evaluating the parent")
     _, parent_quality = quality(parent, ds, task)

@@ -20,13 +20,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.compress.parts import Part
 from genforge.errors import GenforgeError
 from genforge.models.layers import check_labels
 from genforge.runs import weights_digest, write_json
@@ -36,29 +36,9 @@ TOLERANCE = 1e-4  # max |onnxruntime - eager| accepted on a held-out batch
 DEFAULT_OPSET = 18  # the first opset of the dynamo exporter
 
 
-@dataclass(frozen=True)
-class Part:
-    name: str  # file stem
-    seam: str  # the model attribute the part implements; ONNX Runtime takes its place there
-    inputs: tuple[str, ...]  # the first input is the batch; "classes" is added for conditional models
-    outputs: tuple[str, ...]
-    labels: bool = True  # takes the one-hot classes too when the model is conditional
-
-
-PARTS: dict[str, tuple[Part, ...]] = {
-    "classify": (Part("model", "forward", ("x",), ("logits",)),),
-    "gan": (Part("generator", "generator", ("z",), ("images",)),),
-    "vae": (Part("encoder", "encode", ("x",), ("mu", "logvar")), Part("decoder", "decode", ("z",), ("params",))),
-}
-CONTEXT = Part("context", "context_logits", ("x",), ("logits",), labels=False)  # autoregressive VAEs
-
-
 def parts_of(run) -> tuple[Part, ...]:
-    """The parts a run's model exports, the main one (classifier, generator, decoder) last."""
-    parts = PARTS[run.meta.get("task", "classify")]
-    if getattr(run.model, "context", None) is not None:  # an autoregressive VAE: its likelihood needs it
-        parts = (parts[0], CONTEXT, *parts[1:])
-    return parts
+    """The parts a run's model exports (its task's), the main one (classifier, generator, decoder) last."""
+    return run.task.export_parts(run.model)
 
 
 def is_conditional(model: nn.Module) -> bool:
@@ -88,7 +68,7 @@ def part_inputs(run, part: Part, n: int, seed: int, split: str = "test") -> tupl
         labels = torch.randint(0, classes, (n,), generator=g)
     else:
         x, y = heldout(run, n, seed, split)
-        first = x if part.name == "model" else x.float() / 255  # a VAE encodes model-space [0, 1]
+        first = x.float() / 255 if part.unit_range else x
         labels = y
     if not (is_conditional(model) and part.labels):
         return (first,)

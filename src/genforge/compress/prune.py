@@ -15,10 +15,6 @@ from genforge.errors import GenforgeError
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
-def _pruned_module(model: nn.Module, task: str) -> nn.Module:
-    return model.generator if task == "gan" else model  # a GAN ships its generator: its critic stays dense
-
-
 def _layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, PRUNABLE)]
 
@@ -56,9 +52,10 @@ def magnitude_masks(layers: list[nn.Module], amount: float, score: str = "lamp")
 
 
 @torch.no_grad()
-def magnitude_prune(model: nn.Module, amount: float, task: str = "classify") -> None:
-    """One-shot global (LAMP) magnitude pruning of the conv and linear weights, in place (a GAN: its generator)."""
-    layers = _layers(_pruned_module(model, task))
+def magnitude_prune(module: nn.Module, amount: float) -> None:
+    """One-shot global (LAMP) magnitude pruning of the conv and linear weights, in place (of what the model ships:
+    its task's inference_module, e.g. a GAN's generator; its critic stays dense)."""
+    layers = _layers(module)
     for m, mask in zip(layers, magnitude_masks(layers, amount)):
         m.weight.mul_(mask)
 
@@ -72,8 +69,9 @@ class GradualPruning:
     checkpoints them (state_dict), because masks recomputed from the weights after a resume would rank weights
     that the optimizer has moved since the last event, and prune others than an uninterrupted run."""
 
-    def __init__(self, amount: float, task: str, ramp: float = 0.6, events: int = 20):
-        self.amount, self.task, self.ramp, self.events = amount, task, ramp, events
+    def __init__(self, amount: float, pruned: Callable[[nn.Module], nn.Module] = lambda model: model,
+                 ramp: float = 0.6, events: int = 20):
+        self.amount, self.pruned, self.ramp, self.events = amount, pruned, ramp, events  # pruned(model): its layers
         self.masks: list[torch.Tensor] | None = None
         self.groups: list[list[nn.Module]] = []  # the pruned layers of the model, then of its EMA
 
@@ -95,7 +93,7 @@ class GradualPruning:
         """After update t of total (1-based)."""
         if not self.groups:  # the first call, also after a resume; the modules stay the same objects after
             ema = getattr(step, "ema", None)
-            self.groups = [_layers(_pruned_module(step.model, self.task))]
+            self.groups = [_layers(self.pruned(step.model))]
             if ema is not None:
                 self.groups.append(_layers(ema.module))
         if self.masks is not None:
@@ -149,7 +147,7 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
     parent's softened outputs too (train.distill), without label smoothing and dropout, unless distill is False;
     `overrides` (key=value) change the fine-tuning config last."""
     from genforge.compress.child import create_child, finish_child
-    from genforge.compress.export import PARTS, part_inputs
+    from genforge.compress.export import part_inputs
     from genforge.config import apply_override, validate
     from genforge.runs import WEIGHTS, load_run, save_weights
 
@@ -158,21 +156,22 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
     if finetune_epochs < 0:
         raise GenforgeError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     parent = load_run(parent_path, backend="torch")
-    task = parent.meta.get("task", "classify")
+    task = parent.task
     model = copy.deepcopy(parent.model).float().eval()
     raw = parent.config.model_dump(mode="json")
     if structured:
-        if task != "classify":
-            raise GenforgeError("structured pruning is for classifiers; prune a generator without --structured")
-        (example,) = part_inputs(parent, PARTS[task][0], 2, seed=1, split="train")
+        if not task.structured_pruning:
+            raise GenforgeError(f"structured pruning is for classifiers; prune a {task.name} model without "
+                                f"--structured")
+        (example,) = part_inputs(parent, task.parts[0], 2, seed=1, split="train")
         model, raw["model"] = channel_prune(model, parent.config.model, example, amount)
         raw["model"] = raw["model"].model_dump(mode="json")
     elif not finetune_epochs:
-        magnitude_prune(model, amount, task)  # with fine-tuning the sparsity ramps up during it instead
+        magnitude_prune(task.inference_module(model), amount)  # with fine-tuning, the sparsity ramps up during it
     raw["name"] = f"{parent.config.name}-{'channels' if structured else 'pruned'}{round(amount * 100)}"
     if finetune_epochs:  # the fine-tuning runs its whole length: gradual pruning reaches its sparsity near the end
         raw["train"].update(epochs=finetune_epochs, early_stopping=None, max_seconds=None)
-        if distill and task == "classify":  # the teacher's soft targets replace the parent's regularizers, sized
+        if distill and "classify" in task.verbs:  # the teacher's soft targets replace the parent's regularizers, sized
             raw["train"].update(distill={"teacher": str(Path(parent_path).resolve())}, label_smoothing=0.0)
             if "dropout" in raw["model"]:  # for a network four or five times larger than what is left
                 raw["model"]["dropout"] = 0.0
@@ -199,7 +198,7 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
         from genforge.train.loop import train
 
         progress(f"fine-tuning for {finetune_epochs} epochs")
-        schedule = None if structured else GradualPruning(amount, task)
+        schedule = None if structured else GradualPruning(amount, task.inference_module)
         train(cfg, child, quiet=quiet, init=lambda fresh: fresh.load_state_dict(state), on_step=schedule)
     else:
         save_weights(model, child / WEIGHTS)
@@ -225,8 +224,7 @@ def resume_prune(child: Path, quiet: bool = False, progress=lambda _: None) -> t
     parent = load_run(lineage["parent"], backend="torch")
     cfg = load_config(str(child / "config.yaml"))
     if read_json(child / "summary.json").get("status") != "complete":  # else only the comparison was left to do
-        task = parent.meta.get("task", "classify")
-        schedule = None if lineage["structured"] else GradualPruning(lineage["amount"], task)
+        schedule = None if lineage["structured"] else GradualPruning(lineage["amount"], parent.task.inference_module)
         progress(f"resuming the fine-tuning of {child.name}")
         train(cfg, child, resume=True, quiet=quiet, on_step=schedule)
     return child, finish_child(parent, child, threads=lineage.get("threads") or cfg.train.threads or 1,

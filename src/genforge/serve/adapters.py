@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -24,8 +23,11 @@ HEADLINE = ("test_accuracy", "test_macro_f1", "fd", "kid", "precision", "recall"
 class ServedModel:
     name: str
     run: LoadedRun
-    task: str  # classify, gan or vae
     stats: dict = field(default_factory=dict)
+
+    @cached_property  # read on every classify request
+    def task(self):
+        return self.run.task
 
     @property
     def backend(self) -> str:
@@ -41,18 +43,16 @@ class ServedModel:
 
     @property
     def conditional(self) -> bool:
-        return bool(getattr(self.run.model.cfg, "conditional", False)) if self.task != "classify" else False
+        return bool(getattr(self.run.config.model, "conditional", False))  # classifiers' configs have no such key
 
-    def verbs(self) -> list[str]:
-        verbs = {"classify": ["classify"], "gan": ["generate", "interpolate"],
-                 "vae": ["generate", "interpolate", "reconstruct"]}
-        return verbs[self.task]
+    def verbs(self) -> tuple[str, ...]:
+        return self.task.verbs
 
     def card(self) -> dict:
         """What a client needs to call the model and judge it: kind, data, classes, shape, metrics, config."""
         summary = self.run.summary
         return {
-            "name": self.name, "kind": self.run.config.model.kind, "task": self.task, "verbs": self.verbs(),
+            "name": self.name, "kind": self.run.config.model.kind, "task": self.task.name, "verbs": self.verbs(),
             "dataset": self.run.meta.get("dataset"), "classes": self.classes, "input_shape": list(self.input_shape),
             "conditional": self.conditional, "run_id": self.run.path.name, "backend": self.backend,
             "metrics": {k: summary[k] for k in HEADLINE if isinstance(summary.get(k), (int, float))},
@@ -86,12 +86,7 @@ class ServedModel:
     def warm_up(self) -> float:
         """One call of every verb on dummy data, so the first request pays no one-time costs. Returns seconds."""
         t0 = time.perf_counter()
-        if self.task == "classify":
-            dtype = torch.uint8 if len(self.input_shape) == 3 else torch.float32
-            self.probabilities(torch.zeros((1, *self.input_shape), dtype=dtype))
-            self.probabilities(torch.zeros((16, *self.input_shape), dtype=dtype))
-        else:
-            self.generate(4, 0 if self.conditional else None, 0, None)
+        self.task.warm_up(self)
         return time.perf_counter() - t0
 
 
@@ -109,13 +104,12 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
         return load_run(path, backend="torch")
     from genforge.compress.export import EXPORT_DIR, is_stale, load_parts
 
-    threads = _onnx_threads(read_json(path / "meta.json").get("task", "classify"))
     record = read_json(path / EXPORT_DIR / "export.json")
     if is_stale(path, record):
         print(f"{path / EXPORT_DIR} was exported from earlier weights: exporting again", flush=True)
         record = {}
     if record.get("dynamic_batch") or record and backend == "onnxruntime":  # a batch-fixed export raises there
-        return load_run(path, backend="onnxruntime", threads=threads)
+        return load_run(path, backend="onnxruntime", threads=None)  # the threads its task serves with
     if record:  # auto, and the export serves one batch size only
         print(f"serving {path} with torch: its ONNX export is for batch {record.get('batch_size')} only "
               f"(`genforge export {path} --dynamic-batch` lets onnxruntime serve it)", flush=True)
@@ -129,15 +123,8 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
             raise
         print(f"serving {path} with torch: {e}", flush=True)  # auto: the fastest backend that works
         return trained
-    load_parts(trained, path / EXPORT_DIR, threads)  # the loaded run, its parts now in ONNX Runtime
+    load_parts(trained, path / EXPORT_DIR, trained.task.onnx_threads())  # the loaded run, its parts now in ORT
     return trained
-
-
-def _onnx_threads(task: str) -> int:
-    """ONNX Runtime threads per call: one for classify (batches of a few images; the event loop needs the other
-    cores), every core for the generators' whole-grid batches (n=64: 32 ms on 2 threads against 51 ms on 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 1 if task == "classify" else cores
 
 
 def _export(path: Path) -> None:
@@ -164,7 +151,7 @@ def load_models(paths: list[str | Path], backend: str = "auto") -> dict[str, Ser
         if name in models:
             raise GenforgeError(f"{run.path} is given twice")
         run.model.eval()
-        models[name] = ServedModel(name, run, run.meta.get("task", "classify"))
+        models[name] = ServedModel(name, run)
     return models
 
 

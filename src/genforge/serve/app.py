@@ -255,7 +255,7 @@ class ClassifyFastPath:
             return await self.app(scope, receive, send)
         name, verb = _model_route(scope["path"])
         model = self.models.get(name) if verb == "classify" else None
-        if model is None or model.task != "classify" or _content_type(scope) != "application/json":
+        if model is None or "classify" not in model.verbs() or _content_type(scope) != "application/json":
             return await self.app(scope, receive, send)
         body, disconnected = await _read_body(receive)
         if disconnected:
@@ -394,7 +394,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # one thread: no contention
     batchers = {name: MicroBatcher(m.probabilities, executor, limits.max_batch,
                                    on_batch=metrics.batch.labels(name).observe)
-                for name, m in models.items() if m.task == "classify"}
+                for name, m in models.items() if "classify" in m.verbs()}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -469,7 +469,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         if model is None:
             raise RequestError(f"no model named {name!r}; GET /v1/models lists them: {', '.join(models)}", 404)
         if verb not in model.verbs():
-            raise RequestError(f"{name} is a {model.task} model: it offers {', '.join(model.verbs())}, not {verb}")
+            raise RequestError(f"{name} is a {model.task.name} model: it offers {', '.join(model.verbs())}, "
+                               f"not {verb}")
         return model
 
     async def infer(fn, *args):

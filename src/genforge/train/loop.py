@@ -33,7 +33,6 @@ from genforge.train.device import (
     use_bf16,
     use_channels_last,
 )
-from genforge.train.tasks import TASKS
 
 
 class Interrupted(Exception):
@@ -129,14 +128,16 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         torch.set_num_threads(tcfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
     spec = MODELS[cfg.model.kind]
-    task = TASKS[spec.task]
+    task = spec.task
 
     ds = load_dataset(cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet)
     if spec.image_only and not ds.is_image:
         tabular = ", ".join(kind for kind, s in MODELS.items() if not s.image_only)
         raise GenforgeError(f"model.kind={cfg.model.kind} needs images but {ds.name} is tabular; use one of: {tabular}")
-    if fold is not None and spec.task != "classify":
-        raise GenforgeError(f"cross-validation scores classifiers; model.kind={cfg.model.kind} is a generator")
+    if fold is not None and not task.cross_validation:
+        scored = ", ".join(kind for kind, s in MODELS.items() if s.task.cross_validation)
+        raise GenforgeError(f"cross-validation scores each fold by its validation accuracy: it takes model.kind "
+                            f"{scored}, not {cfg.model.kind}")
     if fold is None:
         train_idx, val_idx = split_validation(len(ds.train_y), cfg.data.val_fraction, cfg.seed, ds.train_y)
     else:
@@ -155,7 +156,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         model = model.to(memory_format=torch.channels_last)
     bf16 = use_bf16(tcfg, device)
     meta = {"dataset": ds.name, "source": ds.source, "checksum": ds.checksum, "classes": ds.classes,
-            "input_shape": list(ds.input_shape), "norm_shape": list(mean.shape), "task": spec.task,
+            "input_shape": list(ds.input_shape), "norm_shape": list(mean.shape), "task": task.name,
             "n_train": len(train_idx), "n_val": len(val_idx), "bf16": bf16, "channels_last": channels_last}
     runs.write_json(run_dir / "meta.json", meta)
     runs.write_json(run_dir / "env.json", runs.environment(device))

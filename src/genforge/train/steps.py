@@ -128,7 +128,7 @@ def load_teacher(cfg: RunConfig, student: nn.Module) -> nn.Module:
     from genforge.runs import load_run
 
     teacher = load_run(cfg.train.distill.teacher, backend="torch")
-    if teacher.meta.get("task") != "classify" or teacher.model.num_classes != student.num_classes:
+    if "classify" not in teacher.task.verbs or teacher.model.num_classes != student.num_classes:
         raise GenforgeError(f"train.distill.teacher {cfg.train.distill.teacher} is not a classifier of "
                             f"{student.num_classes} classes: distill from a classifier of the same data")
     model = teacher.model.float().to(next(student.parameters()).device).eval()

@@ -62,8 +62,8 @@ async function loadModels() {
   const clf = $("classifier"), gen = $("generator");
   clf.replaceChildren(); gen.replaceChildren();
   for (const m of state.models) {
-    if (m.task === "classify" && m.input_shape.length === 3 && m.input_shape[0] === 1) option(clf, m.name, m.name);
-    if (m.task !== "classify") option(gen, m.name, `${m.name} (${m.kind})`);
+    if (m.verbs.includes("classify") && m.input_shape.length === 3 && m.input_shape[0] === 1) option(clf, m.name, m.name);
+    if (m.verbs.includes("generate")) option(gen, m.name, `${m.name} (${m.kind})`);
   }
   $("classify").hidden = !clf.options.length;
   $("generate").hidden = !gen.options.length;

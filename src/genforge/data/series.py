@@ -1,0 +1,383 @@
+"""Time series: `series:NAME` (real series bundled in statsmodels' wheel, no download) and `csv-series:PATH` (a
+user's CSV, long or wide), read, put on their frequency's grid, cleaned by the configured policies, and reported.
+
+A CSV needs a time column and at least one numeric column. Wide format: every numeric column is a series (or the
+ones data.series.target names). Long format: data.series.id_column names the series of each row, data.series.target
+its value column. The frequency is inferred from the time column unless data.series.freq gives it.
+
+Cleaning, in this order, each step counted in the report:
+  duplicated timestamps  averaged;
+  gaps                   timestamps the frequency expects but the file lacks, and missing values: filled by
+                         data.series.fill (interpolate in time, forward fill, or refuse); leading and trailing
+                         missing values are trimmed, not invented;
+  outliers               |robust z| > data.series.outlier_z on the seasonal residual (z with the MAD, Iglewicz
+                         and Hoaglin 1993): reported and kept, or clipped to the threshold (data.series.outliers);
+  constant series        reported (a scaled constant is zero: it trains, but nothing can be learned from it).
+Seasonality is detected per series with the 90% ACF test at the seasonal lag that M4's benchmarks use (on first
+differences)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from genforge.errors import GenforgeError
+
+SEASON_BY_RULE = {"h": 24, "D": 7, "B": 5, "W": 52, "MS": 12, "ME": 12, "M": 12, "QS": 4, "QE": 4, "Q": 4}
+TIME_NAMES = ("date", "time", "timestamp", "datetime", "ds", "period", "month", "week", "year", "day")
+
+
+class SeriesOptions(BaseModel):
+    """data.series: how a CSV's columns are read and how the series are cleaned."""
+
+    model_config = ConfigDict(extra="forbid")
+    time_column: str | None = None  # default: the first column named like date/time/ds/period/year, else column 1
+    target: list[str] | None = None  # value column(s); default: every numeric column (wide format)
+    id_column: str | None = None  # long format: the column naming each row's series
+    freq: str | None = None  # a pandas frequency (MS, W-SUN, QS, D, h, ...); default: inferred from the times
+    fill: Literal["interpolate", "ffill", "refuse"] = "interpolate"  # gaps and missing values
+    outliers: Literal["keep", "clip"] = "keep"  # |robust z| > outlier_z on the seasonal residual: reported, or clipped
+    outlier_z: float = Field(3.5, gt=0)  # robust z-score threshold (Iglewicz and Hoaglin's 3.5)
+
+
+@dataclass
+class Series:
+    id: str
+    times: np.ndarray  # datetime64[ns], on the frequency's grid, no gaps
+    values: np.ndarray  # float64, finite
+    report: dict = field(default_factory=dict)
+
+
+@dataclass
+class SeriesSet:
+    name: str
+    source: str  # a path, or "statsmodels <version>"
+    freq: str  # pandas frequency string
+    season: int  # observations per season (1: non-seasonal)
+    series: list[Series]
+
+    def info(self) -> dict:
+        """The cleaning report of `genforge data info`, JSON-ready."""
+        totals = {key: sum(s.report[key] for s in self.series)
+                  for key in ("duplicates", "gaps", "missing", "trimmed", "outliers")}
+        return {"name": self.name, "source": self.source, "kind": "series", "freq": self.freq, "season": self.season,
+                "n_series": len(self.series), "observations": sum(len(s.values) for s in self.series),
+                "totals": totals, "constant_series": [s.id for s in self.series if s.report["constant"]],
+                "series": {s.id: s.report for s in self.series}}
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+
+def _bundled() -> dict:
+    """name -> (loader of a wide DataFrame indexed by time, description). statsmodels ships these in its wheel."""
+    import pandas as pd
+    from statsmodels import datasets
+
+    def yearly(module, column):
+        data = module.load_pandas().data
+        year = data.columns[0]
+        return data.set_index(pd.to_datetime(data[year].astype(int).astype(str), format="%Y"))[[column]]
+
+    def elnino():  # 61 years x 12 months: one monthly series of sea surface temperature
+        data = datasets.elnino.load_pandas().data.set_index("YEAR")
+        values = data.to_numpy().reshape(-1)
+        return pd.DataFrame({"sst": values}, index=pd.date_range(f"{int(data.index[0])}-01-01", periods=len(values),
+                                                                   freq="MS"))
+
+    def macrodata():
+        data = datasets.macrodata.load_pandas().data
+        index = pd.PeriodIndex.from_fields(year=data["year"].astype(int), quarter=data["quarter"].astype(int),
+                                           freq="Q").to_timestamp()
+        return data.set_index(index)[["realgdp", "realcons", "realinv", "cpi", "m1", "unemp", "tbilrate"]]
+
+    def elec_equip():
+        from statsmodels.datasets import elec_equip as module
+
+        data = module.load().data
+        return data.set_axis(["elec_equip"], axis=1)
+
+    return {
+        "co2": (lambda: datasets.co2.load_pandas().data, "weekly CO2 at Mauna Loa (ppm), 1958-2001, with gaps"),
+        "sunspots": (lambda: yearly(datasets.sunspots, "SUNACTIVITY"), "yearly sunspot numbers, 1700-2008"),
+        "nile": (lambda: yearly(datasets.nile, "volume"), "yearly Nile flow at Aswan, 1871-1970"),
+        "elnino": (elnino, "monthly sea surface temperature, El Nino region, 1950-2010"),
+        "elec_equip": (elec_equip, "monthly euro-area electrical equipment orders index, 1995-2012"),
+        "macrodata": (macrodata, "quarterly US macro series (GDP, consumption, investment, CPI, M1, ...), 1959-2009"),
+    }
+
+
+def bundled_names() -> dict[str, str]:
+    """The bundled series: name -> what it is."""
+    return {name: text for name, (_, text) in _bundled().items()}
+
+
+def _read_csv(path: Path, spec: str):
+    import pandas as pd
+
+    if not path.is_file():
+        raise GenforgeError(f"{spec}: {path} is not a file; give csv-series:PATH to a CSV with a time column")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise GenforgeError(f"{spec}: not a readable CSV ({str(e).splitlines()[0]})") from None
+
+
+def _time_column(frame, opts: SeriesOptions, spec: str) -> str:
+    columns = list(frame.columns)
+    if opts.time_column is not None:
+        if opts.time_column not in columns:
+            raise GenforgeError(f"{spec}: no time column {opts.time_column!r}; the columns are {', '.join(columns)}")
+        return opts.time_column
+    named = [c for c in columns if str(c).strip().lower() in TIME_NAMES]
+    return named[0] if named else columns[0]
+
+
+def _parse_times(text, column: str, spec: str):
+    import pandas as pd
+
+    text = text.str.strip()
+    if text.str.fullmatch(r"\d{4}(\.0+)?").all():  # bare years (1871, 1871.0)
+        return pd.to_datetime(text.str[:4], format="%Y")
+    times = pd.to_datetime(text, errors="coerce", format="mixed")
+    bad = times.isna() & (text != "")
+    if bad.any() or (text == "").any():
+        row = int(np.flatnonzero(bad | (text == ""))[0])
+        raise GenforgeError(f"{spec}: row {row + 2}, column {column!r}: {text.iloc[row]!r} is not a date or time; "
+                            f"write it as YYYY-MM-DD (or YYYY-MM-DD HH:MM), or set data.series.time_column")
+    if getattr(times.dt, "tz", None) is not None:
+        times = times.dt.tz_convert(None)
+    return times
+
+
+def _numbers(text, column: str, spec: str) -> np.ndarray:
+    """A column of strings -> float64, empty cells and NA/NaN as missing; anything else non-numeric refused."""
+    import pandas as pd
+
+    text = text.str.strip()
+    missing = text.isin(["", "NA", "N/A", "NaN", "nan", "null", "NULL", "."])
+    values = pd.to_numeric(text.where(~missing), errors="coerce")
+    bad = values.isna() & ~missing
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise GenforgeError(f"{spec}: row {row + 2}, column {column!r}: {text.iloc[row]!r} is not a number; "
+                            f"fix the value, leave the cell empty (a missing value), or drop the column with "
+                            f"data.series.target")
+    return values.to_numpy(dtype=np.float64)
+
+
+def _wide_from_csv(frame, opts: SeriesOptions, spec: str):
+    """The CSV as a wide DataFrame: a time index (duplicates allowed) and one float column per series."""
+    import pandas as pd
+
+    time = _time_column(frame, opts, spec)
+    times = _parse_times(frame[time], time, spec)
+    if opts.id_column is not None:  # long format
+        if opts.id_column not in frame.columns:
+            raise GenforgeError(f"{spec}: no id column {opts.id_column!r}; the columns are {', '.join(frame.columns)}")
+        targets = opts.target or [c for c in frame.columns if c not in (time, opts.id_column)]
+        if len(targets) != 1:
+            raise GenforgeError(f"{spec}: long format (data.series.id_column) reads one value column; choose it "
+                                f"with data.series.target=[NAME] from {', '.join(targets)}")
+        _check_columns(frame, targets, spec)
+        long = pd.DataFrame({"time": times.to_numpy(), "id": frame[opts.id_column].str.strip(),
+                             "value": _numbers(frame[targets[0]], targets[0], spec)})
+        return long.pivot_table(index="time", columns="id", values="value", aggfunc="mean", dropna=False)
+    targets = opts.target or [c for c in frame.columns if c != time]
+    _check_columns(frame, targets, spec)
+    if not targets:
+        raise GenforgeError(f"{spec}: only a time column; add a column of values")
+    return pd.DataFrame({c: _numbers(frame[c], c, spec) for c in targets}, index=pd.DatetimeIndex(times))
+
+
+def _check_columns(frame, targets: list[str], spec: str) -> None:
+    missing = [c for c in targets if c not in frame.columns]
+    if missing:
+        raise GenforgeError(f"{spec}: no column {missing[0]!r}; the columns are {', '.join(frame.columns)}")
+
+
+# --- the grid ------------------------------------------------------------------------------------------------------
+
+def infer_freq(index, spec: str) -> str:
+    """The frequency of sorted unique times: pandas' own inference, else the one whose grid holds the most of them
+    (a series with gaps), checked to hold at least 80% of the times."""
+    import pandas as pd
+
+    if len(index) < 3:
+        raise GenforgeError(f"{spec}: {len(index)} distinct timestamps; a series needs at least 3")
+    with warnings.catch_warnings():  # pandas 3 announces an offset instead of a string; either is read below
+        warnings.simplefilter("ignore", DeprecationWarning)
+        freq = pd.infer_freq(index)
+    if freq is not None:
+        freq = getattr(freq, "freqstr", freq)
+    else:
+        days = float(np.median((index[1:] - index[:-1]).total_seconds())) / 86_400
+        candidates = [("h", 1 / 24), ("D", 1), ("W-" + index[0].day_name()[:3].upper(), 7), ("MS", 30.4),
+                      ("ME", 30.4), ("QS", 91.3), ("QE", 91.3), ("YS", 365.25), ("YE", 365.25)]
+        scored = []
+        for name, width in candidates:
+            if abs(days / width - 1) < 0.1:
+                grid = pd.date_range(index[0], index[-1], freq=name)
+                scored.append((index.isin(grid).mean(), name))
+        if not scored or max(scored)[0] < 0.8:
+            raise GenforgeError(f"{spec}: cannot infer the frequency of the time column (median step {days:.3g} "
+                                f"days, irregular); give it with data.series.freq (e.g. D, W-SUN, MS, QS, YS)")
+        freq = max(scored)[1]
+    return freq
+
+
+def season_length(freq: str) -> int:
+    """Observations per season of a pandas frequency: 12 for monthly, 4 quarterly, 52 weekly, 7 daily, 24 hourly,
+    1 (no season) for yearly and anything else."""
+    from pandas.tseries.frequencies import to_offset
+
+    rule = to_offset(freq).rule_code.split("-")[0]
+    return SEASON_BY_RULE.get(rule, 1)
+
+
+def is_seasonal(values: np.ndarray, season: int) -> bool:
+    """The 90% test on the autocorrelation at the seasonal lag (Bartlett's standard error), as M4's benchmark code
+    decides whether to deseasonalize, here on first differences: a trend otherwise dominates the ACF and hides a
+    clear season (a 12-month sine under a linear trend)."""
+    if season <= 1 or len(values) < 3 * season + 1:
+        return False
+    x = np.diff(values)
+    n = len(x)
+    x = x - x.mean()
+    denom = float(x @ x)
+    if denom == 0:
+        return False
+    acf = np.array([float(x[:-k] @ x[k:]) / denom for k in range(1, season + 1)])
+    limit = 1.645 * math.sqrt((1 + 2 * float(acf[:-1] @ acf[:-1])) / n)
+    return bool(abs(acf[-1]) > limit)
+
+
+def _residual(values: np.ndarray, season: int) -> np.ndarray:
+    """What trend and season leave. Trend: robust LOWESS (local linear, 3 robustness iterations, Cleveland 1979)
+    over two seasons (at least 7 points), so a spike neither bends it nor is it biased at the ends; season: the
+    median of the detrended values at each position; twice, the second trend fitted to the deseasonalized values."""
+    from statsmodels.nonparametric.smoothers_lowess import lowess
+
+    n, t = len(values), np.arange(len(values))
+    frac = min(1.0, max(7, 2 * season + 1) / n)
+    seasonal_fit = season > 1 and n >= 2 * season
+    position = t % season
+    seasonal = np.zeros(n)
+    for _ in range(2 if seasonal_fit else 1):
+        trend = lowess(values - seasonal, t, frac=frac, it=3, return_sorted=False)
+        if seasonal_fit:
+            detrended = values - trend
+            seasonal = np.array([np.median(detrended[position == p]) for p in range(season)])[position]
+    return values - trend - seasonal
+
+
+def _clean(sid: str, column, freq: str, season: int, opts: SeriesOptions, spec: str) -> Series:
+    import pandas as pd
+
+    duplicates = int(column.index.duplicated().sum())
+    column = column.groupby(level=0).mean()  # duplicated timestamps averaged
+    observed = column.dropna()
+    if len(observed) == 0:
+        raise GenforgeError(f"{spec}: series {sid!r} has no values")
+    grid = pd.date_range(observed.index[0], observed.index[-1], freq=freq)
+    off_grid = ~observed.index.isin(grid)
+    if off_grid.any():
+        raise GenforgeError(f"{spec}: series {sid!r}: {observed.index[off_grid][0]} is not on the {freq} grid that "
+                            f"starts at {grid[0]}; set data.series.freq to the data's frequency")
+    trimmed = int(column.notna().argmax()) + int(column[::-1].notna().argmax())
+    full = column.reindex(grid)
+    gaps = int((~grid.isin(column.index)).sum())
+    missing = int(full.isna().sum()) - gaps
+    if gaps + missing and opts.fill == "refuse":
+        where = full.index[full.isna()][0]
+        raise GenforgeError(f"{spec}: series {sid!r} has {gaps} missing timestamps and {missing} missing values "
+                            f"(the first at {where.date()}); fill them with data.series.fill=interpolate or ffill")
+    if opts.fill == "interpolate":
+        full = full.interpolate(method="time")
+    else:
+        full = full.ffill()
+    values = full.to_numpy(dtype=np.float64)
+    residual = _residual(values, season)
+    mad = float(np.median(np.abs(residual - np.median(residual))))
+    outliers = 0
+    if mad > 0:
+        z = 0.6745 * (residual - np.median(residual)) / mad
+        flagged = np.abs(z) > opts.outlier_z
+        outliers = int(flagged.sum())
+        if opts.outliers == "clip" and outliers:
+            bound = opts.outlier_z * mad / 0.6745
+            center = values - residual + np.median(residual)
+            values = np.where(flagged, center + np.sign(z) * bound, values)
+    report = {"length": len(values), "start": str(grid[0].date()), "end": str(grid[-1].date()),
+              "duplicates": duplicates, "gaps": gaps, "missing": missing, "trimmed": trimmed,
+              "filled": (gaps + missing) if opts.fill != "refuse" else 0, "outliers": outliers,
+              "outliers_clipped": outliers if opts.outliers == "clip" else 0,
+              "constant": bool(np.ptp(values) == 0), "seasonal": is_seasonal(values, season)}
+    return Series(sid, grid.to_numpy(dtype="datetime64[ns]"), values, report)
+
+
+SOURCES = ("series", "csv-series")  # the prefixes of series specs
+
+
+def is_series(spec: str) -> bool:
+    return spec.partition(":")[0] in SOURCES and ":" in spec
+
+
+def options_from(pairs: list[str]) -> SeriesOptions:
+    """key=value pairs (values parsed as YAML, as config overrides are) -> validated SeriesOptions."""
+    import yaml
+    from pydantic import ValidationError
+
+    raw = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise GenforgeError(f"option {pair!r} must look like key=value, e.g. fill=ffill")
+        raw[key.strip().removeprefix("data.series.")] = yaml.safe_load(value) if value.strip() else None
+    try:
+        return SeriesOptions(**raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise GenforgeError(f"unknown series option {key!r}; the options are "
+                                f"{', '.join(SeriesOptions.model_fields)}") from None
+        raise GenforgeError(f"series option {key!r}: {first['msg']}") from None
+
+
+def load_series(spec: str, opts: SeriesOptions | None = None) -> SeriesSet:
+    """`series:NAME` or `csv-series:PATH` -> the cleaned SeriesSet."""
+    import pandas as pd
+
+    opts = opts or SeriesOptions()
+    prefix, _, rest = spec.partition(":")
+    if prefix == "series":
+        table = _bundled()
+        if rest not in table:
+            raise GenforgeError(f"unknown bundled series {rest!r}; choose one of {', '.join(table)} "
+                                f"(or csv-series:PATH for your own CSV)")
+        import statsmodels
+
+        wide, source = table[rest][0](), f"statsmodels {statsmodels.__version__}"
+        if opts.target:
+            _check_columns(wide, opts.target, spec)
+            wide = wide[opts.target]
+    elif prefix == "csv-series":
+        path = Path(rest).expanduser()
+        wide, source = _wide_from_csv(_read_csv(path, spec), opts, spec), str(path)
+    else:
+        raise GenforgeError(f"{spec}: not a series; give series:NAME or csv-series:PATH")
+    wide = wide.sort_index(kind="stable")
+    freq = opts.freq or infer_freq(wide.index.unique(), spec)
+    try:
+        season = season_length(freq)
+    except ValueError:
+        raise GenforgeError(f"{spec}: data.series.freq={freq!r} is not a pandas frequency (e.g. D, W-SUN, MS, QS, "
+                            f"YS)") from None
+    series = [_clean(str(c), wide[c], freq, season, opts, spec) for c in wide.columns]
+    return SeriesSet(spec, source, pd.tseries.frequencies.to_offset(freq).freqstr, season, series)

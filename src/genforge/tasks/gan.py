@@ -1,0 +1,27 @@
+"""GANs: the alternating critic/generator step with two optimizers; the generator is what ships."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from genforge.compress.parts import Part
+from genforge.tasks.generative import GenerativeTask
+
+
+class GANTask(GenerativeTask):
+    name = "gan"
+    verbs = ("generate", "interpolate")
+    parts = (Part("generator", "generator", ("z",), ("images",)),)
+    divergence_hint = ("lower train.d_lr (or train.lr), set train.grad_clip=1.0, or use model.loss=hinge with "
+                       "model.spectral_norm=true")
+
+    def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
+        from genforge.train.steps import GANStep
+
+        return GANStep(model, cfg, steps_per_epoch, autocast=autocast, channels_last=channels_last)
+
+    def inference_module(self, model: nn.Module) -> nn.Module:
+        return model.generator  # the critic only trains: it is neither shipped, pruned nor timed
+
+
+TASK = GANTask()

@@ -1,0 +1,57 @@
+"""What GANs and VAEs share: a sample grid from fixed noise at each evaluation, sample quality at the end (FD, KID,
+precision/recall against the test images, scored by the dataset's evaluator network), and the generate verbs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genforge.tasks.base import Task
+
+BETTER = {"fd": "lower", "kid": "lower", "precision": "higher", "recall": "higher", "conditional_accuracy": "higher"}
+
+
+class GenerativeTask(Task):
+    def on_evaluation(self, model, run_dir: Path, epoch: int, cfg) -> None:
+        from genforge.sample import save_images
+
+        save_images(model.sample(cfg.eval.grid, seed=cfg.seed), run_dir / "samples" / f"epoch-{epoch:03d}.png")
+
+    def test(self, model, ds, cfg) -> dict:
+        from genforge.evaluate.features import load_evaluator
+        from genforge.evaluate.generative import evaluate_generator
+
+        evaluator = load_evaluator(ds, cfg.data.data_dir)
+        return evaluate_generator(model, ds, evaluator, n=cfg.eval.samples, seeds=cfg.eval.seeds, seed=cfg.seed)
+
+    def headline(self, result: dict) -> dict:
+        head = {key: result[key]["mean"] for key in BETTER if key in result}
+        head["fd_train_vs_test"] = result["calibration"]["fd_train_vs_test"]
+        return head
+
+    def report(self, run_dir: Path, model, ds, result: dict, summary: dict, extra=()) -> Path:
+        from genforge.evaluate.report import write_generator_report
+
+        return write_generator_report(run_dir, model, ds, result, summary, extra)
+
+    def print_evaluation(self, out, name: str, result: dict) -> None:
+        from rich.table import Table
+
+        prov = result["provenance"]
+        out.print(f"[bold]{name}[/]: {prov['n']} samples vs {prov['reference']}, evaluator {prov['evaluator']} "
+                  f"(test accuracy {prov['evaluator_test_accuracy']:.4f}), seeds {prov['seeds']}")
+        table = Table("score", "mean", "sd", "better")
+        for key, direction in BETTER.items():
+            if key in result:
+                table.add_row(key, f"{result[key]['mean']:.4g}", f"{result[key]['sd']:.2g}", direction)
+        out.print(table)
+        cal = result["calibration"]
+        out.print(f"calibration on the same scale: FD(train vs test) {cal['fd_train_vs_test']:.4g}  "
+                  f"FD(uniform noise vs test) {cal['fd_noise_vs_test']:.4g}")
+        mem = result["memorization"]
+        out.print(f"memorization: nearest-train distance median {mem['sample_nn_median']:.3f} for samples vs "
+                  f"{mem['test_nn_median']:.3f} for test images (ratio {mem['ratio_median']:.3f}; "
+                  f"{mem['share_closer_than_test_p05']:.1%} of samples closer than the test 5th percentile)")
+        out.print(f"class histogram of the samples: {result['class_histogram']}")
+
+    def warm_up(self, served) -> None:
+        served.generate(4, 0 if served.conditional else None, 0, None)
