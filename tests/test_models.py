@@ -1,5 +1,6 @@
 """Per-kind tests, parametrized over the registry: build, forward shape, save -> load -> same output, one finite
-training step, and for generators: the same seed gives the same samples after a round trip, shape and dtype."""
+training step, and for generators: the same seed gives the same samples after a round trip, shape and dtype; for
+forecasters: quantiles that do not cross, in the history's units."""
 
 import pytest
 import torch
@@ -12,11 +13,27 @@ IMAGE = (1, 28, 28)
 FEATURES = (2,)
 CLASSIFIERS = [k for k, s in MODELS.items() if "classify" in s.task.verbs]
 GENERATORS = [k for k, s in MODELS.items() if "generate" in s.task.verbs]
-SMALL = {"gan": {"width": 16, "latent_dim": 8, "conditional": True}, "vae": {"width": 8, "latent_dim": 4}}
+FORECASTERS = [k for k, s in MODELS.items() if "forecast" in s.task.verbs]
+CONTEXT, HORIZON = 16, 4
+SMALL = {"gan": {"width": 16, "latent_dim": 8, "conditional": True}, "vae": {"width": 8, "latent_dim": 4},
+         "rowrnn": {"hidden": 16}, "rnn": {"hidden": 8, "cell": "gru", "season": 4},
+         **{k: {"context": CONTEXT, "horizon": HORIZON} for k in FORECASTERS}}
+SMALL["rnn"] = {**SMALL["rnn"], "context": CONTEXT, "horizon": HORIZON}
+for k in FORECASTERS:
+    if k != "rnn":
+        SMALL[k] = {**SMALL[k], "season": 4}
 
 
 def _shape(kind):
+    if kind in FORECASTERS:
+        return (CONTEXT,)
     return IMAGE if MODELS[kind].image_only or kind in ("mlp", "vae") else FEATURES
+
+
+def _targets(kind, n):
+    if kind in FORECASTERS:
+        return torch.randn(n, HORIZON) + 10
+    return torch.randint(0, 10, (n,))
 
 
 def _make(kind, num_classes=10, seed=0):
@@ -31,7 +48,33 @@ def _make(kind, num_classes=10, seed=0):
 def _inputs(shape, n=8):
     if len(shape) == 3:
         return torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
+    if shape == (CONTEXT,):  # a history: a seasonal level with noise
+        t = torch.arange(CONTEXT, dtype=torch.float32)
+        return 10 + torch.sin(t * torch.pi / 2) + 0.3 * torch.randn(n, CONTEXT)
     return torch.randn(n, *shape)
+
+
+@pytest.mark.parametrize("kind", FORECASTERS)
+def test_forecasters_give_ordered_quantiles_in_the_history_units(kind):
+    model, shape = _make(kind)
+    history = _inputs(shape)
+    q = model.eval()(history)
+    assert q.shape == (8, HORIZON, len(model.cfg.quantiles))
+    assert (q.diff(dim=-1) >= 0).all()  # quantiles never cross
+    shifted = model(history + 1000.0)  # the model scales each history itself: a shifted level shifts the forecast
+    torch.testing.assert_close(shifted - 1000.0, q, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("kind", FORECASTERS)
+def test_forecasters_save_then_load_gives_the_same_output(kind, tmp_path):
+    model, shape = _make(kind, seed=0)
+    if hasattr(model, "widen"):
+        model.widen.uniform_(-0.5, 0.5)  # the calibrated widths are part of the saved state
+    x = _inputs(shape)
+    save_weights(model, tmp_path / "model.safetensors")
+    other, _ = _make(kind, seed=1)
+    load_weights(other, tmp_path / "model.safetensors")
+    torch.testing.assert_close(model.eval()(x), other.eval()(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", CLASSIFIERS)
@@ -82,9 +125,12 @@ def test_one_training_step_is_finite_and_changes_weights(kind):
     cfg = RunConfig.model_validate({"model": {"kind": kind, **SMALL.get(kind, {})}, "train": {"epochs": 1}})
     step = MODELS[kind].task.step(model, cfg, steps_per_epoch=4, autocast=False, channels_last=False)
     before = [p.detach().clone() for p in model.parameters()]
-    metrics = step(_inputs(shape, 16), torch.randint(0, 10, (16,)))
+    metrics = step(_inputs(shape, 16), _targets(kind, 16))
     assert metrics is not None and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    if before:  # a baseline has nothing to train: its step only scores the batch
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    else:
+        assert kind in FORECASTERS and set(metrics) == {"loss"}
 
 
 def test_nan_weights_are_never_saved(tmp_path):

@@ -11,9 +11,10 @@ from pydantic import BaseModel
 from torch import nn
 
 from genforge.models import classifier as clf
+from genforge.models import rnn
 from genforge.models.gan import GAN, GANConfig
 from genforge.models.vae import VAE, VAEConfig
-from genforge.tasks import classify, gan, vae
+from genforge.tasks import classify, forecast, gan, vae
 from genforge.tasks.base import Task
 
 
@@ -39,6 +40,11 @@ MODELS: dict[str, ModelSpec] = {
     # a VAE's likelihood is defined on 8-bit pixels (binarized or dequantized), its verbs (sample, interpolate,
     # reconstruct, serve) return images: real-valued features have neither (docs/decisions.md)
     "vae": ModelSpec(VAEConfig, _generator(VAE), vae.TASK, image_only=True),
+    "rowrnn": ModelSpec(rnn.RowRNNConfig, clf.classifier(rnn.build_rowrnn), classify.TASK, image_only=True),
+    "rnn": ModelSpec(rnn.RNNConfig, rnn.build_rnn, forecast.TASK, image_only=False),
+    # the classical baselines: run directories like any model's, so a user compares in the same tool
+    **{kind: ModelSpec(rnn.BaselineConfig, rnn.build_baseline, forecast.TASK, image_only=False)
+       for kind in ("naive", "seasonal-naive", "drift", "season-mean")},
 }
 
 

@@ -159,8 +159,13 @@ def create_run(runs_dir: str | Path, name: str, cfg: RunConfig) -> Path:
         suffix += 1
         run = Path(runs_dir) / f"{name}-{stamp}-{suffix}"
     (run / "checkpoints").mkdir(parents=True)
-    write_text(run / "config.yaml", dump_config(cfg))
+    write_config(run, cfg)
     return run
+
+
+def write_config(run: Path, cfg: RunConfig) -> None:
+    """config.yaml: the resolved config, with what the data decided filled in once training starts."""
+    write_text(run / "config.yaml", dump_config(cfg))
 
 
 def environment(device: torch.device) -> dict:
@@ -215,8 +220,8 @@ class LoadedRun:
         return task_of(self.config.model.kind)
 
     def require(self, verb: str) -> None:
-        """A one-line error unless the model can do `verb` (sample, encode, decode, reconstruct, render)."""
-        if not hasattr(self.model, verb):
+        """A one-line error unless the model can do `verb` (its task's verbs; sample, encode, decode, reconstruct)."""
+        if verb not in self.task.verbs and not hasattr(self.model, verb):
             raise GenforgeError(f"{self.path.name} is a {self.config.model.kind} model: it cannot {verb}")
 
     def sample(self, n: int, label: int | None = None, seed: int | None = None,
@@ -237,6 +242,14 @@ class LoadedRun:
         self.require("encode")
         with torch.inference_mode():
             return self.model.encode(x.float() / 255, labels)
+
+    def forecast(self, history, horizon: int | None = None):
+        """Quantile forecasts of `horizon` steps (default: the trained one) after a history (a sequence of numbers,
+        or N equal-length ones): a tasks.forecast.Forecast with .median, .interval(80|95) and .columns()."""
+        self.require("forecast")
+        from genforge.tasks.forecast import forecast
+
+        return forecast(self.model, history, horizon)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images, the mean of p(x|z) (a VAE)."""

@@ -110,12 +110,11 @@ def finish_child(parent, child_dir: Path, references: dict[str, Path] | None = N
     """Measure parent and child side by side, then write the child's eval.json, summary.json, comparison.json
     and report.html. references: extra rows, {label: folder of fp32 ONNX files of the parent}."""
     from genforge.compress.export import load_parts
-    from genforge.data import load_dataset
 
     torch.set_num_threads(threads)
     child = runs.load_run(child_dir, threads=threads)
     task = parent.task
-    ds = load_dataset(parent.config.data.name, parent.config.data.data_dir, seed=parent.config.seed, progress=False)
+    ds = task.dataset(parent.config)
     progress("evaluating the parent")
     _, parent_quality = quality(parent, ds, task)
     progress("evaluating the compressed model")

@@ -78,7 +78,7 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
         check = part_inputs(run, part, 8, seed=2)
         if not all(torch.isfinite(o.float()).all() for o in run_session(session(dst), check)):
             raise GenforgeError(f"the int8 {part.name} gives non-finite outputs; try --method dynamic")
-        entry.update({"bytes": dst.stat().st_size, "max_abs_diff": None, "quantized": f"int8-{method}"})
+        entry.update({"bytes": dst.stat().st_size, "max_diff": None, "quantized": f"int8-{method}"})
     record["quantization"] = {"dtype": "int8", "method": method, "calibration": calibration if method == "static"
                               else 0, "tool": "onnxruntime.quantization"}
     write_json(dst_dir / "export.json", record)

@@ -41,9 +41,12 @@ class SeriesOptions(BaseModel):
     target: list[str] | None = None  # value column(s); default: every numeric column (wide format)
     id_column: str | None = None  # long format: the column naming each row's series
     freq: str | None = None  # a pandas frequency (MS, W-SUN, QS, D, h, ...); default: inferred from the times
+    resample: str | None = None  # aggregate to this coarser pandas frequency by the mean (weekly co2 -> MS)
     fill: Literal["interpolate", "ffill", "refuse"] = "interpolate"  # gaps and missing values
     outliers: Literal["keep", "clip"] = "keep"  # |robust z| > outlier_z on the seasonal residual: reported, or clipped
     outlier_z: float = Field(3.5, gt=0)  # robust z-score threshold (Iglewicz and Hoaglin's 3.5)
+    test_windows: int = Field(1, ge=1)  # forecasting: the last N horizons of every series are the test set
+    val_windows: int = Field(2, ge=0)  # and the N horizons before them the validation set (and interval calibration)
 
 
 @dataclass
@@ -373,7 +376,13 @@ def load_series(spec: str, opts: SeriesOptions | None = None) -> SeriesSet:
     else:
         raise GenforgeError(f"{spec}: not a series; give series:NAME or csv-series:PATH")
     wide = wide.sort_index(kind="stable")
-    freq = opts.freq or infer_freq(wide.index.unique(), spec)
+    if opts.resample:
+        try:
+            wide = wide.resample(opts.resample).mean()  # periods with no value stay missing: filled or refused below
+        except ValueError:
+            raise GenforgeError(f"{spec}: data.series.resample={opts.resample!r} is not a pandas frequency (e.g. MS, "
+                                f"QS, W-SUN)") from None
+    freq = opts.resample or opts.freq or infer_freq(wide.index.unique(), spec)
     try:
         season = season_length(freq)
     except ValueError:

@@ -6,12 +6,40 @@ needs from the step functions, the evaluation or the reports, it imports when it
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from genforge.compress.parts import Part
+from genforge.errors import GenforgeError
+
+
+@dataclass
+class Prepared:
+    """What the loop trains on: the task's data cut into (inputs, targets) tensors, and how to build the model."""
+
+    ds: object  # what validate, test and report read (data.Dataset for the image and tabular tasks)
+    x: torch.Tensor  # training inputs, on the device
+    y: torch.Tensor  # training targets, on the device
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    input_shape: tuple[int, ...]  # what build_model gets
+    num_classes: int
+    mean: torch.Tensor  # normalization statistics of the training inputs (classifiers' first layer)
+    std: torch.Tensor
+    meta: dict  # meta.json: what load_run needs beyond config.yaml, and the data's provenance
+    is_image: bool = False
+    model_config: object = None  # the model config with what the data decides filled in (None: as given)
+
+
+def normalization_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (images, in 0-1) or per-feature statistics of the training split."""
+    if x.ndim == 4:
+        flat = x.float().div(255).transpose(0, 1).reshape(x.shape[1], -1)  # (C, N*H*W)
+        return flat.mean(1)[:, None, None], flat.std(1)[:, None, None]  # (C, 1, 1)
+    return x.float().mean(0), x.float().std(0)  # (D,)
 
 
 class Task:
@@ -22,12 +50,63 @@ class Task:
     cross_validation = False  # `genforge cv` scores its folds (by validation accuracy)
     structured_pruning = False  # `compress --prune --structured` can remove whole channels
 
+    def dataset(self, cfg, name: str | None = None, quiet: bool = True):
+        """The run's data (or the dataset `name`, e.g. `evaluate --data`), loaded and cleaned."""
+        from genforge.data import load_dataset
+
+        return load_dataset(name or cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet)
+
+    def prepare(self, cfg, ds, device: torch.device, fold: tuple[int, int] | None = None) -> Prepared:
+        """Split the data (a validation share of train, or fold k of a stratified k-fold), put the training split on
+        the device, and compute what the model is built with. The image and tabular tasks share this."""
+        from genforge.data import split_validation, stratified_kfold
+        from genforge.registry import MODELS
+
+        spec = MODELS[cfg.model.kind]
+        if not hasattr(ds, "train_x"):
+            raise GenforgeError(f"model.kind={cfg.model.kind} trains on images or features, not on {ds.name}")
+        if spec.image_only and not ds.is_image:
+            tabular = ", ".join(kind for kind, s in MODELS.items() if not s.image_only and s.task.name == self.name)
+            raise GenforgeError(f"model.kind={cfg.model.kind} needs images but {ds.name} is tabular"
+                                + (f"; use one of: {tabular}" if tabular else ""))
+        if fold is None:
+            train_idx, val_idx = split_validation(len(ds.train_y), cfg.data.val_fraction, cfg.seed, ds.train_y)
+        else:
+            train_idx, val_idx = stratified_kfold(ds.train_y, fold[1], cfg.seed)[fold[0]]
+        if cfg.data.train_subset:
+            train_idx = train_idx[: cfg.data.train_subset]
+        mean, std = normalization_stats(ds.train_x[train_idx])
+        meta = {"dataset": ds.name, "source": ds.source, "checksum": ds.checksum, "classes": ds.classes,
+                "input_shape": list(ds.input_shape), "norm_shape": list(mean.shape), "task": self.name,
+                "n_train": len(train_idx), "n_val": len(val_idx)}
+        return Prepared(ds, ds.train_x[train_idx].to(device), ds.train_y[train_idx].to(device), ds.train_x[val_idx],
+                        ds.train_y[val_idx], tuple(ds.input_shape), len(ds.classes), mean, std, meta, ds.is_image)
+
+    def check_fits(self, ds, meta: dict) -> None:
+        """`evaluate --data`: refuse a dataset the run's model cannot read."""
+        if tuple(ds.input_shape) != tuple(meta["input_shape"]) or len(ds.classes) != len(meta["classes"]):
+            raise GenforgeError(f"{ds.name} (shape {tuple(ds.input_shape)}, {len(ds.classes)} classes) does not fit "
+                                f"this model (shape {tuple(meta['input_shape'])}, {len(meta['classes'])})")
+
+    def heldout(self, run, n: int, seed: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """n random items of the run's data (`split`), raw model inputs with their targets: export checks and
+        calibration batches."""
+        ds = self.dataset(run.config)
+        x, y = (ds.test_x, ds.test_y) if split == "test" else (ds.train_x, ds.train_y)
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+        return x[idx], y[idx]
+
     def step(self, model: nn.Module, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
         """The step function (train/steps.py) that owns the optimizers of one run."""
         raise NotImplementedError
 
     def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds) -> dict:
         """Cheap held-out metrics after each epoch; "loss", when there is one, drives early stopping."""
+        return {}
+
+    def after_training(self, model, data: Prepared) -> dict:
+        """A last fit with the trained weights (a forecaster's intervals on the validation windows), before the test;
+        what it returns goes into summary.json."""
         return {}
 
     def on_evaluation(self, model, run_dir: Path, epoch: int, cfg) -> None:

@@ -21,7 +21,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from genforge import runs
 from genforge.config import RunConfig
-from genforge.data import load_dataset, split_validation, stratified_kfold
 from genforge.errors import GenforgeError
 from genforge.registry import MODELS, build_model
 from genforge.train.device import (
@@ -64,14 +63,6 @@ def _interrupt_flag():
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The sample order of an epoch depends only on (seed, epoch): resuming mid-epoch recreates it."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
-def normalization_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (images, in 0-1) or per-feature statistics of the training split."""
-    if x.ndim == 4:
-        flat = x.float().div(255).transpose(0, 1).reshape(x.shape[1], -1)  # (C, N*H*W)
-        return flat.mean(1)[:, None, None], flat.std(1)[:, None, None]  # (C, 1, 1)
-    return x.float().mean(0), x.float().std(0)  # (D,)
 
 
 class _Log:
@@ -127,38 +118,27 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
-    spec = MODELS[cfg.model.kind]
-    task = spec.task
+    task = MODELS[cfg.model.kind].task
 
-    ds = load_dataset(cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet)
-    if spec.image_only and not ds.is_image:
-        tabular = ", ".join(kind for kind, s in MODELS.items() if not s.image_only)
-        raise GenforgeError(f"model.kind={cfg.model.kind} needs images but {ds.name} is tabular; use one of: {tabular}")
+    ds = task.dataset(cfg, quiet=quiet)
     if fold is not None and not task.cross_validation:
         scored = ", ".join(kind for kind, s in MODELS.items() if s.task.cross_validation)
         raise GenforgeError(f"cross-validation scores each fold by its validation accuracy: it takes model.kind "
                             f"{scored}, not {cfg.model.kind}")
-    if fold is None:
-        train_idx, val_idx = split_validation(len(ds.train_y), cfg.data.val_fraction, cfg.seed, ds.train_y)
-    else:
-        train_idx, val_idx = stratified_kfold(ds.train_y, fold[1], cfg.seed)[fold[0]]
-    if cfg.data.train_subset:
-        train_idx = train_idx[: cfg.data.train_subset]
-    x, y = ds.train_x[train_idx].to(device), ds.train_y[train_idx].to(device)  # whole split on the device
-    x_val, y_val = ds.train_x[val_idx], ds.train_y[val_idx]
-
-    mean, std = normalization_stats(ds.train_x[train_idx])
-    model = build_model(cfg.model, ds.input_shape, len(ds.classes), mean, std).to(device)
+    data = task.prepare(cfg, ds, device, fold)
+    ds = data.ds
+    x, y, x_val, y_val = data.x, data.y, data.x_val, data.y_val  # the training split is on the device
+    if data.model_config is not None and data.model_config != cfg.model:  # defaults the data decides (a horizon)
+        cfg = cfg.model_copy(update={"model": data.model_config})
+        runs.write_config(run_dir, cfg)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, data.mean, data.std).to(device)
     if init is not None:
         init(model)
-    channels_last = use_channels_last(tcfg, device, ds.is_image)
+    channels_last = use_channels_last(tcfg, device, data.is_image)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     bf16 = use_bf16(tcfg, device)
-    meta = {"dataset": ds.name, "source": ds.source, "checksum": ds.checksum, "classes": ds.classes,
-            "input_shape": list(ds.input_shape), "norm_shape": list(mean.shape), "task": task.name,
-            "n_train": len(train_idx), "n_val": len(val_idx), "bf16": bf16, "channels_last": channels_last}
-    runs.write_json(run_dir / "meta.json", meta)
+    runs.write_json(run_dir / "meta.json", {**data.meta, "bf16": bf16, "channels_last": channels_last})
     runs.write_json(run_dir / "env.json", runs.environment(device))
 
     bs = min(tcfg.batch_size, len(x))
@@ -169,7 +149,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     state = {"epoch": 0, "batch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
              "nonfinite": 0, "skipped": 0, "rollbacks": 0, "train_seconds": 0.0}
     ckpt_path, best_path = run_dir / runs.CHECKPOINT, run_dir / runs.BEST
-    keep_best = tcfg.early_stopping is not None and len(val_idx) > 0
+    keep_best = tcfg.early_stopping is not None and len(x_val) > 0
     log = _Log(run_dir / "metrics.jsonl", quiet)
     stateful_hook = hasattr(on_step, "state_dict") and hasattr(on_step, "load_state_dict")
 
@@ -241,7 +221,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                     elapsed = state["train_seconds"] + time.perf_counter() - t_epoch
                     if out_of_time := bool(tcfg.max_seconds and elapsed >= tcfg.max_seconds):
                         break
-                val = task.validate(step.eval_model(), x_val, y_val, ds) if len(val_idx) else {}
+                val = task.validate(step.eval_model(), x_val, y_val, ds) if len(x_val) else {}
                 state["train_seconds"] += time.perf_counter() - t_epoch
                 task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
                 record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
@@ -271,6 +251,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         runs.load_weights(model, best_path)
     if fold is not None:
         return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds)["acc"], ds, state, fold)
+    state["fitted"] = task.after_training(model, data)
     return finish(cfg, run_dir, model, ds, task, state)
 
 
@@ -310,10 +291,10 @@ def _summary(cfg: RunConfig, ds, state: dict) -> dict:
 def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict) -> dict:
     """Final weights, the task's test evaluation, summary.json and the report."""
     runs.save_weights(model, run_dir / runs.WEIGHTS)
-    model = model.float().to(memory_format=torch.contiguous_format) if ds.is_image else model.float()
+    model = model.float().to(memory_format=torch.contiguous_format)
     result = task.test(model, ds, cfg)
     runs.write_json(run_dir / "eval.json", result)
-    summary = {**_summary(cfg, ds, state), **task.headline(result)}
+    summary = {**_summary(cfg, ds, state), **state.get("fitted", {}), **task.headline(result)}
     runs.write_json(run_dir / "summary.json", summary)
     task.report(run_dir, model, ds, result, summary)
     return summary

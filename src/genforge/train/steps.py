@@ -135,6 +135,39 @@ def load_teacher(cfg: RunConfig, student: nn.Module) -> nn.Module:
     return model.requires_grad_(False)
 
 
+class ModelLossStep(SingleOptimizerStep):
+    """A model that owns its whole objective: loss = model.loss(x, y) (a forecaster's pinball loss)."""
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+        self.model.train()
+        with _autocast(self.autocast, x.device):
+            loss = self.model.loss(x, y)
+        if not self._update(loss):
+            return None
+        return {"loss": loss.item(), "lr": self.scheduler.get_last_lr()[0]}
+
+
+class FixedStep:
+    """The step of a model with nothing to train (a forecasting baseline): it scores the batch and changes nothing,
+    so the run still has its loop, checkpoint and run directory."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        with torch.inference_mode():
+            return {"loss": self.model.loss(x, y).item()}
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+
+
 class ClassifierStep(SingleOptimizerStep):
     """Cross-entropy (with label smoothing), plus a teacher's softened outputs when train.distill is set."""
 

@@ -1,0 +1,334 @@
+"""Forecasting: series cut by time into (context, horizon) windows, the pinball loss, backtests beside the classical
+baselines, the forecast report, the ONNX part and the forecast verb.
+
+Splits by time, never at random: the last `data.series.test_windows` horizons of every series are the test set,
+the `data.series.val_windows` horizons before them the validation set, and training windows end before those.
+The training windows are every (context + horizon) slice of the training part, cut by Tensor.unfold on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genforge.compress.parts import Part
+from genforge.errors import GenforgeError
+from genforge.tasks.base import Prepared, Task
+
+BASELINES = ("naive", "seasonal-naive", "drift", "season-mean")
+
+
+def default_horizon(season: int) -> int:
+    """One season; 6 steps for data without one (M4's yearly horizon)."""
+    return season if season > 1 else 6
+
+
+def default_context(season: int, horizon: int) -> int:
+    """Two seasons, or four horizons for non-seasonal data."""
+    return 2 * season if season > 1 else 4 * horizon
+
+
+def resolve(cfg, ds) -> tuple[int, int]:
+    """(context, horizon) of a run on the SeriesSet ds, defaults filled in."""
+    horizon = cfg.model.horizon or default_horizon(ds.season)
+    return cfg.model.context or default_context(ds.season, horizon), horizon
+
+
+def test_origins(length: int, horizon: int, windows: int) -> list[int]:
+    """Origins of the last `windows` non-overlapping windows of a series of `length` (rolling origin, step = H)."""
+    return [length - (windows - k) * horizon for k in range(windows)]
+
+
+def baselines(context: int, horizon: int, season: int, quantiles) -> dict:
+    from genforge.models.rnn import Baseline, BaselineConfig
+
+    return {kind: Baseline(BaselineConfig(kind=kind, context=context, horizon=horizon, season=season,
+                                          quantiles=quantiles), context, horizon, season) for kind in BASELINES}
+
+
+def _windows(values: torch.Tensor, origins: list[int], context: int, horizon: int):
+    """(W, context) histories and (W, horizon) futures at the given origins."""
+    x = torch.stack([values[o - context : o] for o in origins])
+    y = torch.stack([values[o : o + horizon] for o in origins])
+    return x, y
+
+
+@dataclass
+class Forecast:
+    """Quantile forecasts of one or more histories: quantiles (N, horizon, Q) at `levels`."""
+
+    quantiles: np.ndarray
+    levels: tuple[float, ...]
+    recursive: bool  # the horizon exceeds the trained one: later blocks were fed the model's own medians
+
+    @property
+    def median(self) -> np.ndarray:
+        """(N, horizon) point forecasts."""
+        return self.quantiles[..., self.levels.index(0.5)]
+
+    def interval(self, coverage: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(lower, upper), each (N, horizon), of the central 80% or 95% interval; None when not predicted."""
+        from genforge.evaluate.forecast import INTERVALS
+
+        lo, hi = INTERVALS[str(coverage)]
+        if lo not in self.levels or hi not in self.levels:
+            return None
+        return self.quantiles[..., self.levels.index(lo)], self.quantiles[..., self.levels.index(hi)]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Named columns of forecast.csv, each (N, horizon): forecast, lo_80, hi_80, lo_95, hi_95, then q_<level>."""
+        out = {"forecast": self.median}
+        for coverage in (80, 95):
+            if (bounds := self.interval(coverage)) is not None:
+                out[f"lo_{coverage}"], out[f"hi_{coverage}"] = bounds
+        for i, level in enumerate(self.levels):
+            out[f"q_{level:g}"] = self.quantiles[..., i]
+        return out
+
+
+def forecast(model, history, horizon: int | None = None) -> Forecast:
+    """Forecast `horizon` steps (default: the trained horizon) after each history: a sequence of numbers (one series)
+    or an (N, L) array. Histories shorter than the model's context, or not finite, are refused."""
+    from genforge.evaluate.forecast import recursive
+
+    x = torch.as_tensor(np.asarray(history, dtype=np.float32))
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise GenforgeError(f"a history is a sequence of numbers (or N sequences of equal length), got shape "
+                            f"{tuple(x.shape)}")
+    need = minimum_history(model)
+    if x.shape[1] < need:
+        raise GenforgeError(f"the history has {x.shape[1]} values; this model needs at least {need}")
+    if not torch.isfinite(x).all():
+        raise GenforgeError("the history holds a missing or non-finite value; fill it first")
+    horizon = horizon or model.horizon
+    if horizon < 1:
+        raise GenforgeError(f"horizon must be at least 1, got {horizon}")
+    with torch.inference_mode():
+        q = recursive(model, x, horizon)
+    return Forecast(q.numpy(), tuple(float(v) for v in model.cfg.quantiles), horizon > model.horizon)
+
+
+def minimum_history(model) -> int:
+    """The shortest history a forecaster reads: its context (a baseline: one season and a step, two for drift)."""
+    return max(model.season + 1, 3) if getattr(model, "full_history", False) else model.context
+
+
+class ForecastTask(Task):
+    name = "forecast"
+    verbs = ("forecast",)
+    parts = (Part("model", "forward", ("history",), ("quantiles",), labels=False),)
+    divergence_hint = "lower train.lr, set train.grad_clip=1.0, or shorten model.context"
+
+    def dataset(self, cfg, name: str | None = None, quiet: bool = True):
+        from genforge.data.series import is_series, load_series
+
+        name = name or cfg.data.name
+        if not is_series(name):
+            raise GenforgeError(f"model.kind={cfg.model.kind} forecasts time series: set data.name=series:NAME (a "
+                                f"bundled series, e.g. series:co2) or csv-series:PATH, not {name!r}")
+        return load_series(name, cfg.data.series)
+
+    def prepare(self, cfg, ds, device: torch.device, fold=None) -> Prepared:
+        context, horizon = resolve(cfg, ds)
+        opts = cfg.data.series
+        held = horizon * (opts.val_windows + opts.test_windows)
+        for s in ds.series:
+            need = context + horizon + held
+            if len(s.values) < need:
+                raise GenforgeError(f"{ds.name}: series {s.id!r} has {len(s.values)} values; it needs context "
+                                    f"{context} + horizon {horizon} + {opts.val_windows + opts.test_windows} held-out "
+                                    f"horizons = {need}; lower model.context or model.horizon, or "
+                                    f"data.series.test_windows / val_windows")
+        xs, ys, xv, yv = [], [], [], []
+        for s in ds.series:
+            values = torch.tensor(s.values, dtype=torch.float32, device=device)
+            val_start = len(values) - held
+            pairs = values[:val_start].unfold(0, context + horizon, 1)  # (W, C + H): every training window
+            xs.append(pairs[:, :context])
+            ys.append(pairs[:, context:])
+            origins = [val_start + k * horizon for k in range(opts.val_windows)]
+            if origins:
+                x, y = _windows(values, origins, context, horizon)
+                xv.append(x.cpu())
+                yv.append(y.cpu())
+        empty = torch.zeros(0, context), torch.zeros(0, horizon)
+        update = {"context": context, "horizon": horizon}
+        if "season" in type(cfg.model).model_fields and cfg.model.season is None:
+            update["season"] = ds.season
+        checksum = hashlib.sha256(b"".join(np.ascontiguousarray(s.values).tobytes() for s in ds.series)).hexdigest()
+        meta = {"dataset": ds.name, "source": ds.source, "checksum": checksum, "classes": [],
+                "input_shape": [context], "norm_shape": [1], "task": self.name, "freq": ds.freq,
+                "season": ds.season, "series": [s.id for s in ds.series],
+                "ends": {s.id: str(s.times[-1])[:19] for s in ds.series},
+                "n_train": int(sum(len(x) for x in xs)), "n_val": int(sum(len(x) for x in xv))}
+        return Prepared(ds, torch.cat(xs), torch.cat(ys), torch.cat(xv) if xv else empty[0],
+                        torch.cat(yv) if yv else empty[1], (context,), 0, torch.zeros(1), torch.ones(1), meta,
+                        model_config=cfg.model.model_copy(update=update))
+
+    def check_fits(self, ds, meta: dict) -> None:
+        pass  # any series can be forecast from its history; too short a one is refused where it is cut
+
+    def heldout(self, run, n: int, seed: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Histories and futures of the run's test windows (or, split="train", of training windows)."""
+        ds, model, opts = self.dataset(run.config), run.model, run.config.data.series
+        xs, ys = [], []
+        for s in ds.series:
+            values = torch.tensor(s.values, dtype=torch.float32)
+            last = len(values) - model.horizon * (opts.test_windows + opts.val_windows)  # where training ended
+            origins = (test_origins(len(values), model.horizon, opts.test_windows) if split == "test"
+                       else list(range(model.context, last - model.horizon + 1)))
+            x, y = _windows(values, origins, model.context, model.horizon)
+            xs.append(x)
+            ys.append(y)
+        x, y = torch.cat(xs), torch.cat(ys)
+        idx = torch.randint(0, len(x), (n,), generator=torch.Generator().manual_seed(seed))
+        return x[idx], y[idx]
+
+    def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
+        from genforge.train.steps import FixedStep, ModelLossStep
+
+        if not any(p.requires_grad for p in model.parameters()):  # a baseline: nothing to train
+            return FixedStep(model)
+        return ModelLossStep(model, cfg, steps_per_epoch, autocast, channels_last)
+
+    def after_training(self, model, data: Prepared) -> dict:
+        device = model.quantiles.device
+        return model.calibrate(data.x_val.to(device), data.y_val.to(device))
+
+    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds) -> dict:
+        model.eval()
+        with torch.inference_mode():
+            x, y = x.to(model.quantiles.device), y.to(model.quantiles.device)
+            return {"loss": model.loss(x, y).item()}
+
+    def backtest(self, model, ds, windows: int, horizon: int | None = None, first_only: bool = False,
+                 with_parts: bool = False) -> dict:
+        """The model and the four baselines on the last `windows` horizons of every series of ds (first_only: on
+        the first of those windows). with_parts: keep each window's sums, to pool backtests."""
+        from genforge.evaluate.forecast import backtest
+
+        horizon = horizon or model.horizon
+        models = {"model": model, **baselines(model.context, horizon, ds.season, model.cfg.quantiles)}
+        for s in ds.series:
+            if len(s.values) - windows * horizon < minimum_history(model):
+                raise GenforgeError(f"series {s.id!r} ({len(s.values)} values) is too short for {windows} windows of "
+                                    f"{horizon} after a history of {minimum_history(model)}")
+        result = backtest(models, ds.series, ds.season,
+                          lambda s: test_origins(len(s.values), horizon, windows)[: 1 if first_only else None],
+                          horizon)
+        out = {"dataset": ds.name, "windows": windows, "horizon": horizon, "trained_horizon": model.horizon,
+               "recursive": horizon > model.horizon, "season": ds.season, "methods": result}
+        return out if with_parts else _jsonable(out)
+
+    def test(self, model, ds, cfg) -> dict:
+        from genforge.evaluate.classification import measure_speed
+
+        result = self.backtest(model, ds, cfg.data.series.test_windows)
+        values = torch.tensor(ds.series[0].values[-minimum_history(model) :], dtype=torch.float32)
+        return {**result, **measure_speed(model, values[None])}
+
+    def headline(self, result: dict) -> dict:
+        ours, naive = result["methods"]["model"]["overall"], result["methods"]["seasonal-naive"]["overall"]
+        return {"test_mase": ours["mase"], "test_smape": ours["smape"],
+                "test_coverage_80": ours.get("coverage_80"), "test_coverage_95": ours.get("coverage_95"),
+                "test_mase_seasonal_naive": naive["mase"], "latency_ms_b1": result["latency_ms_b1"]}
+
+    def report(self, run_dir: Path, model, ds, result: dict, summary: dict, extra=()) -> Path:
+        from genforge.evaluate.report import _plots_with_curves, write_page
+
+        plots = _plots_with_curves(run_dir)
+        plot_forecasts(model, ds, result, plots / "forecasts.png")
+        return write_page(run_dir, summary, [*extra, ("Backtest (test windows)", metrics_table(result))])
+
+    def print_evaluation(self, out, name: str, result: dict) -> None:
+        from rich.table import Table
+
+        out.print(f"[bold]{name}[/] on {result['dataset']}: {result['windows']} window(s) of {result['horizon']} "
+                  f"steps per series" + (" (recursive beyond the trained horizon)" if result["recursive"] else ""))
+        table = Table(*HEADER)
+        for label, m in result["methods"].items():
+            table.add_row(label, *_cells(m["overall"]))
+        out.print(table)
+        if len(result["methods"]["model"]["series"]) > 1:
+            per = Table("series", "MASE", "seasonal naive")
+            naive = result["methods"]["seasonal-naive"]["series"]
+            for sid, m in result["methods"]["model"]["series"].items():
+                per.add_row(sid, f"{m['mase']:.3f}", f"{naive[sid]['mase']:.3f}")
+            out.print(per)
+
+    def onnx_threads(self) -> int:
+        return 1  # a few short sequences per call
+
+    def warm_up(self, served) -> None:
+        for n in (1, 8):
+            served.forecast(torch.zeros(n, served.model.context) + torch.arange(served.model.context).float())
+
+
+def _jsonable(result: dict) -> dict:
+    """The backtest without the raw forecasts and window sums: what eval.json keeps."""
+    methods = {label: {k: v for k, v in m.items() if k not in ("windows", "parts")}
+               for label, m in result["methods"].items()}
+    return {**result, "methods": methods}
+
+
+HEADER = ("method", "MASE", "sMAPE", "MAE", "RMSE", "pinball", "cover 80%", "cover 95%")
+
+
+def _cells(o: dict) -> list[str]:
+    return [f"{o['mase']:.3f}", f"{o['smape']:.2f}", f"{o['mae']:.4g}", f"{o['rmse']:.4g}", f"{o['pinball']:.3f}",
+            *(f"{o[k]:.0%}" if k in o else "-" for k in ("coverage_80", "coverage_95"))]
+
+
+def metrics_table(result: dict) -> str:
+    import html
+
+    head = "".join(f"<th>{h}</th>" for h in HEADER)
+    rows = [f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{c}</td>" for c in _cells(m["overall"])) + "</tr>"
+            for label, m in result["methods"].items()]
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def plot_forecasts(model, ds, result: dict, path: Path, most: int = 6) -> None:
+    """Per series (the best and worst by MASE when there are more than `most`): the history, the truth of the test
+    windows, the median forecast and the 80% and 95% bands."""
+    from genforge import runs
+    from genforge.evaluate.forecast import forecast_windows
+    from genforge.evaluate.report import _figure
+
+    plt = _figure()
+    per = result["methods"]["model"]["series"]
+    ids = sorted(per, key=lambda sid: per[sid]["mase"])
+    if len(ids) > most:
+        ids = ids[: most // 2] + ids[-(most - most // 2) :]
+    by_id = {s.id: s for s in ds.series}
+    levels = tuple(model.cfg.quantiles)
+    fig, axes = plt.subplots(len(ids), 1, figsize=(9, 2.6 * len(ids)), squeeze=False)
+    horizon, windows = result["horizon"], result["windows"]
+    for sid, ax in zip(ids, axes[:, 0]):
+        s = by_id[sid]
+        origins = test_origins(len(s.values), horizon, windows)
+        shown = max(0, origins[0] - 4 * horizon)
+        ax.plot(s.times[shown:], s.values[shown:], color="black", lw=1, label="history and truth")
+        q = forecast_windows(model, s.values, origins, horizon)
+        for o, qw in zip(origins, q):
+            t = s.times[o : o + horizon]
+            for (lo, hi), alpha in (((0.025, 0.975), 0.15), ((0.1, 0.9), 0.3)):
+                if lo in levels and hi in levels:
+                    ax.fill_between(t, qw[:, levels.index(lo)], qw[:, levels.index(hi)], color="tab:blue",
+                                    alpha=alpha, lw=0)
+            ax.plot(t, qw[:, levels.index(0.5)], color="tab:blue", lw=1.5)
+        ax.axvline(s.times[origins[0]], color="gray", ls=":", lw=1)
+        ax.set_title(f"{sid}: MASE {per[sid]['mase']:.3f}", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
+
+
+TASK = ForecastTask()
