@@ -27,7 +27,7 @@ from genforge.config import load_config
 from genforge.data.series import SeriesOptions, load_series
 from genforge.evaluate.forecast import combine, mase_scale, window_metrics
 from genforge.runs import read_json
-from genforge.tasks.forecast import default_horizon, test_origins
+from genforge.tasks.forecast import default_horizon, window_origins
 from genforge.train.loop import train
 
 DATASETS = {  # bundled name -> series options
@@ -70,7 +70,7 @@ def statsforecast_scores(ds, horizon: int) -> tuple[dict, float]:
         for s in ds.series:
             rows = cv[cv["unique_id"] == s.id].sort_values("ds")
             parts = []
-            for k, origin in enumerate(test_origins(len(s.values), horizon, WINDOWS)):
+            for k, origin in enumerate(window_origins(len(s.values), horizon, WINDOWS)):
                 w = rows.iloc[k * horizon : (k + 1) * horizon]
                 assert np.allclose(w["y"].to_numpy(), s.values[origin : origin + horizon])  # the same windows
                 q = np.stack([w[f"{model}-lo-95"], w[f"{model}-lo-80"], w[model], w[f"{model}-hi-80"],

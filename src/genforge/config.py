@@ -122,7 +122,8 @@ def _read_source(source: str) -> dict:
 
 
 def apply_override(raw: dict, override: str) -> None:
-    """Apply `a.b.c=value` to a nested dict; the value is parsed as YAML (3e-4, true, [64, 32])."""
+    """Apply `a.b.c=value` to a nested dict; the value is parsed as YAML (3e-4, true, [64, 32]). Changing model.kind
+    starts the model section from that kind's defaults: the preset's options of another kind do not apply to it."""
     key, sep, value = override.partition("=")
     if not sep or not key:
         raise GenforgeError(f"override '{override}' must look like key=value, e.g. train.lr=3e-4")
@@ -132,7 +133,10 @@ def apply_override(raw: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise GenforgeError(f"override '{override}': '{part}' is not a section")
-    node[leaf] = yaml.safe_load(value) if value.strip() else None
+    parsed = yaml.safe_load(value) if value.strip() else None
+    if key.strip() == "model.kind" and node.get("kind") not in (None, parsed):
+        node.clear()
+    node[leaf] = parsed
 
 
 def _explain(error: ValidationError) -> str:

@@ -38,7 +38,7 @@ def resolve(cfg, ds) -> tuple[int, int]:
     return cfg.model.context or default_context(ds.season, horizon), horizon
 
 
-def test_origins(length: int, horizon: int, windows: int) -> list[int]:
+def window_origins(length: int, horizon: int, windows: int) -> list[int]:
     """Origins of the last `windows` non-overlapping windows of a series of `length` (rolling origin, step = H)."""
     return [length - (windows - k) * horizon for k in range(windows)]
 
@@ -181,7 +181,7 @@ class ForecastTask(Task):
         for s in ds.series:
             values = torch.tensor(s.values, dtype=torch.float32)
             last = len(values) - model.horizon * (opts.test_windows + opts.val_windows)  # where training ended
-            origins = (test_origins(len(values), model.horizon, opts.test_windows) if split == "test"
+            origins = (window_origins(len(values), model.horizon, opts.test_windows) if split == "test"
                        else list(range(model.context, last - model.horizon + 1)))
             x, y = _windows(values, origins, model.context, model.horizon)
             xs.append(x)
@@ -220,7 +220,7 @@ class ForecastTask(Task):
                 raise GenforgeError(f"series {s.id!r} ({len(s.values)} values) is too short for {windows} windows of "
                                     f"{horizon} after a history of {minimum_history(model)}")
         result = backtest(models, ds.series, ds.season,
-                          lambda s: test_origins(len(s.values), horizon, windows)[: 1 if first_only else None],
+                          lambda s: window_origins(len(s.values), horizon, windows)[: 1 if first_only else None],
                           horizon)
         out = {"dataset": ds.name, "windows": windows, "horizon": horizon, "trained_horizon": model.horizon,
                "recursive": horizon > model.horizon, "season": ds.season, "methods": result}
@@ -251,7 +251,9 @@ class ForecastTask(Task):
 
         out.print(f"[bold]{name}[/] on {result['dataset']}: {result['windows']} window(s) of {result['horizon']} "
                   f"steps per series" + (" (recursive beyond the trained horizon)" if result["recursive"] else ""))
-        table = Table(*HEADER)
+        table = Table()
+        for i, name in enumerate(HEADER):
+            table.add_column(name, no_wrap=True, min_width=14 if i == 0 else None)
         for label, m in result["methods"].items():
             table.add_row(label, *_cells(m["overall"]))
         out.print(table)
@@ -312,7 +314,7 @@ def plot_forecasts(model, ds, result: dict, path: Path, most: int = 6) -> None:
     horizon, windows = result["horizon"], result["windows"]
     for sid, ax in zip(ids, axes[:, 0]):
         s = by_id[sid]
-        origins = test_origins(len(s.values), horizon, windows)
+        origins = window_origins(len(s.values), horizon, windows)
         shown = max(0, origins[0] - 4 * horizon)
         ax.plot(s.times[shown:], s.values[shown:], color="black", lw=1, label="history and truth")
         q = forecast_windows(model, s.values, origins, horizon)
