@@ -43,3 +43,38 @@ def live_server(live_process):
 def tabular_run(tmp_path_factory):
     """A logistic regression on the 2-D blobs (seconds): a model that takes float32 feature vectors."""
     return train_run(tmp_path_factory.mktemp("blobs"), "blobs-logreg", "train.threads=1", "train.epochs=2")
+
+
+def train_here(parent, preset: str, *overrides):
+    """Train in this process (no CLI start-up): the run directory."""
+    from genforge import runs
+    from genforge.config import load_config
+    from genforge.train.loop import train
+
+    cfg = load_config(preset, ["train.threads=1", *overrides])
+    run_dir = runs.create_run(parent, cfg.name, cfg)
+    train(cfg, run_dir, quiet=True)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def forecast_runs(tmp_path_factory):
+    """Two forecasters of the Nile's yearly flows (bundled, 100 values; seconds each): a tiny LSTM (2 epochs, 8 units)
+    and the seasonal naive baseline, which reads histories of any length."""
+    parent = tmp_path_factory.mktemp("forecast")
+    rnn = train_here(parent, "series-lstm", "name=nile-lstm", "data.name=series:nile", "train.epochs=2",
+                     "model.hidden=8")
+    baseline = train_here(parent, "series-lstm", "name=nile-naive", "data.name=series:nile",
+                          "model.kind=seasonal-naive", "train.epochs=1")
+    return rnn, baseline
+
+
+@pytest.fixture(scope="session")
+def quick_logreg_run(tmp_path_factory):
+    """A model without the forecast verb, trained in process: the blobs logistic regression, one epoch."""
+    return train_here(tmp_path_factory.mktemp("blobs-quick"), "blobs-logreg", "train.epochs=1")
+
+
+@pytest.fixture(scope="session")
+def forecast_served(forecast_runs):
+    return load_models(list(forecast_runs), backend="torch")

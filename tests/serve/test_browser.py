@@ -66,3 +66,35 @@ def test_the_page_shows_the_servers_error_messages(browser, live_server):
     error = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error") if d.find_element(
         By.ID, "error").is_displayed() else None)
     assert "n" in error.text and "256" in error.text
+
+
+@pytest.fixture(scope="module")
+def forecast_server(forecast_runs):
+    """`genforge serve` with the two forecasters only (torch: no ONNX export at start)."""
+    from helpers import start_server
+
+    proc, url = start_server(forecast_runs, "--backend", "torch")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_the_forecast_panel_plots_a_series_and_its_forecast(browser, forecast_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20)
+    browser.get(forecast_server + "/")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#series option"))  # the model's own series, plotted
+    assert browser.find_element(By.ID, "classify").get_attribute("hidden") is not None  # no classifier served
+    assert browser.find_element(By.CSS_SELECTOR, "#chart path.history").get_attribute("d").count("L") == 99
+    browser.find_element(By.ID, "horizon").clear()
+    browser.find_element(By.ID, "horizon").send_keys("12")  # beyond the trained 6: recursive
+    browser.find_element(By.ID, "predict").click()
+    median = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart path.median"))[0]
+    assert median.get_attribute("d").count("L") == 12  # from the last value through 12 forecast steps
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#chart path.band-80, #chart path.band-95")) == 2
+    assert "12 steps (steps beyond the trained 6" in browser.find_element(By.ID, "forecast-info").text
+    assert "context 24 · horizon 6" in browser.find_element(By.ID, "card-list").text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "playground-forecast.png"))

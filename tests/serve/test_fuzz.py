@@ -18,13 +18,14 @@ from genforge.serve.limits import Limits
 EXAMPLES = 25  # per operation and encoding: about a minute for the whole API on 2 cores
 
 
-def _model_for(path: str, names: tuple[str, str, str]) -> str | None:
+def _model_for(path: str, names: tuple[str, str, str], forecaster: str) -> str | None:
     """The served model that offers the route's verb (the card route: the classifier), None for other routes."""
     if "{name}" not in path:
         return None
     classifier, gan, vae = names
     verb = path.rsplit("/", 1)[-1]
-    return {"generate": gan, "interpolate": gan, "reconstruct": vae}.get(verb, classifier)
+    return {"generate": gan, "interpolate": gan, "reconstruct": vae, "forecast": forecaster,
+            "series": forecaster}.get(verb, classifier)
 
 
 def _fuzzer(operation, media_type: str | None, model: str | None, sent: set, answered: dict):
@@ -45,16 +46,17 @@ def _fuzzer(operation, media_type: str | None, model: str | None, sent: set, ans
     return fuzz
 
 
-def test_api_never_answers_5xx_and_keeps_its_schema(served, names):
-    app = create_app(served, limits=Limits(timeout_s=30))
+def test_api_never_answers_5xx_and_keeps_its_schema(served, names, forecast_served):
+    forecaster = next(iter(forecast_served))  # the LSTM
+    app = create_app({**served, **forecast_served}, limits=Limits(timeout_s=30))
     sent = set()  # (method and path, media type, pinned model or None) of every case sent
     answered = {}  # the same key -> the status codes answered
     with TestClient(app):  # runs the lifespan: batchers started, models warmed up, ready
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) >= 9
+        assert len(operations) >= 11
         for operation in operations:
-            pinned = _model_for(operation.path, names)
+            pinned = _model_for(operation.path, names, forecaster)
             for model in [None, pinned] if pinned else [None]:
                 for media_type in operation.get_request_payload_content_types() or [None]:
                     _fuzzer(operation, media_type, model, sent, answered)()
@@ -63,3 +65,6 @@ def test_api_never_answers_5xx_and_keeps_its_schema(served, names):
             assert (f"POST /v1/models/{{name}}/{verb}", media_type, None) in sent
             statuses = answered[(f"POST /v1/models/{{name}}/{verb}", media_type, model)]
             assert 404 not in statuses and statuses & {200, 422}, statuses  # the model itself answered
+    assert ("POST /v1/models/{name}/forecast", "application/json", None) in sent
+    statuses = answered[("POST /v1/models/{name}/forecast", "application/json", forecaster)]
+    assert 404 not in statuses and statuses & {200, 422}, statuses

@@ -35,5 +35,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0,
         return load_idx_dataset(name, data_dir, progress)
     if name in BUILTIN:
         return BUILTIN[name](seed)
+    if prefix in ("series", "csv-series"):
+        raise GenforgeError(f"{name} is a time series: forecast it with model.kind=rnn or a baseline kind (naive, "
+                            f"seasonal-naive, drift, season-mean), e.g. genforge train series-lstm data.name={name}")
     raise GenforgeError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}, "
                         f"or imagefolder:PATH / csv:PATH for your own files")

@@ -16,7 +16,10 @@ from genforge.errors import GenforgeError
 from genforge.runs import BACKENDS, LoadedRun, load_run, read_json, resolve_run
 
 HEADLINE = ("test_accuracy", "test_macro_f1", "fd", "kid", "precision", "recall", "conditional_accuracy",
-            "nll_iwae", "test_elbo", "latency_ms_b1", "train_seconds")
+            "nll_iwae", "test_elbo", "test_mase", "test_smape", "test_coverage_80", "test_coverage_95",
+            "test_mase_seasonal_naive", "latency_ms_b1", "train_seconds")
+SHOWN_SERIES = 8  # series of a forecaster's own data that GET /v1/models/{name}/series offers (the first ones)
+SHOWN_CONTEXTS = 10  # the last this many contexts of each: what the playground plots and forecasts from
 
 
 @dataclass
@@ -24,10 +27,17 @@ class ServedModel:
     name: str
     run: LoadedRun
     stats: dict = field(default_factory=dict)
+    recent: dict | None = None  # a forecaster's own series, their last values (load_series, at start)
+    recent_error: str | None = None  # why they could not be loaded
 
     @cached_property  # read on every classify request
     def task(self):
         return self.run.task
+
+    @property
+    def model(self):
+        """The run's model (its ONNX parts in place with backend onnxruntime)."""
+        return self.run.model
 
     @property
     def backend(self) -> str:
@@ -57,6 +67,7 @@ class ServedModel:
             "conditional": self.conditional, "run_id": self.run.path.name, "backend": self.backend,
             "metrics": {k: summary[k] for k in HEADLINE if isinstance(summary.get(k), (int, float))},
             "config": self.run.config.model_dump(mode="json"),
+            **({"forecast": self.forecast_card()} if "forecast" in self.verbs() else {}),
         }
 
     # classify -----------------------------------------------------------------------------------------------
@@ -83,10 +94,49 @@ class ServedModel:
             labels = torch.full((len(x),), label, dtype=torch.long)
         return self.run.model.reconstruct(x, labels)
 
+    # forecast -----------------------------------------------------------------------------------------------
+    @cached_property
+    def minimum_history(self) -> int:
+        from genforge.tasks.forecast import minimum_history
+
+        return minimum_history(self.model)
+
+    def forecast_card(self) -> dict:
+        """What a forecaster reads and answers: its context, trained horizon and quantile levels."""
+        model, meta = self.model, self.run.meta
+        return {"context": model.context, "horizon": model.horizon, "levels": [float(q) for q in model.cfg.quantiles],
+                "minimum_history": self.minimum_history, "season": meta.get("season"), "freq": meta.get("freq"),
+                "series": meta.get("series", [])}
+
+    def forecast(self, history, horizon: int | None = None):
+        """A history (L,) or (N, L) -> tasks.forecast.Forecast: quantiles (N, horizon, Q) at its levels, the same
+        numbers as load_run(run).forecast; called from the one inference thread."""
+        return self.run.forecast(history, horizon)
+
+    def load_series(self) -> None:
+        """The last SHOWN_CONTEXTS contexts of the first SHOWN_SERIES series the model trained on, read once at
+        start (the playground forecasts from them). Data that no longer loads (a CSV moved away) leaves the reason
+        in recent_error: the forecast route does not need it."""
+        if self.recent is not None or self.recent_error is not None:
+            return  # read at an earlier start of the app
+        try:
+            ds = self.task.dataset(self.run.config)
+        except Exception as e:  # noqa: BLE001 - any failure: the server still serves the model
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            self.recent_error = f"the series {self.name} trained on do not load here ({why})"
+            return
+        keep = max(SHOWN_CONTEXTS * self.model.context, self.minimum_history)
+        shown = [{"id": str(s.id), "length": len(s.values), "values": s.values[-keep:].astype(float).tolist(),
+                  "times": np.datetime_as_string(s.times[-keep:], unit="s").tolist()} for s in ds.series[:SHOWN_SERIES]]
+        self.recent = {"freq": ds.freq, "season": ds.season, "total_series": len(ds.series), "series": shown}
+
     def warm_up(self) -> float:
-        """One call of every verb on dummy data, so the first request pays no one-time costs. Returns seconds."""
+        """One call of every verb on dummy data, so the first request pays no one-time costs (a forecaster also
+        reads its own series, for the playground). Returns seconds."""
         t0 = time.perf_counter()
         self.task.warm_up(self)
+        if "forecast" in self.verbs():
+            self.load_series()
         return time.perf_counter() - t0
 
 
@@ -109,12 +159,15 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
         print(f"{path / EXPORT_DIR} was exported from earlier weights: exporting again", flush=True)
         record = {}
     if record.get("dynamic_batch") or record and backend == "onnxruntime":  # a batch-fixed export raises there
-        return load_run(path, backend="onnxruntime", threads=None)  # the threads its task serves with
+        run = load_run(path, backend="onnxruntime", threads=None)  # the threads its task serves with
+        return load_run(path, backend="torch") if _any_length(run, backend) else run
     if record:  # auto, and the export serves one batch size only
         print(f"serving {path} with torch: its ONNX export is for batch {record.get('batch_size')} only "
               f"(`genforge export {path} --dynamic-batch` lets onnxruntime serve it)", flush=True)
         return load_run(path, backend="torch")
     trained = load_run(path, backend="torch")  # a run that cannot load says why before any export
+    if _any_length(trained, backend):
+        return trained
     print(f"exporting {path} to ONNX for onnxruntime (once, into {path / EXPORT_DIR})", flush=True)
     try:
         _export(path)
@@ -125,6 +178,19 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
         return trained
     load_parts(trained, path / EXPORT_DIR, trained.task.onnx_threads())  # the loaded run, its parts now in ORT
     return trained
+
+
+def _any_length(run: LoadedRun, backend: str) -> bool:
+    """Whether the run's model reads histories of any length (a forecasting baseline, `full_history`), which its ONNX
+    graph cannot: the graph keeps the length it was exported with. Such a model has no weights for ONNX Runtime to
+    speed up, so auto serves it with torch; asked for onnxruntime, it is refused."""
+    if not getattr(run.model, "full_history", False):
+        return False
+    if backend == "onnxruntime":
+        raise GenforgeError(f"{run.path} ({run.config.model.kind}) reads histories of any length, which its ONNX "
+                            f"export cannot (it takes {run.model.context} values only); serve it with --backend "
+                            f"auto or torch")
+    return True
 
 
 def _export(path: Path) -> None:

@@ -29,7 +29,7 @@ from genforge.errors import GenforgeError
 from genforge.sample import reconstruction_errors
 from genforge.serve.adapters import ServedModel, as_array
 from genforge.serve.batching import MicroBatcher
-from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, replay
+from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, replay
 
 log = logging.getLogger("genforge.serve")
 
@@ -75,6 +75,15 @@ class ReconstructOptions(_Strict):
 
 class ReconstructRequest(ReconstructOptions):
     inputs: list[list[Number] | list[list[Number]] | list[list[list[Number]]]] = Field(min_length=1, max_length=256)
+
+
+class ForecastRequest(_Strict):
+    history: list[Number] | list[list[Number]] = Field(
+        description=f"One series' most recent values, oldest first, or N equally long series; at least the model's "
+                    f"forecast.minimum_history values each (its card says), at most {Limits.max_history:,} in all")
+    horizon: int | None = Field(None, ge=1, le=1_000_000, description=f"Steps to forecast (default: the trained "
+                                f"horizon); at most {Limits.max_horizons} trained horizons, those beyond the first "
+                                f"forecast from the model's own medians")
 
 
 OPTIONS = {ClassifyRequest: ClassifyOptions, ReconstructRequest: ReconstructOptions}
@@ -140,6 +149,36 @@ def parse_inputs(cls: type[BaseModel], body: bytes) -> tuple[list, dict]:
         return data["inputs"], rest.model_dump(exclude={"inputs"})
     req = _parse(cls, body)
     return req.inputs, req.model_dump(exclude={"inputs"})
+
+
+def parse_forecast(body: bytes) -> tuple[object, int | None]:
+    """The history as sent, for history_inputs to check (numbers, lengths, finite: far cheaper than validating up
+    to 100,000 values one by one, and its messages name the fix), and the horizon, checked by the model. A body
+    that is not a JSON object with a history goes through the full model for its message."""
+    try:
+        data = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and "history" in data:
+        return data["history"], _parse_python(ForecastRequest, {**data, "history": [0]}).horizon
+    req = _parse(ForecastRequest, body)
+    return req.history, req.horizon
+
+
+def forecast_answer(name: str, model: ServedModel, forecast, one: bool, latency_ms: float) -> dict:
+    """The forecast answer: the median, the 80% and 95% bounds (null where the model predicts no such quantiles)
+    and every quantile; lists (horizon,) and (horizon, Q) for one 1-D history, else one per history."""
+    def rows(array):
+        return None if array is None else (array[0] if one else array).tolist()
+
+    bounds = {}
+    for coverage in (80, 95):
+        lo, hi = forecast.interval(coverage) or (None, None)
+        bounds |= {f"lo_{coverage}": rows(lo), f"hi_{coverage}": rows(hi)}
+    return {"model": name, "backend": model.backend, "latency_ms": latency_ms,
+            "horizon": forecast.quantiles.shape[1], "trained_horizon": model.model.horizon,
+            "recursive": forecast.recursive, "levels": list(forecast.levels), "forecast": rows(forecast.median),
+            **bounds, "quantiles": rows(forecast.quantiles)}
 
 
 @functools.cache
@@ -329,7 +368,7 @@ def _internal(e: Exception) -> str:
     return f"internal error ({type(e).__name__}); the server's log has the details"
 
 
-VERBS = {"classify", "generate", "interpolate", "reconstruct"}
+VERBS = {"classify", "generate", "interpolate", "reconstruct", "forecast", "series"}  # the routes after a model's name
 PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"}
 
 
@@ -473,13 +512,13 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
                                f"not {verb}")
         return model
 
-    async def infer(fn, *args):
+    async def infer(fn, *args, fewer: str = "images"):
         """Run fn on the inference thread; 504 when it takes longer than the limit."""
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.run_in_executor(executor, fn, *args), limits.timeout_s)
         except asyncio.TimeoutError:
-            raise RequestError(f"inference took longer than {limits.timeout_s:g} s; ask for fewer images", 504) \
+            raise RequestError(f"inference took longer than {limits.timeout_s:g} s; ask for fewer {fewer}", 504) \
                 from None
 
     async def image_inputs(request: Request, model: ServedModel, cls: type[BaseModel]) -> tuple[np.ndarray, dict]:
@@ -604,6 +643,41 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
             return await images_response(model, pairs, "png", {}, latency, nrow=min(8, len(pairs)))
         return {"model": name, "latency_ms": latency, "backend": model.backend, "errors": errors,
                 "images": as_array(recon)}
+
+    forecast_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ForecastRequest.model_json_schema()}}}}
+
+    @app.post("/v1/models/{name}/forecast", tags=["models"], openapi_extra=forecast_body,
+              summary="Quantile forecasts after one or more histories: the median, its 80% and 95% intervals, and "
+                      "every quantile the model predicts")
+    async def forecast(request: Request, name: str = served("forecast")):
+        model = model_for(name, "forecast")
+        if (content_type := _content_type(request.scope)) != "application/json":
+            raise RequestError(f"content type {content_type} is not accepted; send application/json "
+                               f"{{\"history\": [...]}}", 415)
+        values, horizon = parse_forecast(await request.body())
+        history = history_inputs(values, model.minimum_history, limits.max_batch, limits.max_history)
+        trained = model.model.horizon
+        if horizon is not None and horizon > limits.max_horizons * trained:
+            raise RequestError(f"horizon must be at most {limits.max_horizons * trained} ({limits.max_horizons} x "
+                               f"the trained horizon {trained}; steps beyond {trained} are forecast from the model's "
+                               f"own medians), got {horizon}")
+        t0 = time.perf_counter()
+        result = await infer(model.forecast, history, horizon, fewer="or shorter histories, or a shorter horizon")
+        if not np.isfinite(result.quantiles).all():  # finite float32 inputs can still overflow inside the model
+            raise RequestError("the model's forecast of this history is not finite (values too large for its "
+                               "float32 arithmetic); send a history on the scale of its training data")
+        latency = (time.perf_counter() - t0) * 1000
+        return _json(forecast_answer(name, model, result, history.ndim == 1, latency))
+
+    @app.get("/v1/models/{name}/series", tags=["models"],
+             summary="The end of a forecaster's own training series (a few at most): histories to forecast from")
+    async def series(name: str = served("forecast")):
+        model = model_for(name, "forecast")
+        if model.recent is None:
+            raise RequestError(model.recent_error or f"{name}'s series are not loaded yet; retry shortly",
+                               404 if model.recent_error else 503)
+        return _json({"model": name, **model.recent})
 
     static = resources.files("genforge.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

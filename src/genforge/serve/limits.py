@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -18,6 +19,8 @@ class Limits:
     max_decodes: int = 2  # image uploads decoded at once (one per core); the others wait their turn
     max_batch: int = 256  # images or vectors per classify request
     max_n: int = 256  # images per generate request; steps per interpolation
+    max_history: int = 100_000  # history values per forecast request, all its series together
+    max_horizons: int = 20  # a forecast's horizon: at most this many trained horizons (one model call each)
     max_concurrency: int = 32  # requests in flight at once; beyond that 503 at once instead of a growing queue
     timeout_s: float = 10.0  # inference time before 504
 
@@ -116,3 +119,46 @@ def array_inputs(values: list, shape: tuple[int, ...], value_range: str) -> np.n
     if top == 1.0:
         array *= 255.0  # in place: the array is this function's own float copy
     return np.rint(array, out=array).astype(np.uint8)
+
+
+def history_inputs(values, minimum: int, max_series: int, max_values: int) -> np.ndarray:
+    """A forecast request's history -> float32 (L,) for one series or (N, L) for N of equal length, validated: numbers
+    only, finite in float32, at most max_series series and max_values values, at least `minimum` values each."""
+    shape = "a list of numbers, oldest first (one series), or a list of equally long such lists (several)"
+    if not isinstance(values, list) or not values:
+        raise RequestError(f"history must be {shape}, with at least {minimum} values each")
+    if all(isinstance(row, list) for row in values) and len(lengths := {len(row) for row in values}) > 1:
+        raise RequestError(f"the {len(values)} histories have different lengths ({min(lengths)} to {max(lengths)}); "
+                           f"send equally long ones (e.g. the last {max(min(lengths), minimum)} values of each), or "
+                           f"one request per length")
+    try:
+        array = np.array(values)
+    except (ValueError, TypeError):  # numbers mixed with lists
+        raise RequestError(f"history must be {shape}") from None
+    if array.dtype == object:  # nulls, or integers beyond 64 bits: as floats (a null is NaN, refused below)
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    flat = values if array.ndim == 1 else chain.from_iterable(values) if array.ndim == 2 else ()
+    if array.dtype.kind not in "iuf" or array.ndim > 2 or any(v is True or v is False for v in flat):
+        raise RequestError(f"history must be {shape}: numbers only (no strings, booleans or nulls; fill a missing "
+                           f"value first)")
+    if array.size == 0:
+        raise RequestError(f"history is empty; send at least {minimum} values per series")
+    if array.ndim == 2 and len(array) > max_series:
+        raise RequestError(f"at most {max_series} histories per request, got {len(array)}")
+    if array.size > max_values:
+        raise RequestError(f"at most {max_values:,} history values per request, got {array.size:,}; send the most "
+                           f"recent values only")
+    if not np.isfinite(array).all():
+        raise RequestError("history values must be finite numbers (no null, NaN or infinity); fill a missing value "
+                           "first")
+    with np.errstate(over="ignore"):
+        history = array.astype(np.float32)  # what the model sees: 1e300 is finite here and inf there
+    if not np.isfinite(history).all():
+        raise RequestError(f"history values must fit in float32 (magnitude at most {np.finfo(np.float32).max:.3g})")
+    if history.shape[-1] < minimum:
+        raise RequestError(f"the history has {history.shape[-1]} values per series; this model needs at least "
+                           f"{minimum}: send a longer one")
+    return history

@@ -1,7 +1,7 @@
 // genforge playground: plain JavaScript, no build step, no external assets. Talks to the JSON API only.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { models: [], walk: [], token: sessionStorage.getItem("genforge-token") || "" };
+const state = { models: [], walk: [], series: [], token: sessionStorage.getItem("genforge-token") || "" };
 
 function showError(message) {
   const box = $("error");
@@ -59,16 +59,19 @@ async function loadModels() {
   try {
     state.models = (await api("/v1/models")).models;
   } catch (e) { showError(e.message); return; }
-  const clf = $("classifier"), gen = $("generator");
-  clf.replaceChildren(); gen.replaceChildren();
+  const clf = $("classifier"), gen = $("generator"), fc = $("forecaster");
+  clf.replaceChildren(); gen.replaceChildren(); fc.replaceChildren();
   for (const m of state.models) {
     if (m.verbs.includes("classify") && m.input_shape.length === 3 && m.input_shape[0] === 1) option(clf, m.name, m.name);
     if (m.verbs.includes("generate")) option(gen, m.name, `${m.name} (${m.kind})`);
+    if (m.verbs.includes("forecast")) option(fc, m.name, `${m.name} (${m.kind})`);
   }
   $("classify").hidden = !clf.options.length;
   $("generate").hidden = !gen.options.length;
+  $("forecast").hidden = !fc.options.length;
   fillLabels();
   renderCards();
+  if (fc.options.length) loadSeries();
 }
 
 function model(name) { return state.models.find((m) => m.name === name); }
@@ -96,7 +99,9 @@ function renderCards() {
     const rows = Object.entries(m.metrics).map(([k, v]) => `<tr><th>${k}</th><td>${Number(v).toPrecision(4)}</td></tr>`).join("");
     card.innerHTML = `<h3></h3><p class="muted"></p><table>${rows}</table><details><summary>Training config</summary><pre></pre></details>`;
     card.querySelector("h3").textContent = m.name;
-    card.querySelector("p").textContent = `${m.kind} · ${m.task} · ${m.dataset} · input ${m.input_shape.join("×")} · run ${m.run_id} · backend ${m.backend}`;
+    const f = m.forecast, reads = f ? `context ${f.context} · horizon ${f.horizon} · levels ${f.levels.join(", ")}`
+      : `input ${m.input_shape.join("×")}`;
+    card.querySelector("p").textContent = `${m.kind} · ${m.task} · ${m.dataset} · ${reads} · run ${m.run_id} · backend ${m.backend}`;
     card.querySelector("pre").textContent = JSON.stringify(m.config, null, 2);
     list.append(card);
   }
@@ -240,6 +245,77 @@ async function showFrame() {
   } catch (e) { showError(e.message); }
 }
 
+// ---- forecast: one of the model's own series, its median forecast and intervals -------------------------------
+async function loadSeries() {
+  const name = $("forecaster").value, select = $("series");
+  select.replaceChildren();
+  state.series = [];
+  $("forecast-info").textContent = "";
+  if (!name) return;
+  $("horizon").value = String(model(name).forecast.horizon);
+  try {
+    state.series = (await api(`/v1/models/${encodeURIComponent(name)}/series`)).series;
+  } catch (e) { showError(e.message); plot(null, null); return; }
+  state.series.forEach((s, i) => option(select, i, `${s.id} (${s.length} values)`));
+  plot(state.series[0], null);
+}
+
+async function forecast() {
+  const name = $("forecaster").value, s = state.series[Number($("series").value)];
+  if (!s) return;
+  const body = { history: s.values }, horizon = Number($("horizon").value);
+  if (horizon) body.horizon = horizon;
+  try {
+    const r = await api(`/v1/models/${encodeURIComponent(name)}/forecast`, body);
+    plot(s, r);
+    const beyond = r.recursive ? ` (steps beyond the trained ${r.trained_horizon} from its own forecasts)` : "";
+    $("forecast-info").textContent = `${r.horizon} steps${beyond}, answered by ${r.backend} in ${r.latency_ms.toFixed(1)} ms`;
+  } catch (e) { showError(e.message); }
+}
+
+function svg(parent, tag, attrs, text) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  parent.append(el);
+  return el;
+}
+
+function plot(s, r) {
+  // the history (black), then the median forecast (blue) in its 80% and 95% bands; r: a forecast answer or null
+  const chart = $("chart"), W = 720, H = 280, left = 56, right = 12, top = 12, bottom = 28;
+  chart.replaceChildren();
+  if (!s) { chart.setAttribute("aria-label", "No series loaded"); return; }
+  const n = s.values.length, h = r ? r.horizon : 0;
+  const shown = [...s.values, ...(r ? [r.forecast, r.lo_95, r.hi_95, r.lo_80, r.hi_80].flatMap((v) => v || []) : [])];
+  let lo = Math.min(...shown), hi = Math.max(...shown);
+  if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
+  const x = (i) => left + (W - left - right) * i / Math.max(n + h - 1, 1);
+  const y = (v) => H - bottom - (H - top - bottom) * (v - lo) / (hi - lo);
+  const points = (values, start) => values.map((v, i) => `${x(start + i).toFixed(1)},${y(v).toFixed(1)}`);
+  const path = (values, start) => `M${points(values, start).join("L")}`;
+  svg(chart, "line", { class: "axis", x1: left, x2: W - right, y1: H - bottom, y2: H - bottom });
+  svg(chart, "text", { x: left - 4, y: top + 4, "text-anchor": "end" }, hi.toPrecision(4));
+  svg(chart, "text", { x: left - 4, y: H - bottom, "text-anchor": "end" }, lo.toPrecision(4));
+  svg(chart, "text", { x: left, y: H - 8 }, s.times[0].slice(0, 10));
+  svg(chart, "text", { x: x(n - 1) - 4, y: H - 8, "text-anchor": "end" }, s.times[n - 1].slice(0, 10));
+  svg(chart, "path", { class: "history", d: path(s.values, 0) });
+  if (r) {
+    for (const coverage of [95, 80]) {
+      const low = r[`lo_${coverage}`], high = r[`hi_${coverage}`];
+      if (!low || !high) continue;  // a model whose levels hold no such interval
+      svg(chart, "path", { class: `band-${coverage}`, d: `M${[...points(low, n), ...points(high, n).reverse()].join("L")}Z` });
+    }
+    svg(chart, "line", { class: "origin", x1: x(n - 1), x2: x(n - 1), y1: top, y2: H - bottom });
+    svg(chart, "path", { class: "median", d: path([s.values[n - 1], ...r.forecast], n - 1) });
+    svg(chart, "text", { x: x(n - 1) + 4, y: H - 8 }, `+${h} steps`);
+  }
+  chart.setAttribute("aria-label", `${s.id}: the last ${n} values` + (r ? `, then the median forecast of ${h} steps with its 80% and 95% intervals` : ""));
+}
+
+$("forecaster").addEventListener("change", loadSeries);
+$("series").addEventListener("change", () => plot(state.series[Number($("series").value)], null));
+$("predict").addEventListener("click", forecast);
 $("go").addEventListener("click", generate);
 $("walk").addEventListener("click", walk);
 $("slider").addEventListener("input", showFrame);
