@@ -60,6 +60,8 @@ bench: install-bench system-deps  # about 100 minutes; each script writes bench/
 	$(PY) bench/vae_vs_reference.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/compress.py
+	$(PY) bench/forecast_vs_statistical.py
+	$(PY) bench/fashion_rowlstm.py
 
 lint: install-dev
 	.venv/bin/ruff check .

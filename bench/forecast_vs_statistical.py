@@ -123,7 +123,9 @@ def main(quick: bool = False) -> None:
         "series": len(ets), "windows": WINDOWS, "threads": os.cpu_count(),
         "seconds": {k: round(v, 1) for k, v in seconds.items()}, "summary": summary,
         "per_series_mase": {method: {s: round(m["mase"], 4) for s, m in series.items()}
-                            for method, series in per_series.items()}})
+                            for method, series in per_series.items()},
+        "per_series_coverage_80_95": {method: {s: [round(m["coverage_80"], 3), round(m["coverage_95"], 3)]
+                                               for s, m in series.items()} for method, series in per_series.items()}})
 
 
 if __name__ == "__main__":
