@@ -179,14 +179,22 @@ def test_cli_backtest_refits_a_preset_at_every_origin(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["data.name=series:nile", "model.context=90"], "series 'volume' has 100 values; it needs context 90"),
-    (["data.name=fashion-mnist"], "forecasts time series: set data.name=series:NAME"),
-    (["data.name=series:nile", "model.quantiles=[0.1,0.9]"], "include 0.5"),
     (["data.name=series:nile", "model.kind=cnn"], "series:nile is a time series: forecast it with model.kind=rnn"),
 ])
 def test_bad_forecasting_configs_end_in_one_line(tmp_path, args, message):
     result = genforge_cli("train", "series-lstm", *args, "--runs-dir", str(tmp_path), "--quiet")
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2  # the run directory line, then the error
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data.name=fashion-mnist"], "forecasts time series: set data.name=series:NAME"),
+    (["data.name=series:nile", "model.quantiles=[0.1,0.9]"], "include 0.5"),
+])
+def test_bad_forecasting_configs_are_refused_before_training(args, message):
+    with pytest.raises(GenforgeError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        cfg = load_config("series-lstm", args)
+        TASK.dataset(cfg)
 
 
 def test_a_killed_forecaster_resumes_to_the_same_weights(tmp_path):
