@@ -53,7 +53,7 @@ system-deps:
 test: install-dev system-deps
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
 
-bench: install-bench system-deps  # about 100 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
+bench: install-bench system-deps  # about 110 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py
 	$(PY) bench/fashion_presets.py
 	$(PY) bench/gan_vs_reference.py
