@@ -238,10 +238,11 @@ def forecast(
         plot_future(ds, forecasts, out_path)
     else:
         write_text(out_path, table.to_csv(index=False, float_format="%.6g"))
-    if any(f.recursive for f in forecasts.values()):
-        err.print(f"note: {table['time'].groupby(table['series']).size().iloc[0]} steps exceed the trained horizon "
-                  f"({loaded.model.horizon}); later steps were forecast from the model's own forecasts")
-    out.print(f"{len(forecasts)} series x {len(table) // max(len(forecasts), 1)} steps -> {out_path}")
+    steps = len(table) // len(forecasts)  # every series gets the same horizon
+    if steps > loaded.model.horizon:
+        err.print(f"note: {steps} steps exceed the trained horizon ({loaded.model.horizon}); later steps were "
+                  f"forecast from the model's own forecasts")
+    out.print(f"{len(forecasts)} series x {steps} steps -> {out_path}")
 
 
 @app.command()

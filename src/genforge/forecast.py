@@ -38,9 +38,12 @@ def forecast_table(loaded, ds, horizon: int | None):
     Forecast of each series (for plots)."""
     import pandas as pd
 
+    from genforge.tasks.forecast import minimum_history
+
     frames, forecasts = [], {}
+    need = minimum_history(loaded.model)
     for s in ds.series:
-        if len(s.values) < (need := _minimum(loaded)):
+        if len(s.values) < need:  # forecast() refuses it too, without naming the series
             raise GenforgeError(f"series {s.id!r} has {len(s.values)} values; this model needs a history of at least "
                                 f"{need}")
         f = loaded.forecast(s.values, horizon)
@@ -49,12 +52,6 @@ def forecast_table(loaded, ds, horizon: int | None):
         frames.append(pd.DataFrame({"series": s.id, "time": future_times(s.times[-1], ds.freq, f.quantiles.shape[1]),
                                     **columns}))
     return pd.concat(frames, ignore_index=True), forecasts
-
-
-def _minimum(loaded) -> int:
-    from genforge.tasks.forecast import minimum_history
-
-    return minimum_history(loaded.model)
 
 
 def plot_future(ds, forecasts: dict, path: Path, shown: int | None = None) -> None:

@@ -251,8 +251,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         runs.load_weights(model, best_path)
     if fold is not None:
         return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds)["acc"], ds, state, fold)
-    state["fitted"] = task.after_training(model, data)
-    return finish(cfg, run_dir, model, ds, task, state)
+    return finish(cfg, run_dir, model, ds, task, state, fitted=task.after_training(model, data))
 
 
 def _early_stop(state: dict, val: dict, patience: int | None) -> bool:
@@ -288,13 +287,14 @@ def _summary(cfg: RunConfig, ds, state: dict) -> dict:
     return summary
 
 
-def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict) -> dict:
-    """Final weights, the task's test evaluation, summary.json and the report."""
+def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict, fitted: dict | None = None) -> dict:
+    """Final weights, the task's test evaluation, summary.json (with what the task fitted after training) and the
+    report."""
     runs.save_weights(model, run_dir / runs.WEIGHTS)
     model = model.float().to(memory_format=torch.contiguous_format)
     result = task.test(model, ds, cfg)
     runs.write_json(run_dir / "eval.json", result)
-    summary = {**_summary(cfg, ds, state), **state.get("fitted", {}), **task.headline(result)}
+    summary = {**_summary(cfg, ds, state), **(fitted or {}), **task.headline(result)}
     runs.write_json(run_dir / "summary.json", summary)
     task.report(run_dir, model, ds, result, summary)
     return summary
