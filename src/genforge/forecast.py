@@ -38,15 +38,18 @@ def forecast_table(loaded, ds, horizon: int | None):
     Forecast of each series (for plots)."""
     import pandas as pd
 
-    from genforge.tasks.forecast import minimum_history
+    from genforge.tasks.forecast import check_features, forecast, minimum_history
 
+    loaded.require("forecast")
+    check_features(loaded.model, ds)
     frames, forecasts = [], {}
     need = minimum_history(loaded.model)
     for s in ds.series:
         if len(s.values) < need:  # forecast() refuses it too, without naming the series
             raise GenforgeError(f"series {s.id!r} has {len(s.values)} values; this model needs a history of at least "
                                 f"{need}")
-        f = loaded.forecast(s.values, horizon)
+        ahead = horizon or loaded.model.horizon
+        f = forecast(loaded.model, s.values, horizon, ds.features(s, ahead) if loaded.model.features else None)
         forecasts[s.id] = f
         columns = {k: v[0] for k, v in f.columns().items()}
         frames.append(pd.DataFrame({"series": s.id, "time": future_times(s.times[-1], ds.freq, f.quantiles.shape[1]),

@@ -243,13 +243,17 @@ class LoadedRun:
         with torch.inference_mode():
             return self.model.encode(x.float() / 255, labels)
 
-    def forecast(self, history, horizon: int | None = None):
+    def forecast(self, history, horizon: int | None = None, *, end=None, covariates: dict | None = None):
         """Quantile forecasts of `horizon` steps (default: the trained one) after a history (a sequence of numbers,
-        or N equal-length ones): a tasks.forecast.Forecast with .median, .interval(80|95) and .columns()."""
+        or N equal-length ones): a tasks.forecast.Forecast with .median, .interval(80|95) and .columns(). A model
+        that reads covariates (config.yaml's model.covariates) needs them: `end`, the time of the history's last
+        value, for calendar features; `covariates`, {column: its values over the history and the horizon}."""
         self.require("forecast")
-        from genforge.tasks.forecast import forecast
+        from genforge.tasks.forecast import as_history, covariates_for, forecast
 
-        return forecast(self.model, history, horizon)
+        x = as_history(self.model, history)
+        c = covariates_for(self.model, self.config, self.meta.get("freq"), *x.shape, horizon, end, covariates)
+        return forecast(self.model, x, horizon, c)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images, the mean of p(x|z) (a VAE)."""

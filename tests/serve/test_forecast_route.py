@@ -79,7 +79,8 @@ def test_the_series_route_gives_the_end_of_the_training_series(client, library):
 def test_cards_state_context_horizon_and_levels(client):
     cards = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     assert cards[LSTM]["forecast"] == {"context": 24, "horizon": 6, "levels": [0.025, 0.1, 0.5, 0.9, 0.975],
-                                       "minimum_history": 24, "season": 1, "freq": "YS-JAN", "series": ["volume"]}
+                                       "minimum_history": 24, "season": 1, "freq": "YS-JAN", "series": ["volume"],
+                                       "features": [], "calendar": False, "covariates": []}
     assert cards[NAIVE]["forecast"]["minimum_history"] == 3  # a baseline reads any history of a season and a step
     assert "test_mase" in cards[LSTM]["metrics"] and "forecast" not in cards["blobs-logreg"]
 

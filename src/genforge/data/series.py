@@ -14,7 +14,12 @@ Cleaning, in this order, each step counted in the report:
                          and Hoaglin 1993): reported and kept, or clipped to the threshold (data.series.outliers);
   constant series        reported (a scaled constant is zero: it trains, but nothing can be learned from it).
 Seasonality is detected per series with the 90% ACF test at the seasonal lag that M4's benchmarks use (on first
-differences)."""
+differences).
+
+Covariates known in the future (data.series.covariates: prices, promotions, holidays) are columns of the same CSV:
+shared by every series in wide format, per row in long format. Rows after a series' last value that hold them give
+their future, which is what lets a model forecast past the end of the data. data.series.calendar adds features
+derived from the timestamps (sin and cos of the position in the year, week or day, by the frequency)."""
 
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ class SeriesOptions(BaseModel):
     outlier_z: float = Field(3.5, gt=0)  # robust z-score threshold (Iglewicz and Hoaglin's 3.5)
     test_windows: int = Field(1, ge=1)  # forecasting: the last N horizons of every series are the test set
     val_windows: int = Field(2, ge=0)  # and the N horizons before them the validation set (and interval calibration)
+    covariates: list[str] = []  # columns known in the future; rows past a series' last value give their future
+    calendar: bool = False  # derive calendar features from the timestamps (month, quarter, week, weekday, hour)
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Series:
     times: np.ndarray  # datetime64[ns], on the frequency's grid, no gaps
     values: np.ndarray  # float64, finite
     report: dict = field(default_factory=dict)
+    exog: np.ndarray | None = None  # (len(values) + known ahead, K) covariates, float64, finite; None without any
 
 
 @dataclass
@@ -64,13 +72,43 @@ class SeriesSet:
     freq: str  # pandas frequency string
     season: int  # observations per season (1: non-seasonal)
     series: list[Series]
+    covariates: list[str] = field(default_factory=list)  # names of the covariate columns, in exog's order
+    calendar: bool = False  # calendar features derived from the times come first among the features
+
+    @property
+    def feature_names(self) -> list[str]:
+        """What a forecaster reads beside the values at every step: calendar features, then the covariates."""
+        return [*(calendar_names(self.freq) if self.calendar else []), *self.covariates]
+
+    def known_ahead(self, s: Series) -> int | None:
+        """Steps after the last value for which the covariates are known (None: no covariates, any horizon)."""
+        return None if s.exog is None else len(s.exog) - len(s.values)
+
+    def features(self, s: Series, ahead: int = 0) -> np.ndarray:
+        """(len(s.values) + ahead, F) float32, the feature_names at every time of the series and `ahead` steps
+        after it; a covariate not known that far ahead is refused with the fix."""
+        known = self.known_ahead(s)
+        if known is not None and ahead > known:
+            raise GenforgeError(f"{self.name}: the covariates of series {s.id!r} are known {known} step(s) after its "
+                                f"last value, not {ahead}; add their future rows to the CSV (an empty value and the "
+                                f"covariates) or forecast a shorter horizon")
+        columns = []
+        if self.calendar:
+            times = extend_times(s.times, self.freq, ahead)
+            columns.append(calendar_features(times, self.freq))
+        if s.exog is not None:
+            columns.append(s.exog[: len(s.values) + ahead])
+        if not columns:
+            return np.zeros((len(s.values) + ahead, 0), dtype=np.float32)
+        return np.concatenate(columns, 1).astype(np.float32)
 
     def info(self) -> dict:
         """The cleaning report of `genforge data info`, JSON-ready."""
         totals = {key: sum(s.report[key] for s in self.series)
                   for key in ("duplicates", "gaps", "missing", "trimmed", "outliers")}
         return {"name": self.name, "source": self.source, "kind": "series", "freq": self.freq, "season": self.season,
-                "n_series": len(self.series), "observations": sum(len(s.values) for s in self.series),
+                "features": self.feature_names, "n_series": len(self.series),
+                "observations": sum(len(s.values) for s in self.series),
                 "totals": totals, "constant_series": [s.id for s in self.series if s.report["constant"]],
                 "series": {s.id: s.report for s in self.series}}
 
@@ -175,27 +213,34 @@ def _numbers(text, column: str, spec: str) -> np.ndarray:
 
 
 def _wide_from_csv(frame, opts: SeriesOptions, spec: str):
-    """The CSV as a wide DataFrame: a time index (duplicates allowed) and one float column per series."""
+    """The CSV as (a wide DataFrame: a time index, duplicates allowed, and one float column per series; the
+    covariates: name -> a DataFrame of the same shape (long format) or a Series of the times (wide: shared))."""
     import pandas as pd
 
     time = _time_column(frame, opts, spec)
     times = _parse_times(frame[time], time, spec)
+    _check_columns(frame, opts.covariates, spec)
     if opts.id_column is not None:  # long format
         if opts.id_column not in frame.columns:
             raise GenforgeError(f"{spec}: no id column {opts.id_column!r}; the columns are {', '.join(frame.columns)}")
-        targets = opts.target or [c for c in frame.columns if c not in (time, opts.id_column)]
+        targets = opts.target or [c for c in frame.columns if c not in (time, opts.id_column, *opts.covariates)]
         if len(targets) != 1:
             raise GenforgeError(f"{spec}: long format (data.series.id_column) reads one value column; choose it "
                                 f"with data.series.target=[NAME] from {', '.join(targets)}")
         _check_columns(frame, targets, spec)
         long = pd.DataFrame({"time": times.to_numpy(), "id": frame[opts.id_column].str.strip(),
-                             "value": _numbers(frame[targets[0]], targets[0], spec)})
-        return long.pivot_table(index="time", columns="id", values="value", aggfunc="mean", dropna=False)
-    targets = opts.target or [c for c in frame.columns if c != time]
+                             **{c: _numbers(frame[c], c, spec) for c in [targets[0], *opts.covariates]}})
+        wide = {c: long.pivot_table(index="time", columns="id", values=c, aggfunc="mean", dropna=False)
+                for c in [targets[0], *opts.covariates]}
+        return wide[targets[0]], {c: wide[c] for c in opts.covariates}
+    targets = opts.target or [c for c in frame.columns if c != time and c not in opts.covariates]
     _check_columns(frame, targets, spec)
     if not targets:
-        raise GenforgeError(f"{spec}: only a time column; add a column of values")
-    return pd.DataFrame({c: _numbers(frame[c], c, spec) for c in targets}, index=pd.DatetimeIndex(times))
+        raise GenforgeError(f"{spec}: only a time column" + (" and covariates" if opts.covariates else "") +
+                            "; add a column of values")
+    index = pd.DatetimeIndex(times)
+    wide = pd.DataFrame({c: _numbers(frame[c], c, spec) for c in targets}, index=index)
+    return wide, {c: pd.Series(_numbers(frame[c], c, spec), index=index) for c in opts.covariates}
 
 
 def _check_columns(frame, targets: list[str], spec: str) -> None:
@@ -243,6 +288,51 @@ def season_length(freq: str) -> int:
     return SEASON_BY_RULE.get(rule, 1)
 
 
+CALENDAR = {  # rule -> the positions a calendar feature encodes: (name, position of a DatetimeIndex, period)
+    "h": (("hour", lambda t: t.hour, 24), ("weekday", lambda t: t.dayofweek, 7)),
+    "D": (("weekday", lambda t: t.dayofweek, 7), ("yearday", lambda t: t.dayofyear - 1, 365.25)),
+    "B": (("weekday", lambda t: t.dayofweek, 5), ("yearday", lambda t: t.dayofyear - 1, 365.25)),
+    "W": (("week", lambda t: t.isocalendar().week.to_numpy() - 1, 52.18),),
+    "MS": (("month", lambda t: t.month - 1, 12),), "ME": (("month", lambda t: t.month - 1, 12),),
+    "M": (("month", lambda t: t.month - 1, 12),),
+    "QS": (("quarter", lambda t: t.quarter - 1, 4),), "QE": (("quarter", lambda t: t.quarter - 1, 4),),
+    "Q": (("quarter", lambda t: t.quarter - 1, 4),),
+}
+
+
+def _calendar(freq: str) -> tuple:
+    from pandas.tseries.frequencies import to_offset
+
+    return CALENDAR.get(to_offset(freq).rule_code.split("-")[0], ())
+
+
+def calendar_names(freq: str) -> list[str]:
+    """The calendar features of a frequency: sin and cos of each position (none for yearly data)."""
+    return [f"{name}_{f}" for name, _, _ in _calendar(freq) for f in ("sin", "cos")]
+
+
+def calendar_features(times: np.ndarray, freq: str) -> np.ndarray:
+    """(T, 2 * positions): sin and cos of 2 pi position / period, so December sits next to January."""
+    import pandas as pd
+
+    index = pd.DatetimeIndex(times)
+    out = []
+    for _, position, period in _calendar(freq):
+        angle = 2 * np.pi * np.asarray(position(index), dtype=np.float64) / period
+        out += [np.sin(angle), np.cos(angle)]
+    return np.stack(out, 1) if out else np.zeros((len(index), 0))
+
+
+def extend_times(times: np.ndarray, freq: str, ahead: int) -> np.ndarray:
+    """The times followed by `ahead` more on the frequency's grid."""
+    import pandas as pd
+
+    if ahead == 0:
+        return times
+    future = pd.date_range(pd.Timestamp(times[-1]), periods=ahead + 1, freq=freq)[1:]
+    return np.concatenate([times, future.to_numpy(dtype="datetime64[ns]")])
+
+
 def is_seasonal(values: np.ndarray, season: int) -> bool:
     """The 90% test on the autocorrelation at the seasonal lag (Bartlett's standard error), as M4's benchmark code
     decides whether to deseasonalize, here on first differences: a trend otherwise dominates the ACF and hides a
@@ -279,7 +369,8 @@ def _residual(values: np.ndarray, season: int) -> np.ndarray:
     return values - trend - seasonal
 
 
-def _clean(sid: str, column, freq: str, season: int, opts: SeriesOptions, spec: str) -> Series:
+def _clean(sid: str, column, exog, freq: str, season: int, opts: SeriesOptions, spec: str) -> Series:
+    """One series: column, a float Series indexed by time; exog, a DataFrame of its covariates (or None)."""
     import pandas as pd
 
     duplicates = int(column.index.duplicated().sum())
@@ -321,7 +412,36 @@ def _clean(sid: str, column, freq: str, season: int, opts: SeriesOptions, spec: 
               "filled": (gaps + missing) if opts.fill != "refuse" else 0, "outliers": outliers,
               "outliers_clipped": outliers if opts.outliers == "clip" else 0,
               "constant": bool(np.ptp(values) == 0), "seasonal": is_seasonal(values, season)}
-    return Series(sid, grid.to_numpy(dtype="datetime64[ns]"), values, report)
+    covariates = None
+    if exog is not None:
+        covariates = _clean_covariates(sid, exog, grid, freq, opts, spec)
+        report["known_ahead"] = len(covariates) - len(values)
+        report["trimmed"] -= report["known_ahead"]  # those rows were the covariates' future, not missing values
+    return Series(sid, grid.to_numpy(dtype="datetime64[ns]"), values, report, covariates)
+
+
+def _clean_covariates(sid: str, exog, grid, freq: str, opts: SeriesOptions, spec: str) -> np.ndarray:
+    """(len(grid) + known ahead, K): the covariates on the series' grid, gaps filled by the same policy, then the
+    steps after its last value at which every covariate is given (their future, taken as given, not filled)."""
+    import pandas as pd
+
+    exog = exog.groupby(level=0).mean()
+    last = max(grid[-1], exog.index.max())
+    full = exog.reindex(pd.date_range(grid[0], last, freq=freq))
+    span, future = full.iloc[: len(grid)], full.iloc[len(grid) :]
+    ahead = int(future.notna().all(axis=1).cumprod().sum())  # the unbroken run of complete rows after the values
+    if span.isna().any().any() and opts.fill == "refuse":
+        name = span.columns[span.isna().any()][0]
+        where = span.index[span[name].isna()][0]
+        raise GenforgeError(f"{spec}: series {sid!r}: covariate {name!r} has no value at {where.date()}; fill it, or "
+                            f"set data.series.fill=interpolate or ffill")
+    span = span.interpolate(method="time", limit_area="inside") if opts.fill == "interpolate" else span.ffill()
+    if span.isna().any().any():
+        name = span.columns[span.isna().any()][0]
+        where = span.index[span[name].isna()][0]
+        raise GenforgeError(f"{spec}: series {sid!r}: covariate {name!r} has no value at {where.date()}; every step "
+                            f"of a series needs its covariates (fill them in the CSV)")
+    return np.concatenate([span.to_numpy(dtype=np.float64), future.iloc[:ahead].to_numpy(dtype=np.float64)])
 
 
 SOURCES = ("series", "csv-series")  # the prefixes of series specs
@@ -367,18 +487,21 @@ def load_series(spec: str, opts: SeriesOptions | None = None) -> SeriesSet:
         import statsmodels
 
         wide, source = table[rest][0](), f"statsmodels {statsmodels.__version__}"
-        if opts.target:
-            _check_columns(wide, opts.target, spec)
-            wide = wide[opts.target]
+        _check_columns(wide, [*(opts.target or []), *opts.covariates], spec)
+        exog = {c: wide[c] for c in opts.covariates}
+        wide = wide[opts.target or [c for c in wide.columns if c not in opts.covariates]]
     elif prefix == "csv-series":
         path = Path(rest).expanduser()
-        wide, source = _wide_from_csv(_read_csv(path, spec), opts, spec), str(path)
+        wide, exog = _wide_from_csv(_read_csv(path, spec), opts, spec)
+        source = str(path)
     else:
         raise GenforgeError(f"{spec}: not a series; give series:NAME or csv-series:PATH")
     wide = wide.sort_index(kind="stable")
+    exog = {c: e.sort_index(kind="stable") for c, e in exog.items()}
     if opts.resample:
         try:
             wide = wide.resample(opts.resample).mean()  # periods with no value stay missing: filled or refused below
+            exog = {c: e.resample(opts.resample).mean() for c, e in exog.items()}
         except ValueError:
             raise GenforgeError(f"{spec}: data.series.resample={opts.resample!r} is not a pandas frequency (e.g. MS, "
                                 f"QS, W-SUN)") from None
@@ -388,5 +511,11 @@ def load_series(spec: str, opts: SeriesOptions | None = None) -> SeriesSet:
     except ValueError:
         raise GenforgeError(f"{spec}: data.series.freq={freq!r} is not a pandas frequency (e.g. D, W-SUN, MS, QS, "
                             f"YS)") from None
-    series = [_clean(str(c), wide[c], freq, season, opts, spec) for c in wide.columns]
-    return SeriesSet(spec, source, pd.tseries.frequencies.to_offset(freq).freqstr, season, series)
+    def covariates_of(sid):
+        if not exog:
+            return None
+        return pd.DataFrame({c: e[sid] if isinstance(e, pd.DataFrame) else e for c, e in exog.items()})
+
+    series = [_clean(str(c), wide[c], covariates_of(c), freq, season, opts, spec) for c in wide.columns]
+    return SeriesSet(spec, source, pd.tseries.frequencies.to_offset(freq).freqstr, season, series,
+                     list(opts.covariates), opts.calendar)

@@ -63,32 +63,53 @@ def overall(per_series: dict[str, dict]) -> dict:
 
 
 @torch.inference_mode()
-def forecast_windows(model, values: np.ndarray, origins: list[int], horizon: int) -> np.ndarray:
+def forecast_windows(model, values: np.ndarray, origins: list[int], horizon: int,
+                     features: np.ndarray | None = None) -> np.ndarray:
     """The model's quantiles (W, horizon, Q) for windows starting at each origin of one series. A model with a fixed
     context reads the `context` values before each origin (batched); one that reads any history (a baseline) reads
-    everything before it. A horizon beyond the model's is reached by feeding its median back (recursive)."""
+    everything before it. A horizon beyond the model's is reached by feeding its median back (recursive). features:
+    the series' covariates (T + known ahead, F), for a model that reads them."""
     if getattr(model, "full_history", False):
         return np.stack([recursive(model, torch.tensor(values[None, :o], dtype=torch.float32), horizon)[0].numpy()
                          for o in origins])
-    history = torch.tensor(np.stack([values[o - model.context : o] for o in origins]), dtype=torch.float32)
-    return recursive(model, history, horizon).numpy()
+    c = model.context
+    history = torch.tensor(np.stack([values[o - c : o] for o in origins]), dtype=torch.float32)
+    covariates = None
+    if model.features:
+        f = torch.as_tensor(features, dtype=torch.float32)
+        covariates = torch.stack([f[o - c : o + horizon] for o in origins])  # (W, <= C + horizon, F)
+    return recursive(model, history, horizon, covariates).numpy()
 
 
-def recursive(model, history: torch.Tensor, horizon: int) -> torch.Tensor:
+def recursive(model, history: torch.Tensor, horizon: int, covariates: torch.Tensor | None = None) -> torch.Tensor:
     """(N, L) history -> (N, horizon, Q): direct up to the model's horizon, then its median appended to the history
-    and the model run again (the intervals of later blocks are conditional on that median path: too narrow)."""
+    and the model run again (the intervals of later blocks are conditional on that median path: too narrow).
+    covariates (N, L + horizon, F), for a model that reads them: a block that reaches past them (the last one, when
+    the horizon is not a multiple of the model's) sees their last row repeated."""
+    from genforge.models.rnn import pack
+
+    if model.features:
+        need = history.shape[1] + -(-horizon // model.horizon) * model.horizon
+        covariates = torch.cat([covariates, covariates[:, -1:].expand(-1, need - covariates.shape[1], -1)], 1)
     blocks, done = [], 0
     while done < horizon:
-        q = model(history if getattr(model, "full_history", False) else history[:, -model.context :])
+        if getattr(model, "full_history", False):
+            x = history
+        else:
+            p = history.shape[1]
+            x = pack(history[:, -model.context :],
+                     covariates[:, p - model.context : p + model.horizon] if model.features else None)
+        q = model(x)
         blocks.append(q)
         done += q.shape[1]
         history = torch.cat([history, q[..., model.median]], 1)
     return torch.cat(blocks, 1)[:, :horizon].float()
 
 
-def backtest(models: dict, series: list, season: int, origins_of, horizon: int) -> dict:
+def backtest(models: dict, series: list, season: int, origins_of, horizon: int, features_of=None) -> dict:
     """Score forecasters on the same windows: models {label: forecaster}; series: data.series.Series;
-    origins_of(series) -> the window origins (indices) of that series. Returns {label: {"overall": ...,
+    origins_of(series) -> the window origins (indices) of that series; features_of(series) -> its covariates, for
+    models that read them. Returns {label: {"overall": ...,
     "series": {id: metrics}}}, with, per label, each window's sums under "parts" (to pool backtests) and the
     forecasts under "windows" (for plots)."""
     result = {}
@@ -97,7 +118,7 @@ def backtest(models: dict, series: list, season: int, origins_of, horizon: int) 
         levels = tuple(float(v) for v in model.cfg.quantiles)
         for s in series:
             origins = origins_of(s)
-            q = forecast_windows(model, s.values, origins, horizon)
+            q = forecast_windows(model, s.values, origins, horizon, features_of(s) if model.features else None)
             parts = [window_metrics(q[i], levels, s.values[o : o + horizon], mase_scale(s.values[:o], season))
                      for i, o in enumerate(origins)]
             per_series[s.id] = combine(parts)

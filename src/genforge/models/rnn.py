@@ -4,6 +4,11 @@ baselines behind the same interface, and a classifier that reads an image row by
 Forecasters take raw values and scale each history themselves (location: its last value; scale: the mean absolute
 step of the history, the denominator of MASE), so a saved model forecasts any series of any level without stored
 statistics, and a trending series never leaves the range the network saw (docs/decisions.md).
+
+A forecaster with covariates (features known at every step and ahead: calendar features, prices, promotions) takes
+one packed input, (N, C + (C + H) * F): the history, then the F features of its C steps and of the H steps ahead,
+flattened step by step (`pack`). One input keeps the loop, the export and the serving seams those of a plain
+history (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class RNNConfig(_ForecastConfig):
     layers: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)  # between recurrent layers, and before the head
     season: int | None = Field(None, ge=1)  # the linear path starts as the seasonal naive forecast; default: the data's
+    covariates: list[str] = []  # set from the data: the features read at every step (calendar, data.series.covariates)
     calibrate: bool = True  # widen (or narrow) the intervals to their nominal coverage on the validation windows
 
 
@@ -66,6 +72,13 @@ def _scale(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return loc, torch.maximum(step, floor)
 
 
+def pack(history: torch.Tensor, covariates: torch.Tensor | None) -> torch.Tensor:
+    """(N, C) history and (N, C + H, F) covariates -> the packed input (N, C + (C + H) * F) of a forecaster with
+    covariates; the history alone without them."""
+    return history if covariates is None or covariates.shape[-1] == 0 else torch.cat([history, covariates.flatten(1)],
+                                                                                      1)
+
+
 def pinball(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
     """Mean quantile (pinball) loss: pred (N, H, Q), target (N, H), quantiles (Q,). Koenker and Bassett 1978."""
     diff = target.unsqueeze(-1) - pred  # (N, H, Q)
@@ -78,6 +91,7 @@ class Forecaster(nn.Module):
 
     context: int
     horizon: int
+    features: int = 0  # covariates read at every step; with any, the input is packed (`pack`)
 
     def __init__(self, cfg: _ForecastConfig, context: int, horizon: int):
         super().__init__()
@@ -85,9 +99,15 @@ class Forecaster(nn.Module):
         self.register_buffer("quantiles", torch.tensor(cfg.quantiles), persistent=False)
         self.median = cfg.quantiles.index(0.5)
 
-    def loss(self, history: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
-        loc, scale = _scale(history)
-        return pinball((self(history) - loc.unsqueeze(-1)) / scale.unsqueeze(-1), (future - loc) / scale,
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The packed input -> (history (N, C), covariates (N, C + H, F) or None)."""
+        if not self.features:
+            return x, None
+        return x[:, : self.context], x[:, self.context :].unflatten(1, (self.context + self.horizon, self.features))
+
+    def loss(self, x: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        loc, scale = _scale(self.split(x)[0])
+        return pinball((self(x) - loc.unsqueeze(-1)) / scale.unsqueeze(-1), (future - loc) / scale,
                        self.quantiles)
 
     def calibrate(self, history: torch.Tensor, future: torch.Tensor) -> dict:
@@ -96,13 +116,18 @@ class Forecaster(nn.Module):
 
 
 class RNNForecaster(Forecaster):
-    def __init__(self, cfg: RNNConfig, context: int, horizon: int):
+    def __init__(self, cfg: RNNConfig, context: int, horizon: int, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None):
         super().__init__(cfg, context, horizon)
-        q = len(cfg.quantiles)
-        self.rnn = CELLS[cfg.cell](1, cfg.hidden, cfg.layers, batch_first=True,
+        q, f = len(cfg.quantiles), len(cfg.covariates)
+        self.features = f
+        if f:  # the covariates' standardization, fitted on the training windows (calendar features: 0 and 1)
+            self.register_buffer("covariate_mean", torch.zeros(f) if mean is None else mean.reshape(f).clone())
+            self.register_buffer("covariate_std", torch.ones(f) if std is None else std.reshape(f).clone())
+        self.rnn = CELLS[cfg.cell](1 + f, cfg.hidden, cfg.layers, batch_first=True,
                                    dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.hidden, horizon * q)
+        self.head = nn.Linear(cfg.hidden + horizon * f, horizon * q)  # the last state and the covariates ahead
         # a linear autoregressive path beside the recurrent one (LSTNet), starting as the seasonal naive forecast
         # (the naive one, all zeros in scaled units, without a season): the network learns what to add to it
         self.linear = nn.Linear(context, horizon)
@@ -115,11 +140,18 @@ class RNNForecaster(Forecaster):
         # conformalized quantile regression (Romano et al. 2019): what calibrate() adds to each scaled quantile
         self.register_buffer("widen", torch.zeros(q))
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        history, covariates = self.split(x)
         loc, scale = _scale(history)
         z = (history - loc) / scale  # (N, C): 0 at the last value, in units of a typical step
-        out, _ = self.rnn(z.unsqueeze(-1))  # (N, C, hidden)
-        raw = self.head(self.drop(out[:, -1])).unflatten(-1, (self.horizon, -1))  # (N, H, Q)
+        steps, state = z.unsqueeze(-1), []
+        if covariates is not None:
+            covariates = (covariates - self.covariate_mean) / self.covariate_std  # (N, C + H, F)
+            steps = torch.cat([steps, covariates[:, : self.context]], -1)  # (N, C, 1 + F)
+            state = [covariates[:, self.context :].flatten(1)]  # (N, H * F): what is known of the future
+        out, _ = self.rnn(steps)  # (N, C, hidden)
+        last = torch.cat([self.drop(out[:, -1]), *state], -1)
+        raw = self.head(last).unflatten(-1, (self.horizon, -1))  # (N, H, Q)
         median = raw[..., self.median] + self.linear(z)  # (N, H)
         # quantiles that cannot cross: positive gaps accumulated outwards from the median
         gaps = nn.functional.softplus(raw)
@@ -129,16 +161,16 @@ class RNNForecaster(Forecaster):
         return loc.unsqueeze(-1) + scale.unsqueeze(-1) * q.sort(-1).values
 
     @torch.no_grad()
-    def calibrate(self, history: torch.Tensor, future: torch.Tensor) -> dict:
+    def calibrate(self, x: torch.Tensor, future: torch.Tensor) -> dict:
         """Split-conformal interval widths from held-out windows: for each central interval (quantiles i and Q-1-i),
         the conformity score max(lower - y, y - upper) in scaled units, and its ceil((n+1)(1-alpha))/n empirical
         quantile moved onto both bounds (negative: the intervals were too wide)."""
-        if not self.cfg.calibrate or len(history) == 0:
+        if not self.cfg.calibrate or len(x) == 0:
             return {}
         self.widen.zero_()
         self.eval()
-        loc, scale = _scale(history)
-        q = (self(history) - loc.unsqueeze(-1)) / scale.unsqueeze(-1)  # (N, H, Q)
+        loc, scale = _scale(self.split(x)[0])
+        q = (self(x) - loc.unsqueeze(-1)) / scale.unsqueeze(-1)  # (N, H, Q)
         t = (future - loc) / scale  # (N, H)
         levels, widths = self.cfg.quantiles, {}
         for i in range(self.median):
@@ -193,8 +225,9 @@ class Baseline(Forecaster):
 
 
 def build_rnn(cfg: RNNConfig, input_shape, num_classes, mean, std) -> RNNForecaster:
-    """The registry's builder: context and horizon come from the config, which the data resolved at training."""
-    return RNNForecaster(cfg, cfg.context, cfg.horizon)
+    """The registry's builder: context, horizon and covariates come from the config, which the data resolved at
+    training; mean and std standardize the covariates."""
+    return RNNForecaster(cfg, cfg.context, cfg.horizon, mean, std)
 
 
 def build_baseline(cfg: BaselineConfig, input_shape, num_classes, mean, std) -> Baseline:

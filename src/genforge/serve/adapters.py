@@ -104,14 +104,17 @@ class ServedModel:
     def forecast_card(self) -> dict:
         """What a forecaster reads and answers: its context, trained horizon and quantile levels."""
         model, meta = self.model, self.run.meta
+        series_opts = self.run.config.data.series
         return {"context": model.context, "horizon": model.horizon, "levels": [float(q) for q in model.cfg.quantiles],
                 "minimum_history": self.minimum_history, "season": meta.get("season"), "freq": meta.get("freq"),
-                "series": meta.get("series", [])}
+                "series": meta.get("series", []), "features": list(getattr(model.cfg, "covariates", [])),
+                "calendar": bool(model.features and series_opts.calendar),
+                "covariates": list(series_opts.covariates) if model.features else []}
 
-    def forecast(self, history, horizon: int | None = None):
+    def forecast(self, history, horizon: int | None = None, end: str | None = None, covariates: dict | None = None):
         """A history (L,) or (N, L) -> tasks.forecast.Forecast: quantiles (N, horizon, Q) at its levels, the same
         numbers as load_run(run).forecast; called from the one inference thread."""
-        return self.run.forecast(history, horizon)
+        return self.run.forecast(history, horizon, end=end, covariates=covariates)
 
     def load_series(self) -> None:
         """The last SHOWN_CONTEXTS contexts of the first SHOWN_SERIES series the model trained on, read once at
@@ -126,8 +129,17 @@ class ServedModel:
             self.recent_error = f"the series {self.name} trained on do not load here ({why})"
             return
         keep = max(SHOWN_CONTEXTS * self.model.context, self.minimum_history)
+
+        def covariates(s):  # the shown steps' covariate columns and their known future (the playground sends them)
+            if s.exog is None or not self.model.features:
+                return {}
+            start = max(0, len(s.values) - keep)
+            return {"covariates": {name: s.exog[start:, i].astype(float).tolist() for i, name in
+                                   enumerate(ds.covariates)}}
+
         shown = [{"id": str(s.id), "length": len(s.values), "values": s.values[-keep:].astype(float).tolist(),
-                  "times": np.datetime_as_string(s.times[-keep:], unit="s").tolist()} for s in ds.series[:SHOWN_SERIES]]
+                  "times": np.datetime_as_string(s.times[-keep:], unit="s").tolist(), **covariates(s)}
+                 for s in ds.series[:SHOWN_SERIES]]
         self.recent = {"freq": ds.freq, "season": ds.season, "total_series": len(ds.series), "series": shown}
 
     def warm_up(self) -> float:

@@ -84,6 +84,12 @@ class ForecastRequest(_Strict):
     horizon: int | None = Field(None, ge=1, le=1_000_000, description=f"Steps to forecast (default: the trained "
                                 f"horizon); at most {Limits.max_horizons} trained horizons, those beyond the first "
                                 f"forecast from the model's own medians")
+    end: str | None = Field(None, max_length=40, description="The time of the history's last value (e.g. "
+                            "2010-12-01), for a model that reads calendar features (its card's forecast.features)")
+    covariates: dict[str, list[Number] | list[list[Number]]] | None = Field(
+        None, max_length=64, description="Each covariate column the model reads (its card's forecast.covariates): "
+                                         "its values over the history and the horizon (history length + horizon), "
+                                         "or one such list per history")
 
 
 OPTIONS = {ClassifyRequest: ClassifyOptions, ReconstructRequest: ReconstructOptions}
@@ -151,18 +157,19 @@ def parse_inputs(cls: type[BaseModel], body: bytes) -> tuple[list, dict]:
     return req.inputs, req.model_dump(exclude={"inputs"})
 
 
-def parse_forecast(body: bytes) -> tuple[object, int | None]:
+def parse_forecast(body: bytes) -> tuple[object, ForecastRequest]:
     """The history as sent, for history_inputs to check (numbers, lengths, finite: far cheaper than validating up
-    to 100,000 values one by one, and its messages name the fix), and the horizon, checked by the model. A body
-    that is not a JSON object with a history goes through the full model for its message."""
+    to 100,000 values one by one, and its messages name the fix), and the other fields, validated (the horizon,
+    the end and the covariates, checked against the model by it). A body that is not a JSON object with a history
+    goes through the full model for its message."""
     try:
         data = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict) and "history" in data:
-        return data["history"], _parse_python(ForecastRequest, {**data, "history": [0]}).horizon
+        return data["history"], _parse_python(ForecastRequest, {**data, "history": [0]})
     req = _parse(ForecastRequest, body)
-    return req.history, req.horizon
+    return req.history, req
 
 
 def forecast_answer(name: str, model: ServedModel, forecast, one: bool, latency_ms: float) -> dict:
@@ -655,7 +662,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         if (content_type := _content_type(request.scope)) != "application/json":
             raise RequestError(f"content type {content_type} is not accepted; send application/json "
                                f"{{\"history\": [...]}}", 415)
-        values, horizon = parse_forecast(await request.body())
+        values, req = parse_forecast(await request.body())
+        horizon = req.horizon
         history = history_inputs(values, model.minimum_history, limits.max_batch, limits.max_history)
         trained = model.model.horizon
         if horizon is not None and horizon > limits.max_horizons * trained:
@@ -663,7 +671,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
                                f"the trained horizon {trained}; steps beyond {trained} are forecast from the model's "
                                f"own medians), got {horizon}")
         t0 = time.perf_counter()
-        result = await infer(model.forecast, history, horizon, fewer="or shorter histories, or a shorter horizon")
+        result = await infer(model.forecast, history, horizon, req.end, req.covariates,
+                             fewer="or shorter histories, or a shorter horizon")
         if not np.isfinite(result.quantiles).all():  # finite float32 inputs can still overflow inside the model
             raise RequestError("the model's forecast of this history is not finite (values too large for its "
                                "float32 arithmetic); send a history on the scale of its training data")

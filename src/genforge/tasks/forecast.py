@@ -50,11 +50,32 @@ def baselines(context: int, horizon: int, season: int, quantiles) -> dict:
                                           quantiles=quantiles), context, horizon, season) for kind in BASELINES}
 
 
-def _windows(values: torch.Tensor, origins: list[int], context: int, horizon: int):
-    """(W, context) histories and (W, horizon) futures at the given origins."""
+def _windows(values: torch.Tensor, origins: list[int], context: int, horizon: int,
+             features: torch.Tensor | None = None):
+    """(W, context) histories, packed with their (W, context + horizon, F) covariates when features (T, F) are
+    given, and (W, horizon) futures at the given origins."""
+    from genforge.models.rnn import pack
+
     x = torch.stack([values[o - context : o] for o in origins])
     y = torch.stack([values[o : o + horizon] for o in origins])
+    if features is not None:
+        x = pack(x, torch.stack([features[o - context : o + horizon] for o in origins]))
     return x, y
+
+
+def reads_covariates(cfg) -> bool:
+    """Whether the model kind of cfg reads covariates (the recurrent one; the baselines do not)."""
+    return "covariates" in type(cfg.model).model_fields
+
+
+def covariate_stats(ds, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std), each (F,), of the covariates over the training parts of the series; calendar features, already
+    in [-1, 1], keep 0 and 1, and a constant covariate gets std 1."""
+    rows = torch.cat(features)
+    mean, std = rows.mean(0), rows.std(0) if len(rows) > 1 else torch.ones(rows.shape[1])
+    calendar = len(ds.feature_names) - len(ds.covariates)
+    mean[:calendar], std[:calendar] = 0.0, 1.0
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
 
 
 @dataclass
@@ -90,12 +111,13 @@ class Forecast:
         return out
 
 
-def forecast(model, history, horizon: int | None = None) -> Forecast:
-    """Forecast `horizon` steps (default: the trained horizon) after each history: a sequence of numbers (one series)
-    or an (N, L) array. Histories shorter than the model's context, or not finite, are refused."""
-    from genforge.evaluate.forecast import recursive
-
-    x = torch.as_tensor(np.asarray(history, dtype=np.float32))
+def as_history(model, history) -> torch.Tensor:
+    """A history as sent (a sequence of numbers, or N equally long ones) -> a float32 (N, L) tensor the model can
+    read, or a one-line error."""
+    try:
+        x = torch.as_tensor(np.asarray(history, dtype=np.float32))
+    except (ValueError, TypeError):
+        raise GenforgeError("a history is a sequence of numbers (or N sequences of equal length)") from None
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2 or x.shape[1] == 0:
@@ -106,12 +128,86 @@ def forecast(model, history, horizon: int | None = None) -> Forecast:
         raise GenforgeError(f"the history has {x.shape[1]} values; this model needs at least {need}")
     if not torch.isfinite(x).all():
         raise GenforgeError("the history holds a missing or non-finite value; fill it first")
+    return x
+
+
+def forecast(model, history, horizon: int | None = None, covariates=None) -> Forecast:
+    """Forecast `horizon` steps (default: the trained horizon) after each history: a sequence of numbers (one series)
+    or an (N, L) array. Histories shorter than the model's context, or not finite, are refused. A model that reads
+    covariates needs them (covariates_for builds them): (L + horizon, F), or (N, L + horizon, F)."""
+    from genforge.evaluate.forecast import recursive
+
+    x = as_history(model, history)
     horizon = horizon or model.horizon
     if horizon < 1:
         raise GenforgeError(f"horizon must be at least 1, got {horizon}")
+    c = None
+    if model.features:
+        if covariates is None:
+            raise GenforgeError(f"this model reads {model.features} covariate(s) ({', '.join(model.cfg.covariates)}) "
+                                f"at every step of the history and of the horizon; give them")
+        c = torch.as_tensor(np.asarray(covariates, dtype=np.float32))
+        c = c.expand(x.shape[0], -1, -1) if c.ndim == 2 else c
+        want = (x.shape[0], x.shape[1] + horizon, model.features)
+        if tuple(c.shape) != want:
+            raise GenforgeError(f"the covariates have shape {tuple(c.shape)}; expected {want[1:]} (the history's "
+                                f"{x.shape[1]} steps and the horizon's {horizon}, {model.features} features)")
+        if not torch.isfinite(c).all():
+            raise GenforgeError("the covariates hold a missing or non-finite value")
     with torch.inference_mode():
-        q = recursive(model, x, horizon)
+        q = recursive(model, x, horizon, c)
     return Forecast(q.numpy(), tuple(float(v) for v in model.cfg.quantiles), horizon > model.horizon)
+
+
+def covariates_for(model, cfg, freq: str, n: int, length: int, horizon: int | None, end=None,
+                   covariates: dict | None = None) -> np.ndarray | None:
+    """The (n, length + horizon, F) covariates of a run's model for n histories of `length` steps whose last one is
+    at `end`: their calendar features (from the times) and the values of the covariate columns, given by name, each
+    a sequence over the history and the horizon (shared) or n of them. None for a model that reads none."""
+    import pandas as pd
+
+    from genforge.data.series import calendar_features, extend_times
+
+    if not model.features:
+        if covariates:
+            raise GenforgeError("this model reads no covariates; forecast it from the history alone")
+        return None
+    horizon = horizon or model.horizon
+    steps, opts, columns = length + horizon, cfg.data.series, []
+    if opts.calendar:
+        if end is None:
+            raise GenforgeError("this model reads calendar features: give the time of the history's last value "
+                                "(end, e.g. 2010-12-01)")
+        try:
+            last = pd.Timestamp(end)
+        except (ValueError, TypeError):
+            raise GenforgeError(f"end={end!r} is not a date or time; write it as YYYY-MM-DD") from None
+        if last.tzinfo is not None:
+            last = last.tz_convert(None)
+        times = pd.date_range(end=last, periods=length, freq=freq)
+        if len(times) == 0 or times[-1] != last:
+            raise GenforgeError(f"end={end!r} is not on this model's {freq} grid")
+        calendar = calendar_features(extend_times(times.to_numpy(dtype="datetime64[ns]"), freq, horizon), freq)
+        columns.append(np.broadcast_to(calendar, (n, *calendar.shape)))
+    given = covariates or {}
+    unknown = sorted(set(given) - set(opts.covariates))
+    if unknown:
+        raise GenforgeError(f"unknown covariate {unknown[0]!r}; this model reads "
+                            f"{', '.join(opts.covariates) or 'no covariate columns'}")
+    for name in opts.covariates:
+        if name not in given:
+            raise GenforgeError(f"this model reads covariate {name!r}: give its {steps} values (the history's "
+                                f"{length} steps and the horizon's {horizon})")
+        try:
+            values = np.asarray(given[name], dtype=np.float64)
+        except (ValueError, TypeError):
+            raise GenforgeError(f"covariate {name!r} must be numbers (or one list of them per history)") from None
+        if values.shape not in ((steps,), (n, steps)):
+            raise GenforgeError(f"covariate {name!r} has shape {values.shape}; it needs {steps} values (the "
+                                f"history's {length} steps and the horizon's {horizon})" +
+                                (f", or {n} such lists, one per history" if n > 1 else ""))
+        columns.append(np.broadcast_to(values, (n, steps))[..., None])
+    return np.concatenate(columns, -1)
 
 
 def minimum_history(model) -> int:
@@ -135,6 +231,8 @@ class ForecastTask(Task):
         return load_series(name, cfg.data.series)
 
     def prepare(self, cfg, ds, device: torch.device, fold=None) -> Prepared:
+        from genforge.models.rnn import pack
+
         context, horizon = resolve(cfg, ds)
         opts = cfg.data.series
         held = horizon * (opts.val_windows + opts.test_windows)
@@ -145,30 +243,38 @@ class ForecastTask(Task):
                                     f"{context} + horizon {horizon} + {opts.val_windows + opts.test_windows} held-out "
                                     f"horizons = {need}; lower model.context or model.horizon, or "
                                     f"data.series.test_windows / val_windows")
-        xs, ys, xv, yv = [], [], [], []
+        names = ds.feature_names if reads_covariates(cfg) else []
+        xs, ys, xv, yv, train_features = [], [], [], [], []
         for s in ds.series:
             values = torch.tensor(s.values, dtype=torch.float32, device=device)
             val_start = len(values) - held
             pairs = values[:val_start].unfold(0, context + horizon, 1)  # (W, C + H): every training window
-            xs.append(pairs[:, :context])
+            features = torch.tensor(ds.features(s), device=device) if names else None
+            covariates = None
+            if features is not None:
+                train_features.append(features[:val_start].cpu())
+                covariates = features[:val_start].unfold(0, context + horizon, 1).transpose(1, 2)  # (W, C + H, F)
+            xs.append(pack(pairs[:, :context], covariates))
             ys.append(pairs[:, context:])
             origins = [val_start + k * horizon for k in range(opts.val_windows)]
             if origins:
-                x, y = _windows(values, origins, context, horizon)
+                x, y = _windows(values, origins, context, horizon, features)
                 xv.append(x.cpu())
                 yv.append(y.cpu())
-        empty = torch.zeros(0, context), torch.zeros(0, horizon)
-        update = {"context": context, "horizon": horizon}
+        width = context + (context + horizon) * len(names)  # the packed input
+        empty = torch.zeros(0, width), torch.zeros(0, horizon)
+        update = {"context": context, "horizon": horizon, **({"covariates": names} if reads_covariates(cfg) else {})}
         if "season" in type(cfg.model).model_fields and cfg.model.season is None:
             update["season"] = ds.season
+        mean, std = covariate_stats(ds, train_features) if names else (torch.zeros(1), torch.ones(1))
         checksum = hashlib.sha256(b"".join(np.ascontiguousarray(s.values).tobytes() for s in ds.series)).hexdigest()
         meta = {"dataset": ds.name, "source": ds.source, "checksum": checksum, "classes": [],
-                "input_shape": [context], "norm_shape": [1], "task": self.name, "freq": ds.freq,
+                "input_shape": [width], "norm_shape": list(mean.shape), "task": self.name, "freq": ds.freq,
                 "season": ds.season, "series": [s.id for s in ds.series],
                 "ends": {s.id: str(s.times[-1])[:19] for s in ds.series},
                 "n_train": int(sum(len(x) for x in xs)), "n_val": int(sum(len(x) for x in xv))}
         return Prepared(ds, torch.cat(xs), torch.cat(ys), torch.cat(xv) if xv else empty[0],
-                        torch.cat(yv) if yv else empty[1], (context,), 0, torch.zeros(1), torch.ones(1), meta,
+                        torch.cat(yv) if yv else empty[1], (width,), 0, mean, std, meta,
                         model_config=cfg.model.model_copy(update=update))
 
     def check_fits(self, ds, meta: dict) -> None:
@@ -183,7 +289,8 @@ class ForecastTask(Task):
             last = len(values) - model.horizon * (opts.test_windows + opts.val_windows)  # where training ended
             origins = (window_origins(len(values), model.horizon, opts.test_windows) if split == "test"
                        else list(range(model.context, last - model.horizon + 1)))
-            x, y = _windows(values, origins, model.context, model.horizon)
+            features = torch.tensor(ds.features(s)) if model.features else None
+            x, y = _windows(values, origins, model.context, model.horizon, features)
             xs.append(x)
             ys.append(y)
         x, y = torch.cat(xs), torch.cat(ys)
@@ -219,9 +326,10 @@ class ForecastTask(Task):
             if len(s.values) - windows * horizon < minimum_history(model):
                 raise GenforgeError(f"series {s.id!r} ({len(s.values)} values) is too short for {windows} windows of "
                                     f"{horizon} after a history of {minimum_history(model)}")
+        check_features(model, ds)
         result = backtest(models, ds.series, ds.season,
                           lambda s: window_origins(len(s.values), horizon, windows)[: 1 if first_only else None],
-                          horizon)
+                          horizon, ds.features)
         out = {"dataset": ds.name, "windows": windows, "horizon": horizon, "trained_horizon": model.horizon,
                "recursive": horizon > model.horizon, "season": ds.season, "methods": result}
         return out if with_parts else _jsonable(out)
@@ -230,8 +338,11 @@ class ForecastTask(Task):
         from genforge.evaluate.classification import measure_speed
 
         result = self.backtest(model, ds, cfg.data.series.test_windows)
-        values = torch.tensor(ds.series[0].values[-minimum_history(model) :], dtype=torch.float32)
-        return {**result, **measure_speed(model, values[None])}
+        s = ds.series[0]
+        x, _ = _windows(torch.tensor(s.values, dtype=torch.float32), [len(s.values) - model.horizon],
+                        minimum_history(model), model.horizon,
+                        torch.tensor(ds.features(s)) if model.features else None)
+        return {**result, **measure_speed(model, x)}
 
     def headline(self, result: dict) -> dict:
         ours, naive = result["methods"]["model"]["overall"], result["methods"]["seasonal-naive"]["overall"]
@@ -264,12 +375,31 @@ class ForecastTask(Task):
                 per.add_row(sid, f"{m['mase']:.3f}", f"{naive[sid]['mase']:.3f}")
             out.print(per)
 
+    def export_parts(self, model) -> tuple[Part, ...]:
+        if not model.features:
+            return self.parts
+        return (Part("model", "forward", ("history_and_covariates",), ("quantiles",), labels=False),)
+
     def onnx_threads(self) -> int:
         return 1  # a few short sequences per call
 
     def warm_up(self, served) -> None:
+        from genforge.evaluate.forecast import recursive
+
+        model = served.model
         for n in (1, 8):
-            served.forecast(torch.zeros(n, served.model.context) + torch.arange(served.model.context).float())
+            history = torch.zeros(n, model.context) + torch.arange(model.context).float()
+            covariates = torch.zeros(n, model.context + model.horizon, model.features) if model.features else None
+            with torch.inference_mode():
+                recursive(model, history, model.horizon, covariates)
+
+
+def check_features(model, ds) -> None:
+    """A model that reads covariates gets the ones it was trained with, or a one-line error."""
+    if model.features and ds.feature_names != list(model.cfg.covariates):
+        raise GenforgeError(f"{ds.name}: this model reads the features {', '.join(model.cfg.covariates)}; the data "
+                            f"gives {', '.join(ds.feature_names) or 'none'} (set data.series.covariates and "
+                            f"data.series.calendar as the run's config.yaml does)")
 
 
 def _jsonable(result: dict) -> dict:
@@ -317,7 +447,7 @@ def plot_forecasts(model, ds, result: dict, path: Path, most: int = 6) -> None:
         origins = window_origins(len(s.values), horizon, windows)
         shown = max(0, origins[0] - 4 * horizon)
         ax.plot(s.times[shown:], s.values[shown:], color="black", lw=1, label="history and truth")
-        q = forecast_windows(model, s.values, origins, horizon)
+        q = forecast_windows(model, s.values, origins, horizon, ds.features(s) if model.features else None)
         for o, qw in zip(origins, q):
             t = s.times[o : o + horizon]
             for (lo, hi), alpha in (((0.025, 0.975), 0.15), ((0.1, 0.9), 0.3)):

@@ -263,8 +263,13 @@ async function loadSeries() {
 async function forecast() {
   const name = $("forecaster").value, s = state.series[Number($("series").value)];
   if (!s) return;
-  const body = { history: s.values }, horizon = Number($("horizon").value);
+  const f = model(name).forecast, body = { history: s.values }, horizon = Number($("horizon").value);
   if (horizon) body.horizon = horizon;
+  if (f.calendar) body.end = s.times[s.times.length - 1];
+  if (s.covariates) {  // the shown history's covariates and as many future steps as the horizon needs
+    const steps = s.values.length + (horizon || f.horizon);
+    body.covariates = Object.fromEntries(Object.entries(s.covariates).map(([k, v]) => [k, v.slice(0, steps)]));
+  }
   try {
     const r = await api(`/v1/models/${encodeURIComponent(name)}/forecast`, body);
     plot(s, r);
