@@ -502,6 +502,8 @@ def data_info_command(
     out.print(table)
     if "series" in info:
         keys = ("length", "start", "gaps", "missing", "duplicates", "outliers", "seasonal")  # the rest: --json
+        if any("known_ahead" in report for report in info["series"].values()):  # covariates' planned future steps
+            keys += ("known_ahead",)
         rows = Table(box=None)
         rows.add_column("series", no_wrap=True)
         for key in keys:
