@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genforge.data.series import SeriesOptions
 from genforge.errors import GenforgeError
@@ -44,6 +44,23 @@ class DistillConfig(_Strict):
     temperature: float = Field(4.0, gt=0)  # T: softens both distributions
 
 
+class PrivacyConfig(_Strict):
+    """train.privacy: DP-SGD with Opacus (genforge.train.privacy). Give epsilon (the budget), or noise_multiplier (and
+    then epsilon, if given too, caps training)."""
+
+    epsilon: float | None = Field(None, gt=0)  # the budget of the whole run, at delta
+    noise_multiplier: float | None = Field(None, gt=0)  # noise std / max_grad_norm; default: the least for epsilon
+    delta: float | None = Field(None, gt=0, lt=1)  # default: the largest power of ten below 1/N (1e-5 for 60,000)
+    max_grad_norm: float = Field(1.0, gt=0)  # per-sample gradient clipping bound C
+    accountant: Literal["prv", "rdp"] = "prv"  # prv (Gopi et al. 2021): tighter than RDP, so less noise per budget
+
+    @model_validator(mode="after")
+    def _budget_or_noise(self):
+        if self.epsilon is None and self.noise_multiplier is None:
+            raise ValueError("give train.privacy.epsilon (the budget) or train.privacy.noise_multiplier")
+        return self
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -70,6 +87,7 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0 = at each epoch end
     max_nonfinite: int = Field(5, ge=1)  # bad steps in a row (non-finite or unhealthy) before rolling back
     max_rollbacks: int = Field(3, ge=0)  # rollbacks before the run stops
+    privacy: PrivacyConfig | None = None  # differentially private training (classifiers)
 
 
 # one config class per registered kind, told apart by `kind`
@@ -94,6 +112,22 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=lambda: MODELS["fastcnn"].config())
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _privacy_applies(self):
+        if self.train.privacy is None:
+            return self
+        if not MODELS[self.model.kind].task.private:
+            raise ValueError(f"train.privacy trains classifiers; model.kind={self.model.kind} cannot train privately "
+                             f"(differentially private generators are not built yet): remove train.privacy or train a "
+                             f"classifier")
+        if getattr(self.model, "norm", None) == "batch":
+            raise ValueError("train.privacy: BatchNorm mixes the samples of a batch, so per-sample clipping cannot "
+                             "bound one sample's influence; set model.norm=group")
+        if self.train.distill is not None:
+            raise ValueError("train.privacy with train.distill: the teacher's outputs carry its own training data "
+                             "unprotected; remove one of them")
+        return self
 
 
 def preset_names() -> list[str]:
@@ -149,7 +183,8 @@ def _explain(error: ValidationError) -> str:
         return f"unknown config key '{key}'"
     if first["type"] == "union_tag_invalid":
         return f"model.kind must be one of: {', '.join(MODELS)}"
-    return f"config key '{key}': {first['msg']}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"config key '{key}': {message}" if key else message
 
 
 def validate(raw: dict) -> RunConfig:

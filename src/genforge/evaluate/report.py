@@ -131,7 +131,31 @@ def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict,
     per_class = "".join(f"<tr><th>{html.escape(c)}</th><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
                         f"<td>{m['f1']:.3f}</td></tr>" for c, m in test["per_class"].items())
     table = f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th></tr>{per_class}</table>"
-    return write_page(run_dir, summary, [*extra, ("Per class (test)", table)])
+    sections = [*extra, ("Per class (test)", table)]
+    if privacy := summary.get("privacy"):  # a private run shows no training example anywhere in its report
+        plot_privacy(read_metrics(run_dir), privacy, plots / "privacy_spent.png")
+        text = (f"<p>Trained with DP-SGD (Opacus): ({privacy['epsilon']:.3g}, {privacy['delta']:.0e})-differentially "
+                f"private with respect to the training examples, by the {privacy['accountant'].upper()} accountant. "
+                f"The report shows no training example.</p>")
+        sections.insert(0, ("Privacy", text + _table(privacy)))
+    return write_page(run_dir, summary, sections)
+
+
+def plot_privacy(metrics: list[dict], privacy: dict, path: Path) -> None:
+    """Epsilon spent after each epoch, and the budget."""
+    plt = _figure()
+    epochs = [m["epoch"] for m in metrics if "epsilon" in m]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(epochs, [m["epsilon"] for m in metrics if "epsilon" in m], marker="o", label="epsilon spent")
+    if privacy.get("target_epsilon"):
+        ax.axhline(privacy["target_epsilon"], color="gray", ls=":", label="budget")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"epsilon (delta {privacy['delta']:.0e})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
 
 
 def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict,

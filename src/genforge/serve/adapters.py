@@ -68,7 +68,16 @@ class ServedModel:
             "metrics": {k: summary[k] for k in HEADLINE if isinstance(summary.get(k), (int, float))},
             "config": self.run.config.model_dump(mode="json"),
             **({"forecast": self.forecast_card()} if "forecast" in self.verbs() else {}),
+            **({"privacy": self.privacy_card()} if self.privacy_card() else {}),
         }
+
+    def privacy_card(self) -> dict | None:
+        """The (epsilon, delta) guarantee of a model trained with train.privacy, else None."""
+        privacy = self.run.summary.get("privacy")
+        if not privacy:
+            return None
+        return {"epsilon": privacy["epsilon"], "delta": privacy["delta"], "accountant": privacy["accountant"],
+                "mechanism": "DP-SGD (Opacus): per-sample clipping, Gaussian noise, Poisson sampling"}
 
     # classify -----------------------------------------------------------------------------------------------
     @torch.inference_mode()

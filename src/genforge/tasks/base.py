@@ -45,6 +45,7 @@ def normalization_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Task:
     name: str  # recorded in meta.json and the served model's card
     verbs: tuple[str, ...]  # what `serve` offers for the kind (and `predict`, for "classify")
+    private = False  # trains under train.privacy (DP-SGD: a per-sample loss and a step that takes the privacy)
     parts: tuple[Part, ...]  # the ONNX parts an export holds, the main one (classifier, generator, decoder) last
     divergence_hint = "lower train.lr or set train.grad_clip=1.0"  # said when training diverges
     cross_validation = False  # `genforge cv` scores its folds (by validation accuracy)

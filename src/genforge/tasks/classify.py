@@ -12,6 +12,7 @@ from genforge.tasks.base import Task
 
 class ClassifyTask(Task):
     name = "classify"
+    private = True
     verbs = ("classify",)
     parts = (Part("model", "forward", ("x",), ("logits",)),)
     cross_validation = True

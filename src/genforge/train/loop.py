@@ -144,6 +144,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     bs = min(tcfg.batch_size, len(x))
     steps_per_epoch = len(x) // bs  # drop the ragged last batch: BatchNorm needs more than one sample
     step = task.step(model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
+    total = tcfg.epochs * steps_per_epoch
+    privacy = None
+    if tcfg.privacy is not None:  # DP-SGD: Poisson batches, per-sample clipping and noise, the accountant
+        from genforge.train.privacy import Privacy
+
+        privacy = Privacy(step, tcfg.privacy, len(x), bs, total, cfg.model.kind)
     # nonfinite counts the bad steps in a row (a good step resets it): sporadic bad batches are skipped, a run of
     # them rolls back. best_epoch: the epoch of best_val, whose weights runs.BEST holds with early stopping
     state = {"epoch": 0, "batch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
@@ -158,12 +164,16 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
             _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
             return
         checkpoint = {"step_fn": step.state_dict(), "loop": state, "rng": rng_state()}
+        if privacy is not None:
+            checkpoint["privacy"] = privacy.state_dict()
         if stateful_hook:
             checkpoint["hook"] = on_step.state_dict()
         runs.save_state(ckpt_path, checkpoint)
 
     def restore(checkpoint: dict, with_rng: bool) -> None:
         step.load_state_dict(checkpoint["step_fn"])
+        if privacy is not None:
+            privacy.load_state_dict(checkpoint["privacy"])
         if stateful_hook and "hook" in checkpoint:
             on_step.load_state_dict(checkpoint["hook"])
         if with_rng:
@@ -181,17 +191,19 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False)
-    total = tcfg.epochs * steps_per_epoch
     try:
         with _interrupt_flag() as interrupt, progress:
             bar = progress.add_task("train", total=total, completed=state["step"], stats="")
             while state["epoch"] < tcfg.epochs:
                 t_epoch = time.perf_counter()
                 order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
-                sums, count, seen, out_of_time = {}, 0, 0, False
+                sums, count, seen, out_of_time, spent = {}, 0, 0, False, None
                 for b in range(state["batch"], steps_per_epoch):
-                    idx = order[b * bs : (b + 1) * bs]
+                    idx = (order[b * bs : (b + 1) * bs] if privacy is None
+                           else privacy.draw(cfg.seed, state["epoch"], b, device))
                     metrics = step(x[idx], y[idx])
+                    if privacy is not None:
+                        privacy.spent_step()
                     state["batch"], state["step"] = b + 1, state["step"] + 1
                     if metrics is None:
                         state["skipped"] += 1
@@ -221,12 +233,18 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                     elapsed = state["train_seconds"] + time.perf_counter() - t_epoch
                     if out_of_time := bool(tcfg.max_seconds and elapsed >= tcfg.max_seconds):
                         break
+                    if privacy is not None and (spent := privacy.exhausted()):
+                        break
                 val = task.validate(step.eval_model(), x_val, y_val, ds) if len(x_val) else {}
                 state["train_seconds"] += time.perf_counter() - t_epoch
                 task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
                 record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
                           **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
                           **{f"val_{k}": v for k, v in val.items()}, "skipped_steps": state["skipped"]}
+                if privacy is not None:
+                    record["epsilon"] = privacy.epsilon()
+                    progress.update(bar, description=f"epoch {state['epoch'] + 1}/{tcfg.epochs} "
+                                                     f"ε {record['epsilon']:.2f}")
                 log.metrics(record)
                 log.line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
                 state["epoch"], state["batch"] = state["epoch"] + 1, 0
@@ -240,6 +258,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                 if out_of_time:
                     log.line(f"time limit: stopped after {state['train_seconds']:.1f} s (train.max_seconds)")
                     break
+                if spent:
+                    log.line(spent)
+                    break
     except Diverged:  # _rollback restored the last good weights: keep them, usable like any run's
         runs.save_weights(step.eval_model(), run_dir / runs.WEIGHTS)
         runs.write_json(run_dir / "summary.json", {"status": "diverged", "kind": cfg.model.kind, "dataset": ds.name,
@@ -251,7 +272,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         runs.load_weights(model, best_path)
     if fold is not None:
         return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds)["acc"], ds, state, fold)
-    return finish(cfg, run_dir, model, ds, task, state, fitted=task.after_training(model, data))
+    fitted = {**task.after_training(model, data), **(privacy.summary() if privacy is not None else {})}
+    return finish(cfg, run_dir, model, ds, task, state, fitted=fitted)
 
 
 def _early_stop(state: dict, val: dict, patience: int | None) -> bool:

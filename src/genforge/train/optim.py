@@ -15,7 +15,8 @@ def build_optimizer(params, cfg: TrainConfig, lr: float | None = None) -> torch.
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+        nesterov = cfg.momentum > 0  # torch refuses Nesterov without momentum
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=nesterov, weight_decay=cfg.weight_decay)
     return torch.optim.Adadelta(params, lr=lr, weight_decay=cfg.weight_decay)
 
 

@@ -1,0 +1,149 @@
+"""Differentially private training on real Fashion-MNIST images: the epsilon reported is the accountant's for the
+recorded noise, sample rate and steps; a fixed noise under a cap stops at the budget; per-sample clipping bounds an
+update; batches are Poisson samples; a killed private run resumes to the same weights and epsilon; and what cannot
+train privately is refused in one line."""
+
+import json
+import signal
+
+import pytest
+import torch
+from test_resume import assert_same_tree, finish, genforge, wait_for_step
+
+from genforge import runs
+from genforge.config import load_config
+from genforge.errors import GenforgeError
+from genforge.train.loop import train
+from genforge.train.privacy import default_delta
+
+SMALL = ["data.train_subset=1024", "data.val_fraction=0.1", "model.kind=mlp", "model.hidden=[64]",
+         "train.threads=1", "train.batch_size=64", "train.epochs=2"]
+
+
+def _train(tmp_path, *overrides):
+    cfg = load_config("fashion-cnn-fast", [*SMALL, *overrides])
+    run_dir = runs.create_run(tmp_path, cfg.name, cfg)
+    return run_dir, train(cfg, run_dir, quiet=True)
+
+
+def _epsilon(accountant: str, noise: float, rate: float, steps: int, delta: float) -> float:
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(noise, rate, steps)]
+    return acc.get_epsilon(delta)
+
+
+@pytest.fixture(scope="module")
+def private_run(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("dp"), "train.privacy.epsilon=2")
+
+
+def test_the_reported_epsilon_is_the_accountants_for_the_recorded_noise_rate_and_steps(private_run):
+    run_dir, summary = private_run
+    p = summary["privacy"]
+    n = runs.read_json(run_dir / "meta.json")["n_train"]
+    assert n == 1024  # the subset; validation comes from the rest of the training file
+    assert p["sample_rate"] == pytest.approx(64 / n) and p["steps"] == 2 * (n // 64) == summary["steps"]
+    assert p["delta"] == default_delta(n) == 1e-4 and p["accountant"] == "prv"
+    recomputed = _epsilon("prv", p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"])
+    assert p["epsilon"] == pytest.approx(recomputed, abs=1e-4)
+    assert 1.9 <= p["epsilon"] <= 2.0  # the least noise that keeps the planned steps within the budget
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    spent = [e["epsilon"] for e in epochs if "epsilon" in e]
+    assert len(spent) == 2 and 0 < spent[0] < spent[1] == pytest.approx(p["epsilon"], abs=1e-4)
+
+
+def test_the_report_and_the_card_state_the_guarantee(private_run):
+    from genforge.serve.adapters import load_models
+
+    run_dir, summary = private_run
+    page = (run_dir / "report.html").read_text()
+    assert "<h2>Privacy</h2>" in page and "differentially private" in page
+    assert (run_dir / "plots" / "privacy_spent.png").is_file()
+    (served,) = load_models([run_dir], backend="torch").values()
+    assert served.card()["privacy"]["epsilon"] == summary["privacy"]["epsilon"]
+    assert served.card()["privacy"]["delta"] == 1e-4
+
+
+def test_a_fixed_noise_under_a_cap_stops_at_the_budget(tmp_path):
+    run_dir, summary = _train(tmp_path, "train.privacy.noise_multiplier=1.0", "train.privacy.epsilon=2.5",
+                              "train.epochs=10")
+    p = summary["privacy"]
+    planned = 10 * (1024 // 64)
+    assert p["steps"] == summary["steps"] < planned  # stopped early
+    assert p["epsilon"] <= 2.5 < _epsilon("prv", 1.0, p["sample_rate"], p["steps"] + 1, p["delta"])
+
+
+def test_per_sample_clipping_bounds_one_update(tmp_path):
+    """Plain SGD with lr 1 and next to no noise: the update is the mean of clipped per-sample gradients, so its norm
+    cannot exceed the clipping bound, while the same batch's unclipped gradient is far larger."""
+    cfg = load_config("fashion-cnn-fast", [*SMALL, "train.optimizer=sgd", "train.momentum=0", "train.lr=1",
+                                           "train.weight_decay=0", "train.schedule=none",
+                                           "train.privacy.noise_multiplier=1e-6", "train.privacy.max_grad_norm=0.01",
+                                           "train.epochs=1"])
+    from genforge.data import load_dataset
+    from genforge.registry import build_model
+    from genforge.tasks.classify import TASK
+    from genforge.train.privacy import Privacy
+
+    torch.manual_seed(0)
+    ds = load_dataset(cfg.data.name)
+    x, y = ds.train_x[:128], ds.train_y[:128]
+    model = build_model(cfg.model, ds.input_shape, len(ds.classes), torch.zeros(1), torch.ones(1))
+    plain = model.loss(model(x.float()), y, 0.0)
+    full_norm = torch.cat([g.flatten() for g in torch.autograd.grad(plain, list(model.parameters()))]).norm()
+    step = TASK.step(model, cfg, 1, autocast=False, channels_last=False)
+    Privacy(step, cfg.train.privacy, n=len(x), batch_size=len(x), planned_steps=1, kind="mlp")
+    before = [p.detach().clone() for p in model.parameters()]
+    assert step(x, y) is not None
+    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
+    assert update <= 0.01 * 1.0001 and full_norm > 10 * update
+
+
+def test_batches_are_poisson_samples():
+    from types import SimpleNamespace
+
+    from genforge.config import PrivacyConfig
+    from genforge.train.privacy import Privacy
+
+    model = torch.nn.Linear(3, 2)
+    step = SimpleNamespace(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    privacy = Privacy(step, PrivacyConfig(noise_multiplier=1.0), n=10_000, batch_size=100, planned_steps=50,
+                      kind="logreg")
+    sizes = [len(privacy.draw(0, 0, b, "cpu")) for b in range(50)]
+    assert len(set(sizes)) > 5 and 90 < sum(sizes) / len(sizes) < 110  # variable, about batch_size on average
+    assert torch.equal(privacy.draw(0, 3, 7, "cpu"), privacy.draw(0, 3, 7, "cpu"))  # a resume draws the same
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.kind=fastcnn", "model.norm=batch"], "set model.norm=group"),
+    (["model.kind=gan"], "model.kind=gan cannot train privately"),
+])
+def test_models_that_cannot_train_privately_are_refused_at_config_time(overrides, message):
+    with pytest.raises(GenforgeError, match=message):
+        load_config("fashion-cnn-fast", ["train.privacy.epsilon=3", *overrides])
+
+
+def test_a_budget_too_small_for_any_step_is_one_line(tmp_path):
+    with pytest.raises(GenforgeError, match="too small for 32 steps"):
+        _train(tmp_path, "train.privacy.epsilon=0.001")
+    with pytest.raises(GenforgeError, match="give train.privacy.epsilon"):
+        load_config("fashion-cnn-fast", ["train.privacy.max_grad_norm=1"])
+
+
+def test_a_killed_private_run_resumes_to_the_same_weights_and_epsilon(tmp_path):
+    exact = [*SMALL, "train.privacy.epsilon=2", "train.epochs=3", "train.checkpoint_every=5", "deterministic=true"]
+    whole = tmp_path / "whole"
+    finish(genforge("train", "fashion-cnn-fast", *exact, "--runs-dir", whole, "--quiet"))
+    parent = tmp_path / "killed"
+    proc = genforge("train", "fashion-cnn-fast", *exact, "--runs-dir", parent, "--quiet")
+    run = wait_for_step(proc, parent, 20)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finish(genforge("train", "--resume", run, "--quiet"))
+    (reference,) = whole.iterdir()
+    from safetensors.torch import load_file
+
+    assert_same_tree(load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS))
+    assert runs.read_json(run / "summary.json")["privacy"] == runs.read_json(reference / "summary.json")["privacy"]
