@@ -6,6 +6,7 @@ train privately is refused in one line."""
 import json
 import signal
 
+import numpy as np
 import pytest
 import torch
 from test_resume import assert_same_tree, finish, genforge, wait_for_step
@@ -147,3 +148,32 @@ def test_a_killed_private_run_resumes_to_the_same_weights_and_epsilon(tmp_path):
 
     assert_same_tree(load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS))
     assert runs.read_json(run / "summary.json")["privacy"] == runs.read_json(reference / "summary.json")["privacy"]
+
+
+def test_the_epsilon_bound_of_an_attack_follows_its_rates():
+    from genforge.evaluate.privacy import epsilon_lower_bound, roc_summary
+
+    rng = np.random.default_rng(0)
+    same = epsilon_lower_bound(rng.normal(size=1000), rng.normal(size=1000), 1e-5)
+    apart = epsilon_lower_bound(rng.normal(10, 1, 1000), rng.normal(size=1000), 1e-5)
+    assert same < 0.5 and apart > 4  # chance shows nothing; a perfect attack on 500 + 500 test examples shows a lot
+    assert roc_summary(rng.normal(10, 1, 100), rng.normal(size=100))["auc"] == 1.0
+
+
+def test_the_audit_finds_an_overfit_model_and_not_a_private_one(tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    overfit = ["model.hidden=[256]", "data.train_subset=500", "train.batch_size=50", "train.weight_decay=0",
+               "model.dropout=0"]
+    open_dir, _ = _train(tmp_path, *overfit, "train.epochs=60", "name=open")
+    private_dir, summary = _train(tmp_path, *overfit, "train.epochs=10", "train.privacy.epsilon=1", "name=private")
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", str(private_dir), "--privacy-audit", "--against",
+                             str(open_dir), "--examples", "500", "--json")
+    assert code == 0, err
+    private, open_ = json.loads(out)
+    assert open_["attacks"]["loss"]["auc"] > 0.7 and open_["attacks"]["loss"]["epsilon_lower_bound"] > 1
+    assert private["accounted_epsilon"] == summary["privacy"]["epsilon"] <= 1
+    for attack in private["attacks"].values():
+        assert abs(attack["auc"] - 0.5) < 0.08  # close to a coin
+        assert attack["epsilon_lower_bound"] <= private["accounted_epsilon"]  # else the accounting has a bug
+    assert runs.read_json(private_dir / "audit.json") == private

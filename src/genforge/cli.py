@@ -93,11 +93,18 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     samples: Annotated[int | None, typer.Option(min=100, help="Generators: N samples per score.")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Generators: sampling seeds (mean ± sd).")] = None,
+    privacy_audit: Annotated[bool, typer.Option("--privacy-audit", help="Classifiers: membership-inference attacks "
+                                                "on the run's training examples (writes audit.json).")] = False,
+    against: Annotated[list[Path] | None, typer.Option(help="With --privacy-audit: audit these runs too, side by "
+                                                            "side (e.g. the same recipe without privacy).")] = None,
+    examples: Annotated[int, typer.Option(min=20, help="With --privacy-audit: members and non-members each.")] = 1000,
 ):
     """Evaluate a run's model on the test split (the same evaluation training ends with); writes eval.json."""
     from genforge import runs
     from genforge.runs import load_run
 
+    if privacy_audit:
+        return _privacy_audit([run, *(against or [])], examples, as_json)
     loaded = load_run(run)
     task = loaded.task
     ds = task.dataset(loaded.config, data or loaded.meta["dataset"], quiet=as_json)
@@ -110,6 +117,32 @@ def evaluate(
         print(json.dumps(result))
         return
     task.print_evaluation(out, loaded.path.name, result)
+
+
+def _privacy_audit(paths: list[Path], examples: int, as_json: bool) -> None:
+    from rich.table import Table
+
+    from genforge import runs
+    from genforge.evaluate.privacy import FPRS, audit_run
+
+    results = []
+    for path in paths:
+        loaded = runs.load_run(path)
+        result = audit_run(loaded, examples)
+        runs.write_json(loaded.path / "audit.json", result)
+        results.append(result)
+    if as_json:
+        print(json.dumps(results if len(results) > 1 else results[0]))
+        return
+    table = Table("run", "attack", "AUC", *(f"TPR at {f:.1%} FPR" for f in FPRS), "epsilon >=", "epsilon accounted")
+    for r in results:
+        accounted = "-" if r["accounted_epsilon"] is None else f"{r['accounted_epsilon']:.3g}"
+        for name, a in r["attacks"].items():
+            table.add_row(r["run"], name, f"{a['auc']:.3f}", *(f"{a[f'tpr_at_{f:.1%}_fpr']:.1%}" for f in FPRS),
+                          f"{a['epsilon_lower_bound']:.3g}", accounted)
+    out.print(f"membership inference: {results[0]['members']} training examples against {results[0]['non_members']} "
+              f"test examples per run (delta {results[0]['delta']:.0e})")
+    out.print(table)
 
 
 @app.command()
