@@ -1,4 +1,4 @@
-"""Shared by the tests: the real command line in a subprocess, and quick training runs."""
+"""Shared by the tests: the real command line (in process, or in a subprocess), and quick training runs."""
 
 import os
 import socket
@@ -7,12 +7,33 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from genforge.cli import main
+
 
 def genforge_cli(*args, cache=None, cwd=None) -> subprocess.CompletedProcess:
     """Run the real command line in a subprocess, one torch thread, optionally with a private cache."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({"GENFORGE_CACHE": str(cache)} if cache else {})}
     return subprocess.run([sys.executable, "-m", "genforge", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
+
+
+def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
+    """The real command line, in process: (exit code, stdout, stderr). For what a command prints and returns; a
+    subprocess costs ~2.5 s of start-up and is for process behaviour (signals, kills, servers, the environment).
+    The torch thread count a command sets is put back, so later tests run as they would have."""
+    monkeypatch.setattr(sys, "argv", ["genforge", *map(str, args)])
+    threads = torch.get_num_threads()
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 QUICK_GENERATOR = ["train.threads=1", "data.train_subset=1024", "train.epochs=1", "eval.samples=300", "eval.grid=16"]

@@ -2,15 +2,13 @@
 learned by the recurrent forecaster (it beats itself without them on a series they drive), forecast with from the
 command line, the library, ONNX Runtime and HTTP, and refused in one line when missing or short."""
 
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from helpers import run_cli
 
 from genforge import runs
-from genforge.cli import main
 from genforge.config import load_config
 from genforge.data.series import SeriesOptions, calendar_features, calendar_names, load_series
 from genforge.errors import GenforgeError
@@ -29,18 +27,6 @@ def promo_frame(seed=0, effect=25.0):
     sales = 100 + 10 * np.sin(2 * np.pi * t / 12) + effect * promo[:MONTHS] + rng.normal(0, 1, MONTHS)
     times = pd.date_range("2000-01-01", periods=MONTHS + AHEAD, freq="MS").strftime("%Y-%m-%d")
     return pd.DataFrame({"date": times, "sales": [*sales, *[None] * AHEAD], "promo": promo})
-
-
-def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """The real command line, in process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["genforge", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
