@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from genforge.cli import main
@@ -40,10 +41,19 @@ QUICK_GENERATOR = ["train.threads=1", "data.train_subset=1024", "train.epochs=1"
 
 
 def train_run(parent: Path, preset: str, *overrides, cache=None) -> Path:
-    result = genforge_cli("train", preset, *overrides, "--runs-dir", str(parent), "--quiet", cache=cache)
-    assert result.returncode == 0, result.stderr
-    (run,) = parent.iterdir()
-    return run
+    """Train in this process what `genforge train PRESET OVERRIDES --runs-dir PARENT --quiet` trains (the same
+    library calls, without a subprocess's start-up): the run directory. cache: the GENFORGE_CACHE to train with."""
+    from genforge import runs
+    from genforge.config import load_config
+    from genforge.train.loop import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        if cache:
+            mp.setenv("GENFORGE_CACHE", str(cache))
+        cfg = load_config(preset, list(overrides))
+        run_dir = runs.create_run(parent, cfg.name, cfg)
+        train(cfg, run_dir, quiet=True)
+    return run_dir
 
 
 TOKEN = "a-test-token-0123456789"  # a bearer token for the serving tests

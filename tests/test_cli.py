@@ -1,24 +1,23 @@
-"""The command line as a user meets it: exit codes, one-line errors, the README's commands."""
+"""The command line as a user meets it: exit codes, one-line errors, the README's commands. The commands run in
+this process (helpers.run_cli); only the server's runs in a subprocess."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import genforge_cli, run_cli, train_run
 
 from genforge import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, cwd=None, cache=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"GENFORGE_CACHE": str(cache)} if cache else {})}
-    return subprocess.run([sys.executable, "-m", "genforge", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """cli(*args) -> (exit code, stdout, stderr) of `genforge ARGS`."""
+    return lambda *args: run_cli(capsys, monkeypatch, *args)
 
 
 @pytest.mark.parametrize(
@@ -36,28 +35,24 @@ def cli(*args, cwd=None, cache=None) -> subprocess.CompletedProcess:
         (["export", "RUN", "--dynamic-batch", "--batch-size", "8"], "give one of them"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(args, message, tmp_path):
-    result = cli(*args, "--runs-dir", str(tmp_path)) if args[0] == "train" else cli(*args)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+def test_user_errors_exit_2_with_one_line(args, message, tmp_path, cli):
+    code, _, err = cli(*args, "--runs-dir", str(tmp_path)) if args[0] == "train" else cli(*args)
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 
-def test_a_refusing_file_system_is_one_line_too(tmp_path):
+def test_a_refusing_file_system_is_one_line_too(tmp_path, cli):
     (tmp_path / "runs").write_text("a file where the runs folder would go")
-    result = cli("train", "blobs-logreg", "--runs-dir", str(tmp_path / "runs"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: [Errno 20] Not a directory" in result.stderr
+    code, _, err = cli("train", "blobs-logreg", "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "Traceback" not in err
+    assert "error: [Errno 20] Not a directory" in err
 
 
 @pytest.fixture(scope="module")
 def blobs_run(tmp_path_factory) -> Path:
-    parent = tmp_path_factory.mktemp("runs")
-    result = cli("train", "blobs-logreg", "--runs-dir", str(parent), "--quiet")
-    assert result.returncode == 0, result.stderr
-    (run,) = parent.iterdir()
-    return run
+    return train_run(tmp_path_factory.mktemp("runs"), "blobs-logreg")
 
 
 def test_blobs_logreg_learns_the_line_and_plots_it(blobs_run):
@@ -68,30 +63,31 @@ def test_blobs_logreg_learns_the_line_and_plots_it(blobs_run):
     assert loaded.model.binary
 
 
-def test_predict_json_contract(blobs_run, tmp_path):
+def test_predict_json_contract(blobs_run, tmp_path, cli):
     points = np.array([[3.0, 3.0], [-3.0, -3.0]], dtype=np.float32)
     np.save(tmp_path / "p.npy", points)
-    result = cli("predict", str(blobs_run), str(tmp_path / "p.npy"), "--json")
-    assert result.returncode == 0, result.stderr
-    preds = json.loads(result.stdout)["predictions"]
+    code, out, err = cli("predict", str(blobs_run), str(tmp_path / "p.npy"), "--json")
+    assert code == 0, err
+    preds = json.loads(out)["predictions"]
     assert [p["label"] for p in preds] == ["above", "below"]
     assert [p["index"] for p in preds] == [1, 0]
     assert all(abs(sum(p["probabilities"]) - 1) < 1e-5 for p in preds)
 
 
-def test_predict_rejects_wrong_shape(blobs_run, tmp_path):
+def test_predict_rejects_wrong_shape(blobs_run, tmp_path, cli):
     np.save(tmp_path / "bad.npy", np.zeros((2, 3), dtype=np.float32))
-    result = cli("predict", str(blobs_run), str(tmp_path / "bad.npy"))
-    assert result.returncode == 2 and "does not fit the model's input (2,)" in result.stderr
+    code, _, err = cli("predict", str(blobs_run), str(tmp_path / "bad.npy"))
+    assert code == 2 and "does not fit the model's input (2,)" in err
 
 
-def test_broken_runs_and_inputs_are_one_line_errors(blobs_run, tmp_path):
+def test_broken_runs_and_inputs_are_one_line_errors(blobs_run, tmp_path, cli):
     import shutil
     import socket
 
     def one_line(result, message):
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert message in result.stderr, result.stderr
+        code, _, err = result
+        assert code == 2 and "Traceback" not in err, err
+        assert message in err, err
 
     (tmp_path / "empty.npy").write_bytes(b"")
     np.save(tmp_path / "none.npy", np.zeros((0, 2), dtype=np.float32))
@@ -113,26 +109,28 @@ def test_broken_runs_and_inputs_are_one_line_errors(blobs_run, tmp_path):
     one_line(cli("train", "blobs-logreg", "train.lr=1", "--resume", str(blobs_run)), "give no preset, overrides")
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
-        one_line(cli("serve", str(blobs_run), "--port", port), f"cannot listen on 127.0.0.1:{port}")
+        served = genforge_cli("serve", str(blobs_run), "--port", port)  # a server: never in this process
+        one_line((served.returncode, served.stdout, served.stderr), f"cannot listen on 127.0.0.1:{port}")
 
 
-def test_runs_lists_and_compares(blobs_run, tmp_path):
-    result = cli("runs", "--runs-dir", str(blobs_run.parent))
-    assert result.returncode == 0 and blobs_run.name[:20] in result.stdout
-    assert cli("train", "blobs-logreg", "train.lr=0.0123", "--runs-dir", str(tmp_path), "--quiet").returncode == 0
+def test_runs_lists_and_compares(blobs_run, tmp_path, cli):
+    code, out, _ = cli("runs", "--runs-dir", str(blobs_run.parent))
+    assert code == 0 and blobs_run.name[:20] in out
+    assert cli("train", "blobs-logreg", "train.lr=0.0123", "--runs-dir", str(tmp_path), "--quiet")[0] == 0
     (other,) = tmp_path.iterdir()
-    result = cli("runs", "compare", str(blobs_run), str(other))
-    assert result.returncode == 0, result.stderr
-    (row,) = [line for line in result.stdout.splitlines() if "train.lr " in line]
+    code, out, err = cli("runs", "compare", str(blobs_run), str(other))
+    assert code == 0, err
+    (row,) = [line for line in out.splitlines() if "train.lr " in line]
     assert "0.5 " in row and "0.0123" in row  # each run's own value, side by side
-    only = cli("runs", "compare", str(blobs_run), str(other), "--diff").stdout
-    assert "train.lr " in only and "data.name " not in only and "data.name " in result.stdout
+    _, only, _ = cli("runs", "compare", str(blobs_run), str(other), "--diff")
+    assert "train.lr " in only and "data.name " not in only and "data.name " in out
 
 
-def test_cv_reports_mean_and_sd(tmp_path):
-    result = cli("cv", "blobs-logreg", "train.epochs=5", "--folds", "3", "--runs-dir", str(tmp_path), "--quiet")
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"accuracy: ([\d.]+) ± ([\d.]+) over 3 folds", result.stdout)
+def test_cv_reports_mean_and_sd(tmp_path, cli):
+    code, out, err = cli("cv", "blobs-logreg", "train.epochs=5", "--folds", "3", "--runs-dir", str(tmp_path),
+                         "--quiet")
+    assert code == 0, err
+    match = re.search(r"accuracy: ([\d.]+) ± ([\d.]+) over 3 folds", out)
     assert match and float(match.group(1)) > 0.9
     (parent,) = tmp_path.iterdir()
     cv = json.loads((parent / "cv.json").read_text())
@@ -144,8 +142,8 @@ def readme_commands() -> list[str]:
     return [line[2:].strip() for line in re.findall(r"^\$ genforge .*$", text, flags=re.M)]
 
 
-def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache):
-    """Every `$ genforge ...` line of the README, in order; training runs get quick overrides."""
+def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache, cli, monkeypatch):
+    """Every `$ genforge ...` line of the README, in order, in tmp_path; training runs get quick overrides."""
     from PIL import Image
 
     from genforge.data import load_dataset
@@ -153,6 +151,8 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache):
     Image.fromarray(load_dataset("fashion-mnist", progress=False).test_x[7, 0].numpy()).save(tmp_path / "shirt.png")
     commands = readme_commands()
     assert len(commands) >= 12
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GENFORGE_CACHE", str(evaluator_cache))
     made = []  # the runs made so far; RUN is the latest, RUN_A and RUN_B the two latest
     for command in commands:
         args = command.split()[1:]
@@ -167,7 +167,7 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache):
             args += ["--runs-dir", str(tmp_path / "r"), "--quiet"]
         if args[0] == "runs" and len(args) == 1:
             args += ["--runs-dir", str(tmp_path / "r")]
-        result = cli(*args, cwd=tmp_path, cache=evaluator_cache)
-        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        code, _, err = cli(*args)
+        assert code == 0, f"{command}\n{err}"
         if args[0] in ("train", "quickstart"):
             made.append(max((tmp_path / "r").iterdir(), key=lambda p: p.stat().st_mtime))
