@@ -2,14 +2,11 @@
 reconstruct, evaluate (calibration and provenance), and the divergence guard."""
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import QUICK_GENERATOR, genforge_cli
+from helpers import QUICK_GENERATOR, run_cli
 
 from genforge import runs
 from genforge.data import load_dataset
@@ -21,8 +18,11 @@ pytestmark = pytest.mark.usefixtures("fashion_available")
 QUICK = QUICK_GENERATOR
 
 
-def cli(cache: Path, *args, cwd=None) -> subprocess.CompletedProcess:
-    return genforge_cli(*args, cache=cache, cwd=cwd)
+@pytest.fixture
+def cli(evaluator_cache, capsys, monkeypatch):
+    """cli(*args) -> (exit code, stdout, stderr) of `genforge ARGS` in this process, with the cheap evaluator."""
+    monkeypatch.setenv("GENFORGE_CACHE", str(evaluator_cache))
+    return lambda *args: run_cli(capsys, monkeypatch, *args)
 
 
 def test_gan_run_has_samples_scores_and_report(gan_run):
@@ -36,12 +36,12 @@ def test_gan_run_has_samples_scores_and_report(gan_run):
     assert "Scores" in (gan_run / "report.html").read_text()
 
 
-def test_sample_is_seeded_and_writes_uint8(gan_run, evaluator_cache, tmp_path):
+def test_sample_is_seeded_and_writes_uint8(gan_run, cli, tmp_path):
     for name in ("a.npy", "b.npy", "c.npy"):
         seed = "7" if name != "c.npy" else "8"
-        result = cli(evaluator_cache, "sample", str(gan_run), "-n", "10", "--label", "3", "--seed", seed,
-                     "--out", str(tmp_path / name))
-        assert result.returncode == 0, result.stderr
+        code, _, err = cli("sample", str(gan_run), "-n", "10", "--label", "3", "--seed", seed,
+                           "--out", str(tmp_path / name))
+        assert code == 0, err
     a, b, c = (np.load(tmp_path / n) for n in ("a.npy", "b.npy", "c.npy"))
     assert a.shape == (10, 28, 28) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
@@ -49,10 +49,10 @@ def test_sample_is_seeded_and_writes_uint8(gan_run, evaluator_cache, tmp_path):
     assert np.array_equal(loaded.sample(10, label=3, seed=7).numpy()[:, 0], a)  # the Python API agrees
 
 
-def test_interpolate_and_user_errors(gan_run, evaluator_cache, tmp_path):
-    result = cli(evaluator_cache, "interpolate", str(gan_run), "--from-label", "0", "--to-label", "7", "--steps", "6",
-                 "--out", str(tmp_path / "walk.png"))
-    assert result.returncode == 0, result.stderr
+def test_interpolate_and_user_errors(gan_run, cli, tmp_path):
+    code, _, err = cli("interpolate", str(gan_run), "--from-label", "0", "--to-label", "7", "--steps", "6",
+                       "--out", str(tmp_path / "walk.png"))
+    assert code == 0, err
     from PIL import Image
 
     with Image.open(tmp_path / "walk.png") as walk:  # six 28x28 steps side by side
@@ -63,24 +63,20 @@ def test_interpolate_and_user_errors(gan_run, evaluator_cache, tmp_path):
                           (["predict", str(gan_run), str(tmp_path / "walk.png")], "not a classifier"),
                           (["interpolate", str(gan_run), "--from-label", "11", "--out", str(tmp_path / "w.png")],
                            "the from label 11 is out of range 0-9")]:
-        result = cli(evaluator_cache, *args)
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+        code, _, err = cli(*args)
+        assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_evaluate_prints_calibration_that_matches_a_direct_computation(gan_run, evaluator_cache):
-    result = cli(evaluator_cache, "evaluate", str(gan_run), "--seeds", "2", "--samples", "300", "--json")
-    assert result.returncode == 0, result.stderr
-    scores = json.loads(result.stdout)
+def test_evaluate_prints_calibration_that_matches_a_direct_computation(gan_run, cli):
+    code, out, err = cli("evaluate", str(gan_run), "--seeds", "2", "--samples", "300", "--json")
+    assert code == 0, err
+    scores = json.loads(out)
     assert scores["fd"]["n"] == 2 and scores["fd"]["sd"] >= 0
     cal = scores["calibration"]
     assert cal["fd_train_vs_test"] * 5 < cal["fd_noise_vs_test"]  # real images sit far closer than noise
 
-    os.environ["GENFORGE_CACHE"] = str(evaluator_cache)
-    try:
-        ds = load_dataset("fashion-mnist", progress=False)
-        evaluator = load_evaluator(ds)
-    finally:
-        del os.environ["GENFORGE_CACHE"]
+    ds = load_dataset("fashion-mnist", progress=False)
+    evaluator = load_evaluator(ds)  # the cheap one: cli set GENFORGE_CACHE to evaluator_cache
     assert evaluator.hash == scores["provenance"]["evaluator"]
     train = ds.train_x[torch.randperm(len(ds.train_x), generator=torch.Generator().manual_seed(0))[:300]]
     a, b = evaluator.features(train).double().numpy(), evaluator.features(ds.test_x[:300]).double().numpy()
@@ -92,7 +88,7 @@ def test_evaluate_prints_calibration_that_matches_a_direct_computation(gan_run, 
     assert frechet_distance(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(direct, rel=1e-4)
 
 
-def test_vae_run_reports_likelihoods_and_reconstructs(vae_run, evaluator_cache, tmp_path):
+def test_vae_run_reports_likelihoods_and_reconstructs(vae_run, cli, tmp_path):
     summary = runs.read_json(vae_run / "summary.json")
     like = json.loads((vae_run / "eval.json").read_text())["likelihood"]
     assert like["iwae_k"] == 20 and like["nll_iwae"] > 0 and summary["nll_iwae"] == like["nll_iwae"]
@@ -100,22 +96,21 @@ def test_vae_run_reports_likelihoods_and_reconstructs(vae_run, evaluator_cache, 
     assert (vae_run / "plots" / "reconstructions.png").is_file()
     ds = load_dataset("fashion-mnist", progress=False)
     np.save(tmp_path / "four.npy", ds.test_x[:4, 0].numpy())
-    result = cli(evaluator_cache, "reconstruct", str(vae_run), str(tmp_path / "four.npy"), "--out",
-                 str(tmp_path / "r.png"))
-    assert result.returncode == 0, result.stderr
-    errors = [float(line.split("error ")[1].split(" /")[0]) for line in result.stdout.splitlines() if "error" in line]
+    code, out, err = cli("reconstruct", str(vae_run), str(tmp_path / "four.npy"), "--out", str(tmp_path / "r.png"))
+    assert code == 0, err
+    errors = [float(line.split("error ")[1].split(" /")[0]) for line in out.splitlines() if "error" in line]
     assert len(errors) == 4 and all(0 < e < 128 for e in errors)
     mu, logvar = runs.load_run(vae_run).encode(ds.test_x[:4])
     assert mu.shape == logvar.shape == (4, 32)
 
 
-def test_diverging_gan_is_rolled_back_and_stops_with_finite_weights(evaluator_cache, tmp_path):
-    result = cli(evaluator_cache, "train", "fashion-dcgan", *QUICK, "model.width=16", "train.lr=1e12",
-                 "train.d_lr=1e12", "train.optimizer=sgd", "train.checkpoint_every=4",
-                 "train.max_nonfinite=2", "train.max_rollbacks=2", "--runs-dir", str(tmp_path), "--quiet")
-    assert result.returncode == 2, result.stderr
-    assert "rolled back to the last checkpoint" in result.stderr and "lower train.d_lr" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_diverging_gan_is_rolled_back_and_stops_with_finite_weights(cli, tmp_path):
+    code, _, err = cli("train", "fashion-dcgan", *QUICK, "model.width=16", "train.lr=1e12", "train.d_lr=1e12",
+                       "train.optimizer=sgd", "train.checkpoint_every=4", "train.max_nonfinite=2",
+                       "train.max_rollbacks=2", "--runs-dir", str(tmp_path), "--quiet")
+    assert code == 2, err
+    assert "rolled back to the last checkpoint" in err and "lower train.d_lr" in err
+    assert "Traceback" not in err
     (run,) = tmp_path.iterdir()
     state = runs.load_state(run / runs.CHECKPOINT)
     assert all(torch.isfinite(v).all() for v in state["step_fn"]["model"].values() if v.is_floating_point())
