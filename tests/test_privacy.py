@@ -177,3 +177,23 @@ def test_the_audit_finds_an_overfit_model_and_not_a_private_one(tmp_path, capsys
         assert abs(attack["auc"] - 0.5) < 0.08  # close to a coin
         assert attack["epsilon_lower_bound"] <= private["accounted_epsilon"]  # else the accounting has a bug
     assert runs.read_json(private_dir / "audit.json") == private
+
+
+@pytest.mark.parametrize("args, inherited", [(["--quantize", "int8"], True),
+                                             (["--prune", "0.5", "--finetune-epochs", "1"], False)])
+def test_a_compressed_private_model_keeps_its_guarantee(private_run, tmp_path, capsys, monkeypatch, args, inherited):
+    from helpers import run_cli
+
+    from genforge.serve.adapters import load_models
+
+    run_dir, summary = private_run
+    code, _, err = run_cli(capsys, monkeypatch, "compress", str(run_dir), *args, "--runs-dir", str(tmp_path))
+    assert code == 0, err
+    (child,) = tmp_path.iterdir()
+    privacy = runs.read_json(child / "summary.json")["privacy"]
+    if inherited:  # quantization is post-processing: the parent's epsilon stands
+        assert privacy["epsilon"] == summary["privacy"]["epsilon"]
+    else:  # the private fine-tuning read the data again: both trainings, composed
+        assert privacy["epsilon"] > max(summary["privacy"]["epsilon"], privacy["fine_tuning_epsilon"])
+    (served,) = load_models([child], backend="auto").values()
+    assert served.card()["privacy"]["epsilon"] == privacy["epsilon"]

@@ -101,6 +101,23 @@ def comparison_html(comparison: dict) -> str:
     return f"<table><tr><th></th>{head}</tr>{body}</table>"
 
 
+def inherited_privacy(parent: dict | None, child: dict | None) -> dict | None:
+    """The guarantee of a compressed child of a private parent. Quantizing and pruning read no training example (a
+    private parent's static quantization calibrates on test images): post-processing, the parent's (epsilon, delta)
+    stands. A private fine-tuning read them again: the two trainings compose, and the epsilon is the accountant's over
+    both (same delta)."""
+    if parent is None:
+        return None
+    if child is None:
+        return {**parent, "from": "the parent (compression is post-processing)"}
+    from genforge.train.privacy import composed_epsilon
+
+    history = [(p["noise_multiplier"], p["sample_rate"], p["steps"]) for p in (parent, child)]
+    return {**child, "epsilon": round(composed_epsilon(parent["accountant"], history, parent["delta"]), 4),
+            "target_epsilon": None, "from": "the parent's training and the fine-tuning, composed",
+            "fine_tuning_epsilon": child["epsilon"]}
+
+
 def write_comparison(child: Path, comparison: dict) -> None:
     runs.write_json(child / COMPARISON, comparison)
 
@@ -136,6 +153,8 @@ def finish_child(parent, child_dir: Path, references: dict[str, Path] | None = N
                "kind": parent.config.model.kind, "dataset": ds.name, "compressed_from": parent.path.name,
                **{k: child.lineage[k] for k in ("method",)}, **child_quality,
                "latency_ms_b1": rows["compressed"]["latency_ms_b1"], "file_bytes": rows["compressed"]["file_bytes"]}
+    if privacy := inherited_privacy(parent.summary.get("privacy"), summary.get("privacy")):
+        summary["privacy"] = privacy
     runs.write_json(child_dir / "eval.json", child_result)
     runs.write_json(child_dir / "summary.json", summary)
     task.report(child_dir, child.model, ds, child_result, summary,

@@ -171,9 +171,12 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
     raw["name"] = f"{parent.config.name}-{'channels' if structured else 'pruned'}{round(amount * 100)}"
     if finetune_epochs:  # the fine-tuning runs its whole length: gradual pruning reaches its sparsity near the end
         raw["train"].update(epochs=finetune_epochs, early_stopping=None, max_seconds=None)
-        if distill and "classify" in task.verbs:  # the teacher's soft targets replace the parent's regularizers, sized
+        # the teacher's soft targets replace the parent's regularizers (label smoothing, dropout), which were sized
+        # for a network four or five times larger than what is left; a private parent fine-tunes privately from the
+        # labels alone (train.privacy refuses a teacher)
+        if distill and "classify" in task.verbs and not parent.summary.get("privacy"):
             raw["train"].update(distill={"teacher": str(Path(parent_path).resolve())}, label_smoothing=0.0)
-            if "dropout" in raw["model"]:  # for a network four or five times larger than what is left
+            if "dropout" in raw["model"]:
                 raw["model"]["dropout"] = 0.0
     for override in overrides:
         apply_override(raw, override)

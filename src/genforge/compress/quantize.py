@@ -59,7 +59,8 @@ def quantize_file(src: Path, dst: Path, method: str, calibration: list[tuple[tor
 def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: int, batch: int = 64) -> dict:
     """Quantize every exported part of `run` (fp32 files in src_dir, see export_run) into dst_dir, with the same
     export.json layout, so load_run(..., backend="onnxruntime") runs the int8 parts. Static quantization
-    calibrates on `calibration` training inputs (images of the training split, or noise for latents)."""
+    calibrates on `calibration` training inputs (images of the training split, or noise for latents); a model trained
+    privately calibrates on test images, so the ranges it stores read no training example."""
     import json
 
     from genforge.runs import write_json
@@ -71,7 +72,8 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
     for part in parts_of(run):
         batches = []
         if method == "static":
-            inputs = part_inputs(run, part, calibration, seed=3, split="train")
+            split = "test" if run.summary.get("privacy") else "train"
+            inputs = part_inputs(run, part, calibration, seed=3, split=split)
             batches = [tuple(t[i : i + batch] for t in inputs) for i in range(0, calibration, batch)]
         entry = record["parts"][part.name]
         dst = quantize_file(src_dir / entry["file"], dst_dir / entry["file"], method, batches)

@@ -42,6 +42,11 @@ def _epsilon(kind: str, history: list, delta: float) -> float:
         return float(accountant.get_epsilon(delta))
 
 
+def composed_epsilon(kind: str, history: list, delta: float) -> float:
+    """Epsilon of several trainings of the same data in sequence: [(noise, sample rate, steps), ...]."""
+    return _epsilon(kind, history, delta)
+
+
 def noise_for(cfg: PrivacyConfig, sample_rate: float, steps: int, delta: float) -> float:
     """The least noise multiplier that keeps `steps` steps at `sample_rate` within cfg.epsilon, or a one-line error
     when no noise can (a budget too small for a single step)."""
