@@ -8,19 +8,32 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import genforge_cli, start_server
+from helpers import genforge_cli, run_cli, start_server
 
 from genforge.errors import GenforgeError
 from genforge.runs import load_run
 from genforge.serve.adapters import load_models
 
 
-def compress(parent, tmp_path, *args, cache=None):
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """cli(*args) -> (exit code, stdout, stderr) of `genforge ARGS`, in this process."""
+    return lambda *args: run_cli(capsys, monkeypatch, *args)
+
+
+def compress(cli, parent, tmp_path, *args):
+    """`genforge compress PARENT ARGS` into tmp_path/children with cli: (the child run, stdout)."""
     out = tmp_path / "children"
-    result = genforge_cli("compress", str(parent), *args, "--runs-dir", str(out), "--quiet", cache=cache)
-    assert result.returncode == 0, result.stderr
+    code, stdout, err = cli("compress", str(parent), *args, "--runs-dir", str(out), "--quiet")
+    assert code == 0, err
     (child,) = out.iterdir()
-    return child, result
+    return child, stdout
+
+
+def in_subprocess(*args):
+    """For module-scoped fixtures, which cannot capture in this process: (exit code, stdout, stderr)."""
+    result = genforge_cli(*args)
+    return result.returncode, result.stdout, result.stderr
 
 
 def unexported_copy(run, tmp_path):
@@ -30,9 +43,8 @@ def unexported_copy(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_classifier(classifier_run, tmp_path_factory):
-    child, result = compress(classifier_run, tmp_path_factory.mktemp("int8"), "--quantize", "int8",
-                             "--calibration", "256")
-    return child, result.stdout
+    return compress(in_subprocess, classifier_run, tmp_path_factory.mktemp("int8"), "--quantize", "int8",
+                    "--calibration", "256")
 
 
 def test_int8_classifier_child_points_to_its_parent_and_compares(int8_classifier, classifier_run):
@@ -55,7 +67,7 @@ def test_int8_classifier_child_points_to_its_parent_and_compares(int8_classifier
     assert not (child / "model.safetensors").exists()  # the child is its int8 ONNX file
 
 
-def test_int8_child_round_trips_through_load_run_and_predict(int8_classifier, classifier_run, tmp_path):
+def test_int8_child_round_trips_through_load_run_and_predict(int8_classifier, classifier_run, tmp_path, cli):
     child, _ = int8_classifier
     loaded = load_run(child)
     assert loaded.backend == "onnxruntime" and loaded.lineage["parent_name"] == classifier_run.name
@@ -70,9 +82,9 @@ def test_int8_child_round_trips_through_load_run_and_predict(int8_classifier, cl
     assert (child_pred == y).float().mean() > 0.75
 
     np.save(tmp_path / "x.npy", x[:3, 0].numpy())
-    result = genforge_cli("predict", str(child), str(tmp_path / "x.npy"), "--json")
-    assert result.returncode == 0, result.stderr
-    predictions = json.loads(result.stdout)["predictions"]
+    code, out, err = cli("predict", str(child), str(tmp_path / "x.npy"), "--json")
+    assert code == 0, err
+    predictions = json.loads(out)["predictions"]
     assert [p["index"] for p in predictions] == child_pred[:3].tolist()
 
 
@@ -154,8 +166,8 @@ def test_an_export_from_earlier_weights_is_refused_and_serve_exports_again(class
         torch.testing.assert_close(model.probabilities(x), trained_on.probabilities(trained_on(x)), atol=1e-4, rtol=0)
 
 
-def test_magnitude_pruning_with_finetuning_keeps_its_zeros(classifier_run, tmp_path):
-    child, _ = compress(classifier_run, tmp_path, "--prune", "0.8", "--finetune-epochs", "1", "train.threads=1")
+def test_magnitude_pruning_with_finetuning_keeps_its_zeros(classifier_run, tmp_path, cli):
+    child, _ = compress(cli, classifier_run, tmp_path, "--prune", "0.8", "--finetune-epochs", "1", "train.threads=1")
     loaded, parent = load_run(child), load_run(classifier_run)
     weights = [m.weight for m in loaded.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
@@ -167,8 +179,8 @@ def test_magnitude_pruning_with_finetuning_keeps_its_zeros(classifier_run, tmp_p
     assert loaded.config.train.epochs == 1 and loaded.lineage["finetune_epochs"] == 1
 
 
-def test_channel_pruning_shrinks_the_architecture_in_the_config(classifier_run, tmp_path):
-    child, _ = compress(classifier_run, tmp_path, "--prune", "0.5", "--structured")
+def test_channel_pruning_shrinks_the_architecture_in_the_config(classifier_run, tmp_path, cli):
+    child, _ = compress(cli, classifier_run, tmp_path, "--prune", "0.5", "--structured")
     parent, loaded = load_run(classifier_run), load_run(child)
     assert loaded.config.model.channels == [c // 2 for c in parent.config.model.channels]
     comparison = json.loads((child / "comparison.json").read_text())
@@ -176,18 +188,20 @@ def test_channel_pruning_shrinks_the_architecture_in_the_config(classifier_run, 
     assert comparison["rows"]["compressed"]["file_bytes"] == (child / "model.safetensors").stat().st_size
 
 
-def test_compress_refuses_what_it_cannot_do(classifier_run, gan_run, tmp_path):
+def test_compress_refuses_what_it_cannot_do(classifier_run, gan_run, tmp_path, cli):
     for args, message in [((), "give one of"), (("--quantize", "int4"), "use int8"),
                           (("--prune", "1.5"), "in (0, 1)"), (("--quantize", "int8", "--structured"), "go with")]:
-        result = genforge_cli("compress", str(classifier_run), *args, "--runs-dir", str(tmp_path))
-        assert result.returncode == 2 and message in result.stderr, result.stderr
-    result = genforge_cli("compress", str(gan_run), "--prune", "0.5", "--structured", "--runs-dir", str(tmp_path))
-    assert result.returncode == 2 and "classifiers" in result.stderr
+        code, _, err = cli("compress", str(classifier_run), *args, "--runs-dir", str(tmp_path))
+        assert code == 2 and message in err, err
+    code, _, err = cli("compress", str(gan_run), "--prune", "0.5", "--structured", "--runs-dir", str(tmp_path))
+    assert code == 2 and "classifiers" in err
     assert not list(tmp_path.iterdir())  # a refused command leaves no half-made run
 
 
-def test_int8_generator_child_samples_and_reports_sample_quality(gan_run, evaluator_cache, tmp_path):
-    child, _ = compress(gan_run, tmp_path, "--quantize", "int8", "--calibration", "128", cache=evaluator_cache)
+def test_int8_generator_child_samples_and_reports_sample_quality(gan_run, evaluator_cache, tmp_path, cli,
+                                                                 monkeypatch):
+    monkeypatch.setenv("GENFORGE_CACHE", str(evaluator_cache))
+    child, _ = compress(cli, gan_run, tmp_path, "--quantize", "int8", "--calibration", "128")
     comparison = json.loads((child / "comparison.json").read_text())
     assert {"fd", "conditional_accuracy"} <= set(comparison["change"])
     loaded = load_run(child)
