@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli, train_run
 from safetensors.torch import load_file
 
 from genforge import runs
@@ -55,9 +56,7 @@ def wait_for_step(proc, run_parent: Path, step: int, timeout: float = 300) -> Pa
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    code, _, err = run_to_end("train", "quickstart", *RESUMABLE, "--runs-dir", str(tmp_path / "a"), "--quiet")
-    assert code == 0, err
-    reference = load_file(only_run(tmp_path / "a") / "model.safetensors")
+    reference = load_file(train_run(tmp_path / "a", "quickstart", *RESUMABLE) / "model.safetensors")  # uninterrupted
 
     proc = genforge("train", "quickstart", *RESUMABLE, "--runs-dir", str(tmp_path / "b"), "--quiet")
     run = wait_for_step(proc, tmp_path / "b", 48)  # mid-epoch: an epoch is 96 steps
@@ -87,11 +86,11 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert checkpoint_step(run) >= 16
 
 
-def test_divergence_rolls_back_then_stops_with_finite_weights(tmp_path):
-    code, _, err = run_to_end(
-        "train", "quickstart", *QUICK, "model={kind: mlp}", "data.train_subset=2048", "train.optimizer=sgd",
-        "train.lr=1e12", "train.schedule=none", "train.checkpoint_every=4", "train.max_rollbacks=2",
-        "train.max_nonfinite=2", "--runs-dir", str(tmp_path), "--quiet")
+def test_divergence_rolls_back_then_stops_with_finite_weights(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(
+        capsys, monkeypatch, "train", "quickstart", *QUICK, "model={kind: mlp}", "data.train_subset=2048",
+        "train.optimizer=sgd", "train.lr=1e12", "train.schedule=none", "train.checkpoint_every=4",
+        "train.max_rollbacks=2", "train.max_nonfinite=2", "--runs-dir", str(tmp_path), "--quiet")
     assert code == 2, err
     assert "rolled back to the last checkpoint" in err
     assert "error: training diverged" in err and "lower train.lr" in err
@@ -102,9 +101,9 @@ def test_divergence_rolls_back_then_stops_with_finite_weights(tmp_path):
     assert runs.load_run(only_run(tmp_path)).model is not None  # the last good weights were saved
 
 
-def test_fast_preset_learns_on_real_data(tmp_path):
-    code, out, err = run_to_end("train", "fashion-cnn-fast", "train.threads=1", "data.train_subset=8192",
-                                "train.epochs=2", "--runs-dir", str(tmp_path), "--quiet")
+def test_fast_preset_learns_on_real_data(tmp_path, capsys, monkeypatch):
+    code, out, err = run_cli(capsys, monkeypatch, "train", "fashion-cnn-fast", "train.threads=1",
+                             "data.train_subset=8192", "train.epochs=2", "--runs-dir", str(tmp_path), "--quiet")
     assert code == 0, err
     run = only_run(tmp_path)
     summary = runs.read_json(run / "summary.json")
