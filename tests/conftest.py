@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICK_GENERATOR, train_run
+from helpers import PRUNE_FINETUNE, QUICK_GENERATOR, train_run
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(1)  # two threads on two cores are fragile when pytest shares the machine
@@ -61,3 +61,14 @@ def classifier_run(tmp_path_factory, fashion_available) -> Path:
     """The fast Fashion-MNIST CNN, two epochs on 8,192 images (~85% test accuracy)."""
     return train_run(tmp_path_factory.mktemp("clf"), "fashion-cnn-fast", "train.threads=1", "data.train_subset=8192",
                      "train.epochs=2", "train.batch_size=128")
+
+
+@pytest.fixture(scope="session")
+def pruned_run(classifier_run, tmp_path_factory) -> Path:
+    """classifier_run with 80% of its weights pruned while it fine-tunes 2 epochs (helpers.PRUNE_FINETUNE): the
+    child that `genforge compress RUN --prune 0.8 --finetune-epochs 2 PRUNE_FINETUNE` makes (~15 s)."""
+    from genforge.compress.prune import prune_run
+
+    child, _ = prune_run(classifier_run, 0.8, finetune_epochs=2, overrides=PRUNE_FINETUNE,
+                         runs_dir=tmp_path_factory.mktemp("pruned"), quiet=True)
+    return child

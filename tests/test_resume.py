@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import PRUNE_FINETUNE, train_run
 from safetensors.torch import load_file
 
 from genforge import runs
@@ -72,8 +73,7 @@ def assert_same_tree(a, b, where=""):
 
 @pytest.mark.parametrize("preset", [GAN, VAE], ids=["gan", "vae"])
 def test_a_generator_killed_mid_epoch_resumes_bit_identical(preset, evaluator_cache, tmp_path):
-    finish(genforge("train", *preset, *EXACT, "--runs-dir", tmp_path / "a", "--quiet", cache=evaluator_cache))
-    (reference,) = (tmp_path / "a").iterdir()
+    reference = train_run(tmp_path / "a", *preset, *EXACT, cache=evaluator_cache)  # uninterrupted, in this process
 
     proc = genforge("train", *preset, *EXACT, "--runs-dir", tmp_path / "b", "--quiet", cache=evaluator_cache)
     run = wait_for_step(proc, tmp_path / "b", 36)  # in the second epoch (32 steps an epoch)
@@ -98,13 +98,10 @@ def without_timings(comparison: dict) -> dict:
 
 
 def test_an_interrupted_pruning_finetune_resumes_with_its_printed_command_and_ends_the_same(classifier_run,
-                                                                                          tmp_path):
-    args = ["compress", classifier_run, "--prune", "0.8", "--finetune-epochs", "2", "deterministic=true",
-            "data.train_subset=4096", "train.batch_size=128", "train.checkpoint_every=8", "--quiet"]
-    finish(genforge(*args, "--runs-dir", tmp_path / "a"))
-    (reference,) = (tmp_path / "a").iterdir()
-
-    proc = genforge(*args, "--runs-dir", tmp_path / "b")
+                                                                                          pruned_run, tmp_path):
+    reference = pruned_run  # the same command, uninterrupted
+    proc = genforge("compress", classifier_run, "--prune", "0.8", "--finetune-epochs", "2", *PRUNE_FINETUNE,
+                    "--quiet", "--runs-dir", tmp_path / "b")
     child = wait_for_step(proc, tmp_path / "b", 24)  # of 64 steps: the sparsity is still ramping up
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)

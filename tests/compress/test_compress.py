@@ -166,17 +166,17 @@ def test_an_export_from_earlier_weights_is_refused_and_serve_exports_again(class
         torch.testing.assert_close(model.probabilities(x), trained_on.probabilities(trained_on(x)), atol=1e-4, rtol=0)
 
 
-def test_magnitude_pruning_with_finetuning_keeps_its_zeros(classifier_run, tmp_path, cli):
-    child, _ = compress(cli, classifier_run, tmp_path, "--prune", "0.8", "--finetune-epochs", "1", "train.threads=1")
+def test_magnitude_pruning_with_finetuning_keeps_its_zeros(classifier_run, pruned_run):
+    child = pruned_run  # 80% pruned while fine-tuning 2 epochs (test_resume interrupts the same command)
     loaded, parent = load_run(child), load_run(classifier_run)
     weights = [m.weight for m in loaded.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-    assert zeros == pytest.approx(0.8, abs=0.002)  # still exactly zero after a fine-tuning epoch
+    assert zeros == pytest.approx(0.8, abs=0.002)  # still exactly zero after the fine-tuning
     comparison = json.loads((child / "comparison.json").read_text())
     assert comparison["ratio"]["nonzero_parameters"] < 0.3 and comparison["ratio"]["parameters"] == 1
     assert comparison["rows"]["compressed"]["test_accuracy"] > parent.summary["test_accuracy"] - 0.05
     assert (child / "metrics.jsonl").is_file()  # fine-tuned through the training loop
-    assert loaded.config.train.epochs == 1 and loaded.lineage["finetune_epochs"] == 1
+    assert loaded.config.train.epochs == 2 and loaded.lineage["finetune_epochs"] == 2
 
 
 def test_channel_pruning_shrinks_the_architecture_in_the_config(classifier_run, tmp_path, cli):
