@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,18 +24,25 @@ def genforge_cli(*args, cache=None, cwd=None) -> subprocess.CompletedProcess:
 def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
     """The real command line, in process: (exit code, stdout, stderr). For what a command prints and returns; a
     subprocess costs ~2.5 s of start-up and is for process behaviour (signals, kills, servers, the environment).
-    The torch thread count a command sets is put back, so later tests run as they would have."""
+    stderr ends with the warnings a user's terminal would show (pytest's filters would only collect them), and the
+    torch thread count a command sets is put back, so later tests run as they would have."""
     monkeypatch.setattr(sys, "argv", ["genforge", *map(str, args)])
     threads = torch.get_num_threads()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        torch.set_num_threads(threads)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.resetwarnings()  # Python's default filters (the warnings module's docs), not pytest's
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        finally:
+            torch.set_num_threads(threads)
     captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    printed = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in shown)
+    return code, captured.out, captured.err + printed
 
 
 QUICK_GENERATOR = ["train.threads=1", "data.train_subset=1024", "train.epochs=1", "eval.samples=300", "eval.grid=16"]
