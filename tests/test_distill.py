@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import genforge_cli, train_run
+from helpers import run_cli, train_run
 
 from genforge.models.classifier import Classifier, Normalize
 from genforge.runs import load_run
@@ -61,7 +61,7 @@ def test_at_weight_1_the_labels_play_no_part_in_the_update(classifier_run, weigh
     assert torch.equal(after[0], after[1]) is not labels_matter
 
 
-def test_a_teacher_that_is_not_a_classifier_is_refused(gan_run, tmp_path):
-    result = genforge_cli("train", "fashion-cnn-fast", "data.train_subset=512", "train.epochs=1",
-                          f"train.distill.teacher={gan_run}", "--runs-dir", str(tmp_path))
-    assert result.returncode == 2 and "not a classifier" in result.stderr, result.stderr
+def test_a_teacher_that_is_not_a_classifier_is_refused(gan_run, tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(capsys, monkeypatch, "train", "fashion-cnn-fast", "data.train_subset=512", "train.epochs=1",
+                           f"train.distill.teacher={gan_run}", "--runs-dir", str(tmp_path))
+    assert code == 2 and "not a classifier" in err, err

@@ -134,14 +134,14 @@ def test_the_best_weights_survive_a_resume(tmp_path):
     assert all(torch.equal(kept[k], expected[k]) for k in expected)
 
 
-def test_cross_validation_folds_only_train_and_score(tmp_path):
-    from helpers import genforge_cli
+def test_cross_validation_folds_only_train_and_score(tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
 
     t0 = time.perf_counter()
-    result = genforge_cli("cv", "blobs-logreg", "train.epochs=3", "--folds", "3", "--runs-dir", str(tmp_path),
-                          "--quiet")
+    code, _, err = run_cli(capsys, monkeypatch, "cv", "blobs-logreg", "train.epochs=3", "--folds", "3", "--runs-dir",
+                           str(tmp_path), "--quiet")
     seconds = time.perf_counter() - t0
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
     (parent,) = tmp_path.iterdir()
     folds = sorted(parent.glob("fold*"))
     assert len(folds) == 3

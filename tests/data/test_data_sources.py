@@ -134,16 +134,16 @@ def test_unknown_dataset():
 
 
 @pytest.mark.parametrize(("corrupt", "words"), [(_truncated, "gzip"), (_bad_magic, "magic"), (_short_by_one, "bytes")])
-def test_cli_corrupt_cache_exits_2_with_one_line_and_cleans_up(tmp_path, corrupt, words):
+def test_cli_corrupt_cache_exits_2_with_one_line_and_cleans_up(cache_dir, corrupt, words, capsys, monkeypatch):
     """Through the real command line: a corrupt file in the cache (checked before the system copy)."""
-    from helpers import genforge_cli
+    from helpers import run_cli
 
-    folder = tmp_path / "cache" / "fashion-mnist"
+    folder = cache_dir / "fashion-mnist"
     write_tiny_idx(folder)
     (folder / TRAIN_IMAGES).write_bytes(corrupt((folder / TRAIN_IMAGES).read_bytes()))
-    result = genforge_cli("data", "info", "fashion-mnist", cache=tmp_path / "cache")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
+    code, _, err = run_cli(capsys, monkeypatch, "data", "info", "fashion-mnist")
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: fashion-mnist:") and words in lines[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in err
     assert not (folder / TRAIN_IMAGES).exists() and leftovers(folder) == []

@@ -154,22 +154,22 @@ def test_seasonality_and_season_length():
     assert [season_length(f) for f in ("MS", "W-SUN", "QS-OCT", "YS", "D", "h")] == [12, 52, 4, 1, 7, 24]
 
 
-def test_data_info_reports_a_csv_and_refuses_bad_input_in_one_line(tmp_path):
+def test_data_info_reports_a_csv_and_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     import json
 
-    from helpers import genforge_cli
+    from helpers import run_cli
 
     times, values = monthly()
     keep = np.ones(len(times), bool)
     keep[5] = False
     spec = write(tmp_path, csv_text(times[keep], {"y": values[keep]}))
-    result = genforge_cli("data", "info", spec, "fill=ffill", "--json")
-    assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
+    code, out, err = run_cli(capsys, monkeypatch, "data", "info", spec, "fill=ffill", "--json")
+    assert code == 0, err
+    info = json.loads(out)
     assert (info["freq"], info["season"], info["totals"]["gaps"], info["series"]["y"]["filled"]) == ("MS", 12, 1, 1)
-    bad = genforge_cli("data", "info", spec, "fill=refuse")
-    lines = bad.stderr.strip().splitlines()
-    assert bad.returncode == 2 and len(lines) == 1 and "1 missing timestamps" in lines[0], bad.stderr
+    code, _, err = run_cli(capsys, monkeypatch, "data", "info", spec, "fill=refuse")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "1 missing timestamps" in lines[0], err
 
 
 @pytest.mark.parametrize("pairs, message", [
