@@ -134,15 +134,16 @@ def _privacy_audit(paths: list[Path], examples: int, as_json: bool) -> None:
     if as_json:
         print(json.dumps(results if len(results) > 1 else results[0]))
         return
-    table = Table("run", "attack", "AUC", *(f"TPR at {f:.1%} FPR" for f in FPRS), "epsilon >=", "epsilon accounted")
-    for r in results:
-        accounted = "-" if r["accounted_epsilon"] is None else f"{r['accounted_epsilon']:.3g}"
-        for name, a in r["attacks"].items():
-            table.add_row(r["run"], name, f"{a['auc']:.3f}", *(f"{a[f'tpr_at_{f:.1%}_fpr']:.1%}" for f in FPRS),
-                          f"{a['epsilon_lower_bound']:.3g}", accounted)
     out.print(f"membership inference: {results[0]['members']} training examples against {results[0]['non_members']} "
               f"test examples per run (delta {results[0]['delta']:.0e})")
-    out.print(table)
+    for r in results:
+        spent = "not private" if r["accounted_epsilon"] is None else f"epsilon spent {r['accounted_epsilon']:.3g}"
+        table = Table("attack", "AUC", *(f"TPR at {f:.1%} FPR" for f in FPRS), "epsilon >=", title=None)
+        for name, a in r["attacks"].items():
+            table.add_row(name, f"{a['auc']:.3f}", *(f"{a[f'tpr_at_{f:.1%}_fpr']:.1%}" for f in FPRS),
+                          f"{a['epsilon_lower_bound']:.3g}")
+        out.print(f"[bold]{r['run']}[/] ({spent})")
+        out.print(table)
 
 
 @app.command()
