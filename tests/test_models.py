@@ -140,3 +140,26 @@ def test_nan_weights_are_never_saved(tmp_path):
     with pytest.raises(RuntimeError, match="non-finite"):
         save_weights(model, tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_scattering_transform_is_a_wavelet_transform():
+    """81 channels at a quarter of the side; wavelets of zero mean (a flat image has only its low-pass left); stable
+    to a one-pixel shift that changes the pixels a lot; the low-pass matrices equal a reflect-padded convolution."""
+    import torch.nn.functional as F
+
+    from genforge.models.scattering import Scattering, _low_pass_matrix
+
+    s = Scattering(8, (28, 28))
+    x = torch.rand(4, 1, 28, 28)
+    out = s(x)
+    assert out.shape == (4, 81, 7, 7)
+    flat = s(torch.full((1, 1, 28, 28), 0.7))
+    assert flat[:, 1:].abs().max() < 1e-3 * flat[:, 0].abs().min()  # orders 1 and 2 see no edges in a flat image
+    blob = torch.zeros(1, 1, 28, 28)
+    blob[..., 10:18, 9:17] = 1
+    shifted = torch.roll(blob, 1, 3)
+    assert (s(shifted) - s(blob)).norm() / s(blob).norm() < 0.35 * (shifted - blob).norm() / blob.norm()
+    g = torch.exp(-torch.arange(-5.0, 6.0) ** 2 / 8)
+    signal = torch.randn(3, 28)
+    conv = F.conv1d(F.pad(signal[:, None], (5, 5), mode="reflect"), g.view(1, 1, -1), stride=2)[:, 0]
+    torch.testing.assert_close(signal @ _low_pass_matrix(g, 28, 2).T, conv)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from genforge.models import classifier as clf
-from genforge.models import rnn
+from genforge.models import rnn, scattering
 from genforge.models.gan import GAN, GANConfig
 from genforge.models.vae import VAE, VAEConfig
 from genforge.tasks import classify, forecast, gan, vae
@@ -36,6 +36,8 @@ MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(clf.MLPConfig, clf.classifier(clf.build_mlp), classify.TASK, image_only=False),
     "cnn": ModelSpec(clf.CNNConfig, clf.classifier(clf.build_cnn), classify.TASK, image_only=True),
     "fastcnn": ModelSpec(clf.FastCNNConfig, clf.classifier(clf.build_fastcnn), classify.TASK, image_only=True),
+    "scatternet": ModelSpec(scattering.ScatterNetConfig, clf.classifier(scattering.build_scatternet), classify.TASK,
+                            image_only=True),
     "gan": ModelSpec(GANConfig, _generator(GAN), gan.TASK, image_only=True),
     # a VAE's likelihood is defined on 8-bit pixels (binarized or dequantized), its verbs (sample, interpolate,
     # reconstruct, serve) return images: real-valued features have neither (docs/decisions.md)

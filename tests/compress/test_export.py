@@ -25,6 +25,8 @@ VARIANTS = {
     "mlp": ({"kind": "mlp", "hidden": [32]}, FASHION_META),
     "cnn": ({"kind": "cnn"}, FASHION_META),
     "fastcnn": ({"kind": "fastcnn", "channels": [8, 16]}, FASHION_META),
+    "scatternet": ({"kind": "scatternet"}, FASHION_META),
+    "scatternet-cnn": ({"kind": "scatternet", "orientations": 4, "head": "cnn", "width": 8}, FASHION_META),
     "gan": ({"kind": "gan", "arch": "dcgan", "width": 8, "latent_dim": 8, "conditional": True}, FASHION_META),
     "gan-mlp": ({"kind": "gan", "arch": "mlp", "width": 8, "latent_dim": 8}, FASHION_META),
     "vae": ({"kind": "vae", "arch": "conv", "width": 8, "latent_dim": 4}, FASHION_META),
