@@ -197,3 +197,8 @@ def test_a_compressed_private_model_keeps_its_guarantee(private_run, tmp_path, c
         assert privacy["epsilon"] > max(summary["privacy"]["epsilon"], privacy["fine_tuning_epsilon"])
     (served,) = load_models([child], backend="auto").values()
     assert served.card()["privacy"]["epsilon"] == privacy["epsilon"]
+
+
+def test_a_private_model_holds_no_statistic_of_its_training_data(private_run):
+    model = runs.load_run(private_run[0]).model
+    assert torch.all(model.normalize.mean == 0.5) and torch.all(model.normalize.std == 0.5)  # pixels to [-1, 1]

@@ -131,7 +131,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     if data.model_config is not None and data.model_config != cfg.model:  # defaults the data decides (a horizon)
         cfg = cfg.model_copy(update={"model": data.model_config})
         runs.write_config(run_dir, cfg)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, data.mean, data.std).to(device)
+    mean, std = data.mean, data.std
+    if tcfg.privacy is not None:  # the training data's statistics would be released with the model, unprotected
+        from genforge.train.privacy import public_normalization
+
+        mean, std = public_normalization(mean, data.is_image)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, mean, std).to(device)
     if init is not None:
         init(model)
     channels_last = use_channels_last(tcfg, device, data.is_image)

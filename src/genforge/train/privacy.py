@@ -77,6 +77,12 @@ def steps_within(kind: str, noise: float, sample_rate: float, delta: float, epsi
     return lo
 
 
+def public_normalization(mean: torch.Tensor, is_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input statistics that read no training example: pixels in [0, 1] to [-1, 1], features as they are."""
+    value = 0.5 if is_image else 0.0
+    return torch.full_like(mean, value), torch.full_like(mean, 0.5 if is_image else 1.0)
+
+
 def check_private(model: nn.Module, kind: str) -> None:
     """Refuse a model whose layers mix the samples of a batch (BatchNorm), which per-sample clipping cannot bound,
     or that Opacus cannot compute per-sample gradients for; with the fix."""
