@@ -53,7 +53,7 @@ system-deps:
 test: install-dev system-deps
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
 
-bench: install-bench system-deps  # about 110 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
+bench: install-bench system-deps  # about 145 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py
 	$(PY) bench/fashion_presets.py
 	$(PY) bench/gan_vs_reference.py
@@ -62,6 +62,7 @@ bench: install-bench system-deps  # about 110 minutes; each script writes bench/
 	$(PY) bench/compress.py
 	$(PY) bench/forecast_vs_statistical.py
 	$(PY) bench/fashion_rowlstm.py
+	$(PY) bench/fashion_dp.py
 
 lint: install-dev
 	.venv/bin/ruff check .
