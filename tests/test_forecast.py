@@ -4,13 +4,12 @@ beside the baselines, the metrics against their definitions, calibrated interval
 
 import json
 import math
-import signal
 
 import numpy as np
 import pytest
 import torch
 from helpers import genforge_cli
-from test_resume import assert_same_tree, finish, genforge, wait_for_step
+from test_resume import assert_same_tree, killed_and_uninterrupted
 
 from genforge import runs
 from genforge.config import load_config
@@ -199,15 +198,7 @@ def test_bad_forecasting_configs_are_refused_before_training(args, message):
 
 def test_a_killed_forecaster_resumes_to_the_same_weights(tmp_path):
     exact = [*TINY, "train.epochs=6", "train.batch_size=8", "train.checkpoint_every=3", "deterministic=true"]
-    whole = tmp_path / "whole"
-    finish(genforge("train", "series-lstm", *exact, "--runs-dir", whole, "--quiet"))
-    parent = tmp_path / "killed"
-    proc = genforge("train", "series-lstm", *exact, "--runs-dir", parent, "--quiet")
-    run = wait_for_step(proc, parent, 6)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finish(genforge("train", "--resume", run, "--quiet"))
-    (reference,) = whole.iterdir()
+    reference, run = killed_and_uninterrupted(tmp_path, "series-lstm", exact, 6)
     from safetensors.torch import load_file
 
     assert_same_tree(load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS))

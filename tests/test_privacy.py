@@ -4,12 +4,11 @@ update; batches are Poisson samples; a killed private run resumes to the same we
 train privately is refused in one line."""
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import torch
-from test_resume import assert_same_tree, finish, genforge, wait_for_step
+from test_resume import assert_same_tree, killed_and_uninterrupted
 
 from genforge import runs
 from genforge.config import load_config
@@ -135,15 +134,7 @@ def test_a_budget_too_small_for_any_step_is_one_line(tmp_path):
 
 def test_a_killed_private_run_resumes_to_the_same_weights_and_epsilon(tmp_path):
     exact = [*SMALL, "train.privacy.epsilon=2", "train.epochs=3", "train.checkpoint_every=5", "deterministic=true"]
-    whole = tmp_path / "whole"
-    finish(genforge("train", "fashion-cnn-fast", *exact, "--runs-dir", whole, "--quiet"))
-    parent = tmp_path / "killed"
-    proc = genforge("train", "fashion-cnn-fast", *exact, "--runs-dir", parent, "--quiet")
-    run = wait_for_step(proc, parent, 20)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finish(genforge("train", "--resume", run, "--quiet"))
-    (reference,) = whole.iterdir()
+    reference, run = killed_and_uninterrupted(tmp_path, "fashion-cnn-fast", exact, 20)
     from safetensors.torch import load_file
 
     assert_same_tree(load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS))

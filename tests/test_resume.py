@@ -56,6 +56,21 @@ def wait_for_step(proc, parent: Path, step: int, timeout: float = 300) -> Path:
     raise AssertionError("no checkpoint appeared")
 
 
+def killed_and_uninterrupted(tmp_path: Path, preset: str, args: list[str], kill_at: int) -> tuple[Path, Path]:
+    """The same training twice: uninterrupted, and SIGKILLed once a checkpoint reaches step kill_at, then resumed.
+    Returns (the uninterrupted run, the resumed run)."""
+    whole = tmp_path / "whole"
+    finish(genforge("train", preset, *args, "--runs-dir", whole, "--quiet"))
+    parent = tmp_path / "killed"
+    proc = genforge("train", preset, *args, "--runs-dir", parent, "--quiet")
+    run = wait_for_step(proc, parent, kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finish(genforge("train", "--resume", run, "--quiet"))
+    (reference,) = whole.iterdir()
+    return reference, run
+
+
 def assert_same_tree(a, b, where=""):
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b), where

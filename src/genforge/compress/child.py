@@ -110,10 +110,10 @@ def inherited_privacy(parent: dict | None, child: dict | None) -> dict | None:
         return None
     if child is None:
         return {**parent, "from": "the parent (compression is post-processing)"}
-    from genforge.train.privacy import composed_epsilon
+    from genforge.train.privacy import epsilon_of
 
     history = [(p["noise_multiplier"], p["sample_rate"], p["steps"]) for p in (parent, child)]
-    return {**child, "epsilon": round(composed_epsilon(parent["accountant"], history, parent["delta"]), 4),
+    return {**child, "epsilon": round(epsilon_of(parent["accountant"], history, parent["delta"]), 4),
             "target_epsilon": None, "from": "the parent's training and the fine-tuning, composed",
             "fine_tuning_epsilon": child["epsilon"]}
 

@@ -32,7 +32,8 @@ def _accountant(kind: str):
     return create_accountant(mechanism=kind)
 
 
-def _epsilon(kind: str, history: list, delta: float) -> float:
+def epsilon_of(kind: str, history: list, delta: float) -> float:
+    """Epsilon of the steps in history, [(noise, sample rate, steps), ...]: one training, or several in sequence."""
     if not history:
         return 0.0
     accountant = _accountant(kind)
@@ -40,11 +41,6 @@ def _epsilon(kind: str, history: list, delta: float) -> float:
     with warnings.catch_warnings():  # PRV warns that its error bound is loose for tiny budgets; the value stands
         warnings.simplefilter("ignore")
         return float(accountant.get_epsilon(delta))
-
-
-def composed_epsilon(kind: str, history: list, delta: float) -> float:
-    """Epsilon of several trainings of the same data in sequence: [(noise, sample rate, steps), ...]."""
-    return _epsilon(kind, history, delta)
 
 
 def noise_for(cfg: PrivacyConfig, sample_rate: float, steps: int, delta: float) -> float:
@@ -65,12 +61,12 @@ def noise_for(cfg: PrivacyConfig, sample_rate: float, steps: int, delta: float) 
 
 def steps_within(kind: str, noise: float, sample_rate: float, delta: float, epsilon: float, most: int) -> int:
     """The most steps (at most `most`) whose epsilon at this noise stays within `epsilon` (bisection)."""
-    if _epsilon(kind, [(noise, sample_rate, most)], delta) <= epsilon:
+    if epsilon_of(kind, [(noise, sample_rate, most)], delta) <= epsilon:
         return most
     lo, hi = 0, most  # epsilon(lo) <= budget < epsilon(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _epsilon(kind, [(noise, sample_rate, mid)], delta) <= epsilon:
+        if epsilon_of(kind, [(noise, sample_rate, mid)], delta) <= epsilon:
             lo = mid
         else:
             hi = mid
@@ -151,7 +147,7 @@ class Privacy:
         return sum(h[2] for h in self.history)
 
     def epsilon(self) -> float:
-        return _epsilon(self.cfg.accountant, self.history, self.delta)
+        return epsilon_of(self.cfg.accountant, self.history, self.delta)
 
     def exhausted(self) -> str | None:
         """Why training must stop now (the cap is reached before the planned steps end), or None."""
