@@ -1,0 +1,176 @@
+"""Attributions for classifiers (Captum): which input pixels or features raise the score of a class.
+
+Every method explains the class's log-probability (so a one-unit binary model explains like a softmax one), with
+respect to the input as the data holds it: images as pixel intensities in 0-1, features as raw values. An
+attribution has the input's shape; positive values push towards the class, negative ones away from it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from genforge.errors import GenforgeError
+
+METHODS = ("integrated-gradients", "saliency", "gradient-shap", "occlusion", "grad-cam")
+DEFAULT_METHOD = "integrated-gradients"  # the most faithful method that passes the sanity check: docs/decisions.md
+DEFAULT_STEPS = {"integrated-gradients": 32, "gradient-shap": 32}  # path points / samples: the only costly knob
+MAX_STEPS = 256  # at most this many path points or samples per input (the server caps lower, serve/limits.py)
+POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Flatten)
+
+
+@dataclass
+class Explanation:
+    attributions: torch.Tensor  # float32 (N, *input shape) on the CPU
+    target: torch.Tensor  # (N,) the explained class of each input
+    probabilities: torch.Tensor  # (N, classes) the model's prediction
+    method: str
+    steps: int | None  # path points or samples, for the methods that take them
+
+
+class _LogProbability(nn.Module):
+    """The classifier as a function of the input in the units attributions are given in (0-1 pixels, raw features),
+    returning (N, classes) log-probabilities."""
+
+    def __init__(self, model: nn.Module, scale: float):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.log_probabilities(self.model(x * self.scale))
+
+
+def _feature_map_layer(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module | None:
+    """The last layer of the network whose output is a feature map with more than one position (pooling and
+    dropout aside): where Grad-CAM looks (Selvaraju et al. 2017 take the last convolutional layer)."""
+    if len(input_shape) != 3:
+        return None
+    shapes: dict[nn.Module, tuple] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, tuple(o.shape)))
+             for m in model.net.modules() if not list(m.children()) and not isinstance(m, POOLING)]
+    with torch.no_grad():
+        model(torch.zeros((1, *input_shape)))
+    for h in hooks:
+        h.remove()
+    maps = [m for m, s in shapes.items() if len(s) == 4 and s[2] * s[3] > 1]  # insertion order = forward order
+    return maps[-1] if maps else None
+
+
+class Explainer:
+    """Attributions of one classifier. It holds its own copy of the model (in-place activations turned off, which
+    layer hooks need), so it can be kept and called again: the warm path of the CLI, the report and the server."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
+        if not hasattr(model, "log_probabilities"):
+            raise GenforgeError("explanations are for classifiers; this model does not classify")
+        self.model = copy.deepcopy(model).eval()
+        for m in self.model.modules():
+            if getattr(m, "inplace", False):
+                m.inplace = False
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)  # gradients flow to the input only
+        self.input_shape = tuple(input_shape)
+        self.is_image = len(self.input_shape) == 3
+        self.forward = _LogProbability(self.model, 255.0 if self.is_image else 1.0)
+        self.layer = _feature_map_layer(self.model, self.input_shape)
+        self._methods: dict[str, object] = {}
+
+    def baseline(self, n: int) -> torch.Tensor:
+        """The reference input: a black image (the background of the image datasets), or the training mean."""
+        if self.is_image:
+            return torch.zeros((n, *self.input_shape))
+        return self.model.normalize.mean.expand(n, *self.input_shape).clone()
+
+    def _method(self, name: str):
+        from captum import attr
+
+        if name not in self._methods:
+            build = {"integrated-gradients": attr.IntegratedGradients, "saliency": attr.Saliency,
+                     "gradient-shap": attr.GradientShap, "occlusion": attr.Occlusion}
+            if name == "grad-cam":
+                if self.layer is None:
+                    raise GenforgeError("grad-cam needs a model with feature maps (a CNN) and this one has none: "
+                                        "use --method integrated-gradients")
+                self._methods[name] = attr.LayerGradCam(self.forward, self.layer)
+            else:
+                self._methods[name] = build[name](self.forward)
+        return self._methods[name]
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw model inputs (uint8 images or features) -> the float tensor attributions are taken against."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise GenforgeError(f"inputs of shape {tuple(x.shape[1:])} do not fit the model ({self.input_shape})")
+        return x.float() / 255 if self.is_image else x.float()
+
+    def __call__(self, x: torch.Tensor, method: str | None = None, target: int | torch.Tensor | None = None,
+                 steps: int | None = None) -> Explanation:
+        method = method or DEFAULT_METHOD
+        if method not in METHODS:
+            raise GenforgeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if steps is not None and not 1 <= steps <= MAX_STEPS:
+            raise GenforgeError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+        inputs = self.inputs(x)
+        with torch.no_grad():
+            probabilities = self.forward(inputs).exp()
+        n, k = probabilities.shape
+        if target is None:
+            target = probabilities.argmax(1)
+        target = torch.as_tensor(target, dtype=torch.long).expand(n).clone()
+        if target.min() < 0 or target.max() >= k:
+            raise GenforgeError(f"target class must be in 0-{k - 1}, got {target.tolist()}")
+        steps = (steps or DEFAULT_STEPS[method]) if method in DEFAULT_STEPS else None
+        a = self._attribute(method, inputs, target, steps)
+        return Explanation(a.detach().float().cpu(), target, probabilities, method, steps)
+
+    def _attribute(self, method: str, x: torch.Tensor, target: torch.Tensor, steps: int | None) -> torch.Tensor:
+        explainer = self._method(method)
+        if method == "integrated-gradients":  # Sundararajan et al. 2017, Gauss-Legendre points along the path
+            return explainer.attribute(x, self.baseline(len(x)), target=target, n_steps=steps,
+                                       internal_batch_size=max(steps, 256 // steps * steps))
+        if method == "saliency":  # the signed gradient (Simonyan et al. 2014 take its absolute value)
+            return explainer.attribute(x.clone().requires_grad_(True), target=target, abs=False)
+        if method == "gradient-shap":  # expected gradients over black and noise references (Lundberg and Lee 2017)
+            g = torch.Generator().manual_seed(0)
+            refs = torch.cat([self.baseline(1), torch.rand((7, *self.input_shape), generator=g)]) if self.is_image \
+                else self.baseline(8) + torch.randn((8, *self.input_shape), generator=g) * self.model.normalize.std
+            torch.manual_seed(0)  # Captum draws the references and the noise from the global generator
+            return explainer.attribute(x, refs, target=target, n_samples=steps, stdevs=0.1 if self.is_image else 0.0)
+        if method == "occlusion":  # Zeiler and Fergus 2014: the drop in score when a patch is set to the baseline
+            if self.is_image:
+                c, h, w = self.input_shape
+                side = max(2, min(h, w) // 7)
+                window, stride = (c, side, side), (c, max(1, side // 2), max(1, side // 2))
+            else:
+                window, stride = (1,) * len(self.input_shape), (1,) * len(self.input_shape)
+            return explainer.attribute(x, window, stride, baselines=self.baseline(len(x)), target=target,
+                                       perturbations_per_eval=64)
+        from captum.attr import LayerAttribution
+
+        cam = explainer.attribute(x, target=target, relu_attributions=True)  # (N, 1, h, w) on the feature map
+        cam = LayerAttribution.interpolate(cam, tuple(self.input_shape[1:]), interpolate_mode="bilinear")
+        return cam.expand(-1, self.input_shape[0], -1, -1) / self.input_shape[0]  # shared by the channels
+
+
+def pixel_map(attributions: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H, W): one value per pixel, the sum over channels."""
+    return attributions.sum(1)
+
+
+def overlay(image: np.ndarray | torch.Tensor, attribution: torch.Tensor, scale: int = 8):
+    """A PIL RGB image: the input in gray, attributions on top (red: towards the class, blue: away from it), their
+    opacity proportional to the magnitude relative to the map's 99th percentile."""
+    from PIL import Image
+
+    image = torch.as_tensor(np.asarray(image))
+    gray = image.float().mean(0).numpy() / 255 * 0.6  # (H, W), dimmed so the colours read
+    a = pixel_map(attribution[None].float())[0].numpy()
+    peak = float(np.quantile(np.abs(a), 0.99)) or 1.0
+    alpha = np.clip(np.abs(a) / peak, 0, 1)
+    colour = np.where(a[..., None] >= 0, np.array([1.0, 0.15, 0.1]), np.array([0.1, 0.35, 1.0]))
+    rgb = gray[..., None] * (1 - alpha[..., None]) + colour * alpha[..., None]
+    out = Image.fromarray((rgb * 255).round().astype(np.uint8), "RGB")
+    return out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST)
