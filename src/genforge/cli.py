@@ -97,7 +97,10 @@ def evaluate(
                                                 "on the run's training examples (writes audit.json).")] = False,
     against: Annotated[list[Path] | None, typer.Option(help="With --privacy-audit: audit these runs too, side by "
                                                             "side (e.g. the same recipe without privacy).")] = None,
-    examples: Annotated[int, typer.Option(min=20, help="With --privacy-audit: members and non-members each.")] = 1000,
+    explain: Annotated[bool, typer.Option("--explain", help="Classifiers: how faithful each attribution method is "
+                                          "(deletion/insertion, randomization check; writes explain.json).")] = False,
+    examples: Annotated[int, typer.Option(min=20, help="With --privacy-audit: members and non-members each; with "
+                                                       "--explain: test images scored.")] = 1000,
 ):
     """Evaluate a run's model on the test split (the same evaluation training ends with); writes eval.json."""
     from genforge import runs
@@ -106,6 +109,8 @@ def evaluate(
     if privacy_audit:
         return _privacy_audit([run, *(against or [])], examples, as_json)
     loaded = load_run(run)
+    if explain:
+        return _explain_faithfulness(loaded, examples, as_json)
     task = loaded.task
     ds = task.dataset(loaded.config, data or loaded.meta["dataset"], quiet=as_json)
     task.check_fits(ds, loaded.meta)
@@ -146,6 +151,46 @@ def _privacy_audit(paths: list[Path], examples: int, as_json: bool) -> None:
         out.print(table)
 
 
+def _explain_faithfulness(loaded, examples: int, as_json: bool) -> None:
+    import torch
+
+    from genforge import runs
+    from genforge.evaluate.faithfulness import faithfulness
+
+    loaded.require("classify")
+    ds = loaded.task.dataset(loaded.config, quiet=as_json)
+    if not ds.is_image:
+        raise GenforgeError(f"{loaded.path.name} reads features, not images: --explain scores image classifiers")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from genforge.explain import METHODS
+
+    idx = torch.randperm(len(ds.test_y), generator=torch.Generator().manual_seed(0))[:examples]
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} methods"),
+                  TimeElapsedColumn(), console=err, disable=as_json) as bar:
+        task = bar.add_task("attribution faithfulness", total=len(METHODS))
+        result = faithfulness(loaded.model, ds.test_x[idx], seed=0, progress=lambda m: bar.advance(task))
+    result.update(run=loaded.path.name, dataset=ds.name, subset="test images, the first of a permutation seeded 0")
+    runs.write_json(loaded.path / "explain.json", result)
+    if as_json:
+        print(json.dumps(result))
+        return
+    out.print(f"[bold]{loaded.path.name}[/]: {result['examples']} {ds.name} test images (sanity check on "
+              f"{result['sanity_examples']}, seed {result['seed']})")
+    table = Table("ordering", "deletion", "x random", "insertion", "x random", "rho rand.", "sanity")
+    for name, r in result["methods"].items():
+        checked = "sanity" in r
+        table.add_row(name, f"{r['deletion_auc']:.3f}", f"{r['deletion_vs_random']:.2f}", f"{r['insertion_auc']:.3f}",
+                      f"{r['insertion_vs_random']:.2f}", f"{r['spearman_abs_full']:+.2f}" if checked else "-",
+                      ("pass" if r["passes_sanity"] else "[red]FAIL[/]") if checked else "-")
+    out.print(table)
+    out.print(f"deletion/insertion: area under the class probability as pixels are removed/added in the order "
+              f"(lower/higher is more faithful); rho rand.: rank correlation of |attributions| with those of the "
+              f"fully randomized model over the object's pixels; FAIL (above {result['sanity_max']}): the method "
+              f"explains the image, not the model")
+    out.print(f"most faithful method that passes the sanity check: {result['most_faithful_passing']}")
+
+
 @app.command()
 def predict(
     run: Path,
@@ -175,6 +220,51 @@ def predict(
         values, idx = p.topk(k)
         ranked = ", ".join(f"{classes[j]} {v:.3f}" for v, j in zip(values.tolist(), idx.tolist()))
         out.print(f"{i}: [bold]{classes[int(idx[0])]}[/]  ({ranked})")
+
+
+@app.command()
+def explain(
+    run: Path,
+    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")],
+    method: Annotated[str | None, typer.Option(help="integrated-gradients, saliency, gradient-shap, occlusion or "
+                                                    "grad-cam (default: the most faithful; see docs).")] = None,
+    target: Annotated[str | None, typer.Option(help="Class to explain, by label or index (default: the "
+                                                    "predicted one).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, max=256, help="Path points (integrated-gradients) or "
+                                                                   "samples (gradient-shap).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="A .png grid, or a folder for one overlay per "
+                                                                "input (default: explanations.png; none with "
+                                                                "--json).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON with the attributions.")] = False,
+):
+    """Show what a classifier looks at: each input, its attribution overlaid (red: towards the class, blue: away),
+    the predicted and explained classes with their probabilities."""
+    import torch
+
+    from genforge.explain import write_explanations
+    from genforge.predict import load_inputs
+    from genforge.runs import load_run
+
+    loaded = load_run(run)
+    loaded.require("classify")
+    parts = [load_inputs([f], tuple(loaded.meta["input_shape"])) for f in files]
+    names = [f.name if len(p) == 1 else f"{f.name}[{i}]" for f, p in zip(files, parts) for i in range(len(p))]
+    x = torch.cat(parts)
+    if len(x) > 256:
+        raise GenforgeError(f"{len(x)} inputs: explain at most 256 at a time")
+    result = loaded.explainer()(x, method, loaded.class_index(target), steps)
+    if out_path is None and not as_json:
+        out_path = Path("explanations.png")
+    rows = write_explanations(x, result, loaded.meta["classes"], names, out_path)
+    if as_json:
+        for row, a in zip(rows, result.attributions):
+            row["attributions"] = a.tolist()
+        print(json.dumps({"method": result.method, "steps": result.steps, "explanations": rows}))
+        return
+    for row in rows:
+        out.print(f"{row['input']}: predicted [bold]{row['predicted']}[/] ({row['predicted_probability']:.3f}), "
+                  f"explained {row['target']} ({row['target_probability']:.3f})")
+    out.print(f"{result.method}{f' ({result.steps} steps)' if result.steps else ''}: wrote {out_path}")
 
 
 OutFile = Annotated[Path, typer.Option("--out", help="A .png (image grid) or .npy (uint8 array) file.")]

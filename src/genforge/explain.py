@@ -174,3 +174,58 @@ def overlay(image: np.ndarray | torch.Tensor, attribution: torch.Tensor, scale: 
     rgb = gray[..., None] * (1 - alpha[..., None]) + colour * alpha[..., None]
     out = Image.fromarray((rgb * 255).round().astype(np.uint8), "RGB")
     return out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST)
+
+
+def write_explanations(x: torch.Tensor, result: Explanation, classes: list[str], names: list[str], out) -> list[dict]:
+    """What `genforge explain` writes: a .png grid (each input beside its overlay, titled with the predicted and the
+    explained class), or a folder with one overlay PNG per input. Returns one row per input."""
+    from pathlib import Path
+
+    from genforge import runs
+
+    out = Path(out) if out is not None else None
+    rows = []
+    for name, p, t in zip(names, result.probabilities, result.target.tolist()):
+        k = int(p.argmax())
+        rows.append({"input": name, "predicted": classes[k], "predicted_probability": p[k].item(),
+                     "target": classes[t], "target_index": t, "target_probability": p[t].item()})
+    if out is None:
+        return rows
+    if out.suffix.lower() != ".png":  # a folder
+        if len(x[0].shape) != 3:
+            raise GenforgeError(f"--out {out}: overlays are for images; give a .png for a chart of the features")
+        out.mkdir(parents=True, exist_ok=True)
+        for i, (row, image, a) in enumerate(zip(rows, x, result.attributions)):
+            path = out / f"{i:03d}-{Path(row['input']).stem}.png"
+            runs.write_with(path, lambda f, im=image, a=a: overlay(im, a).save(f, format="PNG"))
+            row["overlay"] = str(path)
+        return rows
+    from genforge.evaluate.report import _figure
+
+    plt = _figure()
+    image = len(x[0].shape) == 3
+    n = len(rows)
+    fig, axes = plt.subplots(n, 2 if image else 1, figsize=(5 if image else 6, 2.6 * n if image else 0.3 * x.shape[1]
+                                                                 * n + 1), squeeze=False)
+    for (row, xi, a), ax in zip(zip(rows, x, result.attributions), axes):
+        title = f"{row['predicted']} {row['predicted_probability']:.2f}"
+        if row["target"] != row["predicted"]:
+            title += f"; explains {row['target']} {row['target_probability']:.2f}"
+        if image:
+            ax[0].imshow(xi.float().mean(0), cmap="gray", vmin=0, vmax=255)
+            ax[0].set_title(row["input"], fontsize=8)
+            ax[1].imshow(overlay(xi, a, scale=1))
+            ax[1].set_title(title, fontsize=8)
+            for a_ in ax:
+                a_.axis("off")
+        else:
+            ax[0].barh(range(len(a)), a.numpy(), color=["#d62728" if v >= 0 else "#1f77b4" for v in a.tolist()])
+            ax[0].set_yticks(range(len(a)), [f"x{j}" for j in range(len(a))], fontsize=7)
+            ax[0].axvline(0, color="k", lw=0.5)
+            ax[0].set_title(f"{row['input']}: {title}", fontsize=8)
+    fig.suptitle(f"{result.method} (red: towards the class, blue: away from it)", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs.write_with(out, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    return rows

@@ -10,7 +10,7 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -213,6 +213,7 @@ class LoadedRun:
     backend: str = "torch"  # or "onnxruntime": the model's inference parts run from RUN/export/*.onnx
     lineage: dict | None = None  # compression.json of a compressed run: its parent and the method
     onnx_dir: Path | None = None  # where the ONNX parts come from, with backend onnxruntime
+    _explainer: object = field(default=None, init=False, repr=False)
 
     @property
     def task(self):
@@ -254,6 +255,36 @@ class LoadedRun:
         x = as_history(self.model, history)
         c = covariates_for(self.model, self.config, self.meta.get("freq"), *x.shape, horizon, end, covariates)
         return forecast(self.model, x, horizon, c)
+
+    def explainer(self):
+        """The run's genforge.explain.Explainer, built once (it keeps its own copy of the model)."""
+        self.require("classify")
+        if self.backend == "onnxruntime" and not (self.path / WEIGHTS).is_file():
+            raise GenforgeError(f"{self.path.name} holds only ONNX models: explanations need the gradients of its "
+                                f"torch weights (explain its parent run)")
+        if self._explainer is None:
+            from genforge.explain import Explainer
+
+            self._explainer = Explainer(self.model, tuple(self.meta["input_shape"]))
+        return self._explainer
+
+    def explain(self, x: torch.Tensor, method: str | None = None, target: int | str | None = None,
+                steps: int | None = None) -> torch.Tensor:
+        """Attributions (float32, x's shape) of raw inputs x (uint8 images or features) for class `target` (an index
+        or a label; default: each input's predicted class), by `method` (genforge.explain.METHODS; default: the most
+        faithful one that passes the sanity check). Positive values push towards the class."""
+        return self.explainer()(x, method, self.class_index(target), steps).attributions
+
+    def class_index(self, target: int | str | None) -> int | None:
+        """A class given by index or label -> its index (None stays None)."""
+        classes = self.meta["classes"]
+        if isinstance(target, str) and not target.lstrip("-").isdigit():
+            if target not in classes:
+                raise GenforgeError(f"unknown class {target!r}; the classes are: {', '.join(classes)}")
+            return classes.index(target)
+        if target is not None and not 0 <= int(target) < len(classes):
+            raise GenforgeError(f"class {target} is out of range 0-{len(classes) - 1}")
+        return None if target is None else int(target)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images, the mean of p(x|z) (a VAE)."""

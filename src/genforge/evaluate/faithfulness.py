@@ -79,9 +79,21 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> tu
     return sum(signed) / max(len(signed), 1), sum(absolute) / max(len(absolute), 1)
 
 
-def layers_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The layers with learned parameters, from the output back to the input (the cascade's order)."""
-    return [(name, m) for name, m in model.net.named_modules() if list(m.parameters(recurse=False))][::-1]
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+def layers_top_down(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The layers with learned parameters, from the output back to the input (the cascade's order); a norm layer
+    goes with the layer it normalizes."""
+    groups: list[tuple[str, list[nn.Module]]] = []
+    for name, m in model.net.named_modules():
+        if not list(m.parameters(recurse=False)):
+            continue
+        if isinstance(m, NORMS) and groups:
+            groups[-1][1].append(m)
+        else:
+            groups.append((name, [m]))
+    return groups[::-1]
 
 
 def randomized(model: nn.Module, upto: int, seed: int) -> nn.Module:
@@ -91,10 +103,11 @@ def randomized(model: nn.Module, upto: int, seed: int) -> nn.Module:
     clone = copy.deepcopy(model)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        for _, m in layers_top_down(clone)[:upto]:
-            m.reset_parameters()
-            if hasattr(m, "reset_running_stats"):
-                m.reset_running_stats()
+        for _, group in layers_top_down(clone)[:upto]:
+            for m in group:
+                m.reset_parameters()
+                if hasattr(m, "reset_running_stats"):
+                    m.reset_running_stats()
     return clone.eval()
 
 
@@ -115,7 +128,7 @@ def sanity_check(model: nn.Module, x: torch.Tensor, method: str, target: torch.T
     return rows
 
 
-def faithfulness(model: nn.Module, x: torch.Tensor, methods=METHODS, seed: int = 0, sanity_examples: int = 200,
+def faithfulness(model: nn.Module, x: torch.Tensor, methods=METHODS, seed: int = 0, sanity_examples: int = 100,
                  steps: int = 28, progress=None) -> dict:
     """Every method's deletion and insertion areas (and their ratio to the random ordering's), beside the random and
     edge-detector orderings, and its sanity check on the first `sanity_examples` inputs. Explains the predicted
