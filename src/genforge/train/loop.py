@@ -278,6 +278,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     if fold is not None:
         return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds)["acc"], ds, state, fold)
     fitted = {**task.after_training(model, data), **(privacy.summary() if privacy is not None else {})}
+    if privacy is not None:
+        privacy.close()
     return finish(cfg, run_dir, model, ds, task, state, fitted=fitted)
 
 

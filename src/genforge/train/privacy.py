@@ -162,6 +162,12 @@ class Privacy:
                             "sample_rate": self.sample_rate, "max_grad_norm": self.cfg.max_grad_norm,
                             "steps": self.steps, "accountant": self.cfg.accountant}}
 
+    def close(self) -> None:
+        """Take Opacus's hooks off the model when training ends. They record per-sample gradients, and in eval mode a
+        backward pass through them fails (Opacus pops activations its forward hook never recorded): the report's
+        attributions take gradients of the trained model."""
+        self.module.remove_hooks()
+
     def state_dict(self) -> dict:
         return {"history": [list(h) for h in self.history]}
 
