@@ -10,6 +10,8 @@ from torch import nn
 
 from genforge.models.layers import device_of
 
+HIGHEST_LOSSES = 12  # items listed by evaluate, highest loss first: the report shows them (fastai's "top losses")
+
 
 @torch.inference_mode()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
@@ -22,7 +24,8 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict:
-    """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix (rows: true class)."""
+    """Accuracy, loss, per-class precision/recall/F1, the confusion matrix (rows: true class) and the items with the
+    highest loss (indices into x)."""
     probs = predict_proba(model, x)
     y = y.cpu()
     k = len(classes)
@@ -32,14 +35,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
     precision = tp / confusion.sum(0).clamp_min(1)
     recall = tp / confusion.sum(1).clamp_min(1)
     f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    nll = -probs.gather(1, y[:, None]).clamp_min(1e-12).log().mean()
+    nll = -probs.gather(1, y[:, None]).clamp_min(1e-12).log()[:, 0]  # (N,) cross-entropy of each item
+    worst = nll.topk(min(HIGHEST_LOSSES, len(y)))
     return {
         "accuracy": (pred == y).float().mean().item(),
-        "loss": nll.item(),
+        "loss": nll.mean().item(),
         "macro_f1": f1.mean().item(),
         "per_class": {c: {"precision": p, "recall": r, "f1": f}
                       for c, p, r, f in zip(classes, precision.tolist(), recall.tolist(), f1.tolist())},
         "confusion_matrix": confusion.tolist(),
+        "highest_loss": {"index": worst.indices.tolist(), "loss": worst.values.tolist()},  # the report's mistakes
         "n": len(y),
     }
 
