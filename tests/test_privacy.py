@@ -66,6 +66,48 @@ def test_the_report_and_the_card_state_the_guarantee(private_run):
     assert served.card()["privacy"]["delta"] == 1e-4
 
 
+def test_the_report_shows_and_explains_test_images_only(private_run, tmp_path, monkeypatch):
+    """Every image on the page is a plot, a test image (as the test set holds it) or attributions over one; and every
+    input the report explains (the mistakes, the per-class averages) is a test image."""
+    import base64
+    import io
+    import re
+    import shutil
+
+    from PIL import Image
+
+    from genforge import explain
+    from genforge.evaluate import evaluate
+    from genforge.evaluate.report import write_classifier_report
+
+    run_dir, summary = private_run
+    run = runs.load_run(run_dir)
+    ds = run.task.dataset(run.config)
+    page = (run_dir / "report.html").read_text()
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    shown = [int(i) for alt, _ in images for i in re.findall(r"^test #(\d+)$", alt)]
+    assert len(shown) == 12
+    assert {alt for alt, _ in images} == {"curves", "confusion", "privacy_spent", "class attributions",
+                                           *(f"{kind} #{i}" for kind in ("test", "attributions") for i in shown)}
+    for alt, data in images:
+        if alt.startswith("test #"):
+            image = torch.from_numpy(np.array(Image.open(io.BytesIO(base64.b64decode(data)))))
+            assert torch.equal(image[::4, ::4], ds.test_x[int(alt[6:]), 0])
+
+    explained, call = [], explain.Explainer.__call__
+
+    def spy(self, x, *args, **kwargs):
+        explained.append(x)
+        return call(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(explain.Explainer, "__call__", spy)
+    copy = shutil.copytree(run_dir, tmp_path / run_dir.name)
+    write_classifier_report(copy, run.model, ds, evaluate(run.model, ds.test_x, ds.test_y, ds.classes), summary)
+    test_images = {bytes(row.numpy()) for row in ds.test_x}
+    rows = torch.cat(explained)
+    assert len(rows) == 12 + 10 * 20 and all(bytes(row.numpy()) in test_images for row in rows)
+
+
 def test_a_fixed_noise_under_a_cap_stops_at_the_budget(tmp_path):
     run_dir, summary = _train(tmp_path, "train.privacy.noise_multiplier=1.0", "train.privacy.epsilon=2.5",
                               "train.epochs=10")

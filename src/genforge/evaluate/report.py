@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from genforge import runs
+from genforge.errors import GenforgeError
 from genforge.evaluate.classification import predict_proba
 
 
@@ -131,7 +134,7 @@ def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict,
     per_class = "".join(f"<tr><th>{html.escape(c)}</th><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
                         f"<td>{m['f1']:.3f}</td></tr>" for c, m in test["per_class"].items())
     table = f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th></tr>{per_class}</table>"
-    sections = [*extra, ("Per class (test)", table)]
+    sections = [*extra, ("Per class (test)", table), *mistakes_sections(model, ds, test["highest_loss"])]
     if privacy := summary.get("privacy"):  # a private run shows no training example anywhere in its report
         plot_privacy(read_metrics(run_dir), privacy, plots / "privacy_spent.png")
         text = (f"<p>Trained with DP-SGD (Opacus): ({privacy['epsilon']:.3g}, {privacy['delta']:.0e})-differentially "
@@ -139,6 +142,131 @@ def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict,
                 f"The report shows no training example.</p>")
         sections.insert(0, ("Privacy", text + _table(privacy)))
     return write_page(run_dir, summary, sections)
+
+
+def plot_class_attributions(maps: torch.Tensor, counts: torch.Tensor, classes: list[str]) -> bytes:
+    """A PNG, one panel per class: its mean attribution map (channels summed), on one colour scale centred on zero so
+    the panels compare (red: towards the class, as in explain.overlay)."""
+    from genforge.explain import pixel_map
+
+    plt = _figure()
+    m = pixel_map(maps).numpy()  # (classes, H, W)
+    peak = float(np.quantile(np.abs(m), 0.995)) or 1.0  # a few extreme pixels would wash out every other one
+    k = len(classes)
+    cols = min(k, 5 if k <= 10 else 10)  # 10 classes in two rows: panels large enough on the 60rem page
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols + 1.2, 1.45 * rows + 0.2), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name, a, n in zip(axes.flat, classes, m, counts.tolist()):
+        shown = ax.imshow(a, cmap="RdBu_r", vmin=-peak, vmax=peak)
+        ax.set_title(f"{name} ({n})", fontsize=7)
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="attribution (log-prob.)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _png(image) -> str:
+    """A PIL image or PNG bytes as a data URI, so the page stays self-contained."""
+    if not isinstance(image, bytes):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        image = buffer.getvalue()
+    return f"data:image/png;base64,{base64.b64encode(image).decode()}"
+
+
+def _pil(image: torch.Tensor, scale: int):
+    """(C, H, W) uint8 -> a PIL image, scale times larger with square pixels."""
+    from PIL import Image
+
+    a = image.numpy()
+    out = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(a[:3].transpose(1, 2, 0), "RGB")
+    return out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST)
+
+
+def _caption(i: int, loss: float, p: torch.Tensor, true: int, pred: int, classes: list[str]) -> str:
+    return (f"test #{i} · loss {loss:.3g}<br>true {html.escape(classes[true])} {p[true]:.1%}<br>"
+            f"predicted {html.escape(classes[pred])} {p[pred]:.1%}")
+
+
+def _image_mistakes(ds, index, losses, probs, attributions) -> str:
+    """A figure per item: the test image, and the attributions of its predicted class over it."""
+    from genforge.explain import overlay
+
+    scale = max(1, 112 // ds.input_shape[-1])  # about 112 px wide
+    figures = []
+    for j, i in enumerate(index.tolist()):
+        image = ds.test_x[i].cpu()
+        shown = f'<img alt="test #{i}" src="{_png(_pil(image, scale))}">'
+        if attributions is not None:
+            shown += f' <img alt="attributions #{i}" src="{_png(overlay(image, attributions[j], scale))}">'
+        caption = _caption(i, losses[j].item(), probs[j], int(ds.test_y[i]), int(probs[j].argmax()), ds.classes)
+        figures.append(f'<figure>{shown}<figcaption style="font-size:.8rem">{caption}</figcaption></figure>')
+    return "".join(figures)
+
+
+def _table_mistakes(ds, index, losses, probs, attributions, features: int = 8) -> str:
+    """A row per item: its features (the `features` with the largest mean |attribution| over the rows), each with its
+    attribution for the predicted class in brackets."""
+    x = ds.test_x[index].cpu()
+    a = attributions if attributions is not None else torch.zeros_like(x)
+    order = a.abs().mean(0).argsort(descending=True)[:features].sort().values.tolist()
+    head = "".join(f"<th>x{d}</th>" for d in order)
+    rows = []
+    for j, i in enumerate(index.tolist()):
+        true, pred = int(ds.test_y[i]), int(probs[j].argmax())
+        cells = "".join(f"<td>{x[j, d]:.3g}" + (f" ({a[j, d]:+.2g})" if attributions is not None else "") + "</td>"
+                        for d in order)
+        rows.append(f"<tr><td>#{i}</td><td>{losses[j]:.3g}</td><td>{html.escape(ds.classes[true])} "
+                    f"{probs[j, true]:.1%}</td><td>{html.escape(ds.classes[pred])} {probs[j, pred]:.1%}</td>"
+                    f"{cells}</tr>")
+    return (f"<table><tr><th>test item</th><th>loss</th><th>true</th><th>predicted</th>{head}</tr>"
+            f"{''.join(rows)}</table>")
+
+
+def mistakes_sections(model, ds, highest_loss: dict) -> list[tuple[str, str]]:
+    """Report sections: the test items with the highest loss (evaluate's highest_loss) with attributions of the
+    predicted class, and for images the mean attributions of each class. Attributions are left out, with the reason,
+    for a model the explainer refuses or that ONNX Runtime runs."""
+    from genforge.evaluate import mistakes
+    from genforge.explain import DEFAULT_METHOD, DEFAULT_STEPS, Explainer
+
+    index, losses = torch.tensor(highest_loss["index"], dtype=torch.long), torch.tensor(highest_loss["loss"])
+    probs = predict_proba(model, ds.test_x[index])
+    attributions, averages, why = None, None, None
+    if mistakes.runs_in_onnx(model):
+        why = "this model runs in ONNX Runtime, which has no gradients (the parent run's report has them)"
+    else:
+        try:
+            explainer = Explainer(mistakes.on_cpu(model), ds.input_shape)
+            attributions = explainer(ds.test_x[index].cpu(), target=probs.argmax(1)).attributions
+            if ds.is_image:
+                per_class = mistakes.images_per_class(len(ds.classes), ds.input_shape)
+                averages = mistakes.class_attributions(explainer, ds.test_x, ds.test_y, len(ds.classes), per_class)
+        except GenforgeError as e:  # the explainer refuses this model; anything else is a bug and stops the report
+            why = str(e).rstrip(".")
+    method = DEFAULT_METHOD + (f" ({DEFAULT_STEPS[DEFAULT_METHOD]} steps)" if DEFAULT_METHOD in DEFAULT_STEPS else "")
+    text = f"<p>The {len(index)} test {'images' if ds.is_image else 'items'} with the highest loss (cross-entropy)"
+    if why:
+        text += f". No attributions: {html.escape(why)}.</p>"
+    elif ds.is_image:
+        text += (f", each beside the {method} attributions of its predicted class (red pixels raise that class's "
+                 f"probability, blue ones lower it).</p>")
+    else:
+        text += (f", each feature with its {method} attribution to the predicted class's log-probability in "
+                 f"brackets, relative to the model's baseline input (the mean it normalizes with).</p>")
+    shown = _image_mistakes if ds.is_image else _table_mistakes
+    sections = [("Mistakes (test)", text + shown(ds, index, losses, probs, attributions))]
+    if averages is not None:
+        figure = _png(plot_class_attributions(*averages, ds.classes))
+        method = DEFAULT_METHOD + (f" ({mistakes.CLASS_STEPS} steps)" if DEFAULT_METHOD in DEFAULT_STEPS else "")
+        text = (f"<p>For each class, the mean {method} attributions of its first {per_class} test images to their "
+                f"true class (how many in brackets): where the model looks.</p>")
+        sections.append(("Attributions per class (test)", f'{text}<img alt="class attributions" src="{figure}">'))
+    return sections
 
 
 def plot_privacy(metrics: list[dict], privacy: dict, path: Path) -> None:
