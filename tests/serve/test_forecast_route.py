@@ -130,7 +130,7 @@ def test_bad_bodies_and_models_get_a_4xx(client):
     assert r.status_code == 422 and "needs at least 3" in error_of(r)
     for response in (post("blobs-logreg", b'{"history": [1, 2, 3]}'), client.get("/v1/models/blobs-logreg/series")):
         assert response.status_code == 422
-        assert error_of(response) == "blobs-logreg is a classify model: it offers classify, not forecast"
+        assert error_of(response) == "blobs-logreg is a classify model: it offers classify, explain, not forecast"
     r = post("nope", b'{"history": [1, 2, 3]}')
     assert r.status_code == 404 and "GET /v1/models lists them" in error_of(r)
     r = client.post(f"/v1/models/{LSTM}/classify", json={"inputs": [[1.0] * 24]})

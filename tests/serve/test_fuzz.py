@@ -19,7 +19,8 @@ EXAMPLES = 25  # per operation and encoding: about a minute for the whole API on
 
 
 def _model_for(path: str, names: tuple[str, str, str], forecaster: str) -> str | None:
-    """The served model that offers the route's verb (the card route: the classifier), None for other routes."""
+    """The served model that offers the route's verb (the card route and explain: the classifier), None for other
+    routes."""
     if "{name}" not in path:
         return None
     classifier, gan, vae = names
@@ -60,7 +61,7 @@ def test_api_never_answers_5xx_and_keeps_its_schema(served, names, forecast_serv
             for model in [None, pinned] if pinned else [None]:
                 for media_type in operation.get_request_payload_content_types() or [None]:
                     _fuzzer(operation, media_type, model, sent, answered)()
-    for verb, model in (("classify", names[0]), ("reconstruct", names[2])):
+    for verb, model in (("classify", names[0]), ("explain", names[0]), ("reconstruct", names[2])):
         for media_type in ("application/json", "multipart/form-data"):
             assert (f"POST /v1/models/{{name}}/{verb}", media_type, None) in sent
             statuses = answered[(f"POST /v1/models/{{name}}/{verb}", media_type, model)]

@@ -85,7 +85,7 @@ def every_post_route(served):
     for name, model in served.items():
         for verb in model.verbs():
             routes.append((f"/v1/models/{name}/{verb}", "application/json"))
-            if verb in ("classify", "reconstruct"):
+            if verb in ("classify", "explain", "reconstruct"):
                 routes.append((f"/v1/models/{name}/{verb}", "multipart/form-data; boundary=x"))
     return routes
 

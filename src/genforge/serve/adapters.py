@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,13 +14,17 @@ import numpy as np
 import torch
 
 from genforge.errors import GenforgeError
-from genforge.runs import BACKENDS, LoadedRun, load_run, read_json, resolve_run
+from genforge.runs import BACKENDS, WEIGHTS, LoadedRun, load_run, read_json, resolve_run
 
 HEADLINE = ("test_accuracy", "test_macro_f1", "fd", "kid", "precision", "recall", "conditional_accuracy",
             "nll_iwae", "test_elbo", "test_mase", "test_smape", "test_coverage_80", "test_coverage_95",
             "test_mase_seasonal_naive", "latency_ms_b1", "train_seconds")
 SHOWN_SERIES = 8  # series of a forecaster's own data that GET /v1/models/{name}/series offers (the first ones)
 SHOWN_CONTEXTS = 10  # the last this many contexts of each: what the playground plots and forecasts from
+
+
+class NotExplainable(GenforgeError):
+    """The classifier, as served, cannot be explained (no torch weights to take gradients of): the route's 409."""
 
 
 @dataclass
@@ -29,6 +34,8 @@ class ServedModel:
     stats: dict = field(default_factory=dict)
     recent: dict | None = None  # a forecaster's own series, their last values (load_series, at start)
     recent_error: str | None = None  # why they could not be loaded
+    _explainer: object = field(default=None, init=False, repr=False)  # genforge.explain.Explainer, built on first use
+    _explain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @cached_property  # read on every classify request
     def task(self):
@@ -55,8 +62,13 @@ class ServedModel:
     def conditional(self) -> bool:
         return bool(getattr(self.run.config.model, "conditional", False))  # classifiers' configs have no such key
 
+    @cached_property  # read on every classify request
+    def _verbs(self) -> tuple[str, ...]:
+        verbs = self.task.verbs
+        return (*verbs, "explain") if "classify" in verbs and self.explain_refusal is None else verbs
+
     def verbs(self) -> tuple[str, ...]:
-        return self.task.verbs
+        return self._verbs
 
     def card(self) -> dict:
         """What a client needs to call the model and judge it: kind, data, classes, shape, metrics, config."""
@@ -85,6 +97,61 @@ class ServedModel:
         """(N, *input_shape) raw inputs -> (N, K) probabilities; called from the one inference thread."""
         model = self.run.model
         return model.probabilities(model(x)).float()
+
+    # explain ------------------------------------------------------------------------------------------------
+    @cached_property
+    def explain_refusal(self) -> str | None:
+        """Why this classifier cannot be explained as served (ONNX files only, as an int8 run), else None."""
+        if "classify" not in self.task.verbs or self.backend == "torch" or (self.run.path / WEIGHTS).is_file():
+            return None
+        parent = (self.run.lineage or {}).get("parent_name")
+        return (f"{self.name} is served from ONNX files only (no {WEIGHTS}): explanations need the gradients of "
+                f"PyTorch weights; serve and explain {f'its parent run {parent}' if parent else 'a run that has them'}")
+
+    def class_index(self, target: int | str | None) -> int | None:
+        """A class given by index or by label (a form field's digits are an index unless they are a label) -> its
+        index; None stays None."""
+        classes = self.classes
+        if isinstance(target, str):
+            if target in classes:
+                return classes.index(target)
+            if not target.isdigit():
+                listed = ", ".join(classes) if len(classes) <= 20 else f"GET /v1/models/{self.name} lists them"
+                raise GenforgeError(f"target: no class labelled {target!r}; give a class index 0-{len(classes) - 1} "
+                                    f"or a label ({listed})")
+            target = int(target)
+        if target is not None and not 0 <= target < len(classes):
+            raise GenforgeError(f"target: class {target} is out of range; {self.name} has {len(classes)} classes "
+                                f"(0-{len(classes) - 1})")
+        return target
+
+    def explain(self, x: torch.Tensor, method: str, target: int | None, steps: int | None):
+        """Raw inputs (N, *input_shape) -> genforge.explain.Explanation; called from the explain thread. One call at
+        a time per model: Captum's layer methods (Grad-CAM) hook the explainer's model while they run."""
+        with self._explain_lock:
+            if self._explainer is None:
+                self._explainer = self._build_explainer()
+            if method == "grad-cam" and self._explainer.layer is None:
+                raise GenforgeError(f"grad-cam needs a model with feature maps (a CNN) and {self.name} has none: "
+                                    f"ask for method integrated-gradients")
+            return self._explainer(x, method, target, steps)
+
+    def _build_explainer(self):
+        """The Explainer over the served weights. With onnxruntime the model's forward runs in ONNX Runtime, which
+        gives no gradients: the run's torch weights are loaded again, once, if they are still the ones served."""
+        from genforge.explain import Explainer
+
+        if self.explain_refusal:
+            raise NotExplainable(self.explain_refusal)
+        model = self.model
+        if self.backend == "onnxruntime":
+            from genforge.compress.export import is_stale
+
+            if is_stale(self.run.path, read_json(self.run.onnx_dir / "export.json")):
+                raise NotExplainable(f"{self.run.path.name}'s weights changed since the server loaded its ONNX "
+                                     f"export: restart the server to serve (and explain) the new ones")
+            model = load_run(self.run.path, backend="torch").model
+        return Explainer(model, self.input_shape)
 
     # generate -----------------------------------------------------------------------------------------------
     def generate(self, n: int, label: int | None, seed: int, truncation: float | None) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +22,14 @@ from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import GenforgeError
+from genforge.explain import DEFAULT_METHOD, DEFAULT_STEPS, MAX_STEPS, METHODS
 from genforge.sample import reconstruction_errors
-from genforge.serve.adapters import ServedModel, as_array
+from genforge.serve.adapters import NotExplainable, ServedModel, as_array
 from genforge.serve.batching import MicroBatcher
 from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, replay
 
@@ -92,7 +94,34 @@ class ForecastRequest(_Strict):
                                          "or one such list per history")
 
 
-OPTIONS = {ClassifyRequest: ClassifyOptions, ReconstructRequest: ReconstructOptions}
+class ExplainOptions(_Strict):
+    method: Literal[METHODS] = Field(DEFAULT_METHOD, description="The attribution method (docs/decisions.md)")
+    target: str | int | None = Field(None, description="The class to explain, by index or label; default: each "
+                                     "input's predicted one", json_schema_extra={"anyOf": [
+                                         {"type": "string", "minLength": 1, "maxLength": 200},
+                                         {"type": "integer", "minimum": 0}, {"type": "null"}]})
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description=f"Path points (integrated-gradients) or samples "
+                              f"(gradient-shap); at most the server's max_explain_steps ({Limits.max_explain_steps} "
+                              f"by default); default {DEFAULT_STEPS['integrated-gradients']}")
+    range: Literal["auto", "0-255", "0-1"] = Field("auto", description="Pixel scale; auto: 0-1 if every value <= 1")
+    format: Literal["array", "png"] = Field("array", description="array: JSON with the attributions; png: the "
+                                            "overlays (one input: its overlay; several: a grid, 8 per row)")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _class(cls, value):  # one message for both kinds, rather than pydantic's two (one per member of the union)
+        if value is None or isinstance(value, str) and 0 < len(value) <= 200 or type(value) is int and value >= 0:
+            return value
+        raise ValueError("give a class index (an integer from 0) or a class label")
+
+
+class ExplainRequest(ExplainOptions):
+    inputs: list[list[Number] | list[list[Number]] | list[list[list[Number]]]] = Field(
+        min_length=1, max_length=256, description=f"Images (H x W, C x H x W or flat) or feature vectors; at most the "
+                                                  f"server's max_explain_batch ({Limits.max_explain_batch} by default)")
+
+
+OPTIONS = {ClassifyRequest: ClassifyOptions, ReconstructRequest: ReconstructOptions, ExplainRequest: ExplainOptions}
 
 
 def form_schema(options: type[BaseModel]) -> dict:
@@ -121,6 +150,9 @@ ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in [
     (415, "Unsupported content type"), (422, "Invalid input; the message says what to fix"),
     (503, "Overloaded or not ready; retry later"), (504, "Inference timed out")]}
 PNG = {200: {"content": {"image/png": {}, "application/json": {}}, "description": "A PNG grid or JSON arrays"}}
+EXPLAINED = {200: {"content": {"image/png": {}, "application/json": {}}, "description": "Attributions as JSON "
+                   "arrays, or the overlays as a PNG"},
+             409: {"model": ErrorBody, "description": "The model is served without PyTorch weights to explain"}}
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> Response:
@@ -218,6 +250,33 @@ def classify_answer(name: str, model: ServedModel, x: np.ndarray, probs: torch.T
             pred["input"] = x[i].reshape(-1, *x.shape[-2:])[0].tolist() if x.ndim == 4 else x[i].tolist()
         predictions.append(pred)
     return {"model": name, "backend": model.backend, "latency_ms": latency_ms, "predictions": predictions}
+
+
+def explain_answer(name: str, model: ServedModel, explanation, latency_ms: float) -> dict:
+    """The explain answer: per input, the predicted class and every probability (as classify gives them), the
+    explained class with its probability, and the attributions in the model's input shape (its card's)."""
+    classes, explanations = model.classes, []
+    for p, t, a in zip(explanation.probabilities.tolist(), explanation.target.tolist(), explanation.attributions):
+        k = max(range(len(p)), key=p.__getitem__)
+        explanations.append({"index": k, "label": classes[k], "probabilities": p,
+                             "target": {"index": t, "label": classes[t], "probability": p[t]},
+                             "attributions": a.tolist()})
+    return {"model": name, "backend": "torch", "latency_ms": latency_ms, "method": explanation.method,
+            "steps": explanation.steps, "explanations": explanations}
+
+
+def overlay_png(images: np.ndarray, attributions: torch.Tensor) -> bytes:
+    """One image: its overlay (about 224 pixels a side); several: their overlays in a grid of 8 per row."""
+    from genforge.explain import overlay
+    from genforge.sample import png_bytes
+
+    scale = max(1, 224 // max(images.shape[-2:]))  # 8 for 28x28, as `genforge explain` writes them
+    if len(images) == 1:
+        buffer = io.BytesIO()
+        overlay(images[0], attributions[0], scale).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+    tiles = np.stack([np.asarray(overlay(x, a, 1)) for x, a in zip(images, attributions)])  # (N, H, W, 3)
+    return png_bytes(torch.from_numpy(tiles).permute(0, 3, 1, 2), min(8, len(tiles)), scale, 1)
 
 
 class FrontedAPI(FastAPI):
@@ -375,7 +434,7 @@ def _internal(e: Exception) -> str:
     return f"internal error ({type(e).__name__}); the server's log has the details"
 
 
-VERBS = {"classify", "generate", "interpolate", "reconstruct", "forecast", "series"}  # the routes after a model's name
+VERBS = {"classify", "explain", "generate", "interpolate", "reconstruct", "forecast", "series"}  # routes after a name
 PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"}
 
 
@@ -438,6 +497,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     metrics.ready.set_function(lambda: float(state["ready"]))  # follows readiness, SIGTERM included
     metrics.in_flight.set_function(lambda: float(state["in_flight"]))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # one thread: no contention
+    # explanations (backward passes, up to seconds) on a thread of their own: classify's queue never waits on them
+    explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
     batchers = {name: MicroBatcher(m.probabilities, executor, limits.max_batch,
                                    on_batch=metrics.batch.labels(name).observe)
                 for name, m in models.items() if "classify" in m.verbs()}
@@ -519,11 +580,11 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
                                f"not {verb}")
         return model
 
-    async def infer(fn, *args, fewer: str = "images"):
-        """Run fn on the inference thread; 504 when it takes longer than the limit."""
+    async def infer(fn, *args, fewer: str = "images", pool: ThreadPoolExecutor = executor):
+        """Run fn on the inference thread (or `pool`'s); 504 when it takes longer than the limit."""
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(executor, fn, *args), limits.timeout_s)
+            return await asyncio.wait_for(loop.run_in_executor(pool, fn, *args), limits.timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(f"inference took longer than {limits.timeout_s:g} s; ask for fewer {fewer}", 504) \
                 from None
@@ -594,6 +655,58 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         model = model_for(name, "classify")
         x, fields = await image_inputs(request, model, ClassifyRequest)
         return _json(await classify_inputs(name, model, x, top_k or fields["top_k"], echo_input))
+
+    explain_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ExplainRequest.model_json_schema()},
+        "multipart/form-data": {"schema": form_schema(ExplainOptions)}}}}
+
+    @app.post("/v1/models/{name}/explain", tags=["models"], openapi_extra=explain_body, responses=EXPLAINED,
+              summary="What a classifier looks at: attributions of its inputs (Captum) for the predicted or a chosen "
+                      "class, as arrays or overlays")
+    async def explain(request: Request, name: str = served("explain")):
+        """The inputs as classify takes them (a PNG/JPEG upload or JSON arrays, the same checks), at most
+        max_explain_batch of them; `method`, `target` (index or label), `steps` (at most max_explain_steps, for the
+        methods that take them) and `format` (array: JSON; png: one input's overlay, or a grid of several, with the
+        classes in the x-predicted and x-target headers).
+
+        Gradients need PyTorch, so the answer's backend is always torch: a model served with onnxruntime is explained
+        with its run's torch weights, loaded once on the first explanation (its probabilities here are torch's,
+        equal to ONNX Runtime's to float32 rounding). A run without them (an int8 run: ONNX files only) gets a 409,
+        and so does one whose weights changed on disk since the server loaded its export. One explanation at a time
+        per model, on a thread of its own: classify never queues behind one."""
+        model = models.get(name)
+        if model is not None and model.explain_refusal:
+            raise RequestError(model.explain_refusal, 409)
+        model = model_for(name, "explain")
+        x, fields = await image_inputs(request, model, ExplainRequest)
+        if len(x) > limits.max_explain_batch:
+            raise RequestError(f"at most {limits.max_explain_batch} inputs per explain request, got {len(x)}; send "
+                               f"the others in further requests")
+        method, steps, fmt = fields["method"], fields["steps"], fields["format"]
+        if steps is not None and method not in DEFAULT_STEPS:
+            raise RequestError(f"steps: {method} takes no steps (only {' and '.join(DEFAULT_STEPS)} do); leave it out")
+        if steps is not None and steps > limits.max_explain_steps:
+            raise RequestError(f"steps must be at most {limits.max_explain_steps} on this server, got {steps}")
+        if fmt == "png" and len(model.input_shape) != 3:
+            raise RequestError(f"format png overlays images; {name} takes feature vectors: ask for format array")
+        target = model.class_index(fields["target"])
+        t0 = time.perf_counter()
+        try:
+            result = await infer(model.explain, torch.from_numpy(x), method, target, steps, pool=explain_executor,
+                                 fewer="inputs or steps")
+        except NotExplainable as e:
+            raise RequestError(str(e), 409) from None
+        if not (torch.isfinite(result.attributions).all() and torch.isfinite(result.probabilities).all()):
+            raise RequestError("the model's output for these inputs is not finite (values too large for its float32 "
+                               "arithmetic); send inputs on the scale of its training data")
+        latency = (time.perf_counter() - t0) * 1000
+        if fmt == "array":
+            return _json(explain_answer(name, model, result, latency))
+        png = await run_in_threadpool(overlay_png, x, result.attributions)
+        predicted = result.probabilities.argmax(1).tolist()
+        return Response(png, media_type="image/png", headers={
+            "x-latency-ms": f"{latency:.2f}", "x-backend": "torch", "x-method": result.method,
+            "x-predicted": ",".join(map(str, predicted)), "x-target": ",".join(map(str, result.target.tolist()))})
 
     async def images_response(model: ServedModel, images: torch.Tensor, fmt: str, extra: dict, latency: float,
                               nrow: int | None = None):
