@@ -1,5 +1,6 @@
 """The playground in real headless Chromium (Debian's), driven by selenium: draw a stroke and see probabilities,
-click generate and see the grid load. A screenshot is kept in build/test-artifacts/."""
+turn on explain and see the overlay, click generate and see the grid load. Screenshots are kept in
+build/test-artifacts/."""
 
 import shutil
 from pathlib import Path
@@ -52,6 +53,44 @@ def test_draw_then_classify_and_generate_a_grid(browser, live_server):
     assert browser.find_element(By.ID, "grid-info").text.startswith("answered by onnxruntime in ")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "playground.png"))
+
+
+def test_the_explain_toggle_overlays_the_attributions_as_one_draws(browser, live_server):
+    """The classifier is served by onnxruntime (the default backend); its explanations come from its torch weights."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 20)
+    browser.get(live_server + "/")
+    wait.until(lambda d: d.find_element(By.ID, "explain-box").is_displayed())
+    pad, overlay = browser.find_element(By.ID, "pad"), browser.find_element(By.ID, "overlay")
+    answers = lambda d: int(overlay.get_attribute("data-answers") or 0)  # noqa: E731 - overlays drawn so far
+    ActionChains(browser).move_to_element_with_offset(pad, -40, -90).click_and_hold().move_by_offset(0, 90) \
+        .move_by_offset(0, 90).release().perform()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars li")) == 10)
+    assert not overlay.is_displayed()  # off until asked for
+    browser.find_element(By.ID, "explain").click()
+    wait.until(lambda d: overlay.is_displayed() and answers(d) >= 1)
+    predicted = browser.find_element(By.CSS_SELECTOR, "#bars li.top span").text
+    assert browser.find_element(By.ID, "overlay-info").text.startswith(f"{predicted}: red towards, blue away")
+    red, blue = browser.execute_script("""
+        const d = document.getElementById('overlay').getContext('2d').getImageData(0, 0, 112, 112).data;
+        let red = 0, blue = 0;
+        for (let i = 0; i < d.length; i += 4) { red += d[i] > d[i + 2] + 60; blue += d[i + 2] > d[i] + 60; }
+        return [red, blue];""")
+    assert red + blue > 50  # coloured pixels, not the gray input alone
+
+    seen = answers(browser)
+    ActionChains(browser).move_to_element_with_offset(pad, 40, -90).click_and_hold().move_by_offset(0, 150) \
+        .release().perform()  # a second stroke: the overlay follows
+    wait.until(lambda d: answers(d) > seen)
+    Select(browser.find_element(By.ID, "explain-target")).select_by_visible_text("Sandal")
+    wait.until(lambda d: d.find_element(By.ID, "overlay-info").text.startswith("Sandal: "))
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    assert "answered by torch in " in browser.find_element(By.ID, "overlay-info").text  # gradients: torch's
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "playground-explain.png"))
 
 
 def test_the_page_shows_the_servers_error_messages(browser, live_server):

@@ -1,7 +1,7 @@
 // genforge playground: plain JavaScript, no build step, no external assets. Talks to the JSON API only.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { models: [], walk: [], series: [], token: sessionStorage.getItem("genforge-token") || "" };
+const state = { models: [], walk: [], series: [], input: null, token: sessionStorage.getItem("genforge-token") || "" };
 
 function showError(message) {
   const box = $("error");
@@ -25,6 +25,7 @@ async function api(path, body, { binary = false, form = null } = {}) {
   showError("");
   if (!binary) return response.json();
   const blob = await response.blob();
+  blob.headers = response.headers;
   blob.answeredBy = `answered by ${response.headers.get("x-backend")} in ${Number(response.headers.get("x-latency-ms")).toFixed(1)} ms`;
   return blob;
 }
@@ -70,6 +71,7 @@ async function loadModels() {
   $("generate").hidden = !gen.options.length;
   $("forecast").hidden = !fc.options.length;
   fillLabels();
+  fillExplainTargets();
   renderCards();
   if (fc.options.length) loadSeries();
 }
@@ -116,6 +118,9 @@ function clearPad() {
   ink.fillRect(0, 0, pad.width, pad.height);
   $("bars").replaceChildren();
   $("seen").getContext("2d").clearRect(0, 0, 112, 112);
+  state.input = null;
+  $("overlay").hidden = true;
+  $("overlay-info").textContent = "";
 }
 
 function stroke(from, to) {
@@ -167,15 +172,57 @@ async function classify(fromPad = true, file = null) {
       const form = new FormData();
       form.append("file", file);
       body = await api(`/v1/models/${encodeURIComponent(name)}/classify?echo_input=true&top_k=${m.classes.length}`, null, { form });
-      drawImage($("seen"), body.predictions[0].input);
+      state.input = body.predictions[0].input;
+      drawImage($("seen"), state.input);
     } else if (fromPad) {
       const pixels = padPixels();
       drawImage($("seen"), pixels);
       body = await api(`/v1/models/${encodeURIComponent(name)}/classify`, { inputs: [pixels], top_k: m.classes.length });
+      state.input = pixels;
     }
     showProbabilities(body.predictions[0], m.classes);
     $("latency").textContent = `answered by ${body.backend} in ${body.latency_ms.toFixed(1)} ms`;
+    explain();
   } catch (e) { showError(e.message); }
+}
+
+// ---- explain: the attributions of the predicted (or a chosen) class over what the model saw ----------------
+const explaining = { busy: false, again: false };
+
+function fillExplainTargets() {
+  const m = model($("classifier").value), select = $("explain-target");
+  select.replaceChildren();
+  option(select, "", "the predicted one");
+  if (m) m.classes.forEach((c, i) => option(select, i, c));
+  $("explain-box").hidden = !(m && m.verbs.includes("explain"));
+}
+
+async function explain() {
+  const name = $("classifier").value, m = model(name), canvas = $("overlay");
+  if (!$("explain").checked || !state.input || !m || !m.verbs.includes("explain")) {
+    canvas.hidden = true;
+    $("overlay-info").textContent = "";
+    return;
+  }
+  if (explaining.busy) { explaining.again = true; return; }  // slower than classify: one in flight, then the latest input
+  explaining.busy = true;
+  try {
+    const body = { inputs: [state.input], format: "png" }, target = $("explain-target").value;
+    if (target !== "") body.target = Number(target);
+    const blob = await api(`/v1/models/${encodeURIComponent(name)}/explain`, body, { binary: true });
+    const bitmap = await createImageBitmap(blob), ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    const label = m.classes[Number(blob.headers.get("x-target"))], method = blob.headers.get("x-method");
+    canvas.setAttribute("aria-label", `Attributions of ${label} (${method}): red pixels push towards it, blue ones away`);
+    canvas.dataset.answers = String(Number(canvas.dataset.answers || 0) + 1);
+    canvas.hidden = false;
+    $("overlay-info").textContent = `${label}: red towards, blue away (${method}), ${blob.answeredBy}`;
+  } catch (e) { showError(e.message); }
+  finally {
+    explaining.busy = false;
+    if (explaining.again) { explaining.again = false; explain(); }
+  }
 }
 
 function scheduleClassify() {
@@ -199,7 +246,9 @@ pad.addEventListener("keydown", (e) => {
 });
 $("clear").addEventListener("click", clearPad);
 $("upload").addEventListener("change", (e) => { if (e.target.files[0]) classify(false, e.target.files[0]); });
-$("classifier").addEventListener("change", () => classify());
+$("classifier").addEventListener("change", () => { fillExplainTargets(); classify(); });
+$("explain").addEventListener("change", explain);
+$("explain-target").addEventListener("change", explain);
 
 // ---- generate, walk, reconstruct ------------------------------------------------------------------------
 async function generate() {
