@@ -138,3 +138,16 @@ def test_evaluate_explain_scores_every_method_beside_random_and_edges(classifier
     assert all(len(methods[m]["sanity"]) == len(fa.layers_top_down(load_run(classifier_run).model)) for m in METHODS)
     best = result["most_faithful_passing"]
     assert best is None or methods[best]["passes_sanity"]
+
+
+def test_a_run_loaded_with_onnxruntime_is_explained_with_its_torch_weights(classifier_run, loaded, test_images,
+                                                                          tmp_path):
+    import shutil
+
+    from genforge.compress.export import export_run
+
+    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    export_run(load_run(run))
+    onnx = load_run(run, backend="onnxruntime")
+    x = test_images[0][:2]
+    assert torch.allclose(onnx.explain(x, method="saliency"), loaded.explain(x, method="saliency"))

@@ -265,7 +265,9 @@ class LoadedRun:
         if self._explainer is None:
             from genforge.explain import Explainer
 
-            self._explainer = Explainer(self.model, tuple(self.meta["input_shape"]))
+            # with onnxruntime the model's forward runs in ONNX Runtime, which gives no gradients: the torch weights
+            model = self.model if self.backend == "torch" else load_run(self.path, backend="torch").model
+            self._explainer = Explainer(model, tuple(self.meta["input_shape"]))
         return self._explainer
 
     def explain(self, x: torch.Tensor, method: str | None = None, target: int | str | None = None,
