@@ -60,6 +60,19 @@ def _feature_map_layer(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Mod
     return maps[-1] if maps else None
 
 
+def _fold_batch_norms(model: nn.Module) -> None:
+    """Fold each eval-mode BatchNorm into the convolution before it (the same function, one op fewer each way of an
+    attribution's forward and backward passes: about a third of the time of integrated gradients on fashion-cnn)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, norm = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
+                seq._modules[a], seq._modules[b] = fuse_conv_bn_eval(conv, norm), nn.Identity()
+
+
 class Explainer:
     """Attributions of one classifier. It holds its own copy of the model (in-place activations turned off, which
     layer hooks need), so it can be kept and called again: the warm path of the CLI, the report and the server."""
@@ -68,6 +81,7 @@ class Explainer:
         if not hasattr(model, "log_probabilities"):
             raise GenforgeError("explanations are for classifiers; this model does not classify")
         self.model = copy.deepcopy(model).eval()
+        _fold_batch_norms(self.model)
         for m in self.model.modules():
             if getattr(m, "inplace", False):
                 m.inplace = False
