@@ -163,6 +163,8 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache, cli, 
                      "eval.iwae_k=5", "eval.iwae_images=10", "--runs-dir", str(tmp_path / "r"), "--quiet"]
         if args[0] == "evaluate" and "--seeds" in args:
             args += ["--samples", "200"]
+        if args[0] == "evaluate" and "--explain" in args:
+            args += ["--examples", "20"]
         if args[0] == "quickstart":
             args += ["--runs-dir", str(tmp_path / "r"), "--quiet"]
         if args[0] == "runs" and len(args) == 1:
