@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from genforge.errors import GenforgeError
+from genforge.models.layers import device_of
 
 METHODS = ("integrated-gradients", "saliency", "gradient-shap", "occlusion", "grad-cam")
 DEFAULT_METHOD = "integrated-gradients"  # the most faithful method that passes the sanity check: docs/decisions.md
@@ -53,7 +54,7 @@ def _feature_map_layer(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Mod
     hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, tuple(o.shape)))
              for m in model.net.modules() if not list(m.children()) and not isinstance(m, POOLING)]
     with torch.no_grad():
-        model(torch.zeros((1, *input_shape)))
+        model(torch.zeros((1, *input_shape), device=device_of(model)))
     for h in hooks:
         h.remove()
     maps = [m for m, s in shapes.items() if len(s) == 4 and s[2] * s[3] > 1]  # insertion order = forward order
@@ -88,6 +89,7 @@ class Explainer:
             for p in m.parameters(recurse=False):
                 p.requires_grad_(False)  # gradients flow to the input only
         self.input_shape = tuple(input_shape)
+        self.device = device_of(self.model)
         self.is_image = len(self.input_shape) == 3
         self.forward = _LogProbability(self.model, 255.0 if self.is_image else 1.0)
         self.layer = _feature_map_layer(self.model, self.input_shape)
@@ -96,7 +98,7 @@ class Explainer:
     def baseline(self, n: int) -> torch.Tensor:
         """The reference input: a black image (the background of the image datasets), or the training mean."""
         if self.is_image:
-            return torch.zeros((n, *self.input_shape))
+            return torch.zeros((n, *self.input_shape), device=self.device)
         return self.model.normalize.mean.expand(n, *self.input_shape).clone()
 
     def _method(self, name: str):
@@ -118,6 +120,7 @@ class Explainer:
         """Raw model inputs (uint8 images or features) -> the float tensor attributions are taken against."""
         if tuple(x.shape[1:]) != self.input_shape:
             raise GenforgeError(f"inputs of shape {tuple(x.shape[1:])} do not fit the model ({self.input_shape})")
+        x = x.to(self.device)
         return x.float() / 255 if self.is_image else x.float()
 
     def __call__(self, x: torch.Tensor, method: str | None = None, target: int | torch.Tensor | None = None,
@@ -133,12 +136,12 @@ class Explainer:
         n, k = probabilities.shape
         if target is None:
             target = probabilities.argmax(1)
-        target = torch.as_tensor(target, dtype=torch.long).expand(n).clone()
+        target = torch.as_tensor(target, dtype=torch.long, device=self.device).expand(n).clone()
         if target.min() < 0 or target.max() >= k:
             raise GenforgeError(f"target class must be in 0-{k - 1}, got {target.tolist()}")
         steps = (steps or DEFAULT_STEPS[method]) if method in DEFAULT_STEPS else None
         a = self._attribute(method, inputs, target, steps)
-        return Explanation(a.detach().float().cpu(), target, probabilities, method, steps)
+        return Explanation(a.detach().float().cpu(), target.cpu(), probabilities.cpu(), method, steps)
 
     def _attribute(self, method: str, x: torch.Tensor, target: torch.Tensor, steps: int | None) -> torch.Tensor:
         explainer = self._method(method)
@@ -149,8 +152,11 @@ class Explainer:
             return explainer.attribute(x.clone().requires_grad_(True), target=target, abs=False)
         if method == "gradient-shap":  # expected gradients over black and noise references (Lundberg and Lee 2017)
             g = torch.Generator().manual_seed(0)
-            refs = torch.cat([self.baseline(1), torch.rand((7, *self.input_shape), generator=g)]) if self.is_image \
-                else self.baseline(8) + torch.randn((8, *self.input_shape), generator=g) * self.model.normalize.std
+            if self.is_image:
+                refs = torch.cat([self.baseline(1), torch.rand((7, *self.input_shape), generator=g).to(self.device)])
+            else:
+                noise = torch.randn((8, *self.input_shape), generator=g).to(self.device)
+                refs = self.baseline(8) + noise * self.model.normalize.std
             torch.manual_seed(0)  # Captum draws the references and the noise from the global generator
             return explainer.attribute(x, refs, target=target, n_samples=steps, stdevs=0.1 if self.is_image else 0.0)
         if method == "occlusion":  # Zeiler and Fergus 2014: the drop in score when a patch is set to the baseline

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genforge.explain import METHODS, Explainer, pixel_map
+from genforge.models.layers import device_of
 
 SANITY_MAX = 0.2  # a method passes when |rank correlation| of its absolute maps after full randomization is below
 OBJECT_LEVEL = 0.05  # pixels brighter than this (0-1) are the object's, where rank correlations are taken
@@ -42,6 +43,7 @@ def curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, order: torch
     """The probability of `target` as pixels are removed (deletion: set to black, in `order`) and added (insertion:
     from a black image, in `order`), at steps + 1 evenly spaced fractions: two (N, steps + 1) tensors."""
     model.eval()
+    device = device_of(model)
     n, c, h, w = x.shape
     rank = order.argsort(dim=1)  # (N, H*W): the position of each pixel in the order
     cut = torch.linspace(0, h * w, steps + 1).round()  # pixels removed (or added) at each step
@@ -52,7 +54,7 @@ def curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, order: torch
         for inserted, out in ((False, deletion), (True, insertion)):
             keep = shown if inserted else ~shown
             batch = (xs[None] * keep).flatten(0, 1)  # (S+1 n, C, H, W)
-            p = model.probabilities(model(batch)).reshape(steps + 1, len(xs), -1)
+            p = model.probabilities(model(batch.to(device))).cpu().reshape(steps + 1, len(xs), -1)
             out.append(p.gather(2, t[None, :, None].expand(steps + 1, -1, 1))[..., 0].T)  # (n, S+1)
     return torch.cat(deletion), torch.cat(insertion)
 
@@ -135,7 +137,7 @@ def faithfulness(model: nn.Module, x: torch.Tensor, methods=METHODS, seed: int =
     class. x: raw uint8 images (N, C, H, W)."""
     explainer = Explainer(model, tuple(x.shape[1:]))
     with torch.no_grad():
-        target = model.probabilities(model(x.float())).argmax(1)
+        target = model.probabilities(model(x.float().to(device_of(model)))).argmax(1).cpu()
     results: dict[str, dict] = {}
     reference = {"random": random_orderings(x, seed), "edge detector": edge_orderings(x)}
     for name, order in reference.items():
