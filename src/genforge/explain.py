@@ -20,6 +20,7 @@ from genforge.models.layers import device_of
 METHODS = ("integrated-gradients", "saliency", "gradient-shap", "occlusion", "grad-cam")
 DEFAULT_METHOD = "integrated-gradients"  # the most faithful method that passes the sanity check: docs/decisions.md
 DEFAULT_STEPS = {"integrated-gradients": 32, "gradient-shap": 32}  # path points / samples: the only costly knob
+BATCH = 256  # inputs x path points (or samples) per forward pass: what bounds an attribution's memory
 MAX_STEPS = 256  # at most this many path points or samples per input (the server caps lower, serve/limits.py)
 POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Flatten)
 
@@ -140,14 +141,15 @@ class Explainer:
         if target.min() < 0 or target.max() >= k:
             raise GenforgeError(f"target class must be in 0-{k - 1}, got {target.tolist()}")
         steps = (steps or DEFAULT_STEPS[method]) if method in DEFAULT_STEPS else None
-        a = self._attribute(method, inputs, target, steps)
-        return Explanation(a.detach().float().cpu(), target.cpu(), probabilities.cpu(), method, steps)
+        per_call = max(1, BATCH // (steps or 1)) if method != "occlusion" else 4  # bounded memory: inputs x points
+        a = torch.cat([self._attribute(method, inputs[i : i + per_call], target[i : i + per_call], steps).detach()
+                       .float().cpu() for i in range(0, n, per_call)])
+        return Explanation(a, target.cpu(), probabilities.cpu(), method, steps)
 
     def _attribute(self, method: str, x: torch.Tensor, target: torch.Tensor, steps: int | None) -> torch.Tensor:
         explainer = self._method(method)
         if method == "integrated-gradients":  # Sundararajan et al. 2017, Gauss-Legendre points along the path
-            return explainer.attribute(x, self.baseline(len(x)), target=target, n_steps=steps,
-                                       internal_batch_size=max(steps, 256 // steps * steps))
+            return explainer.attribute(x, self.baseline(len(x)), target=target, n_steps=steps)
         if method == "saliency":  # the signed gradient (Simonyan et al. 2014 take its absolute value)
             return explainer.attribute(x.clone().requires_grad_(True), target=target, abs=False)
         if method == "gradient-shap":  # expected gradients over black and noise references (Lundberg and Lee 2017)
