@@ -18,13 +18,13 @@ install: .venv/.torch
 	$(PY) -c 'import torch;print("torch=="+torch.__version__.split("+")[0])' > .venv/constraints.txt
 	$(PIP) install -q -e . -c .venv/constraints.txt
 
-install-dev: .venv/.torch
+install-dev: .venv/.torch  # dev + the trackers (MLflow, TensorBoard) that tests/test_track.py reads back
 	$(PY) -c 'import torch;print("torch=="+torch.__version__.split("+")[0])' > .venv/constraints.txt
-	$(PIP) install -q -e ".[dev]" -c .venv/constraints.txt
+	$(PIP) install -q -e ".[dev,track]" -c .venv/constraints.txt
 
 install-bench: .venv/.torch  # dev + the LitServe peer of bench/serve_load.py
 	$(PY) -c 'import torch;print("torch=="+torch.__version__.split("+")[0])' > .venv/constraints.txt
-	$(PIP) install -q -e ".[dev,bench]" -c .venv/constraints.txt
+	$(PIP) install -q -e ".[dev,track,bench]" -c .venv/constraints.txt
 
 quickstart: install
 	.venv/bin/genforge quickstart

@@ -172,4 +172,5 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache, cli, 
         code, _, err = cli(*args)
         assert code == 0, f"{command}\n{err}"
         if args[0] in ("train", "quickstart"):
-            made.append(max((tmp_path / "r").iterdir(), key=lambda p: p.stat().st_mtime))
+            made.append(max((p.parent for p in (tmp_path / "r").glob("*/config.yaml")),  # not mlruns/, tensorboard/
+                            key=lambda p: p.stat().st_mtime))

@@ -28,11 +28,12 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines inst
 
 
 def _train_new(source: str, overrides: list[str], name: str | None, runs_dir: Path, quiet: bool) -> tuple[Path, dict]:
-    from genforge import runs
+    from genforge import runs, track
     from genforge.config import load_config
     from genforge.train.loop import train
 
     cfg = load_config(source, [*overrides, *([f"name={name}"] if name else [])])  # validated like any key
+    track.require(cfg.track.names())  # before the run directory: a refused run leaves nothing behind
     run_dir = runs.create_run(runs_dir, cfg.name, cfg)
     err.print(f"run directory: {run_dir}")
     return run_dir, train(cfg, run_dir, quiet=quiet)
@@ -52,6 +53,8 @@ def train(
     name: Annotated[str | None, typer.Option(help="Run name (prefix of the run directory).")] = None,
     runs_dir: RunsDir = Path("runs"),
     resume: Annotated[Path | None, typer.Option(help="Continue this run directory in place.")] = None,
+    track: Annotated[str | None, typer.Option(help="Mirror the run into trackers: mlflow, tensorboard or both "
+                                                   "(mlflow,tensorboard); the same as track=[...].")] = None,
     quiet: Quiet = False,
 ):
     """Train a model into a new run directory, or --resume an interrupted one."""
@@ -64,9 +67,10 @@ def train(
             from genforge.train.loop import train as train_loop
 
             run_dir = runs.resolve_run(resume)
-            if config is not None or overrides or name is not None:
-                raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides "
-                                    "or --name (to change the config, train a new run)")
+            if config is not None or overrides or name is not None or track is not None:
+                raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides, "
+                                    "--name or --track (to change the config, train a new run; to mirror a run "
+                                    "into a tracker, genforge runs track RUN)")
             if (run_dir / "compression.json").is_file():  # a pruned child: its schedule, then the comparison
                 from genforge.compress.prune import resume_prune
 
@@ -78,7 +82,8 @@ def train(
         else:
             if config is None:
                 raise GenforgeError("give a preset or a config file; list presets with `genforge presets`")
-            run_dir, summary = _train_new(config, overrides or [], name, runs_dir, quiet)
+            tracked = [f"track=[{track}]"] if track is not None else []
+            run_dir, summary = _train_new(config, [*(overrides or []), *tracked], name, runs_dir, quiet)
     except Interrupted as e:
         err.print(str(e), markup=False)
         raise typer.Exit(130) from None
@@ -593,6 +598,42 @@ def runs_compare(a: Path, b: Path, diff: Annotated[bool, typer.Option("--diff", 
         style = "bold yellow" if va != vb else None
         table.add_row(key, fmt(va), fmt(vb), style=style)
     out.print(table)
+
+
+@runs_app.command("track")
+def runs_track(
+    run_paths: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories.")],
+    to: Annotated[str, typer.Option(help="mlflow, tensorboard or both (mlflow,tensorboard).")],
+    uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: the run's track.mlflow.uri, else "
+                                                 "sqlite:///RUNS/mlruns/mlflow.db).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the run's config name).")]
+    = None,
+    log_dir: Annotated[Path | None, typer.Option(help="TensorBoard folder (default: RUNS/tensorboard).")] = None,
+):
+    """Export run directories to MLflow or TensorBoard: config, every metric with its step, tags, the report and
+    plots. Exporting again adds only what is new (a run that was tracked while it trained continues its view)."""
+    from genforge import runs, track
+    from genforge.config import TrackConfig, load_config
+
+    names = [name.strip() for name in to.split(",") if name.strip()]
+    if not names or set(names) - set(TrackConfig.model_fields):
+        raise GenforgeError(f"--to {to}: give mlflow, tensorboard or mlflow,tensorboard")
+    for path in run_paths:
+        run = runs.resolve_run(path)
+        cfg = load_config(str(run / "config.yaml"))
+        given = {"mlflow": {"uri": uri, "experiment": experiment}, "tensorboard": {"log_dir": log_dir and str(log_dir)}}
+        settings = {n: {"name": cfg.name, **(getattr(cfg.track, n).model_dump() if getattr(cfg.track, n) else {}),
+                        **{k: v for k, v in given[n].items() if v is not None}} for n in names}
+        tracking = track.open_tracking(run, names, settings)
+        where = tracking.where()
+        status = runs.read_json(run / "summary.json").get("status")
+        if status is None:  # still training, or interrupted: the metrics so far
+            tracking.sync()
+            tracking.close("KILLED")
+        else:
+            tracking.finish()
+        for line in where:
+            out.print(f"{run.name} -> {line}", markup=False, highlight=False)
 
 
 @data_app.command("info")

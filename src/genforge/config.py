@@ -104,6 +104,41 @@ class EvalConfig(_Strict):
     grid: int = Field(64, ge=1)  # images in the sample grid written at each evaluation
 
 
+class MlflowSettings(_Strict):
+    uri: str | None = None  # tracking URI; default sqlite:///RUNS/mlruns/mlflow.db (RUNS: the run directory's parent)
+    experiment: str | None = None  # default: the config's name (runs of one recipe side by side)
+    parent_run_id: str | None = None  # nest the run under this MLflow run (a tune study's trials)
+
+
+class TensorboardSettings(_Strict):
+    log_dir: str | None = None  # default RUNS/tensorboard; a run writes to LOG_DIR/<run directory name>
+
+
+class TrackConfig(_Strict):
+    """`track: [mlflow, tensorboard]` (or `--track mlflow,tensorboard`) mirrors the run into these trackers
+    (genforge.track); the list is short for the mapping with default settings. The run directory stays the truth."""
+
+    mlflow: MlflowSettings | None = None  # on when given
+    tensorboard: TensorboardSettings | None = None  # on when given
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value):
+        if value is None:
+            return {}
+        if isinstance(value, str):  # track=mlflow,tensorboard
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        if isinstance(value, (list, tuple)):
+            unknown = [name for name in value if name not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown tracker {unknown[0]!r}; trackers: {', '.join(cls.model_fields)}")
+            return {name: {} for name in value}
+        return value
+
+    def names(self) -> list[str]:
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+
 class RunConfig(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")  # prefix of the run directory
     seed: int = 0
@@ -112,6 +147,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=lambda: MODELS["fastcnn"].config())
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)  # experiment trackers: [mlflow, tensorboard]
 
     @model_validator(mode="after")
     def _privacy_applies(self):

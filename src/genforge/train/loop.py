@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from genforge import runs
+from genforge import runs, track
 from genforge.config import RunConfig
 from genforge.errors import GenforgeError
 from genforge.registry import MODELS, build_model
@@ -106,13 +106,23 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     on_step(step, t, total): called after each applied update t of total (gradual pruning re-masks weights there);
     when it has state_dict/load_state_dict, its state is checkpointed and restored with the step's.
 
-    The process-wide torch settings the run changes (threads, deterministic algorithms) are restored on return."""
-    with restored_torch_settings():
-        return _train(cfg, run_dir, resume, quiet, fold, init, on_step)
+    The process-wide torch settings the run changes (threads, deterministic algorithms) are restored on return.
+    The trackers the config names (`track`) follow the run directory: metrics after each epoch's checkpoint, the
+    report at the end."""
+    tracking = track.for_training(cfg, run_dir)  # before the data: a missing package fails at once
+    try:
+        with restored_torch_settings():
+            summary = _train(cfg, run_dir, resume, quiet, fold, init, on_step, tracking)
+    except BaseException as e:
+        tracking.close("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
+        raise
+    tracking.finish()
+    return summary
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple[int, int] | None,
-           init: Callable[[torch.nn.Module], None] | None, on_step: Callable[[object, int, int], None] | None) -> dict:
+           init: Callable[[torch.nn.Module], None] | None, on_step: Callable[[object, int, int], None] | None,
+           tracking: track.Tracking) -> dict:
     tcfg = cfg.train
     device = pick_device(tcfg.device)
     if tcfg.threads:
@@ -257,6 +267,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                 if keep_best and state["best_epoch"] == state["epoch"]:  # before the checkpoint that records it
                     runs.save_weights(step.eval_model(), best_path)
                 save_checkpoint()
+                tracking.sync()  # after the checkpoint: a resume keeps every line a tracker was given
                 if stop:
                     log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
                     break
