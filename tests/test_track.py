@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,16 @@ def test_mlflow_reads_back_metrics_jsonl_params_tags_and_artifacts(tracked_run):
     stored = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id, "plots")}
     assert {"report.html", "metrics.jsonl", "config.yaml", "plots/decision_boundary.png"} <= stored
     assert not any(p.endswith(".safetensors") or p.startswith("checkpoints") for p in stored)
+
+
+def test_mlflow_telemetry_is_off(installed):
+    """MLflow turns its telemetry off by itself under pytest and CI: a process with neither shows genforge's switch."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY",
+                                                             "DO_NOT_TRACK")}
+    script = ("from genforge import track; track.mlflow_client_class(); "
+              "from mlflow.telemetry.client import get_telemetry_client; print(get_telemetry_client())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
 
 
 def test_tensorboard_event_files_hold_metrics_jsonl(tracked_run):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +118,20 @@ def _scalars(record: dict) -> dict[str, float]:
             and not isinstance(v, bool)}
 
 
+def mlflow_client_class():
+    """MlflowClient, imported with MLflow's telemetry off: MLflow sends usage events to its developers' servers
+    unless MLFLOW_DISABLE_TELEMETRY is set when it is imported (or re-initialized, if something imported it first)."""
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    imported = "mlflow" in sys.modules
+    from mlflow import MlflowClient
+
+    if imported:
+        from mlflow.telemetry.client import set_telemetry_client
+
+        set_telemetry_client()  # reads the variable again: no client
+    return MlflowClient
+
+
 def mlflow_experiment(client, uri: str, name: str) -> str:
     """The id of MLflow experiment `name`, created if needed. In a SQLite store its artifacts go beside the database
     (ARTIFACTS/<name>, ARTIFACTS = the database's folder/artifacts); MLflow's own default, ./mlruns, would follow the
@@ -142,9 +157,7 @@ class MLflowTracker(Tracker):
     name = "mlflow"
 
     def start(self) -> int:
-        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # it phones home otherwise
-        from mlflow import MlflowClient
-
+        MlflowClient = mlflow_client_class()  # noqa: N806
         runs_root = self.run_dir.resolve().parent
         uri = self.settings.get("uri") or f"sqlite:///{runs_root / 'mlruns' / 'mlflow.db'}"
         if uri.startswith("sqlite:///"):
