@@ -164,7 +164,8 @@ def test_runs_track_exports_an_untracked_run_once(runs_dir, capsys, monkeypatch)
     for _ in range(2):  # a second export adds nothing
         code, out, err = run_cli(capsys, monkeypatch, "runs", "track", run, "--to", "mlflow,tensorboard")
         assert code == 0, err
-        assert f"{run.name} -> mlflow run " in out and f"{run.name} -> tensorboard " in out
+        assert out.splitlines()[:3] == [run.name, *(f"  {line}" for line in track.views(run))]
+        assert out.splitlines()[1].startswith("  mlflow: run ") and "tensorboard: " in out
         assert_mlflow_holds(run)
         assert_tensorboard_holds(run)
     code, _, err = run_cli(capsys, monkeypatch, "runs", "track", run, "--to", "wandb")

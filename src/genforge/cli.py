@@ -89,6 +89,10 @@ def train(
         raise typer.Exit(130) from None
     _print_summary(summary)
     out.print(f"run: {run_dir}\nreport: {run_dir / 'report.html'}")
+    from genforge.track import views
+
+    for line in views(run_dir):  # where `track` mirrored the run
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -625,15 +629,14 @@ def runs_track(
         settings = {n: {"name": cfg.name, **(getattr(cfg.track, n).model_dump() if getattr(cfg.track, n) else {}),
                         **{k: v for k, v in given[n].items() if v is not None}} for n in names}
         tracking = track.open_tracking(run, names, settings)
-        where = tracking.where()
-        status = runs.read_json(run / "summary.json").get("status")
-        if status is None:  # still training, or interrupted: the metrics so far
+        if runs.read_json(run / "summary.json").get("status") is None:  # interrupted (or training): so far
             tracking.sync()
             tracking.close("KILLED")
         else:
             tracking.finish()
-        for line in where:
-            out.print(f"{run.name} -> {line}", markup=False, highlight=False)
+        out.print(run.name, markup=False, highlight=False)
+        for line in track.views(run):
+            out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @data_app.command("info")

@@ -109,9 +109,6 @@ class Tracker:
     def close(self, status: str) -> None:
         raise NotImplementedError
 
-    def where(self) -> str:
-        raise NotImplementedError
-
 
 def _scalars(record: dict) -> dict[str, float]:
     return {k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float))
@@ -218,9 +215,6 @@ class MLflowTracker(Tracker):
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
 
-    def where(self) -> str:
-        return f"mlflow run {self.run_id} in {self.record['uri']} (experiment {self.record['experiment']})"
-
 
 class TensorBoardTracker(Tracker):
     """Event files in LOG_DIR/<run directory name> (default LOG_DIR: RUNS/tensorboard): scalars per step, the config
@@ -273,9 +267,6 @@ class TensorBoardTracker(Tracker):
 
     def close(self, status: str) -> None:
         self.writer.close()
-
-    def where(self) -> str:
-        return f"tensorboard {self.record['log_dir']}"
 
 
 TRACKERS = {cls.name: cls for cls in (MLflowTracker, TensorBoardTracker)}
@@ -337,8 +328,16 @@ class Tracking:
                 # closing after an error or an interrupt: the status is lost, the error that ended the run is not
         self.trackers = []
 
-    def where(self) -> list[str]:
-        return [t.where() for t in self.trackers]
+
+def views(run_dir: Path) -> list[str]:
+    """Where a run's views are (track.json), one line each, e.g. `mlflow: run ID in URI (experiment NAME)`."""
+    recorded = runs.read_json(Path(run_dir) / "track.json")
+    lines = []
+    if m := recorded.get("mlflow"):
+        lines.append(f"mlflow: run {m['run_id']} in {m['uri']} (experiment {m['experiment']})")
+    if t := recorded.get("tensorboard"):
+        lines.append(f"tensorboard: {t['log_dir']}")
+    return lines
 
 
 def open_tracking(run_dir: Path, names: list[str], settings: dict[str, dict]) -> Tracking:
