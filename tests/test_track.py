@@ -168,6 +168,9 @@ def test_runs_track_exports_an_untracked_run_once(runs_dir, capsys, monkeypatch)
         assert out.splitlines()[1].startswith("  mlflow: run ") and "tensorboard: " in out
         assert_mlflow_holds(run)
         assert_tensorboard_holds(run)
+        client, run_id = mlflow_client(run)
+        assert len(client.get_metric_history(run_id, "summary.test_accuracy")) == 1
+        assert len(tensorboard_scalars(run).Images("plots/decision_boundary")) == 1
     code, _, err = run_cli(capsys, monkeypatch, "runs", "track", run, "--to", "wandb")
     assert code == 2 and "error: --to wandb: give mlflow, tensorboard" in err
 

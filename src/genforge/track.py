@@ -205,7 +205,9 @@ class MLflowTracker(Tracker):
 
         now = int(time.time() * 1000)
         step = summary.get("steps", 0)
-        final = [Metric(f"summary.{k}", v, now, step) for k, v in _scalars(summary).items()]
+        held = self.client.get_run(self.run_id).data.metrics  # a second export logs only what changed
+        final = [Metric(f"summary.{k}", v, now, step) for k, v in _scalars(summary).items()
+                 if held.get(f"summary.{k}") != v]
         if final:
             self.client.log_batch(self.run_id, metrics=final)
         for path in files:
