@@ -18,20 +18,20 @@ install: .venv/.torch
 	$(PY) -c 'import torch;print("torch=="+torch.__version__.split("+")[0])' > .venv/constraints.txt
 	$(PIP) install -q -e . -c .venv/constraints.txt
 
-install-dev: .venv/.torch  # dev + the trackers (MLflow, TensorBoard) that tests/test_track.py reads back
+install-dev: .venv/.torch  # dev + the trackers (MLflow, TensorBoard) that tests/test_track.py reads back + Optuna
 	$(PY) -c 'import torch;print("torch=="+torch.__version__.split("+")[0])' > .venv/constraints.txt
-	$(PIP) install -q -e ".[dev,track]" -c .venv/constraints.txt
+	$(PIP) install -q -e ".[dev,track,tune]" -c .venv/constraints.txt
 
 install-bench: .venv/.torch  # dev + the LitServe peer of bench/serve_load.py
 	$(PY) -c 'import torch;print("torch=="+torch.__version__.split("+")[0])' > .venv/constraints.txt
-	$(PIP) install -q -e ".[dev,track,bench]" -c .venv/constraints.txt
+	$(PIP) install -q -e ".[dev,track,tune,bench]" -c .venv/constraints.txt
 
 quickstart: install
 	.venv/bin/genforge quickstart
 
-# The Debian packages behind the real-data, browser and serving-benchmark paths: installed here when running as
-# root with apt-get, else the one command that installs them, and a stop (SYSTEM_DEPS=skip runs without them;
-# their tests are then listed as skipped at the end of the run).
+# The Debian packages behind the real-data, browser, serving-benchmark and PostgreSQL-study paths: installed here
+# when running as root with apt-get, else the one command that installs them, and a stop (SYSTEM_DEPS=skip runs
+# without them; their tests are then listed as skipped at the end of the run).
 SYSTEM_DEPS ?= check
 system-deps:
 	@[ "$(SYSTEM_DEPS)" = skip ] && exit 0; missing=""; \
@@ -39,6 +39,7 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	set -- /usr/lib/postgresql/*/bin/initdb; [ -x "$$1" ] || missing="$$missing postgresql"; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -441,6 +441,99 @@ def cv(
 
 
 @app.command()
+def tune(
+    config: Annotated[str, typer.Argument(help="A preset name or a YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value, applied to every trial before the "
+                                                                "sampled values.")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Trials to run now, split between the workers; an existing "
+                                                    "study gets this many more.")] = ...,
+    space: Annotated[Path | None, typer.Option(help="Search space YAML (default: the preset's, or NAME.space.yaml "
+                                                    "beside a config file).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite in the study directory; "
+                                                     "postgresql+psycopg2://... for workers on many machines).")]
+    = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the config's name).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine, on the same study.")] = 1,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Start no trial after this many seconds.")] = None,
+    metric: Annotated[str | None, typer.Option(help="What a trial is scored on: a key of metrics.jsonl (pruned "
+                                                    "per epoch) or of summary.json (default: val_acc for "
+                                                    "classifiers, else val_loss).")] = None,
+    direction: Annotated[str | None, typer.Option(help="min or max (with --metric).")] = None,
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    seed: Annotated[int | None, typer.Option(help="Sampler seed (worker i adds i).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads per trial when the config sets no "
+                                                            "train.threads (default: cores / workers).")] = None,
+    heartbeat: Annotated[int, typer.Option(min=1, help="Seconds between a trial's heartbeats; a trial silent for 3 "
+                                                       "of them (its worker died) is marked failed.")] = 10,
+    worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,  # a worker that --workers started
+    runs_dir: RunsDir = Path("runs"),
+):
+    """Tune hyperparameters with Optuna: every trial is a run directory; the study directory RUNS/tune-STUDY gets
+    the best config (best.yaml), trials.csv and report.html. The same --storage and --study in several processes
+    or machines share one study; running the command again resumes and extends it."""
+    import re
+    import time
+
+    from genforge import tune as tuning
+    from genforge.config import load_config
+
+    tuning.require()
+    if direction not in (None, "min", "max"):
+        raise GenforgeError(f"--direction {direction}: give min or max")
+    if pruner not in ("median", "hyperband", "none"):
+        raise GenforgeError(f"--pruner {pruner}: give median, hyperband or none")
+    cfg = load_config(config, overrides or [])
+    params, space_path = tuning.load_space(config, space)
+    tuning.check_space(config, overrides or [], params)
+    name = study or cfg.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", name):
+        raise GenforgeError(f"--study {name}: a study name is letters, digits, '.', '_' and '-'")
+    study_dir = runs_dir / f"tune-{name}"
+    url = storage or tuning.sqlite_url(study_dir)
+    metric, direction = tuning.study_metric(metric, direction, cfg, tuning.existing_attrs(url, name))
+    plan = tuning.Plan(config, overrides or [], params, name, study_dir, url, metric, direction, pruner, seed,
+                       threads or (None if cfg.train.threads else tuning.default_threads(workers)), heartbeat)
+    if worker_index is not None:  # one of --workers' processes: trials only, the parent writes the study directory
+        if tuning.optimize(plan, trials, timeout, worker_index, say=err.print)["interrupted"]:
+            raise typer.Exit(130)
+        return
+    before = len(tuning.open_study(plan).trials)  # creates the study, or checks that it tunes the same thing
+    err.print(f"study {name} ({tuning.shown_url(url)}): {metric} ({direction}), {len(params)} parameters from "
+              f"{space_path if space else 'the default space of ' + config}"
+              + (f"; resuming after {before} trials" if before else ""), markup=False)
+    started = time.perf_counter()
+    if workers == 1:
+        ran = tuning.optimize(plan, trials, timeout, say=err.print)
+    else:
+        ran = tuning.run_workers(plan, trials, timeout, workers, runs_dir, space_path)
+    result = tuning.write_study_dir(plan)
+    counts = f"{result['complete']} complete, {result['pruned']} pruned, {result['fail']} failed"
+    out.print(f"study {name}: {result['trials']} trials ({counts}), {result['trials'] - before} in "
+              f"{time.perf_counter() - started:.0f} s", highlight=False)
+    if result["best"]:
+        best = result["best"]
+        out.print(f"best: trial {best['trial']}, {metric} {best['value']:.4g}", highlight=False)
+        table = Table(show_header=False, box=None)
+        for key, value in best["params"].items():
+            table.add_row(f"  {key}", f"{value:.4g}" if isinstance(value, float) else str(value))
+        out.print(table)
+        out.print(f"best config: {best['config']}", highlight=False)
+    out.print(f"report:      {study_dir / 'report.html'}", highlight=False)
+    for worker, code in ran.get("failed", []):  # killed, or an error it printed; its trial fails once stale
+        err.print(f"worker {worker} exited with code {code}; a trial it was running is marked failed when its "
+                  f"heartbeat is {3 * heartbeat} s old", markup=False)
+    if ran["interrupted"]:
+        again = " ".join(["genforge tune", config, *(overrides or []), "--trials", str(trials), "--study", name,
+                          *(["--storage", tuning.shown_url(url)] if storage else []), "--runs-dir", str(runs_dir)])
+        err.print(f"interrupted; the study keeps every finished trial; continue it with: {again}", markup=False)
+        raise typer.Exit(130)
+    if not result["best"]:
+        err.print(f"no trial completed; see the errors in {study_dir / 'trials.csv'}", markup=False)
+    if not result["best"] or ran.get("failed"):
+        raise typer.Exit(1)
+
+
+@app.command()
 def serve(
     runs: Annotated[list[Path], typer.Argument(help="Run directories to serve (classifiers, GANs, VAEs).")],
     host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs --token-file.")] = (

@@ -42,6 +42,15 @@ class Diverged(GenforgeError):
     """Too many rollbacks: the run stops with its last good weights."""
 
 
+class Stop(Exception):
+    """Raised by on_epoch to end the run after this epoch (a tuning trial that is pruned): the epoch's weights and a
+    summary.json with `status` are written, then Stop reaches the caller."""
+
+    def __init__(self, status: str, message: str = ""):
+        super().__init__(message or status)
+        self.status = status
+
+
 @contextmanager
 def _interrupt_flag():
     """SIGINT/SIGTERM set a flag that the loop checks between steps, so a checkpoint is never torn."""
@@ -97,7 +106,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
           fold: tuple[int, int] | None = None, init: Callable[[torch.nn.Module], None] | None = None,
-          on_step: Callable[[object, int, int], None] | None = None) -> dict:
+          on_step: Callable[[object, int, int], None] | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train `cfg` into `run_dir` (created by runs.create_run) and return the summary.
 
     fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set.
@@ -105,6 +115,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     from given weights; fine-tuning a pruned model uses it.
     on_step(step, t, total): called after each applied update t of total (gradual pruning re-masks weights there);
     when it has state_dict/load_state_dict, its state is checkpointed and restored with the step's.
+    on_epoch(record): called with each epoch's metrics.jsonl record once it is checkpointed; it may raise Stop.
 
     The process-wide torch settings the run changes (threads, deterministic algorithms) are restored on return.
     The trackers the config names (`track`) follow the run directory: metrics after each epoch's checkpoint, the
@@ -112,9 +123,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     tracking = track.for_training(cfg, run_dir)  # before the data: a missing package fails at once
     try:
         with restored_torch_settings():
-            summary = _train(cfg, run_dir, resume, quiet, fold, init, on_step, tracking)
+            summary = _train(cfg, run_dir, resume, quiet, fold, init, on_step, on_epoch, tracking)
     except BaseException as e:
-        tracking.close("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
+        tracking.close("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt, Stop)) else "FAILED")
         raise
     tracking.finish()
     return summary
@@ -122,7 +133,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple[int, int] | None,
            init: Callable[[torch.nn.Module], None] | None, on_step: Callable[[object, int, int], None] | None,
-           tracking: track.Tracking) -> dict:
+           on_epoch: Callable[[dict], None] | None, tracking: track.Tracking) -> dict:
     tcfg = cfg.train
     device = pick_device(tcfg.device)
     if tcfg.threads:
@@ -268,6 +279,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                     runs.save_weights(step.eval_model(), best_path)
                 save_checkpoint()
                 tracking.sync()  # after the checkpoint: a resume keeps every line a tracker was given
+                if on_epoch is not None:
+                    on_epoch(record)
                 if stop:
                     log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
                     break
@@ -277,9 +290,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                 if spent:
                     log.line(spent)
                     break
-    except Diverged:  # _rollback restored the last good weights: keep them, usable like any run's
+    except (Diverged, Stop) as e:  # the last good weights (after a rollback) or this epoch's: usable like any run's
         runs.save_weights(step.eval_model(), run_dir / runs.WEIGHTS)
-        runs.write_json(run_dir / "summary.json", {"status": "diverged", "kind": cfg.model.kind, "dataset": ds.name,
+        runs.write_json(run_dir / "summary.json", {"status": getattr(e, "status", "diverged"), "kind": cfg.model.kind,
+                                                   "dataset": ds.name, "epochs": state["epoch"],
                                                    "steps": state["step"], "skipped_steps": state["skipped"],
                                                    "rollbacks": state["rollbacks"]})
         raise

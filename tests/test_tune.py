@@ -1,0 +1,249 @@
+"""genforge tune: the search space is checked before any trial, a study of run directories completes, prunes, records
+failures and goes on, resumes; and two workers share one study in a real PostgreSQL server, one of them killed
+mid-trial. Trials train blobs-logreg for a few epochs on one thread (about a second each)."""
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from glob import glob
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import run_cli
+
+from genforge import runs
+from genforge.config import load_config
+
+optuna = pytest.importorskip("optuna", reason="genforge tune needs optuna: pip install -e '.[tune]'")
+
+from genforge import tune  # noqa: E402
+
+QUICK = ["train.epochs=4", "train.threads=1"]
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    return lambda *args: run_cli(capsys, monkeypatch, *args)
+
+
+def write_space(path: Path, space: dict) -> Path:
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def plan_for(tmp_path: Path, space: dict, study: str, pruner="none") -> tune.Plan:
+    params, _ = tune.load_space("blobs-logreg", write_space(tmp_path / f"{study}.yaml", space))
+    study_dir = tmp_path / f"tune-{study}"
+    return tune.Plan("blobs-logreg", QUICK, params, study, study_dir, tune.sqlite_url(study_dir), "val_acc", "max",
+                     pruner=pruner, seed=0)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"train.lrr": {"low": 0.1, "high": 1.0}}, "unknown config key 'train.lrr'"),
+    ({"train.lr": {"low": 1.0, "high": 0.1}}, "train.lr"),
+    ({"train.lr": {"low": 0.0, "high": 0.1, "log": True}}, "train.lr"),
+    ({"train.lr": {"low": 0.0, "high": 0.1}}, "config key 'train.lr': Input should be greater than 0"),
+    ({"train.optimizer": {"choices": ["adamw", "lion"]}}, "train.optimizer=lion"),
+    ({"train.lr": {"lo": 0.1, "high": 1.0}}, "unknown field 'lo'"),
+    ({"train.batch_size": [16, 32]}, "train.batch_size: give {low, high}"),
+])
+def test_a_bad_space_is_one_line_before_any_trial(space, message, tmp_path, cli):
+    code, _, err = cli("tune", "blobs-logreg", "--trials", "2", "--space", str(write_space(tmp_path / "s.yaml", space)),
+                       "--runs-dir", str(tmp_path / "r"))
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip()]
+    assert not (tmp_path / "r").exists()  # no study, no trial
+
+
+def test_a_study_completes_writes_a_best_config_that_trains_and_resumes(tmp_path, cli):
+    r = tmp_path / "r"
+    code, out, err = cli("tune", "blobs-logreg", *QUICK, "--trials", "3", "--seed", "0", "--runs-dir", str(r))
+    assert code == 0, err
+    assert "best: trial" in out and err.count("complete val_acc") == 3
+    study_dir = r / "tune-blobs-logreg"
+    study = optuna.load_study(study_name="blobs-logreg", storage=tune.sqlite_url(study_dir))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    for t in study.trials:  # each trial is an ordinary run directory that names its trial
+        run = Path(t.user_attrs["run"])
+        assert run.parent == study_dir / "trials" and (run / runs.WEIGHTS).is_file() and (run / "report.html").is_file()
+        assert runs.read_json(run / "summary.json")["tune"] == {"study": "blobs-logreg", "trial": t.number,
+                                                              "storage": tune.sqlite_url(study_dir)}
+        assert load_config(str(run / "config.yaml")).train.lr == t.params["train.lr"]
+    assert len((study_dir / "trials.csv").read_text().splitlines()) == 4
+    page = (study_dir / "report.html").read_text()
+    assert page.count("<img") >= 3 and "history" in page and "importances" in page and "parallel" in page
+    best = study_dir / "best.yaml"
+    assert yaml.safe_load(best.read_text())["train"]["lr"] == study.best_params["train.lr"]
+    code, out, err = cli("train", str(best), "train.epochs=1", "--runs-dir", str(tmp_path / "best"), "--quiet")
+    assert code == 0 and "test_accuracy" in out, err
+
+    code, out, err = cli("tune", "blobs-logreg", *QUICK, "--trials", "2", "--runs-dir", str(r))  # resume, extend
+    assert code == 0, err
+    assert "resuming after 3 trials" in err and "5 trials" in out
+    study = optuna.load_study(study_name="blobs-logreg", storage=tune.sqlite_url(study_dir))
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    assert len({t.user_attrs["run"] for t in study.trials}) == 5
+
+    code, _, err = cli("tune", "blobs-logreg", "train.epochs=5", "--trials", "1", "--runs-dir", str(r))
+    assert code == 2 and "tunes another base config" in err  # a different config is a new study, not a resume
+
+
+def test_a_trial_below_the_median_is_pruned(tmp_path):
+    plan = plan_for(tmp_path, {"train.lr": {"choices": [0.5, 1.0e-5]}}, "prune",
+                    pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    study = tune.open_study(plan)
+    study.enqueue_trial({"train.lr": 0.5})
+    study.enqueue_trial({"train.lr": 1.0e-5})  # barely moves from its random start: worse at epoch 1
+    tune.optimize(plan, 2, None)
+    good, bad = tune.open_study(plan).trials
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
+    run = Path(bad.user_attrs["run"])
+    summary = runs.read_json(run / "summary.json")
+    assert summary["status"] == "pruned" and summary["epochs"] < 4 and summary["tune"]["trial"] == 1
+    assert (run / runs.WEIGHTS).is_file() and not (run / "eval.json").exists()  # no test evaluation for it
+    assert tune.write_study_dir(plan)["pruned"] == 1
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from genforge.train import loop
+
+    real = loop.train
+
+    def train(cfg, run_dir, **kwargs):
+        if cfg.train.lr == 0.25:
+            raise RuntimeError("boom")
+        return real(cfg, run_dir, **kwargs)
+
+    monkeypatch.setattr(loop, "train", train)
+    plan = plan_for(tmp_path, {"train.lr": {"choices": [0.5, 0.25, 1.0e38]}}, "fail")
+    study = tune.open_study(plan)
+    for lr in (1.0e38, 0.25, 0.5):  # diverges, raises, trains
+        study.enqueue_trial({"train.lr": lr})
+    lines = []
+    assert tune.optimize(plan, 3, None, say=lines.append) == {"interrupted": False}
+    diverged, raised, ok = tune.open_study(plan).trials
+    assert [t.state.name for t in (diverged, raised, ok)] == ["FAIL", "FAIL", "COMPLETE"]
+    assert "training diverged" in diverged.user_attrs["error"] and raised.user_attrs["error"] == "RuntimeError: boom"
+    assert runs.read_json(Path(diverged.user_attrs["run"]) / "summary.json")["status"] == "diverged"
+    assert runs.read_json(Path(raised.user_attrs["run"]) / "summary.json")["status"] == "failed"
+    assert "RuntimeError: boom" in (Path(raised.user_attrs["run"]) / "log.txt").read_text()  # with its traceback
+    assert "(RuntimeError: boom)" in lines[1]
+    tune.write_study_dir(plan)
+    table = (plan.study_dir / "trials.csv").read_text()
+    assert "training diverged" in table and "RuntimeError: boom" in table
+
+
+def test_an_interrupted_trial_fails_and_stops_the_study(tmp_path, monkeypatch):
+    from genforge.train import loop
+
+    def train(cfg, run_dir, **kwargs):
+        raise loop.Interrupted("interrupted at step 3; resume with: genforge train --resume RUN")
+
+    monkeypatch.setattr(loop, "train", train)
+    plan = plan_for(tmp_path, {"train.lr": {"low": 0.1, "high": 1.0}}, "stop")
+    assert tune.optimize(plan, 3, None) == {"interrupted": True}
+    (trial,) = tune.open_study(plan).trials  # no second trial started
+    assert trial.state.name == "FAIL" and trial.user_attrs["error"] == "interrupted"
+
+
+# --- PostgreSQL: two workers on one study, one killed mid-trial -------------------------------------------------
+
+INSTALL_PG = "apt-get install -y postgresql"
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 and a free port, data in a temp folder; initdb and pg_ctl refuse
+    to run as root, so as root they run as the `postgres` user the Debian package creates."""
+    pytest.importorskip("psycopg2", reason="the PostgreSQL test needs psycopg2: pip install psycopg2-binary")
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip(f"PostgreSQL is not installed; install it with: {INSTALL_PG}")
+    as_user = []
+    folder = Path(tempfile.mkdtemp(prefix="genforge-pg-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip(f"no `postgres` user to run the server as (root may not); install it with: {INSTALL_PG}")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, log = folder / "data", folder / "server.log"
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "genforge", "--no-sync"], check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                       check=True, capture_output=True, timeout=120)
+    except (subprocess.SubprocessError, OSError) as e:
+        reason = log.read_text()[-500:] if log.is_file() else getattr(e, "stderr", b"") or str(e)
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"PostgreSQL did not start ({' '.join(str(reason).split())[-300:]}); it needs Debian's "
+                    f"postgresql: {INSTALL_PG}")
+    try:
+        yield f"postgresql+psycopg2://genforge@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _genforge(*args, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "genforge", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_url, tmp_path):
+    # each trial trains for 2 s (train.max_seconds), long enough to be killed in the middle of one
+    args = ["tune", "blobs-logreg", "train.epochs=1000", "train.max_seconds=2", "train.threads=1", "--storage",
+            postgres_url, "--study", "shared", "--heartbeat", "1", "--runs-dir", str(tmp_path / "r")]
+    parent = _genforge(*args, "--trials", "4", "--workers", "2", cwd=tmp_path)
+    storage = postgres_url
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline:  # the first trial that is running: kill its worker
+        time.sleep(0.3)
+        try:
+            trials = optuna.load_study(study_name="shared", storage=storage).trials
+        except KeyError:  # not created yet
+            continue
+        victim = next((t for t in trials if t.state.name == "RUNNING" and "worker" in t.user_attrs), None)
+    assert victim is not None, parent.communicate()
+    time.sleep(0.5)
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    killed_at = time.monotonic()
+    out, err = parent.communicate(timeout=120)
+    assert parent.returncode == 1 and "exited with code -9" in err, err  # the other worker finished its trials
+
+    time.sleep(max(0.0, killed_at + 3.5 - time.monotonic()))  # 3 heartbeats: the killed trial is stale
+    resumed = _genforge(*args, "--trials", "1", cwd=tmp_path)
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    states = {t.number: t.state.name for t in trials}
+    assert set(states.values()) <= {"COMPLETE", "FAIL"} and states[victim.number] == "FAIL"
+    assert sum(s == "COMPLETE" for s in states.values()) >= 3  # two by the survivor, one by the resumed study
+    assert len({t.user_attrs["worker"] for t in trials}) == 3  # two workers and the resumed process
+    assert len(states) == len(trials)  # no trial number twice
+    completed = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len({t.user_attrs["run"] for t in completed}) == len(completed)  # and no run dir scored twice
+    for t in completed:
+        assert runs.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["trial"] == t.number
+    table = (tmp_path / "r" / "tune-shared" / "trials.csv").read_text()
+    assert "its worker stopped without finishing it" in table
