@@ -157,7 +157,8 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache, cli, 
     for command in commands:
         args = command.split()[1:]
         names = {"RUN": made[-1:], "RUN_A": made[-2:-1], "RUN_B": made[-1:]}
-        args = [str(names[a][0]) if a in names else a for a in args]
+        # RUN alone, or as an override's value (train.init_from=RUN)
+        args = [re.sub(r"(?<![^=])(RUN|RUN_A|RUN_B)$", lambda m: str(names[m[1]][0]), a) for a in args]
         if args[0] in ("train", "cv"):
             args += ["data.train_subset=512", "train.epochs=1", "train.threads=1", "eval.samples=200",
                      "eval.iwae_k=5", "eval.iwae_images=10", "--runs-dir", str(tmp_path / "r"), "--quiet"]
@@ -165,6 +166,9 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache, cli, 
             args += ["--samples", "200"]
         if args[0] == "evaluate" and "--explain" in args:
             args += ["--examples", "20"]
+        if args[0] == "tune":  # two short trials of the README's study, in ./runs (where its best.yaml is shown)
+            args[args.index("--trials") + 1] = "2"
+            args += ["data.train_subset=512", "train.epochs=2", "train.threads=1"]
         if args[0] == "quickstart":
             args += ["--runs-dir", str(tmp_path / "r"), "--quiet"]
         if args[0] == "runs" and len(args) == 1:

@@ -461,8 +461,8 @@ def tune(
     direction: Annotated[str | None, typer.Option(help="min or max (with --metric).")] = None,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
     seed: Annotated[int | None, typer.Option(help="Sampler seed (worker i adds i).")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch threads per trial when the config sets no "
-                                                            "train.threads (default: cores / workers).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads per trial when the config sets no "
+                                                     "train.threads; for more speed, add workers.")] = 1,
     heartbeat: Annotated[int, typer.Option(min=1, help="Seconds between a trial's heartbeats; a trial silent for 3 "
                                                        "of them (its worker died) is marked failed.")] = 10,
     worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,  # a worker that --workers started
@@ -492,7 +492,7 @@ def tune(
     url = storage or tuning.sqlite_url(study_dir)
     metric, direction = tuning.study_metric(metric, direction, cfg, tuning.existing_attrs(url, name))
     plan = tuning.Plan(config, overrides or [], params, name, study_dir, url, metric, direction, pruner, seed,
-                       threads or (None if cfg.train.threads else tuning.default_threads(workers)), heartbeat)
+                       None if cfg.train.threads else threads, heartbeat)
     if worker_index is not None:  # one of --workers' processes: trials only, the parent writes the study directory
         if tuning.optimize(plan, trials, timeout, worker_index, say=err.print)["interrupted"]:
             raise typer.Exit(130)

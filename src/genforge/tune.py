@@ -182,7 +182,7 @@ class Plan:
     direction: str  # "min" or "max"
     pruner: object = "median"  # median, hyperband, none, or an optuna pruner
     seed: int | None = None  # the sampler's seed (worker i of --workers adds i)
-    threads: int | None = None  # torch threads per trial when the config leaves train.threads unset
+    threads: int | None = 1  # torch threads per trial when the config leaves train.threads unset
     heartbeat: int = HEARTBEAT
 
     def base(self) -> RunConfig:
@@ -620,6 +620,3 @@ figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}pre{{background:
 <h2>Best config</h2><pre>{html.escape(best_yaml)}</pre></html>"""
     runs.write_text(d / "report.html", page)
 
-
-def default_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
