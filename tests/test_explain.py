@@ -93,7 +93,8 @@ def test_grad_cam_needs_feature_maps(tmp_path):
 def test_explain_refuses_what_it_cannot_explain(loaded, test_images, gan_run):
     x = test_images[0][:1]
     for kwargs, message in (({"method": "lime"}, "unknown method 'lime'"), ({"target": 10}, "out of range 0-9"),
-                            ({"target": "Hat"}, "unknown class 'Hat'"), ({"steps": 0}, "steps must be between")):
+                            ({"target": "Hat"}, "unknown class 'Hat'"), ({"steps": 0}, "steps must be between"),
+                            ({"steps": 8, "method": "occlusion"}, "occlusion takes no steps")):
         with pytest.raises(GenforgeError, match=message):
             loaded.explain(x, **kwargs)
     with pytest.raises(GenforgeError, match="cannot classify"):
@@ -105,7 +106,8 @@ def test_explain_command_writes_a_grid_a_folder_and_json(classifier_run, test_im
         Image.fromarray(test_images[0][i, 0].numpy()).save(tmp_path / f"item{i}.png")
     np.save(tmp_path / "batch.npy", test_images[0][2:5, 0].numpy())
     files = [tmp_path / "item0.png", tmp_path / "item1.png", tmp_path / "batch.npy"]
-    code, out, err = cli("explain", classifier_run, *files, "--out", tmp_path / "grid.png", "--steps", "8")
+    code, out, err = cli("explain", classifier_run, *files, "--out", tmp_path / "grid.png", "--steps", "8",
+                         "--method", "integrated-gradients")
     assert code == 0, err
     assert out.count("predicted") == 5 and "batch.npy[2]" in out and "integrated-gradients (8 steps)" in out
     with Image.open(tmp_path / "grid.png") as grid:

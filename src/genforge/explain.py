@@ -18,7 +18,7 @@ from genforge.errors import GenforgeError
 from genforge.models.layers import device_of
 
 METHODS = ("integrated-gradients", "saliency", "gradient-shap", "occlusion", "grad-cam")
-DEFAULT_METHOD = "integrated-gradients"  # the most faithful method that passes the sanity check: docs/decisions.md
+DEFAULT_METHOD = "occlusion"  # the most faithful method that passes the sanity check: docs/benchmarks.md
 DEFAULT_STEPS = {"integrated-gradients": 32, "gradient-shap": 32}  # path points / samples: the only costly knob
 BATCH = 256  # inputs x path points (or samples) per forward pass: what bounds an attribution's memory
 MAX_STEPS = 256  # at most this many path points or samples per input (the server caps lower, serve/limits.py)
@@ -38,11 +38,13 @@ class _LogProbability(nn.Module):
     """The classifier as a function of the input in the units attributions are given in (0-1 pixels, raw features),
     returning (N, classes) log-probabilities."""
 
-    def __init__(self, model: nn.Module, scale: float):
+    def __init__(self, model: nn.Module, scale: float, channels_last: bool = False):
         super().__init__()
-        self.model, self.scale = model, scale
+        self.model, self.scale, self.channels_last = model, scale, channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model.log_probabilities(self.model(x * self.scale))
 
 
@@ -92,7 +94,11 @@ class Explainer:
         self.input_shape = tuple(input_shape)
         self.device = device_of(self.model)
         self.is_image = len(self.input_shape) == 3
-        self.forward = _LogProbability(self.model, 255.0 if self.is_image else 1.0)
+        # convolutions run faster channels-last on the CPU (oneDNN): IG on fashion-cnn 166 -> 102 ms per image
+        convolutional = self.is_image and any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if convolutional:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = _LogProbability(self.model, 255.0 if self.is_image else 1.0, convolutional)
         self.layer = _feature_map_layer(self.model, self.input_shape)
         self._methods: dict[str, object] = {}
 
@@ -131,6 +137,9 @@ class Explainer:
             raise GenforgeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if steps is not None and not 1 <= steps <= MAX_STEPS:
             raise GenforgeError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+        if steps is not None and method not in DEFAULT_STEPS:
+            raise GenforgeError(f"{method} takes no steps (they are the path points of integrated-gradients and the "
+                                f"samples of gradient-shap)")
         inputs = self.inputs(x)
         with torch.no_grad():
             probabilities = self.forward(inputs).exp()

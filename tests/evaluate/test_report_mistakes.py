@@ -86,7 +86,7 @@ def test_each_class_gets_the_mean_attribution_of_its_first_test_images(digits_ru
     assert counts.tolist() == [5] * 3 + [0] + [5] * 6 and torch.equal(maps[3], torch.zeros(1, 8, 8))
     for k in (0, 4, 9):
         first = (y == k).nonzero()[:5, 0]
-        expected = explainer(ds.test_x[first], target=k, steps=8).attributions.mean(0)
+        expected = explainer(ds.test_x[first], "integrated-gradients", target=k, steps=8).attributions.mean(0)
         torch.testing.assert_close(maps[k], expected, atol=1e-6, rtol=1e-4)
 
 

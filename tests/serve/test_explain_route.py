@@ -17,7 +17,7 @@ from genforge.serve.adapters import ServedModel, load_models
 from genforge.serve.app import create_app
 from genforge.serve.limits import Limits
 
-FEW = {"steps": 4}  # integrated gradients with 4 path points: milliseconds on the tiny CNN
+FEW = {"method": "integrated-gradients", "steps": 4}  # 4 path points: milliseconds on the tiny CNN
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_the_target_is_chosen_by_index_or_label(client, names, images):
     by_index = client.post(f"/v1/models/{clf}/explain", json={"inputs": image, "target": 1, **FEW}).json()
     by_label = client.post(f"/v1/models/{clf}/explain", json={"inputs": image, "target": "Trouser", **FEW}).json()
     upload = client.post(f"/v1/models/{clf}/explain", files={"file": ("x.png", png(images[0]), "image/png")},
-                         data={"target": "1", "steps": "4"}).json()  # a form field's digits: an index
+                         data={"target": "1", **{k: str(v) for k, v in FEW.items()}}).json()  # "1": an index
     other = client.post(f"/v1/models/{clf}/explain", json={"inputs": image, "target": 7, **FEW}).json()
     assert by_index["explanations"][0]["target"] == {"index": 1, "label": "Trouser",
                                                      "probability": by_index["explanations"][0]["probabilities"][1]}
@@ -88,8 +88,8 @@ def test_png_is_one_overlay_or_a_grid_of_them(client, names, images):
     ({"target": "Cat"}, "no class labelled 'Cat'"),
     ({"target": -1}, "target: Value error, give a class index"),
     ({"target": True}, "target: Value error, give a class index"),
-    ({"steps": 65}, "steps must be at most 64 on this server"),
-    ({"steps": 1000}, "steps: Input should be less than or equal to 256"),
+    ({**FEW, "steps": 65}, "steps must be at most 64 on this server"),
+    ({**FEW, "steps": 1000}, "steps: Input should be less than or equal to 256"),
     ({"steps": 4, "method": "saliency"}, "saliency takes no steps"),
     ({"format": "gif"}, "format: Input should be"),
     ({"top_k": 3}, "top_k: Extra inputs are not permitted"),
@@ -126,9 +126,10 @@ def test_the_batch_and_steps_caps_come_from_the_limits(served, names):
     with TestClient(create_app({clf: served[clf]}, limits=Limits(max_explain_batch=2, max_explain_steps=3))) as c:
         r = c.post(f"/v1/models/{clf}/explain", json={"inputs": [[0] * 784] * 3, "method": "saliency"})
         assert r.status_code == 422 and "at most 2 inputs" in error_of(r)
-        r = c.post(f"/v1/models/{clf}/explain", json={"inputs": [[0] * 784], "steps": 4})
+        r = c.post(f"/v1/models/{clf}/explain", json={"inputs": [[0] * 784], **FEW})
         assert r.status_code == 422 and "at most 3 on this server" in error_of(r)
-        assert c.post(f"/v1/models/{clf}/explain", json={"inputs": [[0] * 784] * 2, "steps": 3}).status_code == 200
+        body = {"inputs": [[0] * 784] * 2, **FEW, "steps": 3}
+        assert c.post(f"/v1/models/{clf}/explain", json=body).status_code == 200
 
 
 def test_feature_vectors_and_a_model_without_feature_maps(tabular_run):

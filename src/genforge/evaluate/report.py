@@ -262,7 +262,7 @@ def mistakes_sections(model, ds, highest_loss: dict) -> list[tuple[str, str]]:
     sections = [("Mistakes (test)", text + shown(ds, index, losses, probs, attributions))]
     if averages is not None:
         figure = _png(plot_class_attributions(*averages, ds.classes))
-        method = DEFAULT_METHOD + (f" ({mistakes.CLASS_STEPS} steps)" if DEFAULT_METHOD in DEFAULT_STEPS else "")
+        method = f"{mistakes.CLASS_METHOD} ({mistakes.CLASS_STEPS} steps)"
         text = (f"<p>For each class, the mean {method} attributions of its first {per_class} test images to their "
                 f"true class (how many in brackets): where the model looks.</p>")
         sections.append(("Attributions per class (test)", f'{text}<img alt="class attributions" src="{figure}">'))
