@@ -209,9 +209,9 @@ def _genforge(*args, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_url, tmp_path):
-    # each trial trains for 2 s (train.max_seconds), long enough to be killed in the middle of one
-    args = ["tune", "blobs-logreg", "train.epochs=1000", "train.max_seconds=2", "train.threads=1", "--storage",
+def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_url, tmp_path, cli):
+    # each trial trains for 1 s (train.max_seconds), long enough to be killed in the middle of one
+    args = ["tune", "blobs-logreg", "train.epochs=1000", "train.max_seconds=1", "train.threads=1", "--storage",
             postgres_url, "--study", "shared", "--heartbeat", "1", "--runs-dir", str(tmp_path / "r")]
     parent = _genforge(*args, "--trials", "4", "--workers", "2", cwd=tmp_path)
     storage = postgres_url
@@ -232,9 +232,8 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_ur
     assert parent.returncode == 1 and "exited with code -9" in err, err  # the other worker finished its trials
 
     time.sleep(max(0.0, killed_at + 3.5 - time.monotonic()))  # 3 heartbeats: the killed trial is stale
-    resumed = _genforge(*args, "--trials", "1", cwd=tmp_path)
-    out, err = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, err
+    code, out, err = cli(*args, "--trials", "1")  # in this process: a third worker
+    assert code == 0, err
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     states = {t.number: t.state.name for t in trials}
     assert set(states.values()) <= {"COMPLETE", "FAIL"} and states[victim.number] == "FAIL"
