@@ -1,0 +1,72 @@
+"""Acceptance 1 of tuning: does a study pay, and does pruning cut its time?
+
+Two studies of 30 trials on fashion-cnn-fast's shipped space (presets/spaces/fashion-cnn-fast.yaml), the same sampler
+seed, two workers of one torch thread each: one unpruned, one with the median pruner. Then the shipped preset and
+each study's best.yaml are trained again on seeds 1-3 (the studies used seed 0) with one thread each, two at a time,
+and compared on test accuracy (median of the seeds) and training seconds: the space keeps the preset's epochs and
+widths, so a best config costs about what the preset costs. Writes bench/out/tune_fashion.json after every step."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _common import record
+
+TRIALS, WORKERS, SEEDS = 30, 2, (1, 2, 3)
+
+
+def study(name: str, pruner: str, runs_dir: Path) -> dict:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "genforge", "tune", "fashion-cnn-fast", "--trials", str(TRIALS),
+                           "--workers", str(WORKERS), "--pruner", pruner, "--seed", "0", "--study", name,
+                           "--runs-dir", str(runs_dir)])
+    wall = time.perf_counter() - started
+    result = json.loads((runs_dir / f"tune-{name}" / "study.json").read_text())
+    return {"exit_code": done.returncode, "wall_seconds": round(wall, 1), **result}
+
+
+def train(config: str, seed: int, runs_dir: Path) -> dict:
+    out = runs_dir / f"seed{seed}-{abs(hash(config))}"
+    subprocess.run([sys.executable, "-m", "genforge", "train", config, f"seed={seed}", "train.threads=1",
+                    "--runs-dir", str(out), "--quiet"], check=True, capture_output=True)
+    (run,) = out.glob("*/summary.json")
+    summary = json.loads(run.read_text())
+    return {"seed": seed, "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"]}
+
+
+def seeds(config: str, runs_dir: Path) -> dict:
+    with ThreadPoolExecutor(WORKERS) as pool:
+        rows = list(pool.map(lambda s: train(config, s, runs_dir), SEEDS))
+    return {"runs": rows, "median_test_accuracy": statistics.median(r["test_accuracy"] for r in rows),
+            "median_train_seconds": statistics.median(r["train_seconds"] for r in rows)}
+
+
+def main() -> None:
+    result = {"trials": TRIALS, "workers": WORKERS, "threads_per_trial": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_dir = Path(tmp)
+        for name, pruner in (("unpruned", "none"), ("pruned", "median")):
+            result[name] = study(name, pruner, runs_dir)
+            record("tune_fashion", result)
+        result["preset"] = seeds("fashion-cnn-fast", runs_dir)
+        record("tune_fashion", result)
+        for name in ("pruned", "unpruned"):
+            if result[name]["best"]:
+                result[f"{name}_best"] = seeds(result[name]["best"]["config"], runs_dir)
+                record("tune_fashion", result)
+    unpruned, pruned = result["unpruned"], result["pruned"]
+    result["pruning_wall_time_cut"] = round(1 - pruned["wall_seconds"] / unpruned["wall_seconds"], 3)
+    if unpruned["best"] and pruned["best"]:
+        result["best_value_gap_points"] = round(100 * (unpruned["best"]["value"] - pruned["best"]["value"]), 2)
+    record("tune_fashion", result)
+
+
+if __name__ == "__main__":
+    main()
