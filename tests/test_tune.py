@@ -154,6 +154,23 @@ def test_an_interrupted_trial_fails_and_stops_the_study(tmp_path, monkeypatch):
     assert trial.state.name == "FAIL" and trial.user_attrs["error"] == "interrupted"
 
 
+def test_a_tracked_study_is_an_mlflow_run_with_its_trials_as_children(tmp_path, cli):
+    pytest.importorskip("mlflow", reason="tracking needs the track extra: pip install -e '.[track]'")
+    from genforge.track import mlflow_client_class
+
+    r = tmp_path / "r"
+    code, _, err = cli("tune", "blobs-logreg", *QUICK, "track=[mlflow]", "--trials", "2", "--runs-dir", str(r))
+    assert code == 0, err
+    client = mlflow_client_class()(tracking_uri=f"sqlite:///{r / 'mlruns' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "blobs-logreg"]  # not one per trial
+    found = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in found if run.info.run_name == "tune-blobs-logreg"]
+    children = [run for run in found if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and "best_val_acc" in parent.data.metrics and parent.info.status == "FINISHED"
+    assert yaml.safe_load((r / "tune-blobs-logreg" / "best.yaml").read_text())["track"]["mlflow"]["parent_run_id"] \
+        is None  # best.yaml trains a run of its own
+
+
 # --- PostgreSQL: two workers on one study, one killed mid-trial -------------------------------------------------
 
 INSTALL_PG = "apt-get install -y postgresql"

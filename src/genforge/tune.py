@@ -41,7 +41,7 @@ from genforge.errors import GenforgeError
 
 INSTALL = "pip install 'optuna>=4.0' (or `pip install -e '.[tune]'` in a checkout)"
 HEARTBEAT = 10  # seconds between a running trial's heartbeats; a trial silent for 3 of them is failed as stale
-IGNORED_ON_RESUME = ("train.threads", "train.device", "data.data_dir")  # may differ between a study's workers
+IGNORED_ON_RESUME = ("train.threads", "train.device", "data.data_dir", "track")  # may differ between workers
 
 
 class TrialFailed(Exception):
@@ -188,9 +188,9 @@ class Plan:
     def base(self) -> RunConfig:
         return load_config(self.source, self.overrides)
 
-    def config(self, params: dict, name: str | None = None) -> RunConfig:
-        extra = [f"{key}={yaml_value(value)}" for key, value in params.items()]
-        return load_config(self.source, [*self.overrides, *extra, *([f"name={name}"] if name else [])])
+    def config(self, params: dict, name: str | None = None, extra: list[str] = ()) -> RunConfig:
+        sampled = [f"{key}={yaml_value(value)}" for key, value in params.items()]
+        return load_config(self.source, [*self.overrides, *sampled, *extra, *([f"name={name}"] if name else [])])
 
 
 def default_metric(cfg: RunConfig) -> tuple[str, str]:
@@ -254,8 +254,8 @@ def _pruner(plan: Plan, epochs: int):
 def _comparable(cfg: RunConfig) -> str:
     tree = cfg.model_dump(mode="json")
     for key in IGNORED_ON_RESUME:
-        section, leaf = key.split(".")
-        tree[section].pop(leaf, None)
+        *section, leaf = key.split(".")
+        (tree[section[0]] if section else tree).pop(leaf, None)
     tree.pop("name", None)
     return yaml.safe_dump(tree, sort_keys=True)
 
@@ -277,12 +277,13 @@ def open_study(plan: Plan, worker: int = 0):
     finally:
         optuna.logging.set_verbosity(verbosity)
     attrs = study.user_attrs
-    if not attrs:  # a new study (two workers creating it at once both write the same values)
+    if not attrs.get("metric"):  # a new study (two workers creating it at once both write the same values)
         study.set_user_attr("metric", plan.metric)
         study.set_user_attr("direction", plan.direction)
         study.set_user_attr("base_config", _comparable(base))
         study.set_user_attr("source", plan.source)
         study.set_user_attr("overrides", plan.overrides)
+        mlflow_parent(plan, study, base)
         return study
     if (attrs.get("metric"), attrs.get("direction")) != (plan.metric, plan.direction):
         raise GenforgeError(f"study {plan.study} optimizes {attrs.get('metric')} ({attrs.get('direction')}); "
@@ -292,7 +293,54 @@ def open_study(plan: Plan, worker: int = 0):
         raise GenforgeError(f"study {plan.study} tunes another base config ({attrs.get('source')} "
                             f"{' '.join(attrs.get('overrides', []))}); give the same config and overrides to resume "
                             f"it, or start a new study with --study NAME")
+    mlflow_parent(plan, study, base)
     return study
+
+
+def _mlflow_settings(plan: Plan, base: RunConfig) -> dict | None:
+    """Where a tracked study's runs go: the base config's MLflow store and experiment, or the defaults of a run
+    trained beside the study directory (RUNS/mlruns/mlflow.db, the config's name), not one experiment per trial."""
+    if base.track.mlflow is None:
+        return None
+    uri = base.track.mlflow.uri or f"sqlite:///{(plan.study_dir.parent / 'mlruns' / 'mlflow.db').resolve()}"
+    return {"uri": uri, "experiment": base.track.mlflow.experiment or base.name}
+
+
+def mlflow_parent(plan: Plan, study, base: RunConfig) -> str | None:
+    """With `track: [mlflow]`, the study is an MLflow run and its trials' runs are its children; its id is kept in
+    the study, so every worker nests under the same run."""
+    settings = _mlflow_settings(plan, base)
+    if settings is None or (run_id := study.user_attrs.get("mlflow_run_id")):
+        return study.user_attrs.get("mlflow_run_id")
+    from genforge import track
+
+    track.require(["mlflow"])
+    if settings["uri"].startswith("sqlite:///"):
+        Path(settings["uri"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = track.mlflow_client_class()(tracking_uri=settings["uri"])
+    experiment = track.mlflow_experiment(client, settings["uri"], settings["experiment"])
+    run_id = client.create_run(experiment, run_name=f"tune-{plan.study}",
+                               tags={"genforge.study": plan.study, "genforge.metric": plan.metric}).info.run_id
+    study.set_user_attr("mlflow_run_id", run_id)
+    return run_id
+
+
+def _mlflow_finish(plan: Plan, study, result: dict) -> None:
+    """The study's MLflow run gets the best value, the best values as tags and the study directory's files."""
+    settings, run_id = _mlflow_settings(plan, plan.base()), study.user_attrs.get("mlflow_run_id")
+    if settings is None or run_id is None:
+        return
+    from genforge import track
+
+    client = track.mlflow_client_class()(tracking_uri=settings["uri"])
+    if result["best"]:
+        client.log_metric(run_id, f"best_{plan.metric}", result["best"]["value"], step=result["trials"])
+        for key, value in result["best"]["params"].items():
+            client.set_tag(run_id, f"best.{key}", json.dumps(value))
+    for name in ("report.html", "trials.csv", "best.yaml", "study.json"):
+        if (plan.study_dir / name).is_file():
+            client.log_artifact(run_id, str(plan.study_dir / name))
+    client.set_terminated(run_id, "FINISHED")
 
 
 def study_metric(plan_metric: str | None, plan_direction: str | None, cfg: RunConfig, existing: dict) -> tuple:
@@ -363,9 +411,15 @@ def objective(plan: Plan, trial) -> float:
     from genforge.train.loop import Interrupted, Stop, train
 
     params = {p.key: p.suggest(trial) for p in plan.space}
-    name = f"{plan.base().name}-trial{trial.number:03d}"
+    base = plan.base()
+    name = f"{base.name}-trial{trial.number:03d}"
+    nested = []  # a tracked trial: a child of the study's MLflow run, in the study's experiment
+    if (parent := trial.study.user_attrs.get("mlflow_run_id")) and (settings := _mlflow_settings(plan, base)):
+        tracked = base.track.model_dump(mode="json")
+        tracked["mlflow"].update(settings, parent_run_id=parent)
+        nested = [f"track={yaml_value(tracked)}"]
     try:
-        cfg = plan.config(params, name)
+        cfg = plan.config(params, name, nested)
     except GenforgeError as e:  # a combination of values the config refuses
         trial.set_user_attr("error", _one_line(e))
         raise TrialFailed(_one_line(e)) from None
@@ -427,7 +481,10 @@ def _stop_on_signal(study, stopped: dict):
     the training loop's own handler takes over: it checkpoints and raises Interrupted.)"""
     def handler(signum, _frame):
         stopped["signal"] = signum
-        study.stop()
+        try:
+            study.stop()
+        except RuntimeError:  # the signal came before optimize started: nothing to finish
+            raise KeyboardInterrupt from None
 
     previous = {}
     try:
@@ -587,6 +644,7 @@ def write_study_dir(plan: Plan) -> dict:
         if (why := _plot(plots / f"{name}.png", draw)) is not None:
             notes[name] = why
     _write_report(d, result, rows, notes)
+    _mlflow_finish(plan, study, result)
     return result
 
 
