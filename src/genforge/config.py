@@ -31,8 +31,18 @@ class DataConfig(_Strict):
     data_dir: str | None = None  # where to look for / download files; else GENFORGE_DATA or the cache
     val_fraction: float = Field(0.1, ge=0, lt=1)  # share of train held out for validation
     train_subset: int | None = Field(None, ge=1)  # use only the first N training images (quick runs)
+    classes: list[int | str] | None = Field(None, min_length=2)  # only these classes (indices or labels), train and
+    # test alike, relabelled 0..k-1 in this order (classifiers)
+    labels_per_class: int | None = Field(None, ge=1)  # keep N labelled training images per class (stratified, seeded);
+    # the validation share (val_fraction) comes out of them too (classifiers)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     series: SeriesOptions = Field(default_factory=SeriesOptions)  # series:NAME and csv-series:PATH: reading, cleaning
+
+    @model_validator(mode="after")
+    def _distinct_classes(self):
+        if self.classes is not None and len({str(c) for c in self.classes}) < len(self.classes):
+            raise ValueError(f"data.classes lists a class twice: {self.classes}")
+        return self
 
 
 class DistillConfig(_Strict):
@@ -88,6 +98,12 @@ class TrainConfig(_Strict):
     max_nonfinite: int = Field(5, ge=1)  # bad steps in a row (non-finite or unhealthy) before rolling back
     max_rollbacks: int = Field(3, ge=0)  # rollbacks before the run stops
     privacy: PrivacyConfig | None = None  # differentially private training (classifiers)
+    init_from: str | None = None  # a classifier's run directory to start from (its weights; a new head if its classes
+    # differ; its input normalization is kept)
+    freeze: list[str] = Field(default_factory=list)  # parameter-name prefixes kept fixed (e.g. net.0), or `pretrained`:
+    # every weight init_from loaded; frozen BatchNorm layers stay in eval mode (their statistics are kept too)
+    unfreeze_epoch: int | None = Field(None, ge=2)  # from this epoch on (1-based) the frozen layers train too
+    pretrained_lr_scale: float = Field(1.0, gt=0)  # learning rate of init_from's weights, as a share of lr
 
 
 # one config class per registered kind, told apart by `kind`
@@ -148,6 +164,27 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)  # experiment trackers: [mlflow, tensorboard]
+
+    @model_validator(mode="after")
+    def _transfer_applies(self):
+        t, d = self.train, self.data
+        used = [key for key, value in (("train.init_from", t.init_from), ("train.freeze", t.freeze),
+                                       ("data.classes", d.classes), ("data.labels_per_class", d.labels_per_class))
+                if value]
+        if used and not MODELS[self.model.kind].task.transfer:
+            raise ValueError(f"{used[0]} is for classifiers; model.kind={self.model.kind} cannot take it: remove it")
+        if t.unfreeze_epoch is not None and not t.freeze:
+            raise ValueError("train.unfreeze_epoch unfreezes what train.freeze froze: set train.freeze or remove it")
+        if t.unfreeze_epoch is not None and t.unfreeze_epoch > t.epochs:
+            raise ValueError(f"train.unfreeze_epoch={t.unfreeze_epoch} comes after the last epoch ({t.epochs}): "
+                             f"lower it, or remove it to keep the layers frozen")
+        if t.init_from is None and (t.pretrained_lr_scale != 1 or "pretrained" in t.freeze):
+            key = "train.pretrained_lr_scale" if t.pretrained_lr_scale != 1 else "train.freeze=[pretrained]"
+            raise ValueError(f"{key} is about the weights train.init_from loads: set train.init_from=RUN or remove it")
+        if t.privacy is not None and t.unfreeze_epoch is not None:
+            raise ValueError("train.privacy with train.unfreeze_epoch: Opacus records per-sample gradients only for "
+                             "the layers trainable when training starts; remove train.unfreeze_epoch")
+        return self
 
     @model_validator(mode="after")
     def _privacy_applies(self):

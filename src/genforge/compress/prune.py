@@ -159,6 +159,8 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
     task = parent.task
     model = copy.deepcopy(parent.model).float().eval()
     raw = parent.config.model_dump(mode="json")
+    # the child starts from its parent's weights: where its parent started from (train.init_from) is history
+    raw["train"].update(init_from=None, freeze=[], unfreeze_epoch=None, pretrained_lr_scale=1.0)
     if structured:
         if not task.structured_pruning:
             raise GenforgeError(f"structured pruning is for classifiers; prune a {task.name} model without "

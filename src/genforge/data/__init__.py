@@ -8,14 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from genforge.data.builtin import BUILTIN
-from genforge.data.dataset import Dataset
+from genforge.data.dataset import Dataset, select_classes
 from genforge.data.files import load_csv, load_imagefolder
 from genforge.data.idx_datasets import IDX_DATASETS, load_idx_dataset
 from genforge.data.info import data_info
-from genforge.data.splits import split_validation, stratified_kfold
+from genforge.data.splits import labelled_subset, split_validation, stratified_kfold
 from genforge.errors import GenforgeError
 
-__all__ = ["Dataset", "load_dataset", "dataset_names", "data_info", "split_validation", "stratified_kfold"]
+__all__ = ["Dataset", "load_dataset", "dataset_names", "data_info", "split_validation", "stratified_kfold",
+           "select_classes", "labelled_subset"]
 
 FILE_LOADERS = {"imagefolder": load_imagefolder, "csv": load_csv}  # prefix of "prefix:PATH"
 

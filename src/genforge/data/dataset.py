@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from genforge.errors import GenforgeError
+
 
 @dataclass
 class Dataset:
@@ -53,3 +55,22 @@ def make_dataset(name: str, train_x, train_y, test_x, test_y, classes, source: s
     ds = Dataset(name, *tensors, classes=[str(c) for c in classes], source=str(source))
     ds.checksum = tensor_sha256(*tensors)
     return ds
+
+
+def select_classes(ds: Dataset, classes: list[int | str]) -> Dataset:
+    """`ds` with only these classes (indices or labels), in train and test alike, relabelled 0..k-1 in the given
+    order: pretrain on some classes, fine-tune on the others."""
+    index = []
+    for c in classes:
+        if isinstance(c, str) and c in ds.classes:
+            index.append(ds.classes.index(c))
+        elif isinstance(c, int) and 0 <= c < len(ds.classes):
+            index.append(c)
+        else:
+            named = ", ".join(f"{i}={name}" for i, name in enumerate(ds.classes))
+            raise GenforgeError(f"data.classes: {c!r} is not a class of {ds.name}; give indices or labels of: {named}")
+    relabel = torch.full((len(ds.classes),), -1, dtype=torch.long)
+    relabel[index] = torch.arange(len(index))
+    train, test = relabel[ds.train_y] >= 0, relabel[ds.test_y] >= 0
+    return make_dataset(ds.name, ds.train_x[train], relabel[ds.train_y[train]], ds.test_x[test],
+                        relabel[ds.test_y[test]], [ds.classes[i] for i in index], ds.source)

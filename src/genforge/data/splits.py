@@ -44,3 +44,18 @@ def stratified_kfold(labels: torch.Tensor, folds: int, seed: int) -> list[tuple[
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [(torch.from_numpy(tr.astype(np.int64)), torch.from_numpy(va.astype(np.int64)))
             for tr, va in kfold.split(np.zeros(len(y)), y)]
+
+
+def labelled_subset(labels: torch.Tensor, per_class: int, seed: int, classes: list[str]) -> torch.Tensor:
+    """`per_class` random indices of each class (seeded), shuffled across classes: a few-label training set. A larger
+    budget with the same seed holds a smaller one (the first `per_class` of one fixed order per class)."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for c, name in enumerate(classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < per_class:
+            raise GenforgeError(f"data.labels_per_class={per_class}: class {name!r} has only {len(idx)} training "
+                                f"images; lower it")
+        parts.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    chosen = torch.cat(parts)
+    return chosen[torch.randperm(len(chosen), generator=g)]

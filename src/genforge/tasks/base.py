@@ -50,17 +50,19 @@ class Task:
     divergence_hint = "lower train.lr or set train.grad_clip=1.0"  # said when training diverges
     cross_validation = False  # `genforge cv` scores its folds (by validation accuracy)
     structured_pruning = False  # `compress --prune --structured` can remove whole channels
+    transfer = False  # takes train.init_from / freeze and data.classes / labels_per_class (a classifier's head)
 
     def dataset(self, cfg, name: str | None = None, quiet: bool = True):
         """The run's data (or the dataset `name`, e.g. `evaluate --data`), loaded and cleaned."""
-        from genforge.data import load_dataset
+        from genforge.data import load_dataset, select_classes
 
-        return load_dataset(name or cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet)
+        ds = load_dataset(name or cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet)
+        return select_classes(ds, cfg.data.classes) if cfg.data.classes else ds
 
     def prepare(self, cfg, ds, device: torch.device, fold: tuple[int, int] | None = None) -> Prepared:
         """Split the data (a validation share of train, or fold k of a stratified k-fold), put the training split on
         the device, and compute what the model is built with. The image and tabular tasks share this."""
-        from genforge.data import split_validation, stratified_kfold
+        from genforge.data import labelled_subset, split_validation, stratified_kfold
         from genforge.registry import MODELS
 
         spec = MODELS[cfg.model.kind]
@@ -70,10 +72,15 @@ class Task:
             tabular = ", ".join(kind for kind, s in MODELS.items() if not s.image_only and s.task.name == self.name)
             raise GenforgeError(f"model.kind={cfg.model.kind} needs images but {ds.name} is tabular"
                                 + (f"; use one of: {tabular}" if tabular else ""))
+        pool = torch.arange(len(ds.train_y))  # the labelled images: all, or N per class (data.labels_per_class)
+        if cfg.data.labels_per_class:
+            pool = labelled_subset(ds.train_y, cfg.data.labels_per_class, cfg.seed, ds.classes)
+        labels = ds.train_y[pool]
         if fold is None:
-            train_idx, val_idx = split_validation(len(ds.train_y), cfg.data.val_fraction, cfg.seed, ds.train_y)
+            train_idx, val_idx = split_validation(len(labels), cfg.data.val_fraction, cfg.seed, labels)
         else:
-            train_idx, val_idx = stratified_kfold(ds.train_y, fold[1], cfg.seed)[fold[0]]
+            train_idx, val_idx = stratified_kfold(labels, fold[1], cfg.seed)[fold[0]]
+        train_idx, val_idx = pool[train_idx], pool[val_idx]
         if cfg.data.train_subset:
             train_idx = train_idx[: cfg.data.train_subset]
         mean, std = normalization_stats(ds.train_x[train_idx])

@@ -17,6 +17,7 @@ class ClassifyTask(Task):
     parts = (Part("model", "forward", ("x",), ("logits",)),)
     cross_validation = True
     structured_pruning = True
+    transfer = True
 
     def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
         from genforge.train.steps import ClassifierStep

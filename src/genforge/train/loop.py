@@ -32,6 +32,7 @@ from genforge.train.device import (
     use_bf16,
     use_channels_last,
 )
+from genforge.train.transfer import start_transfer
 
 
 class Interrupted(Exception):
@@ -160,16 +161,20 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     model = build_model(cfg.model, data.input_shape, data.num_classes, mean, std).to(device)
     if init is not None:
         init(model)
+    log = _Log(run_dir / "metrics.jsonl", quiet)
+    transfer = start_transfer(cfg, model, data.meta["classes"], run_dir, resume, say=log.line)  # init_from, freeze
     channels_last = use_channels_last(tcfg, device, data.is_image)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     bf16 = use_bf16(tcfg, device)
-    runs.write_json(run_dir / "meta.json", {**data.meta, "bf16": bf16, "channels_last": channels_last})
+    runs.write_json(run_dir / "meta.json", {**data.meta, **transfer.meta(), "bf16": bf16,
+                                            "channels_last": channels_last})
     runs.write_json(run_dir / "env.json", runs.environment(device))
 
     bs = min(tcfg.batch_size, len(x))
     steps_per_epoch = len(x) // bs  # drop the ragged last batch: BatchNorm needs more than one sample
     step = task.step(model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
+    transfer.attach(step)  # parameter groups and frozen layers, before privacy wraps the optimizer
     total = tcfg.epochs * steps_per_epoch
     privacy = None
     if tcfg.privacy is not None:  # DP-SGD: Poisson batches, per-sample clipping and noise, the accountant
@@ -182,7 +187,6 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
              "nonfinite": 0, "skipped": 0, "rollbacks": 0, "train_seconds": 0.0}
     ckpt_path, best_path = run_dir / runs.CHECKPOINT, run_dir / runs.BEST
     keep_best = tcfg.early_stopping is not None and len(x_val) > 0
-    log = _Log(run_dir / "metrics.jsonl", quiet)
     stateful_hook = hasattr(on_step, "state_dict") and hasattr(on_step, "load_state_dict")
 
     def save_checkpoint() -> None:
@@ -222,6 +226,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
             bar = progress.add_task("train", total=total, completed=state["step"], stats="")
             while state["epoch"] < tcfg.epochs:
                 t_epoch = time.perf_counter()
+                transfer.epoch(step, state["epoch"])  # train.unfreeze_epoch
                 order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
                 sums, count, seen, out_of_time, spent = {}, 0, 0, False, None
                 for b in range(state["batch"], steps_per_epoch):
@@ -302,7 +307,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         runs.load_weights(model, best_path)
     if fold is not None:
         return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds)["acc"], ds, state, fold)
-    fitted = {**task.after_training(model, data), **(privacy.summary() if privacy is not None else {})}
+    fitted = {**task.after_training(model, data), **(privacy.summary() if privacy is not None else {}),
+              **transfer.summary()}
     if privacy is not None:
         privacy.close()
     return finish(cfg, run_dir, model, ds, task, state, fitted=fitted)

@@ -79,12 +79,25 @@ class _Undo:
 class SingleOptimizerStep:
     """One optimizer and schedule over the whole model, plus an optional weight EMA; subclasses compute the loss."""
 
+    frozen_norms: tuple[nn.Module, ...] = ()  # normalization layers kept in eval mode (train.freeze, train/transfer.py)
+
     def __init__(self, model: nn.Module, cfg: RunConfig, steps_per_epoch: int, autocast: bool, channels_last: bool):
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.steps_per_epoch = model, cfg, steps_per_epoch
         self.optimizer = build_optimizer(model.parameters(), cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, steps_per_epoch)
         self.ema = build_ema(model, cfg.train.ema) if cfg.train.ema else None
         self.autocast, self.channels_last = autocast, channels_last
+
+    def set_param_groups(self, groups: list[dict]) -> None:
+        """Optimize these parameter groups, each at its own peak "lr" on the same schedule, instead of the whole model
+        at train.lr (discriminative learning rates); before the first step."""
+        self.optimizer = build_optimizer(groups, self.cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.train, self.steps_per_epoch)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        for module in self.frozen_norms:
+            module.eval()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
         buffers = _copy_buffers(self.model)
@@ -184,7 +197,7 @@ class ClassifierStep(SingleOptimizerStep):
                 x = augment_batch(x, self.cfg.data.augment)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-        self.model.train()
+        self._train_mode()
         with _autocast(self.autocast, x.device):
             logits = self.model(x)
         loss = self.model.loss(logits, y, self.cfg.train.label_smoothing)
