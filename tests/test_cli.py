@@ -158,7 +158,7 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache, cli, 
         args = command.split()[1:]
         names = {"RUN": made[-1:], "RUN_A": made[-2:-1], "RUN_B": made[-1:]}
         # RUN alone, or as an override's value (train.init_from=RUN)
-        args = [re.sub(r"(?<![^=])(RUN|RUN_A|RUN_B)$", lambda m: str(names[m[1]][0]), a) for a in args]
+        args = [re.sub(r"(?<![^=])(RUN|RUN_A|RUN_B)$", lambda m, names=names: str(names[m[1]][0]), a) for a in args]
         if args[0] in ("train", "cv"):
             args += ["data.train_subset=512", "train.epochs=1", "train.threads=1", "eval.samples=200",
                      "eval.iwae_k=5", "eval.iwae_images=10", "--runs-dir", str(tmp_path / "r"), "--quiet"]
