@@ -64,6 +64,7 @@ bench: install-bench system-deps  # about 145 minutes; each script writes bench/
 	$(PY) bench/forecast_vs_statistical.py
 	$(PY) bench/fashion_rowlstm.py
 	$(PY) bench/fashion_dp.py
+	$(PY) bench/transfer_few_labels.py
 
 lint: install-dev
 	.venv/bin/ruff check .
