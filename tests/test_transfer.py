@@ -201,3 +201,14 @@ def test_freezing_everything_is_refused(parent, tmp_path):
     with pytest.raises(GenforgeError, match=r"freezes every parameter: nothing would train"):
         train_run(tmp_path, "fashion-cnn-fast", *SMALL, FIRST, "data.labels_per_class=10",
                   f"train.init_from={parent}", "train.freeze=[pretrained]")
+
+
+def test_a_private_fine_tuning_of_the_head_leaves_the_frozen_layers_alone(tmp_path):
+    group = ["model.norm=group", "data.train_subset=512", "train.epochs=1"]
+    parent = train_run(tmp_path / "a", "fashion-cnn-fast", *SMALL, *group, FIRST)
+    child = train_run(tmp_path / "b", "fashion-cnn-fast", *SMALL, *group, SECOND, f"train.init_from={parent}",
+                      "train.freeze=[pretrained]", "train.privacy={noise_multiplier: 1.0, accountant: rdp}")
+    before, after = load_file(parent / runs.WEIGHTS), load_file(child / runs.WEIGHTS)
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith(HEAD))
+    assert not torch.equal(before[f"{HEAD}weight"], after[f"{HEAD}weight"])
+    assert runs.read_json(child / "summary.json")["privacy"]["noise_multiplier"] == 1.0

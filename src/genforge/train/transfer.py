@@ -108,15 +108,14 @@ def start_transfer(cfg: RunConfig, model: nn.Module, classes: list[str], run_dir
                         trainable={n for n, p in model.named_parameters() if p.requires_grad}, new=names)
     recorded = runs.read_json(run_dir / "meta.json").get("transfer") if resume else None
     if recorded:
-        transfer.parent, transfer.pretrained, transfer.new = recorded["init_from"], recorded["pretrained"], \
-            recorded["new"]
-        transfer.head = recorded["head"]
+        transfer.parent, transfer.head = recorded["init_from"], recorded["head"]
+        transfer.pretrained, transfer.new = recorded["pretrained"], recorded["new"]
     elif t.init_from is not None:
         _load(transfer, t.init_from, model, classes)
         say(f"init_from {transfer.parent}: {transfer.summary()['transfer']['loaded']} loaded; head "
             f"{transfer.head or 'loaded'}; input normalization kept from the run")
     transfer.frozen = _frozen(t.freeze, model, transfer.pretrained)
-    if set(transfer.frozen) >= transfer.trainable and t.unfreeze_epoch is None:
+    if transfer.frozen and set(transfer.frozen) >= transfer.trainable and t.unfreeze_epoch is None:
         raise GenforgeError(f"train.freeze={t.freeze} freezes every parameter: nothing would train; freeze fewer "
                             f"layers (all but the head: train.freeze=[{PRETRAINED}]) or set train.unfreeze_epoch")
     return transfer
