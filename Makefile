@@ -54,7 +54,7 @@ system-deps:
 test: install-dev system-deps
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
 
-bench: install-bench system-deps  # about 145 minutes; each script writes bench/out/<name>.json (see docs/benchmarks.md)
+bench: install-bench system-deps  # about 3 hours; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py
 	$(PY) bench/fashion_presets.py
 	$(PY) bench/gan_vs_reference.py
@@ -64,6 +64,7 @@ bench: install-bench system-deps  # about 145 minutes; each script writes bench/
 	$(PY) bench/forecast_vs_statistical.py
 	$(PY) bench/fashion_rowlstm.py
 	$(PY) bench/fashion_dp.py
+	$(PY) bench/tune_fashion.py
 	$(PY) bench/transfer_few_labels.py
 
 lint: install-dev

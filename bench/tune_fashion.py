@@ -4,11 +4,14 @@ Two studies of 30 trials on fashion-cnn-fast's shipped space (presets/spaces/fas
 seed, two workers of one torch thread each: one unpruned, one with the median pruner. Then the shipped preset and
 each study's best.yaml are trained again on seeds 1-3 (the studies used seed 0) with one thread each, two at a time,
 and compared on test accuracy (median of the seeds) and training seconds: the space keeps the preset's epochs and
-widths, so a best config costs about what the preset costs. Writes bench/out/tune_fashion.json after every step."""
+widths, so a best config costs about what the preset costs. Writes bench/out/tune_fashion.json after every step
+(--studies-only: the two studies alone)."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -23,13 +26,22 @@ TRIALS, WORKERS, SEEDS = 30, 2, (1, 2, 3)
 
 
 def study(name: str, pruner: str, runs_dir: Path) -> dict:
+    """Wall time, the study's summary, and what does not depend on the machine's load: epochs trained, and how many
+    trials were pruned after which epoch. The load average is kept too (the machine is shared)."""
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "genforge", "tune", "fashion-cnn-fast", "--trials", str(TRIALS),
                            "--workers", str(WORKERS), "--pruner", pruner, "--seed", "0", "--study", name,
                            "--runs-dir", str(runs_dir)])
     wall = time.perf_counter() - started
     result = json.loads((runs_dir / f"tune-{name}" / "study.json").read_text())
-    return {"exit_code": done.returncode, "wall_seconds": round(wall, 1), **result}
+    rows = list(csv.DictReader((runs_dir / f"tune-{name}" / "trials.csv").open()))
+    pruned_at = [int(r["epochs"]) for r in rows if r["state"] == "pruned"]
+    return {"exit_code": done.returncode, "wall_seconds": round(wall, 1), **result,
+            "epochs_trained": sum(int(r["epochs"] or 0) for r in rows),
+            "pruned_after_epoch": {e: pruned_at.count(e) for e in sorted(set(pruned_at))},
+            "trial_seconds": round(sum(float(r["seconds"] or 0) for r in rows), 1),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def train(config: str, seed: int, runs_dir: Path) -> dict:
@@ -48,16 +60,17 @@ def seeds(config: str, runs_dir: Path) -> dict:
             "median_train_seconds": statistics.median(r["train_seconds"] for r in rows)}
 
 
-def main() -> None:
+def main(with_seeds: bool = True) -> None:
     result = {"trials": TRIALS, "workers": WORKERS, "threads_per_trial": 1}
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(tmp)
         for name, pruner in (("unpruned", "none"), ("pruned", "median")):
             result[name] = study(name, pruner, runs_dir)
             record("tune_fashion", result)
-        result["preset"] = seeds("fashion-cnn-fast", runs_dir)
-        record("tune_fashion", result)
-        for name in ("pruned", "unpruned"):
+        if with_seeds:
+            result["preset"] = seeds("fashion-cnn-fast", runs_dir)
+            record("tune_fashion", result)
+        for name in ("pruned", "unpruned") if with_seeds else ():
             if result[name]["best"]:
                 result[f"{name}_best"] = seeds(result[name]["best"]["config"], runs_dir)
                 record("tune_fashion", result)
@@ -69,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(with_seeds="--studies-only" not in sys.argv)
