@@ -430,9 +430,11 @@ def objective(plan: Plan, trial) -> float:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
     def on_epoch(record: dict) -> None:
+        """Report the epoch's value; stop the run if the pruner says so. A trial that trained to its last epoch is
+        complete: pruning it then would save only its test evaluation, and cost the sampler its final value."""
         if plan.metric in record:
             trial.report(float(record[plan.metric]), record["epoch"])
-            if trial.should_prune():
+            if record["epoch"] < cfg.train.epochs and trial.should_prune():
                 raise Stop("pruned", f"pruned after epoch {record['epoch']}: {plan.metric} "
                                      f"{record[plan.metric]:.4g}")
 
