@@ -55,7 +55,7 @@ def server_speed(run: Path, x: torch.Tensor, requests: int = 200, concurrency: i
 
     process, url = start_server([run])
     try:
-        name = run.name
+        name = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
         body = {"inputs": [x[0, 0].tolist()], "method": "integrated-gradients", "steps": 32}
         with httpx.Client(timeout=60) as client:
             for _ in range(4):  # warm-up
