@@ -97,3 +97,22 @@ def start_server(runs, *extra):
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("the server did not become ready in 120 s")
+
+
+def png(array) -> bytes:
+    """A uint8 (H, W) or (H, W, C) array as PNG bytes: an upload for the serving tests."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def error_of(response) -> str:
+    """The message of a genforge error answer, after checking its shape: {"error": {"status", "message"}}."""
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["status"] == response.status_code, body
+    return body["error"]["message"]
+

@@ -168,8 +168,11 @@ class Explainer:
             else:
                 noise = torch.randn((8, *self.input_shape), generator=g).to(self.device)
                 refs = self.baseline(8) + noise * self.model.normalize.std
-            torch.manual_seed(0)  # Captum draws the references and the noise from the global generator
-            return explainer.attribute(x, refs, target=target, n_samples=steps, stdevs=0.1 if self.is_image else 0.0)
+            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # Captum draws from the global generators: seed, then restore
+                torch.manual_seed(0)
+                return explainer.attribute(x, refs, target=target, n_samples=steps,
+                                           stdevs=0.1 if self.is_image else 0.0)
         if method == "occlusion":  # Zeiler and Fergus 2014: the drop in score when a patch is set to the baseline
             if self.is_image:
                 c, h, w = self.input_shape

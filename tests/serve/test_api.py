@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import TOKEN
+from helpers import TOKEN, error_of, png
 from PIL import Image
 
 from genforge.data import load_dataset
@@ -16,18 +16,6 @@ from genforge.serve.limits import Limits
 @pytest.fixture(scope="module")
 def fashion():
     return load_dataset("fashion-mnist", progress=False)
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def error_of(response) -> str:
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["status"] == response.status_code
-    return body["error"]["message"]
 
 
 def test_probes_and_metrics(client):

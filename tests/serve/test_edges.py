@@ -3,7 +3,6 @@ model's float32, a failing model answered as a JSON 500 on both paths, bounded c
 hello-world route answered by the fast-path layer."""
 
 import dataclasses
-import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,25 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from helpers import error_of, png
 
 from genforge.serve import app as app_module
 from genforge.serve.adapters import load_models
 from genforge.serve.app import create_app
 from genforge.serve.limits import Limits
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def error_of(response) -> str:
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["status"] == response.status_code, body
-    return body["error"]["message"]
-
 
 IMAGE = ("x.png", png(np.zeros((28, 28), dtype=np.uint8)), "image/png")
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import error_of, png
 from PIL import Image
 
 from genforge.data import load_dataset
@@ -23,18 +24,6 @@ FEW = {"method": "integrated-gradients", "steps": 4}  # 4 path points: milliseco
 @pytest.fixture(scope="module")
 def images():
     return load_dataset("fashion-mnist", progress=False).test_x[:4, 0].numpy()  # (4, 28, 28) uint8
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def error_of(response) -> str:
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["status"] == response.status_code, body
-    return body["error"]["message"]
 
 
 def test_the_answer_has_each_inputs_attributions_in_its_shape(client, names, images):

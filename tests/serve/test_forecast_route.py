@@ -5,6 +5,7 @@ input."""
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import error_of
 
 from genforge import runs
 from genforge.errors import GenforgeError
@@ -31,12 +32,6 @@ def library(forecast_runs):
 @pytest.fixture(scope="module")
 def nile(client):
     return client.get(f"/v1/models/{LSTM}/series").json()["series"][0]["values"]
-
-
-def error_of(response) -> str:
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["status"] == response.status_code
-    return body["error"]["message"]
 
 
 def same(answer: list, expected: np.ndarray) -> None:

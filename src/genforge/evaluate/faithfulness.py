@@ -5,6 +5,8 @@ an edge-detector ordering, and the model-randomization sanity check (Adebayo et 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,8 +102,6 @@ def layers_top_down(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
 
 def randomized(model: nn.Module, upto: int, seed: int) -> nn.Module:
     """A copy of the model with its `upto` top layers re-initialized (fresh random weights, norms reset)."""
-    import copy
-
     clone = copy.deepcopy(model)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
