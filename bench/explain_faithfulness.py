@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from _common import OUT, record
+from serve_load import wrk_phase
 
 from genforge import runs
 from genforge.config import load_config
@@ -46,8 +47,9 @@ def library_speed(run: Path, x: torch.Tensor, calls: int = 50) -> dict:
 
 
 def server_speed(run: Path, x: torch.Tensor, requests: int = 200, concurrency: int = 4) -> dict:
-    """POST /v1/models/NAME/explain (integrated gradients, 32 points, one image, JSON answer) from `concurrency`
-    client threads against `genforge serve` in its own process: latency percentiles and requests per second."""
+    """POST /v1/models/NAME/explain (integrated gradients, 32 points, one image, JSON answer) at `concurrency`
+    against `genforge serve` in its own process, from this file's client threads and from wrk: latency percentiles
+    and requests per second."""
     import httpx
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -78,8 +80,11 @@ def server_speed(run: Path, x: torch.Tensor, requests: int = 200, concurrency: i
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-        return {**_percentiles(times), "requests_per_second": len(times) / wall, "failed": len(failures),
-                "concurrency": concurrency}
+        own = {**_percentiles(times), "requests_per_second": len(times) / wall, "failed": len(failures),
+               "concurrency": concurrency}
+        body = json.dumps({"inputs": [x[0, 0].tolist()], "method": "integrated-gradients", "steps": 32}).encode()
+        return {"own client (threads)": own,  # and wrk, a standard client (the same image for every request)
+                "wrk": wrk_phase(f"{url}/v1/models/{name}/explain", "POST", body, concurrency, 15, threads=2)}
     finally:
         process.terminate()
         process.wait(30)
