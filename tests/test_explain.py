@@ -41,18 +41,37 @@ def test_attributions_have_the_inputs_shape_and_explain_the_asked_class(loaded, 
     assert not torch.allclose(a, other)
 
 
-def test_integrated_gradients_is_complete(loaded, test_images):
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 0.02), ("bf16", 0.1)])
+def test_integrated_gradients_is_complete(loaded, test_images, precision, tolerance):
     """Sundararajan et al.'s completeness: the attributions add up to f(x) - f(baseline), f the class's
-    log-probability. The Gauss-Legendre path sum converges as the points grow; 128 points: within 2% of the gap."""
-    explainer = loaded.explainer()
+    log-probability (in fp32). The Gauss-Legendre path sum converges as the points grow; 128 points: within 2% of the
+    gap in fp32. bf16 autocast (3 significant digits per gradient) stays within 10%."""
+    explainer = loaded.explainer(precision)
     x = test_images[0][:8]
     result = explainer(x, "integrated-gradients", steps=128)
+    assert result.precision == precision
     with torch.no_grad():
         t = result.target[:, None]
         gap = (explainer.forward(explainer.inputs(x)).gather(1, t)
                - explainer.forward(explainer.baseline(len(x))).gather(1, t))[:, 0]
     total = result.attributions.sum((1, 2, 3))
-    assert torch.allclose(total, gap, rtol=0.02, atol=0.02), (total, gap)
+    assert torch.allclose(total, gap, rtol=tolerance, atol=tolerance), (total, gap)
+
+
+def test_precision_is_chosen_per_device_and_checked(loaded, test_images):
+    """auto: bf16 autocast where the device runs it fast (fast_bf16), else fp32; both give maps that agree; anything
+    else is refused with the choices."""
+    from genforge.train.device import fast_bf16
+
+    auto = loaded.explainer()
+    assert auto.precision == ("bf16" if fast_bf16(auto.device) else "fp32")
+    x = test_images[0][:8]
+    a32 = loaded.explain(x, "integrated-gradients", precision="fp32")
+    a16 = loaded.explain(x, "integrated-gradients", precision="bf16")
+    assert a16.dtype == torch.float32 and a16.shape == a32.shape
+    assert torch.nn.functional.cosine_similarity(a32.flatten(1), a16.flatten(1)).min() > 0.95
+    with pytest.raises(GenforgeError, match="precision must be one of auto, fp32, bf16"):
+        loaded.explain(x, precision="fp16")
 
 
 def test_attributions_see_what_the_model_sees(loaded, test_images):
@@ -119,8 +138,9 @@ def test_explain_command_writes_a_grid_a_folder_and_json(classifier_run, test_im
     (overlay,) = (tmp_path / "maps").glob("*.png")
     with Image.open(overlay) as im:
         assert im.size == (28 * 8, 28 * 8) and im.mode == "RGB"
-    code, out, err = cli("explain", classifier_run, files[1], "--json", "--method", "saliency")
+    code, out, err = cli("explain", classifier_run, files[1], "--json", "--method", "saliency", "--precision", "fp32")
     assert code == 0, err
+    assert json.loads(out)["precision"] == "fp32"
     (row,) = json.loads(out)["explanations"]
     assert np.array(row["attributions"]).shape == (1, 28, 28) and row["input"] == "item1.png"
     code, _, err = cli("explain", classifier_run, files[0], "--method", "lime")

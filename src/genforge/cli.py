@@ -185,7 +185,7 @@ def _explain_faithfulness(loaded, examples: int, as_json: bool) -> None:
         print(json.dumps(result))
         return
     out.print(f"[bold]{loaded.path.name}[/]: {result['examples']} {ds.name} test images (sanity check on "
-              f"{result['sanity_examples']}, seed {result['seed']})")
+              f"{result['sanity_examples']}, seed {result['seed']}; attributions in {result['precision']})")
     table = Table("ordering", "deletion", "x random", "insertion", "x random", "rho rand.", "sanity")
     for name, r in result["methods"].items():
         checked = "sanity" in r
@@ -244,6 +244,8 @@ def explain(
     out_path: Annotated[Path | None, typer.Option("--out", help="A .png grid, or a folder for one overlay per "
                                                                 "input (default: explanations.png; none with "
                                                                 "--json).")] = None,
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the device runs it fast), fp32 or "
+                                                "bf16.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON with the attributions.")] = False,
 ):
     """Show what a classifier looks at: each input, its attribution overlaid (red: towards the class, blue: away),
@@ -261,19 +263,21 @@ def explain(
     x = torch.cat(parts)
     if len(x) > 256:
         raise GenforgeError(f"{len(x)} inputs: explain at most 256 at a time")
-    result = loaded.explainer()(x, method, loaded.class_index(target), steps)
+    result = loaded.explainer(precision)(x, method, loaded.class_index(target), steps)
     if out_path is None and not as_json:
         out_path = Path("explanations.png")
     rows = write_explanations(x, result, loaded.meta["classes"], names, out_path)
     if as_json:
         for row, a in zip(rows, result.attributions):
             row["attributions"] = a.tolist()
-        print(json.dumps({"method": result.method, "steps": result.steps, "explanations": rows}))
+        print(json.dumps({"method": result.method, "steps": result.steps, "precision": result.precision,
+                          "explanations": rows}))
         return
     for row in rows:
         out.print(f"{row['input']}: predicted [bold]{row['predicted']}[/] ({row['predicted_probability']:.3f}), "
                   f"explained {row['target']} ({row['target_probability']:.3f})")
-    out.print(f"{result.method}{f' ({result.steps} steps)' if result.steps else ''}: wrote {out_path}")
+    out.print(f"{result.method}{f' ({result.steps} steps)' if result.steps else ''}, {result.precision}: wrote "
+              f"{out_path}")
 
 
 OutFile = Annotated[Path, typer.Option("--out", help="A .png (image grid) or .npy (uint8 array) file.")]

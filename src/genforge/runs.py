@@ -213,7 +213,7 @@ class LoadedRun:
     backend: str = "torch"  # or "onnxruntime": the model's inference parts run from RUN/export/*.onnx
     lineage: dict | None = None  # compression.json of a compressed run: its parent and the method
     onnx_dir: Path | None = None  # where the ONNX parts come from, with backend onnxruntime
-    _explainer: object = field(default=None, init=False, repr=False)
+    _explainers: dict = field(default_factory=dict, init=False, repr=False)  # precision -> Explainer
 
     @property
     def task(self):
@@ -256,26 +256,27 @@ class LoadedRun:
         c = covariates_for(self.model, self.config, self.meta.get("freq"), *x.shape, horizon, end, covariates)
         return forecast(self.model, x, horizon, c)
 
-    def explainer(self):
-        """The run's genforge.explain.Explainer, built once (it keeps its own copy of the model)."""
+    def explainer(self, precision: str = "auto"):
+        """The run's genforge.explain.Explainer, built once per precision (it keeps its own copy of the model)."""
         self.require("classify")
         if self.backend == "onnxruntime" and not (self.path / WEIGHTS).is_file():
             raise GenforgeError(f"{self.path.name} holds only ONNX models: explanations need the gradients of its "
                                 f"torch weights (explain its parent run)")
-        if self._explainer is None:
+        if precision not in self._explainers:
             from genforge.explain import Explainer
 
             # with onnxruntime the model's forward runs in ONNX Runtime, which gives no gradients: the torch weights
             model = self.model if self.backend == "torch" else load_run(self.path, backend="torch").model
-            self._explainer = Explainer(model, tuple(self.meta["input_shape"]))
-        return self._explainer
+            self._explainers[precision] = Explainer(model, tuple(self.meta["input_shape"]), precision)
+        return self._explainers[precision]
 
     def explain(self, x: torch.Tensor, method: str | None = None, target: int | str | None = None,
-                steps: int | None = None) -> torch.Tensor:
+                steps: int | None = None, precision: str = "auto") -> torch.Tensor:
         """Attributions (float32, x's shape) of raw inputs x (uint8 images or features) for class `target` (an index
         or a label; default: each input's predicted class), by `method` (genforge.explain.METHODS; default: the most
-        faithful one that passes the sanity check). Positive values push towards the class."""
-        return self.explainer()(x, method, self.class_index(target), steps).attributions
+        faithful one that passes the sanity check). Positive values push towards the class. `precision`: auto (bf16
+        autocast where the device runs it fast), fp32 or bf16."""
+        return self.explainer(precision)(x, method, self.class_index(target), steps).attributions
 
     def class_index(self, target: int | str | None) -> int | None:
         """A class given by index or label -> its index (None stays None)."""

@@ -162,6 +162,6 @@ def faithfulness(model: nn.Module, x: torch.Tensor, methods=METHODS, seed: int =
         row["insertion_vs_random"] = row["insertion_auc"] / results["random"]["insertion_auc"]
     passing = [m for m in methods if m in results and results[m]["passes_sanity"]]
     best = max(passing, key=lambda m: results[m]["insertion_auc"] - results[m]["deletion_auc"], default=None)
-    return {"methods": results, "most_faithful_passing": best, "examples": len(x),
+    return {"methods": results, "most_faithful_passing": best, "examples": len(x), "precision": explainer.precision,
             "sanity_examples": min(sanity_examples, len(x)), "seed": seed, "steps": steps,
             "sanity_max": SANITY_MAX, "object_level": OBJECT_LEVEL}

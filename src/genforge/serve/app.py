@@ -262,7 +262,7 @@ def explain_answer(name: str, model: ServedModel, explanation, latency_ms: float
                              "target": {"index": t, "label": classes[t], "probability": p[t]},
                              "attributions": a.tolist()})
     return {"model": name, "backend": "torch", "latency_ms": latency_ms, "method": explanation.method,
-            "steps": explanation.steps, "explanations": explanations}
+            "steps": explanation.steps, "precision": explanation.precision, "explanations": explanations}
 
 
 def overlay_png(images: np.ndarray, attributions: torch.Tensor) -> bytes:

@@ -38,12 +38,17 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.precision != "auto":
-        return cfg.precision == "bf16"
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on this device: CUDA with bf16, or a CPU with native bf16."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_fast_bf16()
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    return fast_bf16(device)
 
 
 def use_channels_last(cfg: TrainConfig, device: torch.device, is_image: bool) -> bool:
