@@ -2,6 +2,7 @@
 failures and goes on, resumes; and two workers share one study in a real PostgreSQL server, one of them killed
 mid-trial. Trials train blobs-logreg for a few epochs on one thread (about a second each)."""
 
+import json
 import os
 import pwd
 import shutil
@@ -263,3 +264,28 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_ur
         assert runs.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["trial"] == t.number
     table = (tmp_path / "r" / "tune-shared" / "trials.csv").read_text()
     assert "its worker stopped without finishing it" in table
+
+
+def test_a_gan_study_ranks_trials_by_the_validation_fd(tmp_path, cli, evaluator_cache, monkeypatch):
+    """A GAN has no held-out loss: its trials report the FD of samples against validation images after every epoch
+    (val_fd, lower is better), on a validation split the study adds where the preset holds none out."""
+    from helpers import QUICK_GENERATOR
+
+    monkeypatch.setenv("GENFORGE_CACHE", str(evaluator_cache))
+    space = write_space(tmp_path / "gan.yaml", {"train.lr": {"low": 1e-4, "high": 1e-3, "log": True}})
+    r = tmp_path / "r"
+    code, out, err = cli("tune", "fashion-cdcgan", *QUICK_GENERATOR, "train.epochs=2", "model.width=16",
+                         "--trials", "2", "--space", str(space), "--seed", "0", "--runs-dir", str(r))
+    assert code == 0, err
+    assert "val_fd (min)" in err and "val_fd needs data.val_fraction=0.1 eval.val_samples=1000" in err
+    study = optuna.load_study(study_name="fashion-cdcgan", storage=tune.sqlite_url(r / "tune-fashion-cdcgan"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
+    for t in study.trials:
+        run = Path(t.user_attrs["run"])
+        cfg = load_config(str(run / "config.yaml"))
+        assert cfg.data.val_fraction == 0.1 and cfg.eval.val_samples == 1000
+        fds = [record["val_fd"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if "val_fd" in record]
+        assert len(fds) == 2 and all(v > 0 for v in fds)
+        assert t.value == fds[-1] and list(t.intermediate_values.values()) == fds  # reported to the pruner per epoch
+    assert study.best_value == min(t.value for t in study.trials)

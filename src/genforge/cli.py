@@ -495,6 +495,10 @@ def tune(
     study_dir = runs_dir / f"tune-{name}"
     url = storage or tuning.sqlite_url(study_dir)
     metric, direction = tuning.study_metric(metric, direction, cfg, tuning.existing_attrs(url, name))
+    if extra := tuning.metric_overrides(cfg, metric):
+        if worker_index is None:
+            err.print(f"{metric} needs {' '.join(extra)}: every trial gets it", markup=False)
+        overrides = [*(overrides or []), *extra]
     plan = tuning.Plan(config, overrides or [], params, name, study_dir, url, metric, direction, pruner, seed,
                        None if cfg.train.threads else threads, heartbeat)
     if worker_index is not None:  # one of --workers' processes: trials only, the parent writes the study directory

@@ -118,6 +118,8 @@ class EvalConfig(_Strict):
     iwae_k: int = Field(1000, ge=1)  # VAE: importance samples per image for the NLL bound (Burda et al. 2016)
     iwae_images: int = Field(1000, ge=1)  # VAE: test images the NLL is estimated on
     grid: int = Field(64, ge=1)  # images in the sample grid written at each evaluation
+    val_samples: int = Field(0, ge=0)  # after each epoch, FD of this many samples against as many validation images
+    # (val_fd in metrics.jsonl; 0: off, as it costs a pass of the evaluator; genforge tune sets 1000 for GANs)
 
 
 class MlflowSettings(_Strict):

@@ -193,11 +193,26 @@ class Plan:
         return load_config(self.source, [*self.overrides, *sampled, *extra, *([f"name={name}"] if name else [])])
 
 
+VAL_FD_SAMPLES = 1000  # samples (and validation images) per epoch's FD when a study ranks by val_fd
+
+
 def default_metric(cfg: RunConfig) -> tuple[str, str]:
-    """What a kind's epochs are judged by: classifiers' validation accuracy, else the validation loss."""
+    """What a kind's epochs are judged by (its task's tune_metric): classifiers' validation accuracy, GANs' validation
+    FD (they have no held-out loss), else the validation loss (a VAE's negative ELBO, a forecaster's)."""
     from genforge.registry import MODELS
 
-    return ("val_acc", "max") if MODELS[cfg.model.kind].task.name == "classify" else ("val_loss", "min")
+    return MODELS[cfg.model.kind].task.tune_metric
+
+
+def metric_overrides(cfg: RunConfig, metric: str) -> list[str]:
+    """What a study's metric needs that the config leaves off: a validation split for a val_ metric (the GAN presets
+    train on every image), and the per-epoch FD (off by default: it costs a pass of the evaluator) for val_fd."""
+    extra = []
+    if metric.startswith("val_") and cfg.data.val_fraction == 0:
+        extra.append("data.val_fraction=0.1")
+    if metric == "val_fd" and cfg.eval.val_samples == 0:
+        extra.append(f"eval.val_samples={VAL_FD_SAMPLES}")
+    return extra
 
 
 def sqlite_url(study_dir: Path) -> str:

@@ -50,6 +50,7 @@ class Task:
     divergence_hint = "lower train.lr or set train.grad_clip=1.0"  # said when training diverges
     cross_validation = False  # `genforge cv` scores its folds (by validation accuracy)
     structured_pruning = False  # `compress --prune --structured` can remove whole channels
+    tune_metric = ("val_loss", "min")  # what `genforge tune` ranks and prunes trials by: metrics.jsonl key, direction
     transfer = False  # takes train.init_from / freeze and data.classes / labels_per_class (a classifier's head)
 
     def dataset(self, cfg, name: str | None = None, quiet: bool = True):
@@ -108,7 +109,7 @@ class Task:
         """The step function (train/steps.py) that owns the optimizers of one run."""
         raise NotImplementedError
 
-    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds) -> dict:
+    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
         """Cheap held-out metrics after each epoch; "loss", when there is one, drives early stopping."""
         return {}
 

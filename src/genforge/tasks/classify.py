@@ -13,6 +13,7 @@ from genforge.tasks.base import Task
 class ClassifyTask(Task):
     name = "classify"
     private = True
+    tune_metric = ("val_acc", "max")
     verbs = ("classify",)
     parts = (Part("model", "forward", ("x",), ("logits",)),)
     cross_validation = True
@@ -24,7 +25,7 @@ class ClassifyTask(Task):
 
         return ClassifierStep(model, cfg, steps_per_epoch, autocast=autocast, channels_last=channels_last)
 
-    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds) -> dict:
+    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
         from genforge.evaluate import evaluate
 
         result = evaluate(model, x, y, ds.classes)

@@ -308,7 +308,7 @@ class ForecastTask(Task):
         device = model.quantiles.device
         return model.calibrate(data.x_val.to(device), data.y_val.to(device))
 
-    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds) -> dict:
+    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
         model.eval()
         with torch.inference_mode():
             x, y = x.to(model.quantiles.device), y.to(model.quantiles.device)

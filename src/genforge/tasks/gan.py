@@ -11,6 +11,7 @@ from genforge.tasks.generative import GenerativeTask
 class GANTask(GenerativeTask):
     name = "gan"
     verbs = ("generate", "interpolate")
+    tune_metric = ("val_fd", "min")  # no held-out loss: the FD against validation images (eval.val_samples)
     parts = (Part("generator", "generator", ("z",), ("images",)),)
     divergence_hint = ("lower train.d_lr (or train.lr), set train.grad_clip=1.0, or use model.loss=hinge with "
                        "model.spectral_norm=true")

@@ -5,12 +5,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from genforge.tasks.base import Task
 
 BETTER = {"fd": "lower", "kid": "lower", "precision": "higher", "recall": "higher", "conditional_accuracy": "higher"}
 
 
 class GenerativeTask(Task):
+    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
+        """With eval.val_samples: the FD of that many samples (the run's seed, so every epoch draws the same noise)
+        against as many validation images, in the evaluator's features: the per-epoch quality a GAN's tuning is
+        pruned and ranked by (a GAN has no held-out loss). The validation images are raw, as the test's are."""
+        n = min(cfg.eval.val_samples, len(x))
+        if n < 2:
+            return {}
+        from genforge.evaluate.features import load_evaluator
+        from genforge.evaluate.generative import frechet_distance, generate
+
+        evaluator = load_evaluator(ds, cfg.data.data_dir)
+        labels = torch.arange(n) % len(ds.classes) if getattr(model.cfg, "conditional", False) else None
+        samples = generate(model, n, cfg.seed, labels)
+        return {"fd": frechet_distance(evaluator.features(samples), evaluator.features(x[:n]))}
+
     def on_evaluation(self, model, run_dir: Path, epoch: int, cfg) -> None:
         from genforge.sample import save_images
 

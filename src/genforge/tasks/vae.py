@@ -23,14 +23,15 @@ class VAETask(GenerativeTask):
 
         return VAEStep(model, cfg, steps_per_epoch, autocast=autocast, channels_last=channels_last)
 
-    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds) -> dict:
+    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
         from genforge.evaluate.generative import elbo
 
         g = torch.Generator(device=model.device).manual_seed(0)  # the same binarization every epoch
         x = model.prepare(x.to(model.device), generator=g)
         labels = y.to(model.device) if model.cfg.conditional else None
         result = elbo(model, x, labels, torch.Generator().manual_seed(0))
-        return {"loss": -result["elbo"], "recon": result["recon"], "kl": result["kl"]}
+        return {"loss": -result["elbo"], "recon": result["recon"], "kl": result["kl"],
+                **super().validate(model, x, y, ds, cfg)}
 
     def test(self, model, ds, cfg) -> dict:
         result = super().test(model, ds, cfg)

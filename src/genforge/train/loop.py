@@ -266,7 +266,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                         break
                     if privacy is not None and (spent := privacy.exhausted()):
                         break
-                val = task.validate(step.eval_model(), x_val, y_val, ds) if len(x_val) else {}
+                val = task.validate(step.eval_model(), x_val, y_val, ds, cfg) if len(x_val) else {}
                 state["train_seconds"] += time.perf_counter() - t_epoch
                 task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
                 record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
@@ -306,7 +306,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     if keep_best and best_path.is_file():  # early stopping keeps the best validation epoch, not the last one
         runs.load_weights(model, best_path)
     if fold is not None:
-        return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds)["acc"], ds, state, fold)
+        return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds, cfg)["acc"], ds, state, fold)
     fitted = {**task.after_training(model, data), **(privacy.summary() if privacy is not None else {}),
               **transfer.summary()}
     if privacy is not None:
@@ -315,7 +315,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
 
 
 def _early_stop(state: dict, val: dict, patience: int | None) -> bool:
-    if not val:
+    if "loss" not in val:  # nothing held out, or a generator's FD only: it ranks tune trials, not epochs
         return False
     if state["best_val"] is None or val["loss"] < state["best_val"]:
         state["best_val"], state["best_epoch"], state["bad_epochs"] = val["loss"], state["epoch"], 0
