@@ -115,4 +115,3 @@ def error_of(response) -> str:
     body = response.json()
     assert set(body) == {"error"} and body["error"]["status"] == response.status_code, body
     return body["error"]["message"]
-

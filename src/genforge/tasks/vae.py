@@ -27,9 +27,9 @@ class VAETask(GenerativeTask):
         from genforge.evaluate.generative import elbo
 
         g = torch.Generator(device=model.device).manual_seed(0)  # the same binarization every epoch
-        x = model.prepare(x.to(model.device), generator=g)
+        prepared = model.prepare(x.to(model.device), generator=g)  # x stays raw: the FD compares raw images
         labels = y.to(model.device) if model.cfg.conditional else None
-        result = elbo(model, x, labels, torch.Generator().manual_seed(0))
+        result = elbo(model, prepared, labels, torch.Generator().manual_seed(0))
         return {"loss": -result["elbo"], "recon": result["recon"], "kl": result["kl"],
                 **super().validate(model, x, y, ds, cfg)}
 
