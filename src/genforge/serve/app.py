@@ -32,6 +32,8 @@ from genforge.sample import reconstruction_errors
 from genforge.serve.adapters import NotExplainable, ServedModel, as_array
 from genforge.serve.batching import MicroBatcher
 from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, replay
+from genforge.serve.v2 import ProtocolErrors
+from genforge.serve.v2 import mount as mount_v2
 
 log = logging.getLogger("genforge.serve")
 
@@ -297,7 +299,7 @@ class Gate:
     """ASGI middleware in front of the routes: bearer token, the concurrency limit (503 at once when full),
     and the Prometheus request metrics."""
 
-    OPEN = ("/", "/livez", "/readyz", "/favicon.ico")
+    OPEN = ("/", "/livez", "/readyz", "/favicon.ico", "/v2/health/live", "/v2/health/ready")
 
     def __init__(self, app, state: dict):
         self.app, self.state = app, state
@@ -435,7 +437,8 @@ def _internal(e: Exception) -> str:
 
 
 VERBS = {"classify", "explain", "generate", "interpolate", "reconstruct", "forecast", "series"}  # routes after a name
-PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"}
+PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json", "/v2", "/v2/health/live",
+                "/v2/health/ready"}
 
 
 def _model_route(path: str) -> tuple[str | None, str | None]:
@@ -453,6 +456,9 @@ def _route_label(path: str) -> str:
     name, verb = _model_route(path)
     if name is not None:
         return verb if verb in VERBS else "card" if verb is None else "other"
+    if path.startswith("/v2/models/"):  # the Open Inference Protocol (v2.py)
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        return f"v2_{last}" if last in ("infer", "ready") else "v2_metadata"
     return "static" if path.startswith("/static/") else "other"
 
 
@@ -801,6 +807,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
                                404 if model.recent_error else 503)
         return _json({"model": name, **model.recent})
 
+    mount_v2(app, models, state, limits, classify_inputs, infer)  # the Open Inference Protocol, over the same models
+
     static = resources.files("genforge.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -808,8 +816,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     async def playground():
         return FileResponse(str(static / "index.html"))
 
-    app.front = ErrorGuard(BodySizeLimit(Gate(ClassifyFastPath(app.behind, models, classify_inputs), state),
-                                         limits.max_body_bytes))
+    app.front = ProtocolErrors(ErrorGuard(BodySizeLimit(
+        Gate(ClassifyFastPath(app.behind, models, classify_inputs), state), limits.max_body_bytes)))
     return app
 
 
