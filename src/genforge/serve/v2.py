@@ -104,13 +104,29 @@ def _errors(*codes: int) -> dict:
     return {code: {"model": ProtocolError, "description": text[code]} for code in codes}
 
 
+def _inline(model: type[BaseModel]) -> dict:
+    """A model's JSON schema with its $defs written in place: openapi_extra puts it inside the OpenAPI document,
+    where pydantic's #/$defs/... references would point at nothing."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        return [resolve(v) for v in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
 READY = {200: {"description": "Ready"}, **_errors(401, 404, 503)}
 INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": InferRequest.model_json_schema()},
+    "application/json": {"schema": _inline(InferRequest)},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description":
                                             "The JSON request (its length in the Inference-Header-Content-Length "
                                             "header), then the binary inputs' bytes in input order"}}}}}
-INFERRED = {200: {"content": {"application/json": {"schema": InferResponse.model_json_schema()},
+INFERRED = {200: {"content": {"application/json": {"schema": _inline(InferResponse)},
                               "application/octet-stream": {}},
                   "description": "The outputs; with binary outputs, their bytes follow the JSON header"},
             **_errors(400, 401, 404, 413, 415, 422, 503, 504)}
