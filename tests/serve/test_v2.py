@@ -184,3 +184,34 @@ def test_v2_needs_the_token_but_not_its_health_probes(served, names):
         assert r.status_code == 401 and orjson.loads(r.content) == {"error": r.json()["error"]}
         assert "Bearer" in r.json()["error"]
         assert c.get(f"/v2/models/{names[0]}", headers={"authorization": "Bearer " + "t" * 20}).status_code == 200
+
+
+def test_forecaster_and_vae_through_v2(forecast_served, served, names):
+    """The other kinds, in process: a forecaster's quantiles equal its forecast; a VAE draws as /v1 generate."""
+    from fastapi.testclient import TestClient
+
+    from genforge.serve.app import create_app
+
+    name, model = next(iter(forecast_served.items()))
+    history = np.linspace(800, 1200, 2 * model.minimum_history, dtype=np.float32).reshape(2, -1)
+    with TestClient(create_app({**forecast_served, names[2]: served[names[2]]})) as c:
+        meta = c.get(f"/v2/models/{name}").json()
+        assert [t["name"] for t in meta["inputs"]] == ["history", "horizon"]
+        r = c.post(f"/v2/models/{name}/infer", json={"inputs": [
+            {"name": "history", "shape": list(history.shape), "datatype": "FP32", "data": history.ravel().tolist()},
+            {"name": "horizon", "shape": [1], "datatype": "INT64", "data": [3]}]})
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        expected = model.forecast(history, 3).quantiles
+        assert out["name"] == "quantiles" and out["shape"] == list(expected.shape)
+        np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(expected.shape), expected, rtol=1e-6)
+        r = c.post(f"/v2/models/{name}/infer", json={"inputs": [
+            {"name": "history", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]})
+        assert r.status_code == 422 and "at least" in r.json()["error"]  # a value the model refuses
+        vae = names[2]
+        r = c.post(f"/v2/models/{vae}/infer", json={"inputs": [
+            {"name": "n", "shape": [1], "datatype": "INT64", "data": [3]},
+            {"name": "seed", "shape": [1], "datatype": "INT64", "data": [4]}]})
+        v1 = c.post(f"/v1/models/{vae}/generate", json={"n": 3, "seed": 4, "format": "array"}).json()
+        assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [3, 1, 28, 28]
+        assert r.json()["outputs"][0]["data"] == np.array(v1["images"]).ravel().tolist()
