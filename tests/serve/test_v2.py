@@ -183,7 +183,15 @@ def test_v2_needs_the_token_but_not_its_health_probes(served, names):
         r = c.get(f"/v2/models/{names[0]}")
         assert r.status_code == 401 and orjson.loads(r.content) == {"error": r.json()["error"]}
         assert "Bearer" in r.json()["error"]
-        assert c.get(f"/v2/models/{names[0]}", headers={"authorization": "Bearer " + "t" * 20}).status_code == 200
+        auth = {"authorization": "Bearer " + "t" * 20}
+        assert c.get(f"/v2/models/{names[0]}", headers=auth).status_code == 200
+        c.app.state.genforge["ready"] = False  # as after SIGTERM: the probes say not ready, in the protocol's shape
+        try:
+            for path in ("/v2/health/ready", f"/v2/models/{names[0]}/ready"):
+                r = c.get(path, headers=auth)
+                assert r.status_code == 503 and "not ready" in r.json()["error"]
+        finally:
+            c.app.state.genforge["ready"] = True
 
 
 def test_forecaster_and_vae_through_v2(forecast_served, served, names):
