@@ -1,6 +1,7 @@
 """genforge.client against a live `genforge serve` (token, one request in flight at a time so that a 503 can be
 provoked): every method, a 503 retried, a 4xx raised with the server's message, a timeout."""
 
+import contextlib
 import threading
 import time
 
@@ -68,24 +69,36 @@ def test_4xx_is_raised_with_the_servers_message(server, images):
 
 
 def test_503_is_retried_with_backoff(server, images):
-    """The server takes one request at a time (--max-concurrency 1): while a slow explanation runs, a classify
-    request gets 503, and the client retries it until the explanation is done."""
-    slow = threading.Thread(target=lambda: Client(server, token=TOKEN, timeout=120).explain(
-        np.repeat(images, 4, axis=0), method="integrated-gradients", steps=64))
-    slow.start()
+    """The server takes one request at a time (--max-concurrency 1): while explanations keep it busy, a classify
+    request gets 503; the client retries it, and it is answered once they stop."""
+    stop, auth = threading.Event(), {"authorization": f"Bearer {TOKEN}"}
+
+    def busy():  # explanations back to back until told to stop
+        client = Client(server, token=TOKEN, timeout=120, retries=0)
+        while not stop.is_set():
+            with contextlib.suppress(Unavailable):
+                client.explain(np.repeat(images, 4, axis=0), method="integrated-gradients", steps=64)
+
+    def in_flight() -> bool:
+        return "genforge_in_flight 1.0" in httpx.get(f"{server}/metrics", headers=auth).text
+
+    thread = threading.Thread(target=busy)
+    thread.start()
     try:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while not in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(Unavailable) as e:  # without retries the 503 is raised, with the server's message
+            Client(server, token=TOKEN, retries=0).classify(images)
+        assert e.value.status == 503 and "concurrency limit" in e.value.message
+        threading.Timer(0.5, stop.set).start()  # the explanations stop while the client is retrying
         client = Client(server, token=TOKEN, retries=12, backoff=0.05)
         assert len(client.classify(images)) == 4
         assert client.attempts > 1  # answered 503 at least once, then retried
-        impatient = Client(server, token=TOKEN, retries=0)
-        if slow.is_alive():  # still busy: without retries the 503 is raised, with the server's message
-            with pytest.raises(Unavailable) as e:
-                impatient.classify(images)
-            assert e.value.status == 503 and "concurrency limit" in e.value.message
     finally:
-        slow.join()
-    metrics = httpx.get(f"{server}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+        stop.set()
+        thread.join()
+    metrics = httpx.get(f"{server}/metrics", headers=auth).text
     assert 'genforge_requests_total{route="classify",status="503"}' in metrics
 
 
