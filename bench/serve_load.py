@@ -23,6 +23,13 @@ batch_timeout=5 ms); genforge's batcher takes whatever is queued (up to its per-
 answers are checked to agree before the load starts.
 
     python bench/serve_load.py [CLASSIFIER_RUN [GENERATOR_RUN]] [--seconds 5] [--rounds 3] [--peer litserve|none]
+    python bench/serve_load.py CLASSIFIER_RUN --workers 1,2 [--seconds 5] [--rounds 3]
+
+--workers 1,2: instead of the phases above, classify with `genforge serve --workers 1` and `--workers 2` in one
+run: wrk (its own process, 1 thread) at --connections, rounds alternating between the two servers (the other one
+paused), the median round of each, and the ratio of their req/s. On a 2-core machine the load generator takes a
+share of the cores the workers would use, so the ratio there is a floor; on more cores it should grow with N until
+the cores run out.
 
 Without runs it trains a classifier and a conditional GAN first (a few minutes on 2 cores).
 """
@@ -268,9 +275,12 @@ def main() -> None:
     parser.add_argument("--peer-max-batch", type=int, default=64, help="LitAPI(max_batch_size=...)")
     parser.add_argument("--peer-batch-timeout", type=float, default=0.005, help="LitAPI(batch_timeout=...), s")
     parser.add_argument("--peer-fast-queue", action="store_true", help="LitServer(fast_queue=True) (ZeroMQ)")
+    parser.add_argument("--workers", help="compare classify with these worker counts, e.g. 1,2 (see above)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: wrk is not installed; install it with: apt-get install -y wrk")
+    if args.workers:
+        return compare_workers(args)
     if args.peer == "litserve" and not has_litserve:
         sys.exit("error: litserve is not installed; install it with: pip install -e '.[bench]' (or use --peer none)")
     if args.peer == "none":
@@ -383,6 +393,59 @@ def main() -> None:
     result["summary"] = summary
     record("serve_load", result)
     _print_table(result)
+
+
+def compare_workers(args) -> None:
+    """classify req/s, p50 and p99 with each worker count, each its own server on its own port, measured in
+    alternating rounds (the servers not measured paused), the median round of each; and the ratios to the first."""
+    counts = [int(w) for w in args.workers.split(",")]
+    host = "127.0.0.1"
+    image = json.dumps({"inputs": [[[(x * y) % 256 for x in range(28)] for y in range(28)]]}).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs or _train_runs(Path(tmp))[:1]
+        clf_run = next(r for r in runs if _task(r) == "classify")
+        servers: dict[int, subprocess.Popen] = {}
+        try:
+            import httpx
+
+            for i, count in enumerate(counts):  # one at a time: the first start exports the run
+                _port_free(host, args.port + i)
+                servers[count] = _start([sys.executable, "-m", "genforge", "serve", clf_run, "--port",
+                                         str(args.port + i), "--max-concurrency", str(args.max_concurrency),
+                                         "--backend", args.backend, "--workers", str(count)])
+                _wait_ready(f"http://{host}:{args.port + i}/readyz", servers[count])
+            name = httpx.get(f"http://{host}:{args.port}/v1/models").json()["models"][0]["name"]
+            rounds: dict[int, list] = {c: [] for c in counts}
+            for _ in range(args.rounds):
+                for i, count in enumerate(counts):
+                    others = [p for c, p in servers.items() if c != count]
+                    with contextlib.ExitStack() as stack:
+                        for other in others:
+                            stack.enter_context(_paused(other))
+                        rounds[count].append(wrk_phase(f"http://{host}:{args.port + i}/v1/models/{name}/classify",
+                                                       "POST", image, args.connections, args.seconds, 1))
+        finally:
+            codes = {c: _stop(p) for c, p in servers.items()}
+    result = {"connections": args.connections, "seconds": args.seconds, "rounds": args.rounds, "run": clf_run,
+              "cores": len(os.sched_getaffinity(0)), "load_generator": "wrk -t 1, its own process",
+              "exit_codes": codes}
+    first = counts[0]
+    for count in counts:
+        result[f"workers_{count}"] = _median_round(rounds[count])
+    result["summary"] = {f"workers_{c}": {"classify_req_s": result[f"workers_{c}"]["ok_per_s"],
+                                          "p50_ms": result[f"workers_{c}"]["p50_ms"],
+                                          "p99_ms": result[f"workers_{c}"]["p99_ms"],
+                                          "errors": result[f"workers_{c}"]["errors"],
+                                          "ratio_to_first": _median_ratio(list(zip(rounds[c], rounds[first])))}
+                         for c in counts}
+    record("serve_workers", result)
+    print(f"\nclassify, wrk -t 1 at {args.connections} connections, median of {args.rounds} rounds of "
+          f"{args.seconds:g} s, {result['cores']} cores")
+    print(f"{'workers':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x first':>8}")
+    for c in counts:
+        row = result["summary"][f"workers_{c}"]
+        print(f"{c:8} {row['classify_req_s']:8,.0f} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} "
+              f"{row['ratio_to_first']:8.2f}")
 
 
 def _print_table(result: dict) -> None:

@@ -554,13 +554,16 @@ def serve(
     backend: Annotated[str, typer.Option(
         help="auto, torch or onnxruntime for every run. auto: onnxruntime wherever a run can run there (a trained "
              "run is exported once, into RUN/export), else torch")] = "auto",
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes on the one port, each with its own "
+                                                             "copy of the models and its share of the cores")] = 1,
 ):
     """Serve runs over HTTP: a JSON API (docs at /docs) and a web playground at /."""
     from genforge.serve.limits import Limits
     from genforge.serve.server import serve as run_server
 
     run_server(runs, host, port, token_file,
-               Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout), backend=backend)
+               Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout), backend=backend,
+               workers=workers)
 
 
 @app.command()

@@ -61,7 +61,7 @@ def test_classify_fast_path_answers_like_the_route(client, names, fashion):
     route. Both must give the same answer, and the same message for the same mistake."""
     from genforge.serve.app import ClassifyFastPath
 
-    fast_path = client.app.front.app.app.app  # ErrorGuard -> BodySizeLimit -> Gate -> ClassifyFastPath -> FastAPI
+    fast_path = client.app.front.app.app.app.app  # ProtocolErrors, ErrorGuard, BodySizeLimit, Gate, then it
     assert isinstance(fast_path, ClassifyFastPath)
     behind, passed_on = fast_path.app, []
 

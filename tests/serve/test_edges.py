@@ -122,7 +122,7 @@ def test_concurrent_decodes_are_bounded(served, names, monkeypatch):
 
 
 def test_livez_is_answered_by_the_fast_path_layer(client):
-    fast_path = client.app.front.app.app.app
+    fast_path = client.app.front.app.app.app.app  # ProtocolErrors (v2 errors) in front
     behind, passed_on = fast_path.app, []
 
     async def fastapi(scope, receive, send):

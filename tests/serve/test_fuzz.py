@@ -2,6 +2,7 @@
 operation and request encoding (JSON and multipart, where a route takes both): no 5xx answer and no response
 that breaks the schema (status codes, content types, bodies).
 
+The Open Inference Protocol's routes (/v2, serve/v2.py) are in the schema too, with their JSON and binary bodies.
 Each model route is fuzzed twice: with the names schemathesis makes up (mostly 404s), and with the name pinned to
 a served model that offers the verb, so that the bodies, form fields and query parameters reach the model's own
 validation and inference. The pinned pass leaves out schemathesis's positive-data check: the schema cannot say
@@ -39,6 +40,8 @@ def _fuzzer(operation, media_type: str | None, model: str | None, sent: set, ans
         excluded = []
         if model is not None:
             case.path_parameters = {**(case.path_parameters or {}), "name": model}
+            if "version" in case.path_parameters:  # the v2 routes' /versions/{version} forms: the one version
+                case.path_parameters["version"] = "1"
             excluded = [positive_data_acceptance]
         key = (case.operation.label, case.media_type, model)
         sent.add(key)
@@ -55,7 +58,7 @@ def test_api_never_answers_5xx_and_keeps_its_schema(served, names, forecast_serv
     with TestClient(app):  # runs the lifespan: batchers started, models warmed up, ready
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) >= 11
+        assert len(operations) >= 20
         for operation in operations:
             pinned = _model_for(operation.path, names, forecaster)
             for model in [None, pinned] if pinned else [None]:
@@ -66,6 +69,12 @@ def test_api_never_answers_5xx_and_keeps_its_schema(served, names, forecast_serv
             assert (f"POST /v1/models/{{name}}/{verb}", media_type, None) in sent
             statuses = answered[(f"POST /v1/models/{{name}}/{verb}", media_type, model)]
             assert 404 not in statuses and statuses & {200, 422}, statuses  # the model itself answered
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):  # Open Inference Protocol
+        for media_type in ("application/json", "application/octet-stream"):
+            assert (f"POST {path}", media_type, None) in sent
+            statuses = answered[(f"POST {path}", media_type, names[0])]
+            assert 404 not in statuses and 400 in statuses, statuses  # the request reached the model's checks
+    assert ("GET /v2/models/{name}/versions/{version}/ready", None, names[0]) in sent
     assert ("POST /v1/models/{name}/forecast", "application/json", None) in sent
     statuses = answered[("POST /v1/models/{name}/forecast", "application/json", forecaster)]
     assert 404 not in statuses and statuses & {200, 422}, statuses

@@ -80,6 +80,7 @@ class ServedModel:
             "metrics": {k: summary[k] for k in HEADLINE if isinstance(summary.get(k), (int, float))},
             "config": self.run.config.model_dump(mode="json"),
             **({"forecast": self.forecast_card()} if "forecast" in self.verbs() else {}),
+            "tensors": self.tensors,  # what POST /v2/models/{name}/infer takes and answers
             **({"privacy": self.privacy_card()} if self.privacy_card() else {}),
         }
 
@@ -156,6 +157,57 @@ class ServedModel:
     # generate -----------------------------------------------------------------------------------------------
     def generate(self, n: int, label: int | None, seed: int, truncation: float | None) -> torch.Tensor:
         return self.run.sample(n, label=label, seed=seed, truncation=truncation)
+
+    def render(self, z: torch.Tensor, label: int | None) -> torch.Tensor:
+        """uint8 images (N, C, H, W) for given latents (N, latent_dim): what generate draws for a seed's latents. A
+        conditional model draws class `label` (default: every class in turn, as generate)."""
+        from genforge.models.layers import sample_labels
+
+        model = self.run.model
+        if label is not None and not 0 <= label < len(self.classes):
+            raise GenforgeError(f"label {label} is out of range 0-{len(self.classes) - 1}")
+        labels = None if label is None else torch.full((len(z),), label, dtype=torch.long)
+        return model.render(z, sample_labels(len(z), labels, len(self.classes), self.conditional, torch.device("cpu")))
+
+    @cached_property
+    def tensors(self) -> dict[str, list[dict]]:
+        """The model's tensors in the Open Inference Protocol (serve/v2.py): inputs and outputs, each with its
+        name, datatype, shape (-1: any size) and what it holds; `optional` inputs may be left out."""
+        shape, verbs = list(self.input_shape), self.verbs()
+        if "classify" in verbs:
+            k = len(self.classes)
+            x = ({"name": "input", "datatype": "UINT8", "shape": [-1, *shape], "description": "images, 0-255"}
+                 if len(shape) == 3 else
+                 {"name": "input", "datatype": "FP32", "shape": [-1, *shape], "description": "feature vectors"})
+            return {"inputs": [x], "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, k],
+                 "description": f"class probabilities, in the order of the card's classes ({k})"},
+                {"name": "top_k", "datatype": "INT64", "shape": [-1, -1],
+                 "description": "class indices, most probable first; the request parameter top_k (default 3) "
+                                "says how many"}]}
+        if "generate" in verbs:
+            latent = self.run.model.latent_dim
+            one = "a tensor of shape [1]"
+            return {"inputs": [
+                {"name": "n", "datatype": "INT64", "shape": [1], "description": f"images to draw ({one}); "
+                 "with seed and label, the same images as /v1 generate", "optional": True},
+                {"name": "seed", "datatype": "INT64", "shape": [1], "description": f"{one}; default 0",
+                 "optional": True},
+                {"name": "label", "datatype": "INT64", "shape": [1], "description": f"the class to draw ({one}), "
+                 "class-conditional models; default: every class in turn", "optional": True},
+                {"name": "latent", "datatype": "FP32", "shape": [-1, latent], "description": "latents z to render, "
+                 "instead of n and seed", "optional": True}],
+                "outputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, *shape], "description": "0-255"}]}
+        if "forecast" in verbs:
+            levels = len(self.model.cfg.quantiles)
+            return {"inputs": [
+                {"name": "history", "datatype": "FP32", "shape": [-1, -1], "description": "N equally long "
+                 f"histories, oldest first, at least {self.minimum_history} values each"},
+                {"name": "horizon", "datatype": "INT64", "shape": [1], "description": "steps to forecast; default "
+                 "the trained horizon", "optional": True}],
+                "outputs": [{"name": "quantiles", "datatype": "FP32", "shape": [-1, -1, levels],
+                             "description": "per history and step, the quantiles at the card's forecast.levels"}]}
+        return {"inputs": [], "outputs": []}
 
     def interpolate(self, steps: int, seed: int, from_label: int | None, to_label: int | None) -> torch.Tensor:
         from genforge.sample import interpolate

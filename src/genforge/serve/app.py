@@ -32,6 +32,8 @@ from genforge.sample import reconstruction_errors
 from genforge.serve.adapters import NotExplainable, ServedModel, as_array
 from genforge.serve.batching import MicroBatcher
 from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, replay
+from genforge.serve.v2 import ProtocolErrors
+from genforge.serve.v2 import mount as mount_v2
 
 log = logging.getLogger("genforge.serve")
 
@@ -297,7 +299,7 @@ class Gate:
     """ASGI middleware in front of the routes: bearer token, the concurrency limit (503 at once when full),
     and the Prometheus request metrics."""
 
-    OPEN = ("/", "/livez", "/readyz", "/favicon.ico")
+    OPEN = ("/", "/livez", "/readyz", "/favicon.ico", "/v2/health/live", "/v2/health/ready")
 
     def __init__(self, app, state: dict):
         self.app, self.state = app, state
@@ -435,7 +437,8 @@ def _internal(e: Exception) -> str:
 
 
 VERBS = {"classify", "explain", "generate", "interpolate", "reconstruct", "forecast", "series"}  # routes after a name
-PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json"}
+PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json", "/v2", "/v2/health/live",
+                "/v2/health/ready"}
 
 
 def _model_route(path: str) -> tuple[str | None, str | None]:
@@ -453,6 +456,9 @@ def _route_label(path: str) -> str:
     name, verb = _model_route(path)
     if name is not None:
         return verb if verb in VERBS else "card" if verb is None else "other"
+    if path.startswith("/v2/models/"):  # the Open Inference Protocol (v2.py)
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        return f"v2_{last}" if last in ("infer", "ready") else "v2_metadata"
     return "static" if path.startswith("/static/") else "other"
 
 
@@ -461,11 +467,18 @@ async def _send(send, response: Response, scope, receive) -> None:
 
 
 class Metrics:
-    """Prometheus metrics in a registry of this app's own (no process-global state)."""
+    """Prometheus metrics in a registry of this app's own (no process-global state). In a worker of `genforge serve
+    --workers N` (PROMETHEUS_MULTIPROC_DIR set) every worker's values are in shared files and any worker's /metrics
+    adds them up: counts and histograms summed, in_flight summed and ready the minimum over the live workers, both
+    as each worker last wrote them (at each request's end and each scrape)."""
 
     def __init__(self):
+        import os
+
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.state = None
         self.registry = CollectorRegistry()
         self.requests = Counter("genforge_requests", "HTTP requests", ["route", "status"], registry=self.registry)
         self.errors = Counter("genforge_errors", "HTTP requests answered 4xx or 5xx", ["route", "status"],
@@ -474,19 +487,42 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.batch = Histogram("genforge_batch_size", "Rows per inference batch", ["model"], registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.ready = Gauge("genforge_ready", "1 when the models are loaded and warmed up", registry=self.registry)
-        self.in_flight = Gauge("genforge_in_flight", "POST requests being answered", registry=self.registry)
+        self.ready = Gauge("genforge_ready", "1 when the models are loaded and warmed up", registry=self.registry,
+                           multiprocess_mode="livemin")
+        self.in_flight = Gauge("genforge_in_flight", "POST requests being answered", registry=self.registry,
+                               multiprocess_mode="livesum")
+
+    def follow(self, state: dict) -> None:
+        """The gauges follow the app's state: readiness (SIGTERM included) and requests in flight."""
+        if self.multiprocess:  # a gauge's function is not seen by the other workers: its value is written instead
+            self.state = state
+            return
+        self.ready.set_function(lambda: float(state["ready"]))
+        self.in_flight.set_function(lambda: float(state["in_flight"]))
+
+    def _write_gauges(self) -> None:
+        if self.state is not None:
+            self.ready.set(float(self.state["ready"]))
+            self.in_flight.set(float(self.state["in_flight"]))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         if status >= 400:
             self.errors.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+        self._write_gauges()
 
     def render(self) -> bytes:
-        from prometheus_client import generate_latest
+        from prometheus_client import CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self._write_gauges()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 def create_app(models: dict[str, ServedModel], token: str | None = None, limits: Limits = Limits()) -> FastAPI:
@@ -494,8 +530,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     metrics = Metrics()
     state = {"token": token, "limits": limits, "in_flight": 0, "metrics": metrics, "ready": False,
              "decodes": asyncio.Semaphore(limits.max_decodes)}
-    metrics.ready.set_function(lambda: float(state["ready"]))  # follows readiness, SIGTERM included
-    metrics.in_flight.set_function(lambda: float(state["in_flight"]))
+    metrics.follow(state)  # readiness (SIGTERM included) and requests in flight
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # one thread: no contention
     # explanations (backward passes, up to seconds) on a thread of their own: classify's queue never waits on them
     explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
@@ -801,6 +836,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
                                404 if model.recent_error else 503)
         return _json({"model": name, **model.recent})
 
+    mount_v2(app, models, state, limits, classify_inputs, infer)  # the Open Inference Protocol, over the same models
+
     static = resources.files("genforge.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -808,8 +845,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     async def playground():
         return FileResponse(str(static / "index.html"))
 
-    app.front = ErrorGuard(BodySizeLimit(Gate(ClassifyFastPath(app.behind, models, classify_inputs), state),
-                                         limits.max_body_bytes))
+    app.front = ProtocolErrors(ErrorGuard(BodySizeLimit(
+        Gate(ClassifyFastPath(app.behind, models, classify_inputs), state), limits.max_body_bytes)))
     return app
 
 

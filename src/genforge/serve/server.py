@@ -61,19 +61,33 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_file: Path | None = None,
-          limits: Limits = Limits(), log_level: str = "warning", backend: str = "auto") -> None:
+          limits: Limits = Limits(), log_level: str = "warning", backend: str = "auto", workers: int = 1) -> None:
     """Load the runs, then serve until SIGINT/SIGTERM: the server turns not-ready at once, stops accepting,
-    lets in-flight requests finish (up to 30 s) and exits 0."""
+    lets in-flight requests finish (up to 30 s) and exits 0. workers > 1: that many server processes on the one
+    socket (see supervise)."""
+    token = read_token(token_file, host)
+    sock = listen(host, port)  # before loading: a taken port is a one-line error, not one after the models load
+    if workers > 1:
+        return supervise(runs, sock, host, port, token, limits, log_level, backend, workers)
+    app, _ = _app(runs, token, limits, backend)
+    _run(app, sock, log_level, announce=lambda: print(f"serving {len(runs)} run(s) on http://{host}:{port}  (docs: "
+                                                      f"/docs, playground: /)", flush=True))
+
+
+def _app(runs: list[Path], token: str | None, limits: Limits, backend: str):
     import torch
-    import uvicorn
 
     from genforge.serve.adapters import load_models
     from genforge.serve.app import create_app
 
-    token = read_token(token_file, host)
-    sock = listen(host, port)  # before loading: a taken port is a one-line error, not one after the models load
     torch.set_num_threads(1)  # one inference thread beside the event loop; two threads contend on small machines
-    app = create_app(load_models(runs, backend), token=token, limits=limits)
+    models = load_models(runs, backend)
+    return create_app(models, token=token, limits=limits), models
+
+
+def _run(app, sock: socket.socket, log_level: str, announce=None) -> None:
+    import uvicorn
+
     state = app.state.genforge
 
     class DrainingServer(uvicorn.Server):
@@ -82,8 +96,108 @@ def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_fil
             super().handle_exit(sig, frame)
             self._captured_signals.clear()  # a drained shutdown is a clean exit (0), not death by signal
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
-                            limit_concurrency=None, access_log=False)
-    print(f"serving {len(runs)} run(s) on http://{host}:{port}  (docs: /docs, playground: /)",
-          flush=True)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=30, limit_concurrency=None,
+                            access_log=False)
+    if announce:
+        announce()
     DrainingServer(config).run(sockets=[sock])
+
+
+def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token: str | None, limits: Limits,
+              log_level: str, backend: str, workers: int) -> None:
+    """`workers` server processes (spawned: a fresh interpreter and runtime session each) accept from the one
+    listening socket. The runs are loaded here once first, so that an export to ONNX happens once and a run that
+    cannot load is a one-line error; then each worker loads them, warms them up, and starts serving only once every
+    worker is ready, so that any answer of /readyz speaks for all. SIGTERM (or SIGINT) drains every worker; a worker
+    that dies stops the others (exit 1: a supervisor such as Kubernetes restarts the whole). /metrics adds up
+    every worker's, through prometheus_client's multiprocess mode (docs/decisions.md)."""
+    import multiprocessing
+    import os
+    import shutil
+    import signal
+    import tempfile
+
+    from genforge.serve.adapters import load_models
+
+    load_models(runs, backend)  # exports once, here; errors say what to fix before any worker starts
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    metrics_dir = tempfile.mkdtemp(prefix="genforge-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers before prometheus_client loads
+    os.environ["GENFORGE_SERVE_THREADS"] = str(max(1, cores // workers))  # ONNX Runtime threads of each worker
+    context = multiprocessing.get_context("spawn")
+    loaded, go = context.Queue(), context.Event()
+    children = [context.Process(target=_worker, name=f"genforge-worker-{i}", daemon=False,
+                                args=(runs, sock, token, limits, log_level, backend, loaded, go, os.getpid()))
+                for i in range(workers)]
+    draining = []
+
+    def drain(sig, frame):
+        draining.append(sig)
+        for child in children:
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    try:
+        for child in children:
+            child.start()
+        sock.close()  # the workers hold it now
+        ready = 0
+        while ready < workers and not draining:
+            try:
+                ready += bool(loaded.get(timeout=0.5))
+            except Exception:  # noqa: BLE001 - queue.Empty: check on the workers
+                pass
+            if any(c.exitcode not in (None, 0) for c in children):
+                drain(None, None)
+        if not draining:
+            go.set()
+            print(f"serving {len(runs)} run(s) on http://{host}:{port} with {workers} workers  (docs: /docs, "
+                  f"playground: /)", flush=True)
+        failed = _wait(children, drain)
+    finally:
+        from prometheus_client import multiprocess
+
+        for child in children:
+            if child.pid is not None:
+                multiprocess.mark_process_dead(child.pid, metrics_dir)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    if failed:
+        raise SystemExit(1)
+
+
+def _wait(children, drain) -> bool:
+    """Wait for every worker; the first that dies unasked stops the others. Whether one failed."""
+    failed = False
+    while any(c.is_alive() for c in children):
+        for child in children:
+            child.join(timeout=0.2)
+            if child.exitcode not in (None, 0) and not failed:
+                failed = True
+                print(f"a worker exited with code {child.exitcode}: stopping the others", flush=True)
+                drain(None, None)
+    return failed or any(c.exitcode != 0 for c in children)
+
+
+def _worker(runs, sock, token, limits, log_level, backend, loaded, go, parent: int) -> None:
+    """One worker: load and warm up, report, wait for the others, then serve until SIGTERM."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns ^C into one SIGTERM per worker
+    signal.signal(signal.SIGTERM, lambda sig, frame: os._exit(0))  # not serving yet: nothing to drain
+    try:
+        app, models = _app(runs, token, limits, backend)
+        for model in models.values():
+            model.warm_up()  # before reporting ready; the app's start-up warms them again, by then in microseconds
+    except GenforgeError as e:
+        print(f"error: {e}", flush=True)
+        raise SystemExit(2) from None
+    loaded.put(os.getpid())
+    while not go.wait(timeout=1):
+        if os.getppid() != parent:  # the supervisor is gone
+            raise SystemExit(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own, draining, handlers
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _run(app, sock, log_level)

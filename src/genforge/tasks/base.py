@@ -146,7 +146,11 @@ class Task:
         return model
 
     def onnx_threads(self) -> int:
-        """ONNX Runtime threads per call when served: every core by default."""
+        """ONNX Runtime threads per call when served: every core by default; a worker of `genforge serve
+        --workers N` its share (GENFORGE_SERVE_THREADS, set by the supervisor: cores // N)."""
+        share = os.environ.get("GENFORGE_SERVE_THREADS", "")
+        if share.isdigit() and int(share) > 0:
+            return int(share)
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def warm_up(self, served) -> None:

@@ -1,0 +1,158 @@
+"""A Python client of `genforge serve`'s /v1 API: one method per verb, numpy arrays in and out, typed errors that
+carry the server's message, retries of 503 answers with exponential backoff, and timeouts.
+
+    from genforge.client import Client
+    client = Client("http://127.0.0.1:8000", token=None)
+    client.classify(images)            # images: uint8 (N, H, W) or (N, C, H, W); -> one prediction dict per image
+    client.generate(n=8, label=3, seed=0)  # -> uint8 (8, C, H, W)
+
+The standard library's HTTP client (urllib) only: the client adds no dependency to the package."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+
+class ClientError(Exception):
+    """An answer other than success: `status` (None when no answer came) and the server's `message`."""
+
+    def __init__(self, status: int | None, message: str):
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status, self.message = status, message
+
+
+class RequestRejected(ClientError):
+    """A 4xx: the request was wrong (the message says what to fix); sending it again gives the same answer."""
+
+
+class Unavailable(ClientError):
+    """503 after every retry (the server is overloaded, loading or draining), or no server answering at all."""
+
+
+class Timeout(ClientError):
+    """No answer within the client's timeout, or the server's inference timed out (504)."""
+
+
+class ServerError(ClientError):
+    """Any other 5xx."""
+
+
+class Client:
+    """`url`: the server's base URL; `token`: its bearer token, if it has one; `timeout`: seconds per attempt;
+    `retries`: further attempts after a 503, waiting `backoff` x 2^i seconds before the i-th (at most 10 s);
+    `model`: the model a verb uses when none is given (default: the only served model that offers the verb)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, retries: int = 4,
+                 backoff: float = 0.25, model: str | None = None):
+        self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+        self.retries, self.backoff, self.model = retries, backoff, model
+        self.attempts = 0  # attempts the last request took (1 without retries)
+        self._cards: list[dict] | None = None
+
+    # the verbs ----------------------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Whether the server answers and every model is loaded (False while it loads or drains)."""
+        try:
+            self._request("GET", "/readyz", retries=0)
+            return True
+        except ClientError:
+            return False
+
+    def models(self) -> list[dict]:
+        """The served models' cards: name, task, verbs, classes, input shape, metrics, tensors."""
+        self._cards = self._request("GET", "/v1/models")["models"]
+        return self._cards
+
+    def card(self, model: str) -> dict:
+        return self._request("GET", f"/v1/models/{model}")
+
+    def classify(self, images, top_k: int = 3, model: str | None = None) -> list[dict]:
+        """Images (uint8 0-255, or floats 0-1), (N, H, W) or (N, C, H, W), or feature vectors (N, D) -> per input
+        {index, label, probabilities, top_k}."""
+        body = {"inputs": np.asarray(images).tolist(), "top_k": top_k}
+        return self._request("POST", f"/v1/models/{self._model('classify', model)}/classify", body)["predictions"]
+
+    def generate(self, n: int = 16, label: int | None = None, seed: int = 0, truncation: float | None = None,
+                 model: str | None = None) -> np.ndarray:
+        """uint8 images (n, C, H, W); the same seed (and label) gives the same images."""
+        body = {"n": n, "label": label, "seed": seed, "truncation": truncation, "format": "array"}
+        images = np.asarray(self._request("POST", f"/v1/models/{self._model('generate', model)}/generate", body)
+                            ["images"], dtype=np.uint8)
+        return images[:, None] if images.ndim == 3 else images  # the server leaves out a single channel
+
+    def forecast(self, history, horizon: int | None = None, end: str | None = None,
+                 covariates: dict | None = None, model: str | None = None) -> dict:
+        """A history (L,) or N equally long ones (N, L) -> {forecast (median), lo_80, hi_80, lo_95, hi_95, quantiles,
+        levels, ...} as the server answers it."""
+        body = {"history": np.asarray(history, dtype=float).tolist(), "horizon": horizon, "end": end,
+                "covariates": covariates}
+        return self._request("POST", f"/v1/models/{self._model('forecast', model)}/forecast",
+                             {k: v for k, v in body.items() if v is not None})
+
+    def explain(self, images, method: str | None = None, target: int | str | None = None, steps: int | None = None,
+                model: str | None = None) -> list[dict]:
+        """A classifier's attributions: per input {index, label, probabilities, target, attributions}."""
+        body = {"inputs": np.asarray(images).tolist(), "method": method, "target": target, "steps": steps}
+        return self._request("POST", f"/v1/models/{self._model('explain', model)}/explain",
+                             {k: v for k, v in body.items() if v is not None})["explanations"]
+
+    # the mechanics ------------------------------------------------------------------------------------------
+    def _model(self, verb: str, model: str | None) -> str:
+        if model or self.model:
+            return model or self.model
+        cards = self._cards if self._cards is not None else self.models()
+        offering = [c["name"] for c in cards if verb in c["verbs"]]
+        if len(offering) != 1:
+            which = f"{', '.join(offering)} offer it" if offering else "none offers it"
+            raise RequestRejected(None, f"give model=NAME for {verb}: {which}")
+        return offering[0]
+
+    def _request(self, method: str, path: str, body: Any = None, retries: int | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"accept": "application/json", **({"content-type": "application/json"} if data else {}),
+                   **({"authorization": f"Bearer {self.token}"} if self.token else {})}
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
+            self.attempts = attempt + 1
+            request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as e:
+                status, message = e.code, _message(e)
+                if status != 503 or attempt == retries:
+                    raise _error(status, message) from None
+            except TimeoutError:
+                raise Timeout(None, f"no answer from {self.url} within {self.timeout:g} s") from None
+            except urllib.error.URLError as e:
+                if isinstance(e.reason, TimeoutError):
+                    raise Timeout(None, f"no answer from {self.url} within {self.timeout:g} s") from None
+                raise Unavailable(None, f"cannot reach {self.url}: {e.reason}") from None
+            except ConnectionError as e:
+                raise Unavailable(None, f"the connection to {self.url} failed: {e}") from None
+            time.sleep(min(10.0, self.backoff * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+
+def _message(e: urllib.error.HTTPError) -> str:
+    """The server's message: genforge's {"error": {"status", "message"}}, the v2 {"error": "..."}, or the text."""
+    text = e.read().decode("utf-8", "replace")
+    try:
+        error = json.loads(text)["error"]
+        return error["message"] if isinstance(error, dict) else str(error)
+    except (ValueError, KeyError, TypeError):
+        return text or e.reason
+
+
+def _error(status: int, message: str) -> ClientError:
+    if status == 504:
+        return Timeout(status, message)
+    if status == 503:
+        return Unavailable(status, message)
+    return (RequestRejected if status < 500 else ServerError)(status, message)

@@ -1,0 +1,438 @@
+"""The Open Inference Protocol (KServe's and Triton's "v2" REST API) over the served models, beside /v1: the same
+models, limits, token and metrics. Clients written for KServe, Triton or MLServer (tritonclient, ...) work here.
+
+A request's tensors are JSON ({"name", "shape", "datatype", "data"}) or, with the binary tensor extension, raw
+little-endian bytes after the JSON header (its length in the Inference-Header-Content-Length header, each binary
+input's size in its parameters.binary_data_size). Each model's tensors are its card's `tensors`
+(ServedModel.tensors). Errors are the protocol's {"error": "message"}, with a 4xx for a client's mistake."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genforge import __version__
+from genforge.serve.adapters import ServedModel
+from genforge.serve.limits import Limits, RequestError
+
+VERSION = "1"  # every served model has one version
+HEADER = "inference-header-content-length"
+EXTENSIONS = ["binary_tensor_data"]
+DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+          "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
+          "FP32": np.float32, "FP64": np.float64}  # BYTES too in the protocol: no genforge model takes strings
+MAX_INPUTS = 16
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the protocol lets clients add fields (Triton's client adds some)
+
+
+class InferInput(_Open):
+    name: str = Field(max_length=200)
+    shape: list[int] = Field(max_length=8, description="Dimensions; their product is the element count")
+    datatype: str = Field(max_length=16, description="BOOL, UINT8, INT32, INT64, FP32, FP64, ...")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: the byte count of this input's "
+                                                                 "raw data after the JSON header (binary extension)")
+    data: Any = Field(None, description="The elements in row-major order, flat or nested; left out when binary")
+
+
+class RequestedOutput(_Open):
+    name: str = Field(max_length=200)
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: answer this output as raw bytes")
+
+
+class InferRequest(_Open):
+    id: str | None = Field(None, max_length=200)
+    parameters: dict[str, Any] | None = Field(None, description="top_k (classifiers); binary_data_output: every "
+                                                                 "output as raw bytes")
+    inputs: list[InferInput] = Field(min_length=1, max_length=MAX_INPUTS)
+    outputs: list[RequestedOutput] | None = Field(None, max_length=MAX_INPUTS)
+
+
+class Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[Tensor]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ProtocolError(BaseModel):
+    error: str
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "Invalid request; the message says what to fix", 401: "Missing or wrong bearer token",
+            404: "No such model or version", 413: "Body too large", 415: "Unsupported content encoding",
+            422: "Invalid value for the model", 503: "Overloaded or not ready; retry later",
+            504: "Inference timed out"}
+    return {code: {"model": ProtocolError, "description": text[code]} for code in codes}
+
+
+def _inline(model: type[BaseModel]) -> dict:
+    """A model's JSON schema with its $defs written in place: openapi_extra puts it inside the OpenAPI document,
+    where pydantic's #/$defs/... references would point at nothing."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        return [resolve(v) for v in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
+READY = {200: {"description": "Ready"}, **_errors(401, 404, 503)}
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _inline(InferRequest)},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description":
+                                            "The JSON request (its length in the Inference-Header-Content-Length "
+                                            "header), then the binary inputs' bytes in input order"}}}}}
+INFERRED = {200: {"content": {"application/json": {"schema": _inline(InferResponse)},
+                              "application/octet-stream": {}},
+                  "description": "The outputs; with binary outputs, their bytes follow the JSON header"},
+            **_errors(400, 401, 404, 413, 415, 422, 503, 504)}
+
+
+def _json(content, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def mount(app: FastAPI, models: dict[str, ServedModel], state: dict, limits: Limits, classify, infer) -> None:
+    """Add the v2 routes to the app. `classify` and `infer` are the app's own (create_app): the classify
+    micro-batcher with its timeout, and the inference thread with its timeout."""
+
+    def model_for(name: str, version: str | None) -> ServedModel:
+        model = models.get(name)
+        if model is None:
+            raise RequestError(f"no model named {name!r}; served: {', '.join(models)}", 404)
+        if version is not None and version != VERSION:
+            raise RequestError(f"{name} has version {VERSION} only, not {version!r}", 404)
+        return model
+
+    def metadata(model: ServedModel) -> dict:
+        strip = lambda tensors: [{k: t[k] for k in ("name", "datatype", "shape")} for t in tensors]  # noqa: E731
+        return {"name": model.name, "versions": [VERSION], "platform": f"genforge_{model.backend}",
+                "inputs": strip(model.tensors["inputs"]), "outputs": strip(model.tensors["outputs"])}
+
+    def ready_answer(name: str | None = None):
+        if not state["ready"]:
+            raise RequestError("not ready: models are loading or the server is shutting down", 503)
+        return {"name": name, "ready": True} if name else {"ready": True}
+
+    tags = ["open inference protocol (v2)"]
+
+    @app.get("/v2", tags=tags, summary="Server metadata", response_model=ServerMetadata,
+             responses=_errors(401))
+    async def server_metadata():
+        return {"name": "genforge", "version": __version__, "extensions": EXTENSIONS}
+
+    @app.get("/v2/health/live", tags=tags, summary="The process is up", responses=_errors(503))
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=tags, summary="Every model is loaded and warmed up (not while draining)",
+             responses=READY)
+    async def ready():
+        return ready_answer()
+
+    @app.get("/v2/models/{name}", tags=tags, summary="A model's inputs and outputs", response_model=ModelMetadata,
+             responses=_errors(401, 404))
+    async def model_metadata(name: str):
+        return metadata(model_for(name, None))
+
+    @app.get("/v2/models/{name}/versions/{version}", tags=tags, summary="A model's inputs and outputs",
+             response_model=ModelMetadata, responses=_errors(401, 404))
+    async def model_version_metadata(name: str, version: str):
+        return metadata(model_for(name, version))
+
+    @app.get("/v2/models/{name}/ready", tags=tags, summary="The model can answer", responses=READY)
+    async def model_ready(name: str):
+        return ready_answer(model_for(name, None).name)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=tags, summary="The model can answer",
+             responses=READY)
+    async def model_version_ready(name: str, version: str):
+        return ready_answer(model_for(name, version).name)
+
+    async def answer(request: Request, name: str, version: str | None) -> Response:
+        model = model_for(name, version)
+        if request.headers.get("content-encoding", "identity").lower() != "identity":
+            raise RequestError("compressed requests are not accepted; send the body uncompressed", 415)
+        req, tensors = parse(await request.body(), request.headers.get(HEADER))
+        outputs = await run(model, tensors, req.parameters or {})
+        return encode(model.name, req, outputs)
+
+    async def run(model: ServedModel, tensors: dict[str, np.ndarray], parameters: dict) -> dict[str, np.ndarray]:
+        """The model's outputs for its checked inputs."""
+        inputs = check_inputs(model, tensors)
+        verbs = model.verbs()
+        if "classify" in verbs:
+            x = inputs["input"]
+            if len(x) > limits.max_batch:
+                raise RequestError(f"at most {limits.max_batch} inputs per request, got {len(x)}")
+            if x.dtype == np.float32 and not np.isfinite(x).all():
+                raise RequestError("input: values must be finite numbers (no NaN or infinity)")
+            top_k = parameters.get("top_k", 3)
+            if type(top_k) is not int or not 1 <= top_k <= 1000:
+                raise RequestError(f"parameters.top_k must be an integer from 1 to 1000, got {top_k!r}")
+            found = await classify(model.name, model, np.ascontiguousarray(x), top_k, False)
+            predictions = found["predictions"]
+            return {"probabilities": np.array([p["probabilities"] for p in predictions], dtype=np.float32),
+                    "top_k": np.array([[c["index"] for c in p["top_k"]] for p in predictions], dtype=np.int64)}
+        if "generate" in verbs:
+            label = scalar(inputs, "label", None)
+            if "latent" in inputs:
+                if "n" in inputs or "seed" in inputs:
+                    raise RequestError("give either latent or n and seed, not both")
+                z = inputs["latent"]
+                if not 1 <= len(z) <= limits.max_n:
+                    raise RequestError(f"latent: 1 to {limits.max_n} rows, got {len(z)}")
+                if not np.isfinite(z).all():
+                    raise RequestError("latent: values must be finite numbers (no NaN or infinity)")
+                images = await infer(model.render, torch.from_numpy(np.array(z)), label)
+            else:
+                n, seed = scalar(inputs, "n", 16), scalar(inputs, "seed", 0)
+                if not 1 <= n <= limits.max_n:
+                    raise RequestError(f"n must be from 1 to {limits.max_n}, got {n}")
+                if not 0 <= seed < 2**31:
+                    raise RequestError(f"seed must be from 0 to {2**31 - 1}, got {seed}")
+                images = await infer(model.generate, n, label, seed, None)
+            return {"images": images.numpy().astype(np.uint8)}
+        if "forecast" in verbs:
+            history = inputs["history"]
+            horizon = scalar(inputs, "horizon", None)
+            if len(history) > limits.max_batch or history.size > limits.max_history:
+                raise RequestError(f"at most {limits.max_batch} histories and {limits.max_history:,} values per "
+                                   f"request, got {history.shape[0]} x {history.shape[1]}")
+            if history.shape[1] < model.minimum_history:
+                raise RequestError(f"history: at least {model.minimum_history} values per series, got "
+                                   f"{history.shape[1]}")
+            if not np.isfinite(history).all():
+                raise RequestError("history: values must be finite numbers (no NaN or infinity)")
+            trained = model.model.horizon
+            if horizon is not None and not 1 <= horizon <= limits.max_horizons * trained:
+                raise RequestError(f"horizon must be from 1 to {limits.max_horizons * trained}, got {horizon}")
+            result = await infer(model.forecast, np.array(history), horizon, fewer="or shorter histories")
+            if not np.isfinite(result.quantiles).all():
+                raise RequestError("the model's forecast of this history is not finite; send a history on the "
+                                   "scale of its training data")
+            return {"quantiles": np.asarray(result.quantiles, dtype=np.float32)}
+        raise RequestError(f"{model.name} offers {', '.join(verbs)}, which the v2 infer route does not serve; "
+                           f"use /v1", 400)
+
+    @app.post("/v2/models/{name}/infer", tags=tags, summary="Inference with JSON or binary tensors",
+              openapi_extra=INFER_BODY, responses=INFERRED)
+    async def model_infer(request: Request, name: str):
+        """The model's tensors are in its metadata (GET /v2/models/{name}) and card. Binary tensors: the JSON
+        header's length in the Inference-Header-Content-Length header, each binary input's size in its
+        parameters.binary_data_size; an output asked for with parameters.binary_data (or every output, with the
+        request parameter binary_data_output) comes back as bytes after the JSON header, likewise."""
+        return await answer(request, name, None)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=tags, summary="Inference with JSON or binary "
+              "tensors", openapi_extra=INFER_BODY, responses=INFERRED)
+    async def model_version_infer(request: Request, name: str, version: str):
+        return await answer(request, name, version)
+
+
+def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """An infer request's body -> the request and its input tensors by name, each its declared shape and
+    datatype. The body's size is bounded before it is read (BodySizeLimit)."""
+    rest = b""
+    if header_length is not None:
+        if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+            raise RequestError(f"Inference-Header-Content-Length must be the JSON header's byte count (1 to the "
+                               f"body's {len(body)}), got {header_length!r}", 400)
+        body, rest = body[:int(header_length)], body[int(header_length):]
+    try:
+        req = InferRequest.model_validate_json(body or b"{}")
+    except ValidationError as e:
+        errors = e.errors()
+        where = ".".join(str(p) for p in errors[0].get("loc", ())) or "body"
+        raise RequestError(f"{where}: {errors[0].get('msg', 'invalid')} (an infer request is JSON: {{\"inputs\": "
+                           f"[{{\"name\", \"shape\", \"datatype\", \"data\"}}]}})", 400) from None
+    tensors, offset = {}, 0
+    for tensor in req.inputs:
+        if tensor.name in tensors:
+            raise RequestError(f"input {tensor.name!r} is given twice", 400)
+        if tensor.datatype not in DTYPES:
+            raise RequestError(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not one this server takes "
+                               f"({', '.join(DTYPES)})", 400)
+        if any(d < 0 for d in tensor.shape):
+            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} has a negative dimension", 400)
+        count, dtype = math.prod(tensor.shape), np.dtype(DTYPES[tensor.datatype]).newbyteorder("<")
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0 or offset + size > len(rest):
+                raise RequestError(f"input {tensor.name!r}: binary_data_size {size!r} runs past the body's "
+                                   f"{len(rest)} bytes after the JSON header", 400)
+            if tensor.data is not None:
+                raise RequestError(f"input {tensor.name!r}: give data or binary_data_size, not both", 400)
+            if size != count * dtype.itemsize:
+                raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} of {tensor.datatype} is "
+                                   f"{count * dtype.itemsize} bytes, but binary_data_size says {size}", 400)
+            array = np.frombuffer(rest, dtype, count, offset).reshape(tensor.shape)
+            offset += size
+        else:
+            array = _from_json(tensor, count, dtype)
+        tensors[tensor.name] = array
+    if offset != len(rest):
+        raise RequestError(f"the body has {len(rest)} bytes after the JSON header, but the binary inputs' "
+                           f"binary_data_size add up to {offset}", 400)
+    return req, tensors
+
+
+def _from_json(tensor: InferInput, count: int, dtype: np.dtype) -> np.ndarray:
+    """A JSON tensor's data, flat or nested, in row-major order -> an array of its shape and datatype."""
+    where = f"input {tensor.name!r}"
+    if not isinstance(tensor.data, list):
+        raise RequestError(f"{where}: give its elements as data (a list), or binary_data_size", 400)
+    try:
+        values = np.array(tensor.data)
+    except (ValueError, TypeError, OverflowError):
+        raise RequestError(f"{where}: data must be a flat or evenly nested list of numbers", 400) from None
+    if values.size != count:
+        raise RequestError(f"{where}: shape {tensor.shape} has {count} elements, data has {values.size}", 400)
+    kind = values.dtype.kind if values.size else dtype.kind
+    if dtype.kind == "b":
+        if kind != "b":
+            raise RequestError(f"{where}: BOOL data must be true or false", 400)
+    elif kind not in ("iu" if dtype.kind in "iu" else "iuf"):
+        raise RequestError(f"{where}: {tensor.datatype} data must be {'integers' if dtype.kind in 'iu' else 'numbers'}"
+                           f", got {values.dtype.name if kind != 'U' else 'strings'}", 400)
+    elif dtype.kind in "iu" and values.size:
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise RequestError(f"{where}: {tensor.datatype} values lie in {info.min} to {info.max}, got "
+                               f"{values.min()} to {values.max()}", 400)
+    with np.errstate(over="ignore"):
+        return values.astype(dtype).reshape(tensor.shape)
+
+
+def check_inputs(model: ServedModel, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The request's inputs against the model's: known names, each its datatype and shape, none missing."""
+    specs = {t["name"]: t for t in model.tensors["inputs"]}
+    for name, array in tensors.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise RequestError(f"{model.name} has no input named {name!r}; its inputs: {', '.join(specs)}", 400)
+        datatype = next(k for k, v in DTYPES.items() if np.dtype(v) == array.dtype.newbyteorder("="))
+        if datatype != spec["datatype"]:
+            raise RequestError(f"input {name!r} of {model.name} is {spec['datatype']}, got {datatype}", 400)
+        shape = spec["shape"]
+        if len(array.shape) != len(shape) or any(d != -1 and d != s for d, s in zip(shape, array.shape)):
+            raise RequestError(f"input {name!r} of {model.name} has shape {shape} (-1: any size), got "
+                               f"{list(array.shape)}", 400)
+    missing = [n for n, t in specs.items() if not t.get("optional") and n not in tensors]
+    if missing:
+        raise RequestError(f"{model.name} needs the input(s) {', '.join(missing)}; GET /v2/models/{model.name} "
+                           f"lists them", 400)
+    return {name: array.astype(array.dtype.newbyteorder("=")) for name, array in tensors.items()}
+
+
+def scalar(inputs: dict[str, np.ndarray], name: str, default):
+    return int(inputs[name][0]) if name in inputs else default
+
+
+def encode(name: str, req: InferRequest, outputs: dict[str, np.ndarray]) -> Response:
+    """The infer answer: each output asked for (all by default) as JSON data, or as raw little-endian bytes after
+    the JSON header when asked for binary."""
+    binary_default = (req.parameters or {}).get("binary_data_output", False) is True
+    wanted = {o.name: (o.parameters or {}).get("binary_data", binary_default) is True for o in req.outputs or []}
+    for output in wanted:
+        if output not in outputs:
+            raise RequestError(f"{name} has no output named {output!r}; its outputs: {', '.join(outputs)}", 400)
+    tensors, chunks = [], []
+    for output, array in outputs.items():
+        if wanted and output not in wanted:
+            continue
+        datatype = next(k for k, v in DTYPES.items() if np.dtype(v) == array.dtype)
+        tensor = {"name": output, "datatype": datatype, "shape": list(array.shape)}
+        if wanted.get(output, binary_default):
+            chunks.append(np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes())
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        tensors.append(tensor)
+    answer = {"model_name": name, "model_version": VERSION, **({"id": req.id} if req.id is not None else {}),
+              "outputs": tensors}
+    header = orjson.dumps(answer)
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(b"".join([header, *chunks]), media_type="application/octet-stream",
+                    headers={HEADER: str(len(header))})
+
+
+class ProtocolErrors:
+    """ASGI, outermost: a /v2 route's error answer, from whichever layer gave it (the token, the body size, the
+    concurrency limit, the route), in the protocol's shape {"error": "message"} instead of genforge's
+    {"error": {"status", "message"}}."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
+            return await self.app(scope, receive, send)
+        held = {}
+
+        async def reshaped(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held["start"], held["body"] = message, []
+                return
+            if "start" not in held:
+                return await send(message)
+            held["body"].append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(held["body"])
+            try:
+                error = orjson.loads(body)["error"]
+                body = orjson.dumps({"error": error["message"] if isinstance(error, dict) else str(error)})
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                pass
+            start = held.pop("start")
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, reshaped)

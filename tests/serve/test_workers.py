@@ -1,0 +1,50 @@
+"""`genforge serve --workers 2`: two server processes on one port, ready together, /metrics added up over both,
+and SIGTERM to the supervisor drains both (an answer in flight completes) with exit code 0."""
+
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+from helpers import start_server
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def test_two_workers_share_a_port_add_up_metrics_and_drain(classifier_run):
+    proc, url = start_server([classifier_run], "--workers", "2")
+    try:
+        workers = [c for c in _children(proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(workers) == 2
+        image = np.zeros((1, 28, 28), np.uint8).tolist()
+        for _ in range(20):  # a new connection each: either worker may accept it
+            r = httpx.post(f"{url}/v1/models/fashion-cnn-fast/classify", json={"inputs": [image]}, timeout=30)
+            assert r.status_code == 200
+        totals = set()
+        for _ in range(6):  # each scrape answered by either worker: the same sums
+            text = httpx.get(f"{url}/metrics", timeout=30).text
+            line = next(s for s in text.splitlines() if s.startswith('genforge_requests_total{route="classify"'))
+            totals.add(float(line.split()[-1]))
+            assert "genforge_ready 1.0" in text
+        assert totals == {20.0}
+        slow = {}
+
+        def explain_slowly():  # an explanation that takes a while, in flight when SIGTERM comes
+            slow["r"] = httpx.post(f"{url}/v1/models/fashion-cnn-fast/explain", timeout=60, json={
+                "inputs": [image] * 16, "method": "integrated-gradients", "steps": 64})
+
+        thread = threading.Thread(target=explain_slowly)
+        thread.start()
+        threading.Event().wait(0.3)  # accepted and running
+        proc.send_signal(signal.SIGTERM)
+        thread.join()
+        assert slow["r"].status_code == 200 and len(slow["r"].json()["explanations"]) == 16
+        assert proc.wait(timeout=60) == 0
+        assert not any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
+                       for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
