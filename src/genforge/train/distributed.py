@@ -71,7 +71,8 @@ def process_group(device: str = "auto") -> Iterator[World]:
     backend = "nccl" if picked.type == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend, timeout=timeout())
+    dist.init_process_group(backend, store=_store(), rank=int(os.environ["RANK"]),
+                            world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout())
     ok = False
     try:
         yield world()
@@ -81,6 +82,16 @@ def process_group(device: str = "auto") -> Iterator[World]:
             if ok:  # after an error a peer may be gone: a barrier would wait for it until the timeout
                 dist.barrier()
             dist.destroy_process_group()
+
+
+def _store() -> dist.Store:
+    """torchrun's TCPStore, with keys under this restart's own prefix. torchrun (torch 2.13) keeps one store across
+    the restarts of a group and its env:// client adds no per-attempt prefix, so a restarted group read the dead
+    group's gloo addresses and failed with `Gloo connectFullMesh failed ... Connection refused`."""
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                          is_master=os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+                          and os.environ["RANK"] == "0", timeout=timeout())
+    return dist.PrefixStore(f"/genforge/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def leave() -> None:
