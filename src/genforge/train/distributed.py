@@ -132,12 +132,17 @@ def average_gradients(params: list[nn.Parameter], refused: bool) -> bool:
     return False
 
 
+def _collective_device() -> torch.device:
+    """Where a small tensor must live to be all-reduced: NCCL reduces CUDA tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def any_rank(*flags: bool) -> tuple[bool, ...]:
     """Each flag OR-ed over the ranks: decisions every rank must take together (stop on a signal or a time limit,
     a GAN's collapse), since the next collective would otherwise pair with a different one on a peer."""
     if world().size < 2:
         return flags
-    t = torch.tensor([float(f) for f in flags])
+    t = torch.tensor([float(f) for f in flags], device=_collective_device())
     dist.all_reduce(t)
     return tuple(bool(v > 0) for v in t.tolist())
 
@@ -147,7 +152,7 @@ def mean_over_ranks(sums: dict[str, float], count: int) -> tuple[dict[str, float
     if world().size < 2:
         return sums, count
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     values = t.tolist()
     return dict(zip(keys, values[:-1])), int(values[-1])
