@@ -167,6 +167,7 @@ def test_two_nodes_rendezvous_over_c10d(tmp_path):
 
 FAILING_WORKER = """
 import sys
+import time
 from pathlib import Path
 
 from genforge import runs
@@ -175,25 +176,29 @@ from genforge.train import distributed
 from genforge.train.loop import train
 
 with distributed.process_group() as world:
-    if world.rank == 1:
+    if world.rank == 1 and sys.argv[2] == "raise":
         raise RuntimeError("rank 1 failed on purpose")
+    if world.rank == 1:
+        time.sleep(600)  # alive but silent: only the collective's timeout can end rank 0's wait
     cfg = load_config("blobs-logreg", ["train.epochs=50"])
     train(cfg, runs.create_run(sys.argv[1], cfg.name, cfg), quiet=True)  # rank 0 waits on rank 1 in a collective
 """
 
 
-def test_a_rank_that_raises_ends_the_launch(tmp_path):
-    """Acceptance 4: one rank raises while the other trains: the launch exits non-zero within a bounded time and
-    shows the failing rank's message."""
+@pytest.mark.parametrize(("mode", "message"), [("raise", "rank 1 failed on purpose"),
+                                             ("hang", "rank 0: the process group failed")])
+def test_a_failing_rank_ends_the_launch(tmp_path, mode, message):
+    """Acceptance 4: one rank raises (or hangs) while the other trains: the launch exits non-zero within a bounded
+    time and shows the failing rank's message (or the waiting rank's, after GENFORGE_DIST_TIMEOUT)."""
     script = tmp_path / "worker.py"
     script.write_text(FAILING_WORKER)
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                             str(script), str(tmp_path / "runs")], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             str(script), str(tmp_path / "runs"), mode], env={**_env(), "GENFORGE_DIST_TIMEOUT": "8"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     code, out, err = _finish(proc)
     assert code != 0
-    assert "rank 1 failed on purpose" in out + err
+    assert message in out + err
     assert time.monotonic() - start < 60
 
 

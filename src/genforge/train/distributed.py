@@ -77,6 +77,13 @@ def process_group(device: str = "auto") -> Iterator[World]:
     try:
         yield world()
         ok = True
+    except Exception as e:
+        if isinstance(e, dist.DistError) or any(word in str(e) for word in ("gloo", "Gloo", "NCCL", "Timed out")):
+            rank = dist.get_rank() if dist.is_initialized() else os.environ["RANK"]
+            raise GenforgeError(f"rank {rank}: the process group failed, a peer process died or stopped answering "
+                                f"within {TIMEOUT_ENV}={timeout().total_seconds():g} s "
+                                f"({str(e).splitlines()[0][:300]})") from e
+        raise
     finally:
         if dist.is_initialized():
             if ok:  # after an error a peer may be gone: a barrier would wait for it until the timeout
