@@ -133,8 +133,8 @@ def average_gradients(params: list[nn.Parameter], refused: bool) -> bool:
     offset = 0
     for p, g, has in zip(params, grads, used):
         n = g.numel()
-        if has:
-            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        if has:  # in place: the gradient keeps its layout (channels_last), so later backwards accumulate into it
+            p.grad.copy_(flat[offset:offset + n].view(p.shape))
         offset += n
     return False
 
