@@ -93,8 +93,9 @@ def process_group(device: str = "auto") -> Iterator[World]:
 
 def _store() -> dist.Store:
     """torchrun's TCPStore, with keys under this restart's own prefix. torchrun (torch 2.13) keeps one store across
-    the restarts of a group and its env:// client adds no per-attempt prefix, so a restarted group read the dead
-    group's gloo addresses and failed with `Gloo connectFullMesh failed ... Connection refused`."""
+    the restarts of a group and its env:// client adds no per-attempt prefix: a restarted gloo group failed with
+    `Gloo connectFullMesh failed ... Connection refused` (reading, we infer, the dead group's addresses), and with its
+    own prefix it does not (docs/decisions.md)."""
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
                           is_master=os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
                           and os.environ["RANK"] == "0", timeout=timeout())
