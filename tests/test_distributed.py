@@ -149,6 +149,28 @@ def test_a_killed_rank_restarts_the_group_and_it_resumes(two_process_run, tmp_pa
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
+def test_ctrl_c_stops_every_rank_at_one_step_and_the_run_resumes(two_process_run, tmp_path):
+    """Ctrl-C (SIGINT to the launch's process group) after the first epoch: every rank stops at the same step, one
+    checkpoint and one message, exit 130; `--resume RUN --nproc 2` ends with the uninterrupted run's weights."""
+    runs_dir = tmp_path / "runs"
+    proc = _genforge("train", _config(tmp_path, EPOCHS), "--nproc", 2, "--runs-dir", runs_dir, "--quiet",
+                     start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines = list(runs_dir.glob("*/metrics.jsonl"))
+        if lines and lines[0].read_text().count("\n") >= 1:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.01)
+    code, _, err = _finish(proc)
+    assert code == 130 and err.count("interrupted at step") == 1, err[-3000:]
+    run = _only_run(runs_dir)
+    code, _, err = _finish(_genforge("train", "--resume", run, "--nproc", 2, "--quiet", start_new_session=True))
+    assert code == 0, err[-3000:]
+    reference, resumed = load_file(two_process_run / "model.safetensors"), load_file(run / "model.safetensors")
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
 def test_two_nodes_rendezvous_over_c10d(tmp_path):
     """Acceptance 3: two torchrun agents as two nodes on 127.0.0.1 (c10d rendezvous), one process each."""
     port, runs_dir = free_port(), tmp_path / "runs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -199,7 +200,8 @@ def train(
             tracked = [f"track=[{track}]"] if track is not None else []
             run_dir, summary = _train_new(config, [*(overrides or []), *tracked], name, runs_dir, quiet)
     except Interrupted as e:
-        err.print(str(e), markup=False)
+        if not distributed.launched() or os.environ["RANK"] == "0":  # one message for a group of processes
+            err.print(str(e), markup=False)
         raise typer.Exit(130) from None
     _print_summary(summary)
     out.print(f"run: {run_dir}\nreport: {run_dir / 'report.html'}")
