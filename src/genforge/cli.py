@@ -48,7 +48,13 @@ def _launch(nproc: int, max_restarts: int, worker_args: list[str]) -> int:
 
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             f"--max-restarts={max_restarts}", "-m", "genforge", "train", *worker_args]
-    return subprocess.run(argv).returncode
+    launcher, interrupted = subprocess.Popen(argv), False
+    while True:
+        try:
+            code = launcher.wait()
+            return 130 if interrupted else code  # torchrun itself ends a Ctrl-C with a traceback and exit code 1
+        except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers (they checkpoint): wait
+            interrupted = True
 
 
 def _launch_args(config, overrides, name, runs_dir: Path, resume, track, quiet: bool, nproc: int | None,
@@ -68,6 +74,9 @@ def _launch_args(config, overrides, name, runs_dir: Path, resume, track, quiet: 
     if resume is not None:
         from genforge import runs
 
+        if config is not None or overrides or name is not None or track is not None:
+            raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides, "
+                                "--name or --track")
         cfg = load_config(str(runs.resolve_run(resume) / "config.yaml"))
     elif config is None:
         raise GenforgeError("give a preset or a config file; list presets with `genforge presets`")
