@@ -66,6 +66,7 @@ bench: install-bench system-deps  # about 3 hours; each script writes bench/out/
 	$(PY) bench/fashion_dp.py
 	$(PY) bench/tune_fashion.py
 	$(PY) bench/transfer_few_labels.py
+	$(PY) bench/ddp_throughput.py
 
 lint: install-dev
 	.venv/bin/ruff check .

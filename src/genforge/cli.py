@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -39,6 +40,99 @@ def _train_new(source: str, overrides: list[str], name: str | None, runs_dir: Pa
     return run_dir, train(cfg, run_dir, quiet=quiet)
 
 
+def _launch(nproc: int, max_restarts: int, worker_args: list[str]) -> int:
+    """`genforge train ... --nproc N`: torchrun's own launcher (torch.distributed.run) on this machine, starting N
+    workers of `python -m genforge train ...`; its exit code. Its flags and environment variables behave as its
+    documentation says (https://pytorch.org/docs/stable/elastic/run.html)."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}", "-m", "genforge", "train", *worker_args]
+    launcher, interrupted = subprocess.Popen(argv), False
+    while True:
+        try:
+            code = launcher.wait()
+            return 130 if interrupted else code  # torchrun itself ends a Ctrl-C with a traceback and exit code 1
+        except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers (they checkpoint): wait
+            interrupted = True
+
+
+def _launch_args(config, overrides, name, runs_dir: Path, resume, track, quiet: bool, nproc: int | None,
+                 max_restarts: int | None) -> list[str]:
+    """Check --nproc's arguments here, before any process starts, and return the workers' `genforge train` args."""
+    from genforge.config import load_config
+    from genforge.train import distributed
+
+    if nproc is None:
+        raise GenforgeError("--max-restarts restarts the processes of --nproc N: give --nproc too")
+    if nproc < 1:
+        raise GenforgeError(f"--nproc {nproc}: give the number of processes, 1 or more")
+    if max_restarts is not None and max_restarts < 0:
+        raise GenforgeError(f"--max-restarts {max_restarts}: give 0 or more")
+    if distributed.launched():
+        raise GenforgeError("--nproc inside a torchrun launch: torchrun already started the processes; drop --nproc")
+    if resume is not None:
+        from genforge import runs
+
+        if config is not None or overrides or name is not None or track is not None:
+            raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides, "
+                                "--name or --track")
+        cfg = load_config(str(runs.resolve_run(resume) / "config.yaml"))
+    elif config is None:
+        raise GenforgeError("give a preset or a config file; list presets with `genforge presets`")
+    else:
+        cfg = load_config(config, [*(overrides or []), *([f"name={name}"] if name else [])])
+    if cfg.train.privacy is not None and nproc > 1:
+        raise GenforgeError("train.privacy with --nproc: Opacus' distributed mode is not wired into genforge; train "
+                            "privately in one process (drop --nproc)")
+    if cfg.train.batch_size % nproc:
+        raise GenforgeError(f"train.batch_size={cfg.train.batch_size} is the global batch, split evenly over the "
+                            f"processes: make it a multiple of --nproc {nproc}")
+    args = []
+    if resume is not None:
+        args += ["--resume", str(resume)]
+    else:
+        args += [config, *(overrides or []), *(["--name", name] if name else [])]
+        args += ["--track", track] if track else []
+    return [*args, "--runs-dir", str(runs_dir), *(["--quiet"] if quiet else [])]
+
+
+def _elastic_run_dir(runs_dir: Path, cfg) -> Path:
+    """Rank 0's choice of the run directory under torchrun: a new one at the first start, the same one when torchrun
+    restarts the group (TORCHELASTIC_RESTART_COUNT > 0), found through a marker named by the launch's run ID."""
+    import os
+
+    from genforge import runs
+
+    marker = runs_dir / ".torchrun" / os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and marker.is_file():
+        return Path(marker.read_text())
+    run_dir = runs.create_run(runs_dir, cfg.name, cfg)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    runs.write_text(marker, str(run_dir))
+    return run_dir
+
+
+def _train_worker(cfg, run_dir: Path | None, runs_dir: Path, quiet: bool) -> tuple[Path, dict | None]:
+    """One rank of a torchrun launch: join the group, agree on the run directory (rank 0's), resume from its
+    checkpoint when there is one (a restarted group), train. Rank 0 returns the summary; the others None."""
+    from genforge import runs
+    from genforge.train import distributed
+    from genforge.train.loop import train as train_loop
+
+    with distributed.process_group(cfg.train.device) as world:
+        if run_dir is None:
+            run_dir = Path(distributed.from_main(lambda: str(_elastic_run_dir(runs_dir, cfg))))
+        elif distributed.from_main(lambda: runs.read_json(run_dir / "summary.json").get("status") == "complete"):
+            raise GenforgeError(f"{run_dir} finished training already; there is nothing to resume")
+        resume = distributed.from_main((run_dir / runs.CHECKPOINT).is_file)
+        if world.is_main:
+            err.print(f"run directory: {run_dir} ({world.size} processes, {world.backend or 'one process'}"
+                      f"{', resumed' if resume else ''})", markup=False)
+        summary = train_loop(cfg, run_dir, resume=resume, quiet=quiet or not world.is_main)
+    return run_dir, summary if world.is_main else None
+
+
 def _print_summary(summary: dict) -> None:
     table = Table(show_header=False, box=None)
     for k, v in summary.items():
@@ -56,12 +150,42 @@ def train(
     track: Annotated[str | None, typer.Option(help="Mirror the run into trackers: mlflow, tensorboard or both "
                                                    "(mlflow,tensorboard); the same as track=[...].")] = None,
     quiet: Quiet = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Data-parallel training in N processes on this machine "
+                                                               "(torchrun --standalone; gloo on CPU, NCCL on CUDA); "
+                                                               "train.batch_size is the global batch.")] = None,
+    max_restarts: Annotated[int | None, typer.Option("--max-restarts", help="With --nproc: restart the group up "
+                                                                            "to K times after a process dies; "
+                                                                            "training resumes from the last "
+                                                                            "checkpoint.")] = None,
 ):
     """Train a model into a new run directory, or --resume an interrupted one."""
+    from genforge.train import distributed
     from genforge.train.loop import Interrupted
 
+    if nproc is not None or max_restarts is not None:
+        args = _launch_args(config, overrides, name, runs_dir, resume, track, quiet, nproc, max_restarts)
+        raise typer.Exit(_launch(nproc, max_restarts or 0, args))
     try:
-        if resume is not None:
+        if distributed.launched():  # a worker of torchrun (or of --nproc)
+            from genforge.config import load_config
+
+            if resume is not None and (config is not None or overrides or name is not None or track is not None):
+                raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides, "
+                                    "--name or --track")
+            if resume is None and config is None:
+                raise GenforgeError("give a preset or a config file; list presets with `genforge presets`")
+            if resume is not None:
+                from genforge import runs
+
+                resume = runs.resolve_run(resume)
+                cfg = load_config(str(resume / "config.yaml"))
+            else:
+                tracked = [f"track=[{track}]"] if track is not None else []
+                cfg = load_config(config, [*(overrides or []), *tracked, *([f"name={name}"] if name else [])])
+            run_dir, summary = _train_worker(cfg, resume, runs_dir, quiet)
+            if summary is None:  # ranks other than 0 print nothing
+                return
+        elif resume is not None:
             from genforge import runs
             from genforge.config import load_config
             from genforge.train.loop import train as train_loop
@@ -85,7 +209,8 @@ def train(
             tracked = [f"track=[{track}]"] if track is not None else []
             run_dir, summary = _train_new(config, [*(overrides or []), *tracked], name, runs_dir, quiet)
     except Interrupted as e:
-        err.print(str(e), markup=False)
+        if not distributed.launched() or os.environ["RANK"] == "0":  # one message for a group of processes
+            err.print(str(e), markup=False)
         raise typer.Exit(130) from None
     _print_summary(summary)
     out.print(f"run: {run_dir}\nreport: {run_dir / 'report.html'}")

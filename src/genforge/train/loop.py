@@ -23,6 +23,7 @@ from genforge import runs, track
 from genforge.config import RunConfig
 from genforge.errors import GenforgeError
 from genforge.registry import MODELS, build_model
+from genforge.train import distributed
 from genforge.train.device import (
     pick_device,
     restored_torch_settings,
@@ -76,17 +77,21 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class _Log:
-    def __init__(self, path: Path, quiet: bool):
-        self.path, self.quiet = path, quiet
+    """metrics.jsonl and the plain log lines: rank 0's alone under torch.distributed."""
+
+    def __init__(self, path: Path, quiet: bool, main: bool = True):
+        self.path, self.quiet, self.main = path, quiet, main
 
     def metrics(self, record: dict) -> None:
+        if not self.main:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())  # once per epoch: the line survives a crash of the machine, not just the process
 
     def line(self, text: str) -> None:
-        if self.quiet:
+        if self.quiet and self.main:
             print(text, file=sys.stderr, flush=True)
 
 
@@ -120,8 +125,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
 
     The process-wide torch settings the run changes (threads, deterministic algorithms) are restored on return.
     The trackers the config names (`track`) follow the run directory: metrics after each epoch's checkpoint, the
-    report at the end."""
-    tracking = track.for_training(cfg, run_dir)  # before the data: a missing package fails at once
+    report at the end.
+
+    Under torch.distributed (a torchrun launch, train/distributed.py) every rank calls train with the same config and
+    run directory: each trains on its shard of every batch (train.batch_size is the global batch), rank 0 alone writes
+    the run directory, and the group is left once training ends, before rank 0's test evaluation and report."""
+    w = distributed.world()
+    # before the data: a missing package fails at once
+    tracking = track.for_training(cfg, run_dir) if w.is_main else track.Tracking(run_dir, [])
     try:
         with restored_torch_settings():
             summary = _train(cfg, run_dir, resume, quiet, fold, init, on_step, on_epoch, tracking)
@@ -136,7 +147,14 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
            init: Callable[[torch.nn.Module], None] | None, on_step: Callable[[object, int, int], None] | None,
            on_epoch: Callable[[dict], None] | None, tracking: track.Tracking) -> dict:
     tcfg = cfg.train
-    device = pick_device(tcfg.device)
+    w = distributed.world()
+    if w.size > 1 and tcfg.privacy is not None:
+        raise GenforgeError(f"train.privacy under {w.size} processes: Opacus' distributed mode is not wired into "
+                            f"genforge; train privately in one process (without --nproc or torchrun)")
+    if w.size > 1 and tcfg.batch_size % w.size:
+        raise GenforgeError(f"train.batch_size={tcfg.batch_size} is the global batch, split evenly over the "
+                            f"{w.size} processes: make it a multiple of {w.size}")
+    device = distributed.device_of(pick_device(tcfg.device))
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
@@ -152,7 +170,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     x, y, x_val, y_val = data.x, data.y, data.x_val, data.y_val  # the training split is on the device
     if data.model_config is not None and data.model_config != cfg.model:  # defaults the data decides (a horizon)
         cfg = cfg.model_copy(update={"model": data.model_config})
-        runs.write_config(run_dir, cfg)
+        if w.is_main:
+            runs.write_config(run_dir, cfg)
     mean, std = data.mean, data.std
     if tcfg.privacy is not None:  # the training data's statistics would be released with the model, unprotected
         from genforge.train.privacy import public_normalization
@@ -161,17 +180,27 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     model = build_model(cfg.model, data.input_shape, data.num_classes, mean, std).to(device)
     if init is not None:
         init(model)
-    log = _Log(run_dir / "metrics.jsonl", quiet)
+    model = distributed.sync_batchnorm(model, device)
+    log = _Log(run_dir / "metrics.jsonl", quiet, w.is_main)
     transfer = start_transfer(cfg, model, data.meta["classes"], run_dir, resume, say=log.line)  # init_from, freeze
     channels_last = use_channels_last(tcfg, device, data.is_image)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
+    if w.rank > 0:  # rank 0 keeps the stream one process would draw; the others draw their own (noise, dropout)
+        seed_everything(cfg.seed + 1_000_003 * w.rank, cfg.deterministic)
     bf16 = use_bf16(tcfg, device)
-    runs.write_json(run_dir / "meta.json", {**data.meta, **transfer.meta(), "bf16": bf16,
-                                            "channels_last": channels_last})
-    runs.write_json(run_dir / "env.json", runs.environment(device))
+    if w.is_main:
+        runs.write_json(run_dir / "meta.json", {**data.meta, **transfer.meta(), "bf16": bf16,
+                                                "channels_last": channels_last})
+        runs.write_json(run_dir / "env.json", {**runs.environment(device), "world_size": w.size,
+                                               "backend": w.backend})
 
     bs = min(tcfg.batch_size, len(x))
+    if w.size > 1 and bs % w.size:
+        raise GenforgeError(f"the {len(x)} training items make a batch of {bs}, which {w.size} processes cannot "
+                            f"split evenly: use fewer processes or more data")
+    shard = bs // w.size  # each rank's slice of every batch
     steps_per_epoch = len(x) // bs  # drop the ragged last batch: BatchNorm needs more than one sample
     step = task.step(model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
     transfer.attach(step)  # parameter groups and frozen layers, before privacy wraps the optimizer
@@ -189,16 +218,24 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     keep_best = tcfg.early_stopping is not None and len(x_val) > 0
     stateful_hook = hasattr(on_step, "state_dict") and hasattr(on_step, "load_state_dict")
 
+    def load_checkpoint() -> dict:  # read by rank 0, sent to every rank: no shared file system needed
+        return distributed.from_main(lambda: runs.load_state(ckpt_path))
+
     def save_checkpoint() -> None:
         if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good checkpoint with NaN
-            _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
+            _rollback(state, tcfg, load_checkpoint, restore, log, task.divergence_hint)
             return
-        checkpoint = {"step_fn": step.state_dict(), "loop": state, "rng": rng_state()}
+        distributed.average_buffers(step.model)
+        rngs = distributed.gather(rng_state())  # every rank's RNG, so a restarted group draws what it would have
+        checkpoint = {"step_fn": step.state_dict(), "loop": state, "rng": rngs[0]}
+        if w.size > 1:
+            checkpoint["rng_ranks"] = rngs
         if privacy is not None:
             checkpoint["privacy"] = privacy.state_dict()
         if stateful_hook:
             checkpoint["hook"] = on_step.state_dict()
-        runs.save_state(ckpt_path, checkpoint)
+        if w.is_main:
+            runs.save_state(ckpt_path, checkpoint)
 
     def restore(checkpoint: dict, with_rng: bool) -> None:
         step.load_state_dict(checkpoint["step_fn"])
@@ -208,19 +245,23 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
             on_step.load_state_dict(checkpoint["hook"])
         if with_rng:
             state.update(checkpoint["loop"])
-            set_rng_state(checkpoint["rng"])
+            ranks = checkpoint.get("rng_ranks", [checkpoint["rng"]])
+            set_rng_state(ranks[w.rank] if len(ranks) == w.size else checkpoint["rng"])
+            if len(ranks) != w.size and w.rank > 0:  # resumed with another number of processes
+                seed_everything(cfg.seed + 1_000_003 * w.rank + state["step"], cfg.deterministic)
 
     if resume:
-        if not ckpt_path.is_file():
+        if not distributed.from_main(ckpt_path.is_file):
             raise GenforgeError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
-        restore(runs.load_state(ckpt_path), with_rng=True)
-        _truncate_metrics(log.path, state["step"])
+        restore(load_checkpoint(), with_rng=True)
+        if w.is_main:
+            _truncate_metrics(log.path, state["step"])
         log.line(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
     else:
         save_checkpoint()  # the initial state is the first rollback target
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False)
+                        TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet or not w.is_main, transient=False)
     try:
         with _interrupt_flag() as interrupt, progress:
             bar = progress.add_task("train", total=total, completed=state["step"], stats="")
@@ -230,7 +271,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                 order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
                 sums, count, seen, out_of_time, spent = {}, 0, 0, False, None
                 for b in range(state["batch"], steps_per_epoch):
-                    idx = (order[b * bs : (b + 1) * bs] if privacy is None
+                    start = b * bs + w.rank * shard  # rank r's contiguous slice of batch b of the same order
+                    idx = (order[start : start + shard] if privacy is None
                            else privacy.draw(cfg.seed, state["epoch"], b, device))
                     metrics = step(x[idx], y[idx])
                     if privacy is not None:
@@ -240,12 +282,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                         state["skipped"] += 1
                         state["nonfinite"] += 1
                         if state["nonfinite"] >= tcfg.max_nonfinite:
-                            _rollback(state, tcfg, ckpt_path, restore, log, task.divergence_hint)
+                            _rollback(state, tcfg, load_checkpoint, restore, log, task.divergence_hint)
                     else:
                         state["nonfinite"] = 0
                         if on_step is not None:
                             on_step(step, state["step"], total)
-                        count, seen = count + 1, seen + len(idx)
+                        count, seen = count + 1, seen + len(idx) * w.size
                         for k, v in metrics.items():
                             sums[k] = sums.get(k, 0.0) + v
                         rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
@@ -256,19 +298,24 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                         state["train_seconds"] += time.perf_counter() - t_epoch
                         t_epoch = time.perf_counter()
                         save_checkpoint()
-                    if interrupt["signal"] is not None:
+                    elapsed = state["train_seconds"] + time.perf_counter() - t_epoch
+                    interrupted, out_of_time = distributed.any_rank(  # every rank stops at the same step
+                        interrupt["signal"] is not None, bool(tcfg.max_seconds and elapsed >= tcfg.max_seconds))
+                    if interrupted:
                         state["train_seconds"] += time.perf_counter() - t_epoch
                         save_checkpoint()
                         raise Interrupted(f"interrupted at step {state['step']}; resume with: "
                                           f"genforge train --resume {run_dir}")
-                    elapsed = state["train_seconds"] + time.perf_counter() - t_epoch
-                    if out_of_time := bool(tcfg.max_seconds and elapsed >= tcfg.max_seconds):
+                    if out_of_time:
                         break
                     if privacy is not None and (spent := privacy.exhausted()):
                         break
+                distributed.average_buffers(step.model)  # every rank validates the same model
+                sums, count = distributed.mean_over_ranks(sums, count)
                 val = task.validate(step.eval_model(), x_val, y_val, ds, cfg) if len(x_val) else {}
                 state["train_seconds"] += time.perf_counter() - t_epoch
-                task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
+                if w.is_main:
+                    task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
                 record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
                           **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
                           **{f"val_{k}": v for k, v in val.items()}, "skipped_steps": state["skipped"]}
@@ -280,7 +327,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                 log.line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
                 state["epoch"], state["batch"] = state["epoch"] + 1, 0
                 stop = _early_stop(state, val, tcfg.early_stopping)
-                if keep_best and state["best_epoch"] == state["epoch"]:  # before the checkpoint that records it
+                if keep_best and w.is_main and state["best_epoch"] == state["epoch"]:  # before the checkpoint
                     runs.save_weights(step.eval_model(), best_path)
                 save_checkpoint()
                 tracking.sync()  # after the checkpoint: a resume keeps every line a tracker was given
@@ -296,12 +343,17 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                     log.line(spent)
                     break
     except (Diverged, Stop) as e:  # the last good weights (after a rollback) or this epoch's: usable like any run's
+        if not w.is_main:
+            raise
         runs.save_weights(step.eval_model(), run_dir / runs.WEIGHTS)
         runs.write_json(run_dir / "summary.json", {"status": getattr(e, "status", "diverged"), "kind": cfg.model.kind,
                                                    "dataset": ds.name, "epochs": state["epoch"],
                                                    "steps": state["step"], "skipped_steps": state["skipped"],
                                                    "rollbacks": state["rollbacks"]})
         raise
+    distributed.leave()  # the test evaluation and report are rank 0's alone: no peer waits on it in a collective
+    if not w.is_main:
+        return _summary(cfg, ds, state)
     model = step.eval_model()
     if keep_best and best_path.is_file():  # early stopping keeps the best validation epoch, not the last one
         runs.load_weights(model, best_path)
@@ -324,11 +376,11 @@ def _early_stop(state: dict, val: dict, patience: int | None) -> bool:
     return patience is not None and state["bad_epochs"] >= patience
 
 
-def _rollback(state: dict, tcfg, ckpt_path: Path, restore, log: _Log, hint: str) -> None:
+def _rollback(state: dict, tcfg, load_checkpoint, restore, log: _Log, hint: str) -> None:
     """Restore the last good weights and optimizer state, keep the data position: the bad batches are skipped."""
     state["rollbacks"] += 1
     state["nonfinite"] = 0
-    restore(runs.load_state(ckpt_path), with_rng=False)
+    restore(load_checkpoint(), with_rng=False)
     if state["rollbacks"] > tcfg.max_rollbacks:
         raise Diverged(f"training diverged: {state['skipped']} bad steps and {tcfg.max_rollbacks} rollbacks; "
                        f"the last good weights were kept; {hint}")

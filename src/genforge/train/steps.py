@@ -16,6 +16,7 @@ from torch import nn
 
 from genforge.config import RunConfig
 from genforge.data.augment import augment_batch, is_identity
+from genforge.train import distributed
 from genforge.train.optim import build_ema, build_optimizer, build_scheduler
 
 
@@ -26,11 +27,16 @@ def _autocast(enabled: bool, device: torch.device):
 def apply_update(loss: torch.Tensor, params, optimizer, scheduler, grad_clip: float | None,
                  explode: float = float("inf")) -> bool:
     """backward, clip, step: the one update every step function makes. Refused (False, nothing changed) when
-    the loss or the pre-clipping gradient norm is not finite, or the norm exceeds `explode`."""
+    the loss or the pre-clipping gradient norm is not finite, or the norm exceeds `explode`. Under torch.distributed
+    the gradients are averaged over the ranks before clipping, so every rank clips, refuses and steps alike."""
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
+    params = [p for p in params if p.requires_grad]
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward()
+    if distributed.average_gradients(params, refused=not finite) or not finite:  # every rank refuses together
+        optimizer.zero_grad(set_to_none=True)
         return False
-    loss.backward()
     norm = nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
     if not torch.isfinite(norm) or norm > explode:
         optimizer.zero_grad(set_to_none=True)
@@ -272,7 +278,7 @@ class GANStep:
         with _autocast(self.autocast, x.device):
             fake = model.generate(z, labels)  # (B, C, H, W), still carries G's graph
             d_loss, stats = model.d_loss(real, fake.detach(), labels)
-        if self._collapsed(stats["d_loss"], c["g_loss"]):
+        if distributed.any_rank(self._collapsed(stats["d_loss"], c["g_loss"]))[0]:  # all ranks skip, or none
             return None
         g_turn = (c["calls"] + 1) % self.cfg.train.critic_steps == 0
         undo_d = _Undo(model.discriminator, self.opt_d, self.sched_d) if g_turn else None
