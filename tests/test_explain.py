@@ -109,6 +109,18 @@ def test_grad_cam_needs_feature_maps(tmp_path):
         run.explain(x, method="grad-cam")
 
 
+def test_a_recurrent_classifier_is_explained_and_its_report_shows_it(tmp_path, fashion_available, test_images):
+    """An LSTM's layers answer tuples, which the search for Grad-CAM's feature map must pass over."""
+    run_dir = train_run(tmp_path, "fashion-rowlstm", "data.train_subset=512", "train.epochs=1", "model.hidden=16")
+    run = load_run(run_dir)
+    x = test_images[0][:2]
+    a = run.explain(x)
+    assert a.shape == x.shape and a.abs().sum() > 0
+    with pytest.raises(GenforgeError, match="grad-cam needs a model with feature maps"):
+        run.explain(x, method="grad-cam")
+    assert "Attributions per class" in (run_dir / "report.html").read_text()
+
+
 def test_explain_refuses_what_it_cannot_explain(loaded, test_images, gan_run):
     x = test_images[0][:1]
     for kwargs, message in (({"method": "lime"}, "unknown method 'lime'"), ({"target": 10}, "out of range 0-9"),

@@ -57,7 +57,7 @@ def _feature_map_layer(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Mod
     if len(input_shape) != 3:
         return None
     shapes: dict[nn.Module, tuple] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, tuple(o.shape)))
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, tuple(getattr(o, "shape", ()))))
              for m in model.net.modules() if not list(m.children()) and not isinstance(m, POOLING)]
     with torch.no_grad():
         model(torch.zeros((1, *input_shape), device=device_of(model)))
