@@ -1,7 +1,11 @@
-"""`genforge serve --workers 2`: two server processes on one port, ready together, /metrics added up over both,
-and SIGTERM to the supervisor drains both (an answer in flight completes) with exit code 0."""
+"""`genforge serve --workers 2`: two server processes on one port, connections spread over both, ready together,
+/metrics added up over both, and SIGTERM to the supervisor drains both (an answer in flight completes) with exit
+code 0."""
 
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,12 +18,34 @@ def _children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
 
+def _sockets(pid: int) -> int:
+    return sum(str(fd.readlink()).startswith("socket:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+
+
 def test_two_workers_share_a_port_add_up_metrics_and_drain(classifier_run):
     proc, url = start_server([classifier_run], "--workers", "2")
     try:
         workers = [c for c in _children(proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
         assert len(workers) == 2
         image = np.zeros((1, 28, 28), np.uint8).tolist()
+        before = [_sockets(w) for w in workers]
+        host, port = url.removeprefix("http://").split(":")
+        burst = [socket.create_connection((host, int(port)), timeout=30) for _ in range(16)]  # at once, as wrk does
+        try:
+            for conn in burst:
+                conn.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            for conn in burst:
+                assert conn.recv(12).startswith(b"HTTP/1.1 200")
+            gained = [_sockets(w) - b for w, b in zip(workers, before)]
+        finally:
+            for conn in burst:
+                conn.close()
+        # the kernel spreads connections over the workers' SO_REUSEPORT sockets (all on one: p = 2^-15); a shared
+        # accept queue gave them, as often as not, all to whichever worker woke first
+        assert sum(gained) == 16 and min(gained) > 0, gained
+        taken = subprocess.run([sys.executable, "-m", "genforge", "serve", str(classifier_run), "--port",
+                                port, "--workers", "2"], capture_output=True, text=True, timeout=60)
+        assert taken.returncode != 0 and "Address already in use" in taken.stderr  # refused, not shared
         for _ in range(20):  # a new connection each: either worker may accept it
             r = httpx.post(f"{url}/v1/models/fashion-cnn-fast/classify", json={"inputs": [image]}, timeout=30)
             assert r.status_code == 200

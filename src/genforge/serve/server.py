@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 from pathlib import Path
 
 from genforge.errors import GenforgeError
@@ -36,8 +37,15 @@ def read_token(path: Path | None, host: str) -> str | None:
     return token
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The server's listening socket, bound here so that uvicorn serves it and a failure says what to change."""
+# Linux balances the connections of sockets bound with SO_REUSEPORT to one port over them (a hash of each connection's
+# addresses); workers that share one accept queue instead take connections as they happen to wake, often all of them
+BALANCED = hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
+
+
+def listen(host: str, port: int, backlog: int | None = 2048, reuse_port: bool = False) -> socket.socket:
+    """The server's listening socket, bound here so that uvicorn serves it and a failure says what to change.
+    backlog None: bound, not listening (it takes no connections: the supervisor's hold on the port). reuse_port:
+    one of several sockets on the port (SO_REUSEPORT), which the kernel balances connections over."""
     try:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         # IPPROTO_TCP, not create_server's protocol 0: asyncio sets TCP_NODELAY only on accepted sockets whose
@@ -49,10 +57,13 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets on Linux
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as create_server: restart over TIME_WAIT
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(2048)  # uvicorn's default backlog
+        if backlog is not None:
+            sock.listen(backlog)  # 2048: uvicorn's default
         return sock
     except OSError as e:
         sock.close()
@@ -66,7 +77,12 @@ def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_fil
     lets in-flight requests finish (up to 30 s) and exits 0. workers > 1: that many server processes on the one
     socket (see supervise)."""
     token = read_token(token_file, host)
-    sock = listen(host, port)  # before loading: a taken port is a one-line error, not one after the models load
+    # before loading: a taken port is a one-line error, not one after the models load. Several workers each listen on
+    # their own SO_REUSEPORT socket; the supervisor's is bound, not listening, so that it takes no connections
+    balanced = workers > 1 and BALANCED
+    if balanced:  # first alone: a port another server holds, even with SO_REUSEPORT, is refused, not shared
+        listen(host, port, backlog=None).close()
+    sock = listen(host, port, backlog=None if balanced else 2048, reuse_port=balanced)
     if workers > 1:
         return supervise(runs, sock, host, port, token, limits, log_level, backend, workers)
     app, _ = _app(runs, token, limits, backend)
@@ -105,12 +121,13 @@ def _run(app, sock: socket.socket, log_level: str, announce=None) -> None:
 
 def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token: str | None, limits: Limits,
               log_level: str, backend: str, workers: int) -> None:
-    """`workers` server processes (spawned: a fresh interpreter and runtime session each) accept from the one
-    listening socket. The runs are loaded here once first, so that an export to ONNX happens once and a run that
-    cannot load is a one-line error; then each worker loads them, warms them up, and starts serving only once every
-    worker is ready, so that any answer of /readyz speaks for all. SIGTERM (or SIGINT) drains every worker; a worker
-    that dies stops the others (exit 1: a supervisor such as Kubernetes restarts the whole). /metrics adds up
-    every worker's, through prometheus_client's multiprocess mode (docs/decisions.md)."""
+    """`workers` server processes (spawned: a fresh interpreter and runtime session each) accept connections: on
+    Linux each from its own socket on the port (SO_REUSEPORT: the kernel spreads connections evenly), elsewhere from
+    the one listening socket they inherit. The runs are loaded here once first, so that an export to ONNX happens
+    once and a run that cannot load is a one-line error; then each worker loads them, warms them up, and starts
+    serving only once every worker is ready, so that any answer of /readyz speaks for all. SIGTERM (or SIGINT) drains
+    every worker; a worker that dies stops the others (exit 1: a supervisor such as Kubernetes restarts the whole).
+    /metrics adds up every worker's, through prometheus_client's multiprocess mode (docs/decisions.md)."""
     import multiprocessing
     import os
     import shutil
@@ -127,7 +144,8 @@ def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token
     context = multiprocessing.get_context("spawn")
     loaded, go = context.Queue(), context.Event()
     children = [context.Process(target=_worker, name=f"genforge-worker-{i}", daemon=False,
-                                args=(runs, sock, token, limits, log_level, backend, loaded, go, os.getpid()))
+                                args=(runs, None if BALANCED else sock, (host, port), token, limits, log_level,
+                                      backend, loaded, go, os.getpid()))
                 for i in range(workers)]
     draining = []
 
@@ -142,7 +160,8 @@ def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token
     try:
         for child in children:
             child.start()
-        sock.close()  # the workers hold it now
+        if not BALANCED:
+            sock.close()  # the workers hold it now
         ready = 0
         while ready < workers and not draining:
             try:
@@ -151,6 +170,8 @@ def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token
                 pass
             if any(c.exitcode not in (None, 0) for c in children):
                 drain(None, None)
+        if BALANCED:
+            sock.close()  # every worker has bound its own socket by now
         if not draining:
             go.set()
             print(f"serving {len(runs)} run(s) on http://{host}:{port} with {workers} workers  (docs: /docs, "
@@ -180,8 +201,9 @@ def _wait(children, drain) -> bool:
     return failed or any(c.exitcode != 0 for c in children)
 
 
-def _worker(runs, sock, token, limits, log_level, backend, loaded, go, parent: int) -> None:
-    """One worker: load and warm up, report, wait for the others, then serve until SIGTERM."""
+def _worker(runs, sock, address, token, limits, log_level, backend, loaded, go, parent: int) -> None:
+    """One worker: load and warm up, listen (sock None: on its own SO_REUSEPORT socket), report, wait for the others,
+    then serve until SIGTERM. Connections that come before the others are ready wait in its backlog."""
     import os
     import signal
 
@@ -191,6 +213,8 @@ def _worker(runs, sock, token, limits, log_level, backend, loaded, go, parent: i
         app, models = _app(runs, token, limits, backend)
         for model in models.values():
             model.warm_up()  # before reporting ready; the app's start-up warms them again, by then in microseconds
+        if sock is None:
+            sock = listen(*address, reuse_port=True)
     except GenforgeError as e:
         print(f"error: {e}", flush=True)
         raise SystemExit(2) from None
