@@ -21,6 +21,7 @@ from helpers import run_cli
 
 from genforge import runs
 from genforge.config import load_config
+from genforge.errors import GenforgeError
 
 optuna = pytest.importorskip("optuna", reason="genforge tune needs optuna: pip install -e '.[tune]'")
 
@@ -111,6 +112,30 @@ def test_a_trial_below_the_median_is_pruned(tmp_path):
     assert summary["status"] == "pruned" and summary["epochs"] < 4 and summary["tune"]["trial"] == 1
     assert (run / runs.WEIGHTS).is_file() and not (run / "eval.json").exists()  # no test evaluation for it
     assert tune.write_study_dir(plan)["pruned"] == 1
+
+
+def test_reports_within_the_epoch_let_the_pruner_stop_a_trial_early(tmp_path):
+    plan = plan_for(tmp_path, {"train.lr": {"choices": [0.5, 1.0e-5]}}, "quarters",
+                    pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    plan.reports_per_epoch = 4
+    study = tune.open_study(plan)
+    study.enqueue_trial({"train.lr": 0.5})
+    study.enqueue_trial({"train.lr": 1.0e-5})
+    tune.optimize(plan, 2, None)
+    good, bad = tune.open_study(plan).trials
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
+    assert sorted(good.intermediate_values) == list(range(1, 17))  # 4 epochs x 4 reports
+    epochs = [json.loads(line) for line in (Path(good.user_attrs["run"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]  # the reports within an epoch are not logged
+    assert [good.intermediate_values[4 * r["epoch"]] for r in epochs] == [r["val_acc"] for r in epochs]
+    assert list(bad.intermediate_values) == [1]  # stopped a quarter into its first epoch
+    summary = runs.read_json(Path(bad.user_attrs["run"]) / "summary.json")
+    assert summary["status"] == "pruned" and summary["epochs"] == 0 and 0 < summary["steps"]
+    rows = {r["trial"]: r for r in tune.write_study_dir(plan) and tune.trial_rows(tune.open_study(plan), plan)}
+    assert (rows[0]["epochs"], rows[1]["epochs"]) == (4, 0.25)
+    plan.reports_per_epoch = 1
+    with pytest.raises(GenforgeError, match="reports 4 time.s. per epoch; give --reports-per-epoch 4"):
+        tune.open_study(plan)  # its pruner compares reports by their index
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):

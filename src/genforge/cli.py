@@ -589,6 +589,9 @@ def tune(
                                                     "classifiers, else val_loss).")] = None,
     direction: Annotated[str | None, typer.Option(help="min or max (with --metric).")] = None,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    reports_per_epoch: Annotated[int | None, typer.Option(
+        min=1, max=100, help="Validations per epoch, each a point where the pruner may stop a trial (default: 4 for "
+                             "a validation metric with a pruner, else 1; a resumed study keeps its own).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed (worker i adds i).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="torch threads per trial when the config sets no "
                                                      "train.threads; for more speed, add workers.")] = 1,
@@ -619,13 +622,15 @@ def tune(
         raise GenforgeError(f"--study {name}: a study name is letters, digits, '.', '_' and '-'")
     study_dir = runs_dir / f"tune-{name}"
     url = storage or tuning.sqlite_url(study_dir)
-    metric, direction = tuning.study_metric(metric, direction, cfg, tuning.existing_attrs(url, name))
+    existing = tuning.existing_attrs(url, name)
+    metric, direction = tuning.study_metric(metric, direction, cfg, existing)
+    reports = tuning.reports_per_epoch(reports_per_epoch, metric, pruner, existing)
     if extra := tuning.metric_overrides(cfg, metric):
         if worker_index is None:
             err.print(f"{metric} needs {' '.join(extra)}: every trial gets it", markup=False)
         overrides = [*(overrides or []), *extra]
     plan = tuning.Plan(config, overrides or [], params, name, study_dir, url, metric, direction, pruner, seed,
-                       None if cfg.train.threads else threads, heartbeat)
+                       None if cfg.train.threads else threads, heartbeat, reports)
     if worker_index is not None:  # one of --workers' processes: trials only, the parent writes the study directory
         if tuning.optimize(plan, trials, timeout, worker_index, say=err.print)["interrupted"]:
             raise typer.Exit(130)
@@ -633,6 +638,7 @@ def tune(
     before = len(tuning.open_study(plan).trials)  # creates the study, or checks that it tunes the same thing
     err.print(f"study {name} ({tuning.shown_url(url)}): {metric} ({direction}), {len(params)} parameters from "
               f"{space_path if space else 'the default space of ' + config}"
+              + (f"; {reports} reports per epoch to the {pruner} pruner" if pruner != "none" else "")
               + (f"; resuming after {before} trials" if before else ""), markup=False)
     started = time.perf_counter()
     if workers == 1:

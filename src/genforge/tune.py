@@ -184,6 +184,7 @@ class Plan:
     seed: int | None = None  # the sampler's seed (worker i of --workers adds i)
     threads: int | None = 1  # torch threads per trial when the config leaves train.threads unset
     heartbeat: int = HEARTBEAT
+    reports_per_epoch: int = 1  # validations (pruner decision points) per epoch, see reports_per_epoch()
 
     def base(self) -> RunConfig:
         return load_config(self.source, self.overrides)
@@ -191,6 +192,19 @@ class Plan:
     def config(self, params: dict, name: str | None = None, extra: list[str] = ()) -> RunConfig:
         sampled = [f"{key}={yaml_value(value)}" for key, value in params.items()]
         return load_config(self.source, [*self.overrides, *sampled, *extra, *([f"name={name}"] if name else [])])
+
+
+REPORTS_PER_EPOCH = 4  # the default where validating is cheap and something prunes (docs/decisions.md)
+
+
+def reports_per_epoch(given: int | None, metric: str, pruner: str, existing: dict) -> int:
+    """How often a trial reports its metric to the pruner: as given, else the study's own (resuming), else 4 times
+    per epoch for a validation metric a pruner acts on, once for val_fd (a pass of the evaluator each) or none."""
+    if given is not None:
+        return given
+    if existing.get("metric"):
+        return existing.get("reports_per_epoch", 1)
+    return REPORTS_PER_EPOCH if metric.startswith("val_") and metric != "val_fd" and pruner != "none" else 1
 
 
 VAL_FD_SAMPLES = 1000  # samples (and validation images) per epoch's FD when a study ranks by val_fd
@@ -257,10 +271,11 @@ def _pruner(plan: Plan, epochs: int):
 
     if not isinstance(plan.pruner, str):
         return plan.pruner
-    if plan.pruner == "median":  # a trial below the median of earlier trials at the same epoch stops
+    if plan.pruner == "median":  # a trial below the median of earlier trials at the same point stops
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    if plan.pruner == "hyperband":  # Li et al. 2018, over epochs
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if plan.pruner == "hyperband":  # Li et al. 2018, over reports (reports_per_epoch of them per epoch)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs * plan.reports_per_epoch,
+                                              reduction_factor=3)
     if plan.pruner == "none":
         return optuna.pruners.NopPruner()
     raise GenforgeError(f"--pruner {plan.pruner}: give median, hyperband or none")
@@ -295,6 +310,7 @@ def open_study(plan: Plan, worker: int = 0):
     if not attrs.get("metric"):  # a new study (two workers creating it at once both write the same values)
         study.set_user_attr("metric", plan.metric)
         study.set_user_attr("direction", plan.direction)
+        study.set_user_attr("reports_per_epoch", plan.reports_per_epoch)
         study.set_user_attr("base_config", _comparable(base))
         study.set_user_attr("source", plan.source)
         study.set_user_attr("overrides", plan.overrides)
@@ -304,6 +320,9 @@ def open_study(plan: Plan, worker: int = 0):
         raise GenforgeError(f"study {plan.study} optimizes {attrs.get('metric')} ({attrs.get('direction')}); "
                             f"give --metric {attrs.get('metric')} --direction {attrs.get('direction')}, or start a "
                             f"new study with --study NAME")
+    if (reports := attrs.get("reports_per_epoch", 1)) != plan.reports_per_epoch:  # pruners compare report indices
+        raise GenforgeError(f"study {plan.study} reports {reports} time(s) per epoch; give --reports-per-epoch "
+                            f"{reports}, or start a new study with --study NAME")
     if attrs.get("base_config") != _comparable(base):
         raise GenforgeError(f"study {plan.study} tunes another base config ({attrs.get('source')} "
                             f"{' '.join(attrs.get('overrides', []))}); give the same config and overrides to resume "
@@ -445,18 +464,19 @@ def objective(plan: Plan, trial) -> float:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
     def on_epoch(record: dict) -> None:
-        """Report the epoch's value; stop the run if the pruner says so. A trial that trained to its last epoch is
-        complete: pruning it then would save only its test evaluation, and cost the sampler its final value."""
+        """Report the value (at the end of each epoch, and reports_per_epoch - 1 times within it); stop the run if
+        the pruner says so. A trial that trained to its last epoch is complete: pruning it then would save only its
+        test evaluation, and cost the sampler its final value."""
         if plan.metric in record:
-            trial.report(float(record[plan.metric]), record["epoch"])
+            trial.report(float(record[plan.metric]), round(record["epoch"] * plan.reports_per_epoch))
             if record["epoch"] < cfg.train.epochs and trial.should_prune():
-                raise Stop("pruned", f"pruned after epoch {record['epoch']}: {plan.metric} "
+                raise Stop("pruned", f"pruned at epoch {record['epoch']:.3g}: {plan.metric} "
                                      f"{record[plan.metric]:.4g}")
 
     with (run_dir / "log.txt").open("w") as log:  # the loop's epoch lines, warnings and any traceback
         try:
             with contextlib.redirect_stderr(log):
-                summary = train(cfg, run_dir, quiet=True, on_epoch=on_epoch)
+                summary = train(cfg, run_dir, quiet=True, on_epoch=on_epoch, reports_per_epoch=plan.reports_per_epoch)
         except Stop as e:
             _link(run_dir, trial, plan)
             raise optuna.TrialPruned(str(e)) from None
@@ -480,11 +500,11 @@ def objective(plan: Plan, trial) -> float:
 # --- running a study ----------------------------------------------------------------------------------------------
 
 
-def trial_line(trial, metric: str) -> str:
+def trial_line(trial, metric: str, reports_per_epoch: int = 1) -> str:
     state = trial.state.name.lower()
     value = f"{metric} {trial.value:.4g}" if trial.value is not None else ""
     if value and trial.state.name == "PRUNED":  # the last value it reported
-        value += f" at epoch {max(trial.intermediate_values)}"
+        value += f" at epoch {max(trial.intermediate_values) / reports_per_epoch:.3g}"
     params = " ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
                       for k, v in trial.params.items())
     seconds = f"{trial.duration.total_seconds():.1f} s" if trial.duration is not None else ""
@@ -531,7 +551,8 @@ def optimize(plan: Plan, trials: int | None, timeout: float | None, worker: int 
         with _stop_on_signal(study, stopped), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(lambda trial: objective(plan, trial), n_trials=trials, timeout=timeout,
-                           catch=(TrialFailed,), callbacks=[lambda s, t: say(trial_line(t, plan.metric))])
+                           catch=(TrialFailed,),
+                           callbacks=[lambda s, t: say(trial_line(t, plan.metric, plan.reports_per_epoch))])
     except (Interrupted, KeyboardInterrupt):
         return {"interrupted": True}
     finally:
@@ -544,7 +565,8 @@ def worker_command(plan: Plan, trials: int, timeout: float | None, worker: int, 
     return [sys.executable, "-m", "genforge", "tune", plan.source, *plan.overrides, "--trials", str(trials),
             "--space", str(space_path), "--study", plan.study, "--storage", plan.storage, "--metric", plan.metric,
             "--direction", plan.direction, "--pruner", str(plan.pruner), "--runs-dir", str(runs_dir),
-            "--heartbeat", str(plan.heartbeat), "--worker-index", str(worker),
+            "--heartbeat", str(plan.heartbeat), "--reports-per-epoch", str(plan.reports_per_epoch),
+            "--worker-index", str(worker),
             *(["--seed", str(plan.seed)] if plan.seed is not None else []),
             *(["--threads", str(plan.threads)] if plan.threads else []),
             *(["--timeout", str(timeout)] if timeout else [])]
@@ -574,6 +596,11 @@ def run_workers(plan: Plan, trials: int, timeout: float | None, workers: int, ru
 
 
 # --- the study directory ------------------------------------------------------------------------------------------
+
+
+def _xlabel(ax, label: str):
+    ax.set_xlabel(label)
+    return ax
 
 
 def _plot(path: Path, draw) -> str | None:
@@ -606,7 +633,8 @@ def trial_rows(study, plan: Plan) -> list[dict]:
             error = "its worker stopped without finishing it (killed, or the machine went down)"
         rows.append({"trial": t.number, "state": t.state.name.lower(),
                      plan.metric: t.value, **{k: t.params.get(k) for k in keys},
-                     "epochs": max(t.intermediate_values, default=None),
+                     "epochs": (max(t.intermediate_values) / plan.reports_per_epoch
+                                if t.intermediate_values else None),
                      "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
                      "run": t.user_attrs.get("run", ""), "error": error or ""})
     return rows
@@ -653,7 +681,8 @@ def write_study_dir(plan: Plan) -> dict:
     target = [("history", lambda: vis.plot_optimization_history(study)),
               ("importances", lambda: vis.plot_param_importances(study)),
               ("parallel_coordinates", lambda: vis.plot_parallel_coordinate(study)),
-              ("intermediate_values", lambda: vis.plot_intermediate_values(study))]
+              ("intermediate_values", lambda: _xlabel(vis.plot_intermediate_values(study),
+                                                      f"report ({plan.reports_per_epoch} per epoch)"))]
     for name, draw in target:
         if len(complete) < (2 if name == "importances" else 1):
             notes[name] = "needs more complete trials"

@@ -113,7 +113,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
           fold: tuple[int, int] | None = None, init: Callable[[torch.nn.Module], None] | None = None,
           on_step: Callable[[object, int, int], None] | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, reports_per_epoch: int = 1) -> dict:
     """Train `cfg` into `run_dir` (created by runs.create_run) and return the summary.
 
     fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set.
@@ -122,6 +122,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     on_step(step, t, total): called after each applied update t of total (gradual pruning re-masks weights there);
     when it has state_dict/load_state_dict, its state is checkpointed and restored with the step's.
     on_epoch(record): called with each epoch's metrics.jsonl record once it is checkpointed; it may raise Stop.
+    reports_per_epoch R > 1: on_epoch is also called R - 1 times within each epoch, after the batches that end each
+    R-th of it, with the validation metrics of that moment, `epoch` the fraction done (1.25: a quarter into the
+    second) and `partial` True; these records are not logged. A tuning pruner gets R decision points per epoch.
 
     The process-wide torch settings the run changes (threads, deterministic algorithms) are restored on return.
     The trackers the config names (`track`) follow the run directory: metrics after each epoch's checkpoint, the
@@ -135,7 +138,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     tracking = track.for_training(cfg, run_dir) if w.is_main else track.Tracking(run_dir, [])
     try:
         with restored_torch_settings():
-            summary = _train(cfg, run_dir, resume, quiet, fold, init, on_step, on_epoch, tracking)
+            summary = _train(cfg, run_dir, resume, quiet, fold, init, on_step, on_epoch, tracking, reports_per_epoch)
     except BaseException as e:
         tracking.close("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt, Stop)) else "FAILED")
         raise
@@ -145,7 +148,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple[int, int] | None,
            init: Callable[[torch.nn.Module], None] | None, on_step: Callable[[object, int, int], None] | None,
-           on_epoch: Callable[[dict], None] | None, tracking: track.Tracking) -> dict:
+           on_epoch: Callable[[dict], None] | None, tracking: track.Tracking, reports_per_epoch: int = 1) -> dict:
     tcfg = cfg.train
     w = distributed.world()
     if w.size > 1 and tcfg.privacy is not None:
@@ -216,6 +219,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
              "nonfinite": 0, "skipped": 0, "rollbacks": 0, "train_seconds": 0.0}
     ckpt_path, best_path = run_dir / runs.CHECKPOINT, run_dir / runs.BEST
     keep_best = tcfg.early_stopping is not None and len(x_val) > 0
+    # batch -> k: after that batch, k R-ths of the epoch are done (a report within the epoch for on_epoch)
+    within = ({round(k * steps_per_epoch / reports_per_epoch): k for k in range(1, reports_per_epoch)}
+              if on_epoch is not None and len(x_val) else {})
+    within.pop(steps_per_epoch, None)
+    within.pop(0, None)
     stateful_hook = hasattr(on_step, "state_dict") and hasattr(on_step, "load_state_dict")
 
     def load_checkpoint() -> dict:  # read by rank 0, sent to every rank: no shared file system needed
@@ -310,6 +318,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                         break
                     if privacy is not None and (spent := privacy.exhausted()):
                         break
+                    if (k := within.get(state["batch"])) is not None:
+                        distributed.average_buffers(step.model)
+                        val = task.validate(step.eval_model(), x_val, y_val, ds, cfg)
+                        on_epoch({"step": state["step"], "epoch": state["epoch"] + k / reports_per_epoch,
+                                  "partial": True, **{f"val_{key}": v for key, v in val.items()}})
                 distributed.average_buffers(step.model)  # every rank validates the same model
                 sums, count = distributed.mean_over_ranks(sums, count)
                 val = task.validate(step.eval_model(), x_val, y_val, ds, cfg) if len(x_val) else {}
