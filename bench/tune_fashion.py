@@ -36,9 +36,9 @@ def study(name: str, pruner: str, runs_dir: Path) -> dict:
     wall = time.perf_counter() - started
     result = json.loads((runs_dir / f"tune-{name}" / "study.json").read_text())
     rows = list(csv.DictReader((runs_dir / f"tune-{name}" / "trials.csv").open()))
-    pruned_at = [int(r["epochs"]) for r in rows if r["state"] == "pruned"]
+    pruned_at = [float(r["epochs"]) for r in rows if r["state"] == "pruned"]  # fractions: 4 reports per epoch
     return {"exit_code": done.returncode, "wall_seconds": round(wall, 1), **result,
-            "epochs_trained": sum(int(r["epochs"] or 0) for r in rows),
+            "epochs_trained": round(sum(float(r["epochs"] or 0) for r in rows), 2),
             "pruned_after_epoch": {e: pruned_at.count(e) for e in sorted(set(pruned_at))},
             "trial_seconds": round(sum(float(r["seconds"] or 0) for r in rows), 1),
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
