@@ -5,10 +5,12 @@ seed, two workers of one torch thread each: one unpruned, one with the median pr
 each study's best.yaml are trained again on seeds 1-3 (the studies used seed 0) with one thread each, two at a time,
 and compared on test accuracy (median of the seeds) and training seconds: the space keeps the preset's epochs and
 widths, so a best config costs about what the preset costs. Writes bench/out/tune_fashion.json after every step
-(--studies-only: the two studies alone)."""
+(--studies-only: the two studies alone; --pruner hyperband: the pruned study with Hyperband instead, written to
+bench/out/tune_fashion_hyperband.json)."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -60,26 +62,31 @@ def seeds(config: str, runs_dir: Path) -> dict:
             "median_train_seconds": statistics.median(r["train_seconds"] for r in rows)}
 
 
-def main(with_seeds: bool = True) -> None:
-    result = {"trials": TRIALS, "workers": WORKERS, "threads_per_trial": 1}
+def main(with_seeds: bool = True, pruner: str = "median") -> None:
+    out = "tune_fashion" if pruner == "median" else f"tune_fashion_{pruner}"
+    result = {"trials": TRIALS, "workers": WORKERS, "threads_per_trial": 1, "pruner": pruner}
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(tmp)
-        for name, pruner in (("unpruned", "none"), ("pruned", "median")):
-            result[name] = study(name, pruner, runs_dir)
-            record("tune_fashion", result)
+        for name, chosen in (("unpruned", "none"), ("pruned", pruner)):
+            result[name] = study(name, chosen, runs_dir)
+            record(out, result)
         if with_seeds:
             result["preset"] = seeds("fashion-cnn-fast", runs_dir)
-            record("tune_fashion", result)
+            record(out, result)
         for name in ("pruned", "unpruned") if with_seeds else ():
             if result[name]["best"]:
                 result[f"{name}_best"] = seeds(result[name]["best"]["config"], runs_dir)
-                record("tune_fashion", result)
+                record(out, result)
     unpruned, pruned = result["unpruned"], result["pruned"]
     result["pruning_wall_time_cut"] = round(1 - pruned["wall_seconds"] / unpruned["wall_seconds"], 3)
     if unpruned["best"] and pruned["best"]:
         result["best_value_gap_points"] = round(100 * (unpruned["best"]["value"] - pruned["best"]["value"]), 2)
-    record("tune_fashion", result)
+    record(out, result)
 
 
 if __name__ == "__main__":
-    main(with_seeds="--studies-only" not in sys.argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies-only", action="store_true", help="the two studies, no retraining on seeds 1-3")
+    parser.add_argument("--pruner", default="median", choices=["median", "hyperband"], help="the pruned study's")
+    args = parser.parse_args()
+    main(with_seeds=not args.studies_only, pruner=args.pruner)
