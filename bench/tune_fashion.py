@@ -1,12 +1,12 @@
 """Acceptance 1 of tuning: does a study pay, and does pruning cut its time?
 
 Two studies of 30 trials on fashion-cnn-fast's shipped space (presets/spaces/fashion-cnn-fast.yaml), the same sampler
-seed, two workers of one torch thread each: one unpruned, one with the median pruner. Then the shipped preset and
-each study's best.yaml are trained again on seeds 1-3 (the studies used seed 0) with one thread each, two at a time,
-and compared on test accuracy (median of the seeds) and training seconds: the space keeps the preset's epochs and
-widths, so a best config costs about what the preset costs. Writes bench/out/tune_fashion.json after every step
-(--studies-only: the two studies alone; --pruner hyperband: the pruned study with Hyperband instead, written to
-bench/out/tune_fashion_hyperband.json)."""
+seed, two workers of one torch thread each: one unpruned, one with genforge's default pruner (Hyperband). Then the
+shipped preset and each study's best.yaml are trained again on seeds 1-3 (the studies used seed 0) with one thread
+each, two at a time, and compared on test accuracy (median of the seeds) and training seconds: the space keeps the
+preset's epochs and widths, so a best config costs about what the preset costs. Writes bench/out/tune_fashion.json
+after every step (--studies-only: the two studies alone; --pruner median: the pruned study with the median rule
+instead, written to bench/out/tune_fashion_median.json)."""
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def seeds(config: str, runs_dir: Path) -> dict:
             "median_train_seconds": statistics.median(r["train_seconds"] for r in rows)}
 
 
-def main(with_seeds: bool = True, pruner: str = "median") -> None:
-    out = "tune_fashion" if pruner == "median" else f"tune_fashion_{pruner}"
+def main(with_seeds: bool = True, pruner: str = "hyperband") -> None:
+    out = "tune_fashion" if pruner == "hyperband" else f"tune_fashion_{pruner}"
     result = {"trials": TRIALS, "workers": WORKERS, "threads_per_trial": 1, "pruner": pruner}
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(tmp)
@@ -87,6 +87,6 @@ def main(with_seeds: bool = True, pruner: str = "median") -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies-only", action="store_true", help="the two studies, no retraining on seeds 1-3")
-    parser.add_argument("--pruner", default="median", choices=["median", "hyperband"], help="the pruned study's")
+    parser.add_argument("--pruner", default="hyperband", choices=["hyperband", "median"], help="the pruned study's")
     args = parser.parse_args()
     main(with_seeds=not args.studies_only, pruner=args.pruner)

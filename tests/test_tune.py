@@ -114,6 +114,21 @@ def test_a_trial_below_the_median_is_pruned(tmp_path):
     assert tune.write_study_dir(plan)["pruned"] == 1
 
 
+def test_hyperband_by_name_prunes_a_trial_that_is_not_the_best_at_its_rung(tmp_path):
+    # one epoch of 2 reports: a single bracket of successive halving with its rung at the first report, where a
+    # trial goes on only among the best third of the trials there (the best one while fewer than 3 have reached it)
+    plan = plan_for(tmp_path, {"train.lr": {"choices": [0.5, 1.0e-5]}}, "hyperband", pruner="hyperband")
+    plan.overrides, plan.reports_per_epoch = ["train.epochs=1", "train.threads=1"], 2
+    study = tune.open_study(plan)
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
+    study.enqueue_trial({"train.lr": 0.5})
+    study.enqueue_trial({"train.lr": 1.0e-5})
+    tune.optimize(plan, 2, None)
+    good, bad = tune.open_study(plan).trials
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
+    assert sorted(good.intermediate_values) == [1, 2] and list(bad.intermediate_values) == [1]
+
+
 def test_reports_within_the_epoch_let_the_pruner_stop_a_trial_early(tmp_path):
     plan = plan_for(tmp_path, {"train.lr": {"choices": [0.5, 1.0e-5]}}, "quarters",
                     pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
@@ -253,9 +268,10 @@ def _genforge(*args, cwd: Path) -> subprocess.Popen:
 
 
 def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_url, tmp_path, cli):
-    # each trial trains for 1 s (train.max_seconds), long enough to be killed in the middle of one
-    args = ["tune", "blobs-logreg", "train.epochs=1000", "train.max_seconds=1", "train.threads=1", "--storage",
-            postgres_url, "--study", "shared", "--heartbeat", "1", "--runs-dir", str(tmp_path / "r")]
+    # each trial trains for 1 s (train.max_seconds), long enough to be killed in the middle of one; no pruner, so
+    # every trial that is not killed completes
+    args = ["tune", "blobs-logreg", "train.epochs=1000", "train.max_seconds=1", "train.threads=1", "--pruner", "none",
+            "--storage", postgres_url, "--study", "shared", "--heartbeat", "1", "--runs-dir", str(tmp_path / "r")]
     parent = _genforge(*args, "--trials", "4", "--workers", "2", cwd=tmp_path)
     storage = postgres_url
     victim = None

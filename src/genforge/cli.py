@@ -588,7 +588,7 @@ def tune(
                                                     "per epoch) or of summary.json (default: val_acc for "
                                                     "classifiers, else val_loss).")] = None,
     direction: Annotated[str | None, typer.Option(help="min or max (with --metric).")] = None,
-    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    pruner: Annotated[str, typer.Option(help="hyperband, median or none.")] = "hyperband",
     reports_per_epoch: Annotated[int | None, typer.Option(
         min=1, max=100, help="Validations per epoch, each a point where the pruner may stop a trial (default: 4 for "
                              "a validation metric with a pruner, else 1; a resumed study keeps its own).")] = None,
@@ -613,7 +613,7 @@ def tune(
     if direction not in (None, "min", "max"):
         raise GenforgeError(f"--direction {direction}: give min or max")
     if pruner not in ("median", "hyperband", "none"):
-        raise GenforgeError(f"--pruner {pruner}: give median, hyperband or none")
+        raise GenforgeError(f"--pruner {pruner}: give hyperband, median or none")
     cfg = load_config(config, overrides or [])
     params, space_path = tuning.load_space(config, space)
     tuning.check_space(config, overrides or [], params)

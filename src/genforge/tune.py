@@ -2,7 +2,7 @@
 
 A search space maps dotted config keys to distributions (space YAML, e.g. `train.lr: {low: 1.0e-4, high: 1.0e-2,
 log: true}`); each trial trains the base config with its sampled values into a run directory under the study
-directory (RUNS/tune-STUDY/trials/), reports the metric after every epoch so the pruner can stop it early, and is
+directory (RUNS/tune-STUDY/trials/), reports the metric a few times per epoch so the pruner can stop it early, and is
 scored on the metric of the weights the run keeps. The study lives in Optuna's storage (SQLite in the study
 directory by default, PostgreSQL for workers on several machines); any number of processes started with the same
 storage and study name share it, and starting one again resumes and extends it. The study directory also gets the
@@ -180,7 +180,7 @@ class Plan:
     storage: str  # SQLAlchemy URL
     metric: str  # a key of metrics.jsonl's epoch records (prunable) or of summary.json
     direction: str  # "min" or "max"
-    pruner: object = "median"  # median, hyperband, none, or an optuna pruner
+    pruner: object = "hyperband"  # hyperband, median, none, or an optuna pruner
     seed: int | None = None  # the sampler's seed (worker i of --workers adds i)
     threads: int | None = 1  # torch threads per trial when the config leaves train.threads unset
     heartbeat: int = HEARTBEAT
@@ -273,12 +273,13 @@ def _pruner(plan: Plan, epochs: int):
         return plan.pruner
     if plan.pruner == "median":  # a trial below the median of earlier trials at the same point stops
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    if plan.pruner == "hyperband":  # Li et al. 2018, over reports (reports_per_epoch of them per epoch)
+    if plan.pruner == "hyperband":  # Li et al. 2018, over reports (reports_per_epoch of them per epoch); the default:
+        # Optuna's benchmarks pair it with TPE; on fashion-cnn-fast it cut 44-46%, the median rule 29-32%
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs * plan.reports_per_epoch,
                                               reduction_factor=3)
     if plan.pruner == "none":
         return optuna.pruners.NopPruner()
-    raise GenforgeError(f"--pruner {plan.pruner}: give median, hyperband or none")
+    raise GenforgeError(f"--pruner {plan.pruner}: give hyperband, median or none")
 
 
 def _comparable(cfg: RunConfig) -> str:
