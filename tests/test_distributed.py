@@ -121,6 +121,16 @@ def _rank_of(pid: int) -> int | None:
     return int(env["RANK"]) if "RANK" in env and "TORCHELASTIC_RUN_ID" in env else None
 
 
+def _checkpointed(metrics: Path) -> bool:
+    """Whether the checkpoint is at least as new as the last metrics line: the loop appends an epoch's line before
+    it writes the epoch's checkpoint, so a kill that follows the line alone may come before the checkpoint."""
+    checkpoint = metrics.parent / "checkpoints" / "last.safetensors"
+    try:
+        return checkpoint.stat().st_mtime_ns >= metrics.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+
+
 def test_a_killed_rank_restarts_the_group_and_it_resumes(two_process_run, tmp_path):
     """Acceptance 2: SIGKILL rank 1 after the first epoch's checkpoint in a --max-restarts 1 run: torchrun restarts
     both workers, they resume from the checkpoint in the same run directory, and the final weights are the
@@ -131,7 +141,7 @@ def test_a_killed_rank_restarts_the_group_and_it_resumes(two_process_run, tmp_pa
     deadline, killed = time.monotonic() + TIMEOUT, None
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
         lines = list(runs_dir.glob("*/metrics.jsonl"))
-        if lines and lines[0].read_text().count("\n") >= 1:  # epoch 1 is checkpointed; epoch 2 runs
+        if lines and lines[0].read_text().count("\n") >= 1 and _checkpointed(lines[0]):  # epoch 2 runs
             rank1 = [pid for pid in _descendants(proc.pid) if _rank_of(pid) == 1]
             if rank1:
                 os.kill(rank1[0], signal.SIGKILL)
