@@ -1,11 +1,13 @@
 """The playground in real headless Chromium (Debian's), driven by selenium: draw a stroke and see probabilities,
-turn on explain and see the overlay, click generate and see the grid load. Screenshots are kept in
-build/test-artifacts/."""
+turn on explain and see the overlay (for a chosen class and method), click generate and see the grid load.
+Screenshots are kept in build/test-artifacts/."""
 
 import shutil
 from pathlib import Path
 
 import pytest
+
+from genforge.explain import METHODS
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
 
@@ -89,6 +91,11 @@ def test_the_explain_toggle_overlays_the_attributions_as_one_draws(browser, live
     wait.until(lambda d: d.find_element(By.ID, "overlay-info").text.startswith("Sandal: "))
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
     assert "answered by torch in " in browser.find_element(By.ID, "overlay-info").text  # gradients: torch's
+    methods = Select(browser.find_element(By.ID, "explain-method"))
+    assert [o.get_attribute("value") for o in methods.options][1:] == list(METHODS)  # the server's, in its order
+    methods.select_by_visible_text("integrated-gradients")
+    wait.until(lambda d: "(integrated-gradients)" in d.find_element(By.ID, "overlay-info").text)
+    assert browser.find_element(By.ID, "overlay-info").text.startswith("Sandal: ")  # the chosen class stays
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "playground-explain.png"))
 

@@ -208,16 +208,18 @@ async function explain() {
   explaining.busy = true;
   try {
     const body = { inputs: [state.input], format: "png" }, target = $("explain-target").value;
+    const method = $("explain-method").value;
     if (target !== "") body.target = Number(target);
+    if (method !== "") body.method = method;
     const blob = await api(`/v1/models/${encodeURIComponent(name)}/explain`, body, { binary: true });
     const bitmap = await createImageBitmap(blob), ctx = canvas.getContext("2d");
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
-    const label = m.classes[Number(blob.headers.get("x-target"))], method = blob.headers.get("x-method");
-    canvas.setAttribute("aria-label", `Attributions of ${label} (${method}): red pixels push towards it, blue ones away`);
+    const label = m.classes[Number(blob.headers.get("x-target"))], used = blob.headers.get("x-method");
+    canvas.setAttribute("aria-label", `Attributions of ${label} (${used}): red pixels push towards it, blue ones away`);
     canvas.dataset.answers = String(Number(canvas.dataset.answers || 0) + 1);
     canvas.hidden = false;
-    $("overlay-info").textContent = `${label}: red towards, blue away (${method}), ${blob.answeredBy}`;
+    $("overlay-info").textContent = `${label}: red towards, blue away (${used}), ${blob.answeredBy}`;
   } catch (e) { showError(e.message); }
   finally {
     explaining.busy = false;
@@ -249,6 +251,7 @@ $("upload").addEventListener("change", (e) => { if (e.target.files[0]) classify(
 $("classifier").addEventListener("change", () => { fillExplainTargets(); classify(); });
 $("explain").addEventListener("change", explain);
 $("explain-target").addEventListener("change", explain);
+$("explain-method").addEventListener("change", explain);
 
 // ---- generate, walk, reconstruct ------------------------------------------------------------------------
 async function generate() {
