@@ -174,6 +174,25 @@ def test_evaluate_explain_scores_every_method_beside_random_and_edges(classifier
     assert best is None or methods[best]["passes_sanity"]
 
 
+def test_faithfulness_reports_progress_and_its_chunks_do_not_change_the_scores(loaded):
+    """evaluate --explain takes minutes on 1,000 images: its progress moves per chunk of attributions, per method's
+    curves and per layer of its cascade, and attributing in chunks scores what attributing at once does."""
+    x = load_dataset("fashion-mnist", progress=False).test_x[: fa.PROGRESS_CHUNK + 12]  # two chunks
+    seen = []
+    result = fa.faithfulness(loaded.model, x, methods=("integrated-gradients",), sanity_examples=4,
+                             progress=lambda what, done, total: seen.append((what, done, total)))
+    layers = len(fa.layers_top_down(loaded.model))
+    assert [done for _, done, _ in seen] == list(range(1, 2 + 2 + 1 + layers)) and seen[-1][2] == len(seen)
+    assert [what for what, _, _ in seen].count("integrated-gradients: attributions") == 2
+    assert [what for what, _, _ in seen].count("integrated-gradients: randomization") == layers
+    with torch.no_grad():
+        target = loaded.model.probabilities(loaded.model(x.float())).argmax(1)
+    whole = loaded.explainer()(x, "integrated-gradients", target).attributions
+    deletion, insertion = fa.curves(loaded.model, x, target, fa.orderings(x, whole))
+    row = result["methods"]["integrated-gradients"]
+    assert (row["deletion_auc"], row["insertion_auc"]) == pytest.approx((fa.area(deletion), fa.area(insertion)))
+
+
 def test_a_run_loaded_with_onnxruntime_is_explained_with_its_torch_weights(classifier_run, loaded, test_images,
                                                                           tmp_path):
     import shutil

@@ -295,15 +295,15 @@ def _explain_faithfulness(loaded, examples: int, as_json: bool) -> None:
     ds = loaded.task.dataset(loaded.config, quiet=as_json)
     if not ds.is_image:
         raise GenforgeError(f"{loaded.path.name} reads features, not images: --explain scores image classifiers")
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from genforge.explain import METHODS
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     idx = torch.randperm(len(ds.test_y), generator=torch.Generator().manual_seed(0))[:examples]
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} methods"),
-                  TimeElapsedColumn(), console=err, disable=as_json) as bar:
-        task = bar.add_task("attribution faithfulness", total=len(METHODS))
-        result = faithfulness(loaded.model, ds.test_x[idx], seed=0, progress=lambda m: bar.advance(task))
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[what]}"), console=err, disable=as_json) as bar:
+        task = bar.add_task("attribution faithfulness", total=None, what="")
+        result = faithfulness(loaded.model, ds.test_x[idx], seed=0,
+                              progress=lambda what, done, total: bar.update(task, completed=done, total=total,
+                                                                             what=what))
     result.update(run=loaded.path.name, dataset=ds.name, subset="test images, the first of a permutation seeded 0")
     runs.write_json(loaded.path / "explain.json", result)
     if as_json:

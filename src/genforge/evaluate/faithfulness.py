@@ -6,6 +6,7 @@ an edge-detector ordering, and the model-randomization sanity check (Adebayo et 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,8 @@ from genforge.models.layers import device_of
 
 SANITY_MAX = 0.2  # a method passes when |rank correlation| of its absolute maps after full randomization is below
 OBJECT_LEVEL = 0.05  # pixels brighter than this (0-1) are the object's, where rank correlations are taken
+PROGRESS_CHUNK = 128  # inputs per attribution call in faithfulness(), so its progress moves (a multiple of the
+# explainer's own chunks: gradient-shap's noise, drawn afresh per chunk, stays what one call would draw)
 
 
 def orderings(x: torch.Tensor, attributions: torch.Tensor) -> torch.Tensor:
@@ -114,10 +117,10 @@ def randomized(model: nn.Module, upto: int, seed: int) -> nn.Module:
 
 
 def sanity_check(model: nn.Module, x: torch.Tensor, method: str, target: torch.Tensor, seed: int = 0,
-                 original: torch.Tensor | None = None) -> list[dict]:
+                 original: torch.Tensor | None = None, done: Callable[[], None] | None = None) -> list[dict]:
     """Cascading randomization: after re-initializing each further layer from the top, Spearman's rho between the
     original and the new attributions (of the same classes), over the object's pixels. The last row is the fully
-    randomized model."""
+    randomized model. done() is called after each layer."""
     shape = tuple(x.shape[1:])
     if original is None:
         original = Explainer(model, shape)(x, method, target).attributions
@@ -127,15 +130,28 @@ def sanity_check(model: nn.Module, x: torch.Tensor, method: str, target: torch.T
         a = Explainer(randomized(model, k, seed), shape)(x, method, target).attributions
         signed, absolute = rank_correlation(pixel_map(original), pixel_map(a), mask)
         rows.append({"randomized_down_to": name, "spearman": signed, "spearman_abs": absolute})
+        if done:
+            done()
     return rows
 
 
 def faithfulness(model: nn.Module, x: torch.Tensor, methods=METHODS, seed: int = 0, sanity_examples: int = 100,
-                 steps: int = 28, progress=None) -> dict:
+                 steps: int = 28, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Every method's deletion and insertion areas (and their ratio to the random ordering's), beside the random and
     edge-detector orderings, and its sanity check on the first `sanity_examples` inputs. Explains the predicted
-    class. x: raw uint8 images (N, C, H, W)."""
+    class. x: raw uint8 images (N, C, H, W). progress(what, done, total) follows the work in units of about equal
+    cost: a chunk of attributions, a method's curves, a layer of its cascade."""
     explainer = Explainer(model, tuple(x.shape[1:]))
+    scored = [m for m in methods if m != "grad-cam" or explainer.layer is not None]
+    chunks = range(0, len(x), PROGRESS_CHUNK)
+    total, count = 1 + len(scored) * (len(chunks) + 1 + len(layers_top_down(model))), 0
+
+    def tick(what: str) -> None:
+        nonlocal count
+        count += 1
+        if progress:
+            progress(what, count, total)
+
     with torch.no_grad():
         target = model.probabilities(model(x.float().to(device_of(model)))).argmax(1).cpu()
     results: dict[str, dict] = {}
@@ -143,20 +159,23 @@ def faithfulness(model: nn.Module, x: torch.Tensor, methods=METHODS, seed: int =
     for name, order in reference.items():
         deletion, insertion = curves(model, x, target, order, steps)
         results[name] = {"deletion_auc": area(deletion), "insertion_auc": area(insertion)}
-    for method in methods:
-        if method == "grad-cam" and explainer.layer is None:
-            continue
-        a = explainer(x, method, target).attributions
+    tick("random and edge orderings")
+    for method in scored:
+        parts = []
+        for i in chunks:
+            parts.append(explainer(x[i : i + PROGRESS_CHUNK], method, target[i : i + PROGRESS_CHUNK]).attributions)
+            tick(f"{method}: attributions")
+        a = torch.cat(parts)
         deletion, insertion = curves(model, x, target, orderings(x, a), steps)
+        tick(f"{method}: deletion and insertion")
         row = {"deletion_auc": area(deletion), "insertion_auc": area(insertion)}
         k = min(sanity_examples, len(x))
-        cascade = sanity_check(model, x[:k], method, target[:k], seed, a[:k])
+        cascade = sanity_check(model, x[:k], method, target[:k], seed, a[:k],
+                               done=lambda method=method: tick(f"{method}: randomization"))
         row.update(sanity=cascade, spearman_full=cascade[-1]["spearman"],
                    spearman_abs_full=cascade[-1]["spearman_abs"],
                    passes_sanity=abs(cascade[-1]["spearman_abs"]) <= SANITY_MAX)
         results[method] = row
-        if progress:
-            progress(method)
     for row in results.values():
         row["deletion_vs_random"] = row["deletion_auc"] / results["random"]["deletion_auc"]
         row["insertion_vs_random"] = row["insertion_auc"] / results["random"]["insertion_auc"]
