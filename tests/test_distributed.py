@@ -17,6 +17,8 @@ import torch
 from helpers import free_port, run_cli, train_run
 from safetensors.torch import load_file
 
+from genforge import runs
+
 TIMEOUT = 120  # s for any launch: a hang fails the test instead of the CI job
 CONFIG = """name: ddp
 seed: 3
@@ -124,7 +126,7 @@ def _rank_of(pid: int) -> int | None:
 def _checkpointed(metrics: Path) -> bool:
     """Whether the checkpoint is at least as new as the last metrics line: the loop appends an epoch's line before
     it writes the epoch's checkpoint, so a kill that follows the line alone may come before the checkpoint."""
-    checkpoint = metrics.parent / "checkpoints" / "last.safetensors"
+    checkpoint = metrics.parent / runs.CHECKPOINT
     try:
         return checkpoint.stat().st_mtime_ns >= metrics.stat().st_mtime_ns
     except FileNotFoundError:

@@ -612,8 +612,8 @@ def tune(
     tuning.require()
     if direction not in (None, "min", "max"):
         raise GenforgeError(f"--direction {direction}: give min or max")
-    if pruner not in ("median", "hyperband", "none"):
-        raise GenforgeError(f"--pruner {pruner}: give hyperband, median or none")
+    if pruner not in tuning.PRUNERS:
+        raise GenforgeError(f"--pruner {pruner}: give {', '.join(tuning.PRUNERS[:-1])} or {tuning.PRUNERS[-1]}")
     cfg = load_config(config, overrides or [])
     params, space_path = tuning.load_space(config, space)
     tuning.check_space(config, overrides or [], params)

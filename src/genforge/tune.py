@@ -194,6 +194,7 @@ class Plan:
         return load_config(self.source, [*self.overrides, *sampled, *extra, *([f"name={name}"] if name else [])])
 
 
+PRUNERS = ("hyperband", "median", "none")  # --pruner; the first is the default (docs/decisions.md)
 REPORTS_PER_EPOCH = 4  # the default where validating is cheap and something prunes (docs/decisions.md)
 
 
@@ -279,7 +280,7 @@ def _pruner(plan: Plan, epochs: int):
                                               reduction_factor=3)
     if plan.pruner == "none":
         return optuna.pruners.NopPruner()
-    raise GenforgeError(f"--pruner {plan.pruner}: give hyperband, median or none")
+    raise GenforgeError(f"--pruner {plan.pruner}: give {', '.join(PRUNERS[:-1])} or {PRUNERS[-1]}")
 
 
 def _comparable(cfg: RunConfig) -> str:
