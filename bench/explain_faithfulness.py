@@ -34,7 +34,7 @@ def _percentiles(seconds: list[float]) -> dict:
 
 
 def library_speed(run: Path, x: torch.Tensor, calls: int = 50) -> dict:
-    """load_run(p).explain on one image, integrated gradients with 32 points, after one warm-up call."""
+    """load_run(p).explain on one image, integrated gradients with its default 32 steps, after one warm-up call."""
     loaded = runs.load_run(run)
     torch.set_num_threads(2)
     loaded.explain(x[:1], "integrated-gradients", steps=32)
@@ -47,7 +47,7 @@ def library_speed(run: Path, x: torch.Tensor, calls: int = 50) -> dict:
 
 
 def server_speed(run: Path, x: torch.Tensor, requests: int = 200, concurrency: int = 4) -> dict:
-    """POST /v1/models/NAME/explain (integrated gradients, 32 points, one image, JSON answer) at `concurrency`
+    """POST /v1/models/NAME/explain (integrated gradients, 32 steps, one image, JSON answer) at `concurrency`
     against `genforge serve` in its own process, from this file's client threads and from wrk: latency percentiles
     and requests per second."""
     import httpx
@@ -120,9 +120,9 @@ def main(run: str | None, examples: int, keep: str | None, speed_only: bool = Fa
         result = json.loads((OUT / "explain_faithfulness.json").read_text()) if (OUT / "explain_faithfulness.json"
                                                                                   ).is_file() else {}
         x = load_dataset("fashion-mnist", progress=False).test_x
-        result["integrated-gradients, 32 points, one image: load_run(p).explain"] = library_speed(Path(run), x)
+        result["integrated-gradients, 32 steps, one image: load_run(p).explain"] = library_speed(Path(run), x)
         record("explain_faithfulness", result)
-        result["integrated-gradients, 32 points, one image: genforge serve"] = server_speed(Path(run), x)
+        result["integrated-gradients, 32 steps, one image: genforge serve"] = server_speed(Path(run), x)
         record("explain_faithfulness", result)
         return
     result: dict = {}
@@ -147,9 +147,9 @@ def main(run: str | None, examples: int, keep: str | None, speed_only: bool = Fa
         scores["seconds"] = time.perf_counter() - t0
         result["faithfulness"] = scores
         record("explain_faithfulness", result)
-        result["integrated-gradients, 32 points, one image: load_run(p).explain"] = library_speed(run_dir, ds.test_x)
+        result["integrated-gradients, 32 steps, one image: load_run(p).explain"] = library_speed(run_dir, ds.test_x)
         record("explain_faithfulness", result)
-        result["integrated-gradients, 32 points, one image: genforge serve"] = server_speed(run_dir, ds.test_x)
+        result["integrated-gradients, 32 steps, one image: genforge serve"] = server_speed(run_dir, ds.test_x)
         record("explain_faithfulness", result)
 
 

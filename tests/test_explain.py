@@ -9,6 +9,7 @@ import torch
 from helpers import run_cli, train_run
 from PIL import Image
 
+from genforge import explain as ex
 from genforge.data import load_dataset
 from genforge.errors import GenforgeError
 from genforge.evaluate import faithfulness as fa
@@ -48,14 +49,35 @@ def test_integrated_gradients_is_complete(loaded, test_images, precision, tolera
     gap in fp32. bf16 autocast (3 significant digits per gradient) stays within 10%."""
     explainer = loaded.explainer(precision)
     x = test_images[0][:8]
-    result = explainer(x, "integrated-gradients", steps=128)
-    assert result.precision == precision
+    result = explainer(x, "integrated-gradients", steps=128, smooth=False)
+    assert result.precision == precision and result.copies == 1
     with torch.no_grad():
         t = result.target[:, None]
         gap = (explainer.forward(explainer.inputs(x)).gather(1, t)
                - explainer.forward(explainer.baseline(len(x))).gather(1, t))[:, 0]
     total = result.attributions.sum((1, 2, 3))
     assert torch.allclose(total, gap, rtol=tolerance, atol=tolerance), (total, gap)
+
+
+def test_smoothed_integrated_gradients_averages_the_paths_to_noisy_copies(loaded, test_images, monkeypatch):
+    """The default integrated gradients of an image: the gradients along the paths to 8 noisy copies (the same seeded
+    noise for every input), averaged, times the image. Without noise it is plain integrated gradients on 4 points;
+    a black pixel (the baseline's value) gets exactly 0; an input's map does not depend on its batch."""
+    explainer = loaded.explainer("fp32")
+    x = test_images[0][:6]
+    result = explainer(x, "integrated-gradients")
+    assert (result.steps, result.copies) == (32, 8)
+    assert result.describe() == "integrated-gradients (32 steps: 8 noisy copies x 4 path points)"
+    a = result.attributions
+    black = x == 0
+    assert black.any() and (a[black] == 0).all() and (a[~black] != 0).float().mean() > 0.9
+    assert torch.equal(explainer(x[4:5], "integrated-gradients").attributions, a[4:5])
+    plain = explainer(x, "integrated-gradients", steps=4, smooth=False)
+    assert plain.copies == 1 and not torch.allclose(plain.attributions, a, atol=1e-3)
+    monkeypatch.setattr(ex, "IG_NOISE", 0.0)  # 8 identical copies: their mean is the image's own path
+    assert torch.allclose(explainer(x, "integrated-gradients").attributions, plain.attributions, atol=1e-5)
+    assert ex.ig_split(32) == (8, 4) and ex.ig_split(8) == (2, 4) and ex.ig_split(3) == (1, 3)
+    assert ex.ig_split(64, smooth=False) == (1, 64)
 
 
 def test_precision_is_chosen_per_device_and_checked(loaded, test_images):
@@ -140,7 +162,7 @@ def test_explain_command_writes_a_grid_a_folder_and_json(classifier_run, test_im
     code, out, err = cli("explain", classifier_run, *files, "--out", tmp_path / "grid.png", "--steps", "8",
                          "--method", "integrated-gradients")
     assert code == 0, err
-    assert out.count("predicted") == 5 and "batch.npy[2]" in out and "integrated-gradients (8 steps)" in out
+    assert out.count("predicted") == 5 and "batch.npy[2]" in out and "integrated-gradients (8 steps: 2 noisy copies x 4 path points)" in out
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.width > 300 and grid.height > 5 * 150
     code, out, err = cli("explain", classifier_run, files[0], "--method", "grad-cam", "--target", "Trouser",

@@ -364,8 +364,12 @@ def explain(
                                                     "grad-cam (default: the most faithful; see docs).")] = None,
     target: Annotated[str | None, typer.Option(help="Class to explain, by label or index (default: the "
                                                     "predicted one).")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, max=256, help="Path points (integrated-gradients) or "
-                                                                   "samples (gradient-shap).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, max=256, help="Gradient evaluations per input "
+                                                                   "(integrated-gradients, gradient-shap; default "
+                                                                   "32).")] = None,
+    smooth: Annotated[bool, typer.Option(help="integrated-gradients of an image: gradients averaged over the "
+                                              "paths to 8 noisy copies (SmoothGrad); --no-smooth: the path to the "
+                                              "image alone, every step a point (complete).")] = True,
     out_path: Annotated[Path | None, typer.Option("--out", help="A .png grid, or a folder for one overlay per "
                                                                 "input (default: explanations.png; none with "
                                                                 "--json).")] = None,
@@ -388,20 +392,21 @@ def explain(
     x = torch.cat(parts)
     if len(x) > 256:
         raise GenforgeError(f"{len(x)} inputs: explain at most 256 at a time")
-    result = loaded.explainer(precision)(x, method, loaded.class_index(target), steps)
+    result = loaded.explainer(precision)(x, method, loaded.class_index(target), steps, smooth)
     if out_path is None and not as_json:
         out_path = Path("explanations.png")
     rows = write_explanations(x, result, loaded.meta["classes"], names, out_path)
     if as_json:
         for row, a in zip(rows, result.attributions):
             row["attributions"] = a.tolist()
-        print(json.dumps({"method": result.method, "steps": result.steps, "precision": result.precision,
+        print(json.dumps({"method": result.method, "steps": result.steps, "copies": result.copies,
+                          "precision": result.precision,
                           "explanations": rows}))
         return
     for row in rows:
         out.print(f"{row['input']}: predicted [bold]{row['predicted']}[/] ({row['predicted_probability']:.3f}), "
                   f"explained {row['target']} ({row['target_probability']:.3f})")
-    out.print(f"{result.method}{f' ({result.steps} steps)' if result.steps else ''}, {result.precision}: wrote "
+    out.print(f"{result.describe()}, {result.precision}: wrote "
               f"{out_path}")
 
 

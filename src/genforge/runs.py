@@ -271,12 +271,13 @@ class LoadedRun:
         return self._explainers[precision]
 
     def explain(self, x: torch.Tensor, method: str | None = None, target: int | str | None = None,
-                steps: int | None = None, precision: str = "auto") -> torch.Tensor:
+                steps: int | None = None, precision: str = "auto", smooth: bool = True) -> torch.Tensor:
         """Attributions (float32, x's shape) of raw inputs x (uint8 images or features) for class `target` (an index
         or a label; default: each input's predicted class), by `method` (genforge.explain.METHODS; default: the most
-        faithful one that passes the sanity check). Positive values push towards the class. `precision`: auto (bf16
-        autocast where the device runs it fast), fp32 or bf16."""
-        return self.explainer(precision)(x, method, self.class_index(target), steps).attributions
+        faithful one that passes the sanity check). Positive values push towards the class. `steps`: gradient
+        evaluations per input (integrated-gradients, gradient-shap). `precision`: auto (bf16 autocast where the device
+        runs it fast), fp32 or bf16. `smooth=False`: integrated gradients of an image alone, without noisy copies."""
+        return self.explainer(precision)(x, method, self.class_index(target), steps, smooth).attributions
 
     def class_index(self, target: int | str | None) -> int | None:
         """A class given by index or label -> its index (None stays None)."""

@@ -102,9 +102,10 @@ class ExplainOptions(_Strict):
                                      "input's predicted one", json_schema_extra={"anyOf": [
                                          {"type": "string", "minLength": 1, "maxLength": 200},
                                          {"type": "integer", "minimum": 0}, {"type": "null"}]})
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description=f"Path points (integrated-gradients) or samples "
-                              f"(gradient-shap); at most the server's max_explain_steps ({Limits.max_explain_steps} "
-                              f"by default); default {DEFAULT_STEPS['integrated-gradients']}")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description=f"Gradient evaluations per input (integrated-"
+                              f"gradients: noisy copies of an image x path points; gradient-shap: samples); at most "
+                              f"the server's max_explain_steps ({Limits.max_explain_steps} by default); default "
+                              f"{DEFAULT_STEPS['integrated-gradients']}")
     range: Literal["auto", "0-255", "0-1"] = Field("auto", description="Pixel scale; auto: 0-1 if every value <= 1")
     format: Literal["array", "png"] = Field("array", description="array: JSON with the attributions; png: the "
                                             "overlays (one input: its overlay; several: a grid, 8 per row)")
@@ -264,7 +265,8 @@ def explain_answer(name: str, model: ServedModel, explanation, latency_ms: float
                              "target": {"index": t, "label": classes[t], "probability": p[t]},
                              "attributions": a.tolist()})
     return {"model": name, "backend": "torch", "latency_ms": latency_ms, "method": explanation.method,
-            "steps": explanation.steps, "precision": explanation.precision, "explanations": explanations}
+            "steps": explanation.steps, "copies": explanation.copies, "precision": explanation.precision,
+            "explanations": explanations}
 
 
 def overlay_png(images: np.ndarray, attributions: torch.Tensor) -> bytes:

@@ -19,7 +19,7 @@ class Limits:
     max_decodes: int = 2  # image uploads decoded at once (one per core); the others wait their turn
     max_batch: int = 256  # images or vectors per classify request
     max_explain_batch: int = 16  # inputs per explain request: each costs up to max_explain_steps backward passes
-    max_explain_steps: int = 64  # path points (integrated-gradients) or samples (gradient-shap) per input
+    max_explain_steps: int = 64  # gradient evaluations (integrated-gradients, gradient-shap) per input
     max_n: int = 256  # images per generate request; steps per interpolation
     max_history: int = 100_000  # history values per forecast request, all its series together
     max_horizons: int = 20  # a forecast's horizon: at most this many trained horizons (one model call each)
