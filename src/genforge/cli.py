@@ -44,17 +44,25 @@ def _launch(nproc: int, max_restarts: int, worker_args: list[str]) -> int:
     """`genforge train ... --nproc N`: torchrun's own launcher (torch.distributed.run) on this machine, starting N
     workers of `python -m genforge train ...`; its exit code. Its flags and environment variables behave as its
     documentation says (https://pytorch.org/docs/stable/elastic/run.html)."""
+    import signal
     import subprocess
 
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             f"--max-restarts={max_restarts}", "-m", "genforge", "train", *worker_args]
-    launcher, interrupted = subprocess.Popen(argv), False
-    while True:
-        try:
-            code = launcher.wait()
-            return 130 if interrupted else code  # torchrun itself ends a Ctrl-C with a traceback and exit code 1
-        except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers (they checkpoint): wait
-            interrupted = True
+    interrupted = False
+
+    def note(signum, frame):  # torchrun got the same Ctrl-C and stops its workers (they checkpoint): keep waiting
+        nonlocal interrupted
+        interrupted = True
+
+    # a handler of our own, not Python's KeyboardInterrupt: a process started in the background inherits SIGINT
+    # ignored, and Python then installs none, while torchrun's agent always handles it
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        code = subprocess.Popen(argv).wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 130 if interrupted else code  # torchrun itself ends a Ctrl-C with a traceback and exit code 1
 
 
 def _launch_args(config, overrides, name, runs_dir: Path, resume, track, quiet: bool, nproc: int | None,
