@@ -4,11 +4,13 @@ Trouser, Pullover, Dress, Coat), then learn classes 5-9 (Sandal, Shirt, Sneaker,
 every arm) with the same schedule, batch and augmentation. Scored on the 5,000 test images of classes 5-9, beside the
 preset trained from scratch on all 6,000 labels per class (the ceiling).
 
-    python bench/transfer_few_labels.py [--seeds 3] [--reverse]
+    python bench/transfer_few_labels.py [--seeds 3] [--reverse | --split SOURCE/TARGET] [--labels 10,100,1000]
+        [--arm scratch --arm fine-tuned ...]
 
 Arms: scratch; fine-tuned (every layer at train.lr); fine-tuned with the pretrained layers at a tenth of it
 (train.pretrained_lr_scale=0.1); a linear probe (train.freeze=[pretrained]: only the new head trains). --reverse
-swaps the halves (pretrain on 5-9, learn 0-4). The recipe came from a few single-seed trials (docs/benchmarks.md):
+swaps the halves (pretrain on 5-9, learn 0-4); --split takes any two lists of classes, e.g. 0,1,5,8,9/2,3,4,6,7 (the
+record is then transfer_few_labels_split). The recipe came from a few single-seed trials (docs/benchmarks.md):
 augmentation and the longer schedule each helped scratch, so every arm has them."""
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def train_in(folder: str, overrides: list[str]) -> dict:
     return train(cfg, runs.create_run(folder, cfg.name, cfg), quiet=True)
 
 
-def main(seeds: int, reverse: bool) -> None:
+def main(seeds: int, reverse: bool, split: str | None = None, budgets=tuple(SCHEDULE), arms=tuple(ARMS)) -> None:
     source, target = HALVES[::-1] if reverse else HALVES
+    if split:
+        source, target = (f"data.classes=[{half}]" for half in split.split("/"))
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         pretrained = train_in(tmp, [source, "name=pretrained"])
@@ -52,10 +56,12 @@ def main(seeds: int, reverse: bool) -> None:
         ceiling = train_in(tmp, [target, "name=all-labels"])
         print(f"scratch on all labels of {target}: {ceiling['test_accuracy']:.4f}", flush=True)
         rows = {}
-        for n, schedule in SCHEDULE.items():
-            rows[n] = {arm: [] for arm in ARMS}
+        for n in budgets:
+            schedule = SCHEDULE[n]
+            rows[n] = {arm: [] for arm in arms}
             for seed in range(seeds):
-                for arm, extra in ARMS.items():
+                for arm in arms:
+                    extra = ARMS[arm]
                     extra = [f"train.init_from={parent}" if e == "INIT" else e for e in extra]
                     s = train_in(tmp, [target, f"data.labels_per_class={n}", *COMMON, *schedule, f"seed={seed}", *extra,
                                        f"name=n{n}"])
@@ -63,20 +69,26 @@ def main(seeds: int, reverse: bool) -> None:
                     print(f"{n:>5} labels/class seed {seed} {arm:>33}: {s['test_accuracy']:.4f} "
                           f"({s['train_seconds']:.0f} s)", flush=True)
     table = {}
-    for n, arms in rows.items():
-        med = {arm: statistics.median(r["test_accuracy"] for r in arms[arm]) for arm in ARMS}
-        table[n] = {"median": med, "gain_points": round(100 * (med["fine-tuned"] - med["scratch"]), 2), "runs": arms}
+    for n, runs_ in rows.items():
+        med = {arm: statistics.median(r["test_accuracy"] for r in runs_[arm]) for arm in runs_}
+        gain = round(100 * (med["fine-tuned"] - med["scratch"]), 2) if {"fine-tuned", "scratch"} <= set(med) else None
+        table[n] = {"median": med, "gain_points": gain, "runs": runs_}
     result = {"pretrain": {"classes": source, "test_accuracy": pretrained["test_accuracy"],
                            "train_seconds": pretrained["train_seconds"]},
               "target": target, "all_labels_scratch": ceiling["test_accuracy"], "seeds": seeds,
-              "schedule": SCHEDULE, "common": COMMON, "arms": ARMS, "labels_per_class": table,
+              "schedule": {n: SCHEDULE[n] for n in budgets}, "common": COMMON,
+              "arms": {arm: ARMS[arm] for arm in arms}, "labels_per_class": table,
               "wall_seconds": round(time.perf_counter() - t_start, 1)}
-    record("transfer_few_labels" + ("_reverse" if reverse else ""), result)
+    record("transfer_few_labels" + ("_split" if split else "_reverse" if reverse else ""), result)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--reverse", action="store_true", help="pretrain on classes 5-9, learn 0-4")
+    parser.add_argument("--split", help="SOURCE/TARGET classes, e.g. 0,1,5,8,9/2,3,4,6,7")
+    parser.add_argument("--labels", default="10,100,1000", help="labels per class to learn from (of 10, 100, 1000)")
+    parser.add_argument("--arm", action="append", choices=list(ARMS), help="an arm to train (default: all)")
     args = parser.parse_args()
-    main(args.seeds, args.reverse)
+    main(args.seeds, args.reverse, args.split, tuple(int(n) for n in args.labels.split(",")),
+         tuple(args.arm or ARMS))
