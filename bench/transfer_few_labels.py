@@ -61,18 +61,17 @@ def main(seeds: int, reverse: bool, split: str | None = None, budgets=tuple(SCHE
             rows[n] = {arm: [] for arm in arms}
             for seed in range(seeds):
                 for arm in arms:
-                    extra = ARMS[arm]
-                    extra = [f"train.init_from={parent}" if e == "INIT" else e for e in extra]
+                    extra = [f"train.init_from={parent}" if e == "INIT" else e for e in ARMS[arm]]
                     s = train_in(tmp, [target, f"data.labels_per_class={n}", *COMMON, *schedule, f"seed={seed}", *extra,
                                        f"name=n{n}"])
                     rows[n][arm].append({"test_accuracy": s["test_accuracy"], "train_seconds": s["train_seconds"]})
                     print(f"{n:>5} labels/class seed {seed} {arm:>33}: {s['test_accuracy']:.4f} "
                           f"({s['train_seconds']:.0f} s)", flush=True)
     table = {}
-    for n, runs_ in rows.items():
-        med = {arm: statistics.median(r["test_accuracy"] for r in runs_[arm]) for arm in runs_}
+    for n, by_arm in rows.items():
+        med = {arm: statistics.median(r["test_accuracy"] for r in by_arm[arm]) for arm in by_arm}
         gain = round(100 * (med["fine-tuned"] - med["scratch"]), 2) if {"fine-tuned", "scratch"} <= set(med) else None
-        table[n] = {"median": med, "gain_points": gain, "runs": runs_}
+        table[n] = {"median": med, "gain_points": gain, "runs": by_arm}
     result = {"pretrain": {"classes": source, "test_accuracy": pretrained["test_accuracy"],
                            "train_seconds": pretrained["train_seconds"]},
               "target": target, "all_labels_scratch": ceiling["test_accuracy"], "seeds": seeds,

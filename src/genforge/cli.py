@@ -408,14 +408,12 @@ def explain(
         for row, a in zip(rows, result.attributions):
             row["attributions"] = a.tolist()
         print(json.dumps({"method": result.method, "steps": result.steps, "copies": result.copies,
-                          "precision": result.precision,
-                          "explanations": rows}))
+                          "precision": result.precision, "explanations": rows}))
         return
     for row in rows:
         out.print(f"{row['input']}: predicted [bold]{row['predicted']}[/] ({row['predicted_probability']:.3f}), "
                   f"explained {row['target']} ({row['target_probability']:.3f})")
-    out.print(f"{result.describe()}, {result.precision}: wrote "
-              f"{out_path}")
+    out.print(f"{result.describe()}, {result.precision}: wrote {out_path}")
 
 
 OutFile = Annotated[Path, typer.Option("--out", help="A .png (image grid) or .npy (uint8 array) file.")]
@@ -625,8 +623,7 @@ def tune(
     tuning.require()
     if direction not in (None, "min", "max"):
         raise GenforgeError(f"--direction {direction}: give min or max")
-    if pruner not in tuning.PRUNERS:
-        raise GenforgeError(f"--pruner {pruner}: give {', '.join(tuning.PRUNERS[:-1])} or {tuning.PRUNERS[-1]}")
+    tuning.check_pruner(pruner)
     cfg = load_config(config, overrides or [])
     params, space_path = tuning.load_space(config, space)
     tuning.check_space(config, overrides or [], params)

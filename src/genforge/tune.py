@@ -195,6 +195,14 @@ class Plan:
 
 
 PRUNERS = ("hyperband", "median", "none")  # --pruner; the first is the default (docs/decisions.md)
+
+
+def check_pruner(name: str) -> None:
+    """A one-line error for a pruner name that is not one of PRUNERS."""
+    if name not in PRUNERS:
+        raise GenforgeError(f"--pruner {name}: give {', '.join(PRUNERS[:-1])} or {PRUNERS[-1]}")
+
+
 REPORTS_PER_EPOCH = 4  # the default where validating is cheap and something prunes (docs/decisions.md)
 
 
@@ -280,7 +288,7 @@ def _pruner(plan: Plan, epochs: int):
                                               reduction_factor=3)
     if plan.pruner == "none":
         return optuna.pruners.NopPruner()
-    raise GenforgeError(f"--pruner {plan.pruner}: give {', '.join(PRUNERS[:-1])} or {PRUNERS[-1]}")
+    check_pruner(plan.pruner)  # raises: not a name of PRUNERS
 
 
 def _comparable(cfg: RunConfig) -> str:
