@@ -199,6 +199,36 @@ def test_two_nodes_rendezvous_over_c10d(tmp_path):
     assert sum("test_accuracy" in out for _, out, _ in results) == 1  # rank 0 alone reports
 
 
+LEAVING_WORKER = """
+from pathlib import Path
+
+import torch
+
+from genforge.train import distributed
+from genforge.train.device import seed_everything
+
+with distributed.process_group() as world:
+    seed_everything(3, deterministic=True)  # what train does inside the group
+    distributed.any_rank(True)
+    distributed.leave()
+    threads = sorted(p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm"))
+    print(f"rank {world.rank} after leaving:", " ".join(t for t in threads if "gloo" in t) or "no gloo threads")
+"""
+
+
+def test_leaving_the_group_ends_its_threads(tmp_path):
+    """A rank that left the group (leave: barrier, then destroy) has none of gloo's threads left, even though train
+    turned on deterministic algorithms inside the group. They used to live on into interpreter exit, where a rank
+    now and then died of SIGABRT after training had finished."""
+    script = tmp_path / "worker.py"
+    script.write_text(LEAVING_WORKER)
+    code, out, err = _finish(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                               "--nproc-per-node=2", str(script)], env=_env(), stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True))
+    assert code == 0, err[-3000:]
+    assert sorted(out.splitlines()) == [f"rank {r} after leaving: no gloo threads" for r in (0, 1)]
+
+
 FAILING_WORKER = """
 import sys
 import time

@@ -8,6 +8,7 @@ which DDP's forward hooks never see (docs/decisions.md)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,6 +72,12 @@ def process_group(device: str = "auto") -> Iterator[World]:
     backend = "nccl" if picked.type == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    # torch._dynamo imported while a group is up keeps the group alive after destroy_process_group (torch 2.13), so
+    # its gloo threads ran into interpreter exit, where a rank sometimes died of SIGABRT ("terminate called without
+    # an active exception") after training had finished. train imports it (torch.use_deterministic_algorithms
+    # imports torch._inductor.config): import it before joining (docs/decisions.md)
+    importlib.import_module("torch._dynamo")
+
     dist.init_process_group(backend, store=_store(), rank=int(os.environ["RANK"]),
                             world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout())
     ok = False
