@@ -200,6 +200,7 @@ def test_two_nodes_rendezvous_over_c10d(tmp_path):
 
 
 LEAVING_WORKER = """
+import sys
 from pathlib import Path
 
 import torch
@@ -212,7 +213,8 @@ with distributed.process_group() as world:
     distributed.any_rank(True)
     distributed.leave()
     threads = sorted(p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm"))
-    print(f"rank {world.rank} after leaving:", " ".join(t for t in threads if "gloo" in t) or "no gloo threads")
+    gloo = " ".join(t for t in threads if "gloo" in t) or "no gloo threads"
+    Path(sys.argv[1], f"rank{world.rank}.txt").write_text(gloo)  # a file each: unbuffered prints interleave
 """
 
 
@@ -223,10 +225,11 @@ def test_leaving_the_group_ends_its_threads(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(LEAVING_WORKER)
     code, out, err = _finish(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                               "--nproc-per-node=2", str(script)], env=_env(), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True, start_new_session=True))
+                                               "--nproc-per-node=2", str(script), str(tmp_path)], env=_env(),
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                              start_new_session=True))
     assert code == 0, err[-3000:]
-    assert sorted(out.splitlines()) == [f"rank {r} after leaving: no gloo threads" for r in (0, 1)]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["no gloo threads"] * 2
 
 
 FAILING_WORKER = """
