@@ -47,6 +47,12 @@ def _genforge(*args, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def _torchrun(*args, env: dict | None = None) -> subprocess.Popen:
+    """`python -m torch.distributed.run ARGS` in a session of its own (a hang is killed with its workers)."""
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *map(str, args)], env=env or _env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
@@ -186,11 +192,9 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_the_run_resumes(two_process_run
 def test_two_nodes_rendezvous_over_c10d(tmp_path):
     """Acceptance 3: two torchrun agents as two nodes on 127.0.0.1 (c10d rendezvous), one process each."""
     port, runs_dir = free_port(), tmp_path / "runs"
-    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-                                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=nodes-test",
-                                "-m", "genforge", "train", "blobs-logreg", "train.epochs=2", "--runs-dir",
-                                str(runs_dir), "--quiet"], env=_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True) for _ in range(2)]
+    agents = [_torchrun("--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                        "--rdzv-id=nodes-test", "-m", "genforge", "train", "blobs-logreg", "train.epochs=2",
+                        "--runs-dir", runs_dir, "--quiet") for _ in range(2)]
     results = [_finish(agent) for agent in agents]
     assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
     run = _only_run(runs_dir)
@@ -202,8 +206,6 @@ def test_two_nodes_rendezvous_over_c10d(tmp_path):
 LEAVING_WORKER = """
 import sys
 from pathlib import Path
-
-import torch
 
 from genforge.train import distributed
 from genforge.train.device import seed_everything
@@ -224,10 +226,7 @@ def test_leaving_the_group_ends_its_threads(tmp_path):
     now and then died of SIGABRT after training had finished."""
     script = tmp_path / "worker.py"
     script.write_text(LEAVING_WORKER)
-    code, out, err = _finish(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                               "--nproc-per-node=2", str(script), str(tmp_path)], env=_env(),
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                              start_new_session=True))
+    code, out, err = _finish(_torchrun("--standalone", "--nproc-per-node=2", script, tmp_path))
     assert code == 0, err[-3000:]
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["no gloo threads"] * 2
 
@@ -260,10 +259,8 @@ def test_a_failing_rank_ends_the_launch(tmp_path, mode, message):
     script = tmp_path / "worker.py"
     script.write_text(FAILING_WORKER)
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                             str(script), str(tmp_path / "runs"), mode], env={**_env(), "GENFORGE_DIST_TIMEOUT": "8"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    code, out, err = _finish(proc)
+    code, out, err = _finish(_torchrun("--standalone", "--nproc-per-node=2", script, tmp_path / "runs", mode,
+                                       env={**_env(), "GENFORGE_DIST_TIMEOUT": "8"}))
     assert code != 0
     assert message in out + err
     assert time.monotonic() - start < 60
