@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install install-dev install-bench system-deps quickstart test bench lint clean
+.PHONY: install install-dev install-bench system-deps bench-deps quickstart test bench lint audit clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -29,32 +29,38 @@ install-bench: .venv/.torch  # dev + the LitServe peer of bench/serve_load.py
 quickstart: install
 	.venv/bin/genforge quickstart
 
-# The Debian packages behind the real-data, browser, serving-benchmark and PostgreSQL-study paths: installed here
-# when running as root with apt-get, else the one command that installs them, and a stop (SYSTEM_DEPS=skip runs
-# without them; their tests are then listed as skipped at the end of the run).
+# The Debian packages the test suite needs (the real-data, browser and PostgreSQL-study paths), and those the benchmarks
+# add (wrk): installed here when running as root with apt-get, else the one command that installs them, and a stop
+# (SYSTEM_DEPS=skip runs without them; their tests are then listed as skipped at the end of the run, and fail under CI).
 SYSTEM_DEPS ?= check
-system-deps:
-	@[ "$(SYSTEM_DEPS)" = skip ] && exit 0; missing=""; \
-	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
-	command -v wrk >/dev/null || missing="$$missing wrk"; \
-	set -- /usr/lib/postgresql/*/bin/initdb; [ -x "$$1" ] || missing="$$missing postgresql"; \
+define apt_or_stop
+	@[ "$(SYSTEM_DEPS)" = skip ] && exit 0; missing=""; $(1) \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else \
-	  echo "the test suite needs Debian packages that are missing; install them with:"; \
+	  echo "make $(2) needs Debian packages that are missing; install them with:"; \
 	  echo "  sudo apt-get install -y$$missing"; \
-	  echo "or run without their tests (reported as skipped): make test SYSTEM_DEPS=skip"; \
+	  echo "or run without their tests (reported as skipped): make $(2) SYSTEM_DEPS=skip"; \
 	  exit 1; \
 	fi
+endef
+SUITE_PACKAGES = [ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	set -- /usr/lib/postgresql/*/bin/initdb; [ -x "$$1" ] || missing="$$missing postgresql";
+
+system-deps:
+	$(call apt_or_stop,$(SUITE_PACKAGES),test)
+
+bench-deps:
+	$(call apt_or_stop,$(SUITE_PACKAGES) command -v wrk >/dev/null || missing="$$missing wrk";,bench)
 
 test: install-dev system-deps
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
 
-bench: install-bench system-deps  # about 3 hours; each script writes bench/out/<name>.json (see docs/benchmarks.md)
+bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py
 	$(PY) bench/fashion_presets.py
 	$(PY) bench/gan_vs_reference.py
@@ -70,6 +76,13 @@ bench: install-bench system-deps  # about 3 hours; each script writes bench/out/
 
 lint: install-dev
 	.venv/bin/ruff check .
+
+# pip-audit over the installed environment where its advisory database answers; otherwise (as on this project's CI
+# machines) the recorded table of fixed versions in tests/test_dependencies.py
+audit: install-dev
+	$(PIP) install -q pip-audit -c .venv/constraints.txt
+	.venv/bin/pip-audit --skip-editable --progress-spinner off || { echo "pip-audit failed or its database is \
+	unreachable: checking the recorded fixed versions instead"; $(PY) -m pytest -q tests/test_dependencies.py; }
 
 clean:
 	rm -rf .venv runs build *.egg-info

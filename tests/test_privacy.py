@@ -16,6 +16,8 @@ from genforge.errors import GenforgeError
 from genforge.train.loop import train
 from genforge.train.privacy import default_delta
 
+pytestmark = pytest.mark.usefixtures("fashion_available")  # real Fashion-MNIST, never downloaded by a test
+
 SMALL = ["data.train_subset=1024", "data.val_fraction=0.1", "model.kind=mlp", "model.hidden=[64]",
          "train.threads=1", "train.batch_size=64", "train.epochs=2"]
 

@@ -56,18 +56,31 @@ def wait_for_step(proc, parent: Path, step: int, timeout: float = 300) -> Path:
     raise AssertionError("no checkpoint appeared")
 
 
-def killed_and_uninterrupted(tmp_path: Path, preset: str, args: list[str], kill_at: int) -> tuple[Path, Path]:
-    """The same training twice: uninterrupted, and SIGKILLed once a checkpoint reaches step kill_at, then resumed.
-    Returns (the uninterrupted run, the resumed run)."""
-    whole = tmp_path / "whole"
-    finish(genforge("train", preset, *args, "--runs-dir", whole, "--quiet"))
-    parent = tmp_path / "killed"
-    proc = genforge("train", preset, *args, "--runs-dir", parent, "--quiet")
+def kill_mid_training(proc, parent: Path, kill_at: int, steps: int) -> Path:
+    """SIGKILL a training once its checkpoint reaches step kill_at, and check that the kill landed mid-training:
+    the process is stopped (SIGSTOP) the moment the checkpoint is seen, so that what is checked is what is killed.
+    On a machine fast enough to finish first, this fails instead of comparing two complete runs."""
     run = wait_for_step(proc, parent, kill_at)
+    proc.send_signal(signal.SIGSTOP)
+    stopped_at = checkpoint_step(run)
+    alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finish(genforge("train", "--resume", run, "--quiet"))
+    assert alive and kill_at <= stopped_at < steps and not (run / runs.WEIGHTS).exists(), \
+        f"the kill did not land mid-training (checkpoint at step {stopped_at} of {steps}); lower kill_at"
+    return run
+
+
+def killed_and_uninterrupted(tmp_path: Path, preset: str, args: list[str], kill_at: int) -> tuple[Path, Path]:
+    """The same training twice: uninterrupted, and SIGKILLed once a checkpoint reaches step kill_at (checked to be
+    mid-training), then resumed. Returns (the uninterrupted run, the resumed run)."""
+    whole = tmp_path / "whole"
+    finish(genforge("train", preset, *args, "--runs-dir", whole, "--quiet"))
     (reference,) = whole.iterdir()
+    steps = runs.read_json(reference / "summary.json")["steps"]
+    parent = tmp_path / "killed"
+    run = kill_mid_training(genforge("train", preset, *args, "--runs-dir", parent, "--quiet"), parent, kill_at, steps)
+    assert "resumed at" in finish(genforge("train", "--resume", run, "--quiet"))
     return reference, run
 
 
@@ -91,10 +104,7 @@ def test_a_generator_killed_mid_epoch_resumes_bit_identical(preset, evaluator_ca
     reference = train_run(tmp_path / "a", *preset, *EXACT, cache=evaluator_cache)  # uninterrupted, in this process
 
     proc = genforge("train", *preset, *EXACT, "--runs-dir", tmp_path / "b", "--quiet", cache=evaluator_cache)
-    run = wait_for_step(proc, tmp_path / "b", 36)  # in the second epoch (32 steps an epoch)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 0 < checkpoint_step(run) < 64 and not (run / runs.WEIGHTS).exists()
+    run = kill_mid_training(proc, tmp_path / "b", 36, 64)  # in the second epoch (32 steps an epoch)
     assert "resumed at epoch 2" in finish(genforge("train", "--resume", run, "--quiet", cache=evaluator_cache))
 
     expected, resumed = load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS)
