@@ -10,9 +10,11 @@ The standard library's HTTP client (urllib) only: the client adds no dependency 
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -40,7 +42,12 @@ class Timeout(ClientError):
 
 
 class ServerError(ClientError):
-    """Any other 5xx."""
+    """Any other 5xx, or an answer that is not the API's (not JSON, or without the field the verb returns)."""
+
+
+class RedirectRefused(RequestRejected):
+    """The server redirected to another origin (scheme, host and port): the client sends its token to the origin it
+    was given only, so it does not follow; give the client the URL the redirect names, if you trust it."""
 
 
 class Client:
@@ -54,6 +61,12 @@ class Client:
         self.retries, self.backoff, self.model = retries, backoff, model
         self.attempts = 0  # attempts the last request took (1 without retries)
         self._cards: list[dict] | None = None
+        self._origin = _origin(self.url)
+        if self._origin is None:
+            raise RequestRejected(None, f"url {url!r}: give the server's http:// or https:// URL, "
+                                        f"e.g. http://127.0.0.1:8000")
+        # urllib's default handlers follow a redirect anywhere and send the Authorization header along
+        self._opener = urllib.request.build_opener(_SameOriginRedirects(self._origin))
 
     # the verbs ----------------------------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -66,24 +79,31 @@ class Client:
 
     def models(self) -> list[dict]:
         """The served models' cards: name, task, verbs, classes, input shape, metrics, tensors."""
-        self._cards = self._request("GET", "/v1/models")["models"]
+        self._cards = self._field(self._request("GET", "/v1/models"), "models")
         return self._cards
 
     def card(self, model: str) -> dict:
-        return self._request("GET", f"/v1/models/{model}")
+        return self._request("GET", f"/v1/models/{_quoted(model)}")
 
     def classify(self, images, top_k: int = 3, model: str | None = None) -> list[dict]:
         """Images (uint8 0-255, or floats 0-1), (N, H, W) or (N, C, H, W), or feature vectors (N, D) -> per input
         {index, label, probabilities, top_k}."""
         body = {"inputs": np.asarray(images).tolist(), "top_k": top_k}
-        return self._request("POST", f"/v1/models/{self._model('classify', model)}/classify", body)["predictions"]
+        return self._field(self._request("POST", f"/v1/models/{self._model('classify', model)}/classify", body),
+                           "predictions")
 
     def generate(self, n: int = 16, label: int | None = None, seed: int = 0, truncation: float | None = None,
                  model: str | None = None) -> np.ndarray:
         """uint8 images (n, C, H, W); the same seed (and label) gives the same images."""
         body = {"n": n, "label": label, "seed": seed, "truncation": truncation, "format": "array"}
-        images = np.asarray(self._request("POST", f"/v1/models/{self._model('generate', model)}/generate", body)
-                            ["images"], dtype=np.uint8)
+        answer = self._request("POST", f"/v1/models/{self._model('generate', model)}/generate", body)
+        try:
+            images = np.asarray(self._field(answer, "images"), dtype=np.uint8)
+        except (ValueError, TypeError, OverflowError):  # ragged lists, or values that are not 0-255 numbers
+            raise ServerError(200, f"the answer from {self.url} holds no uint8 image array") from None
+        if images.ndim not in (3, 4):
+            raise ServerError(200, f"the answer from {self.url} holds images of shape {images.shape}, not "
+                                   f"(N, [C,] H, W)")
         return images[:, None] if images.ndim == 3 else images  # the server leaves out a single channel
 
     def forecast(self, history, horizon: int | None = None, end: str | None = None,
@@ -99,21 +119,34 @@ class Client:
                 model: str | None = None) -> list[dict]:
         """A classifier's attributions: per input {index, label, probabilities, target, attributions}."""
         body = {"inputs": np.asarray(images).tolist(), "method": method, "target": target, "steps": steps}
-        return self._request("POST", f"/v1/models/{self._model('explain', model)}/explain",
-                             {k: v for k, v in body.items() if v is not None})["explanations"]
+        return self._field(self._request("POST", f"/v1/models/{self._model('explain', model)}/explain",
+                                         {k: v for k, v in body.items() if v is not None}), "explanations")
 
     # the mechanics ------------------------------------------------------------------------------------------
     def _model(self, verb: str, model: str | None) -> str:
+        """The model's name as a path segment: the one given, else the only served model that offers the verb."""
         if model or self.model:
-            return model or self.model
+            return _quoted(model or self.model)
         cards = self._cards if self._cards is not None else self.models()
-        offering = [c["name"] for c in cards if verb in c["verbs"]]
+        try:
+            offering = [c["name"] for c in cards if verb in c["verbs"]]
+        except (KeyError, TypeError):
+            raise ServerError(200, f"the model cards from {self.url} have no name and verbs: is it a genforge "
+                                   f"server?") from None
         if len(offering) != 1:
             which = f"{', '.join(offering)} offer it" if offering else "none offers it"
             raise RequestRejected(None, f"give model=NAME for {verb}: {which}")
-        return offering[0]
+        return _quoted(offering[0])
+
+    def _field(self, answer: Any, key: str) -> Any:
+        """answer[key], or a ServerError saying the answer is not the API's (another server behind the URL?)."""
+        if not isinstance(answer, dict) or key not in answer:
+            raise ServerError(200, f"the answer from {self.url} has no {key!r}: is it a genforge server?")
+        return answer[key]
 
     def _request(self, method: str, path: str, body: Any = None, retries: int | None = None) -> Any:
+        """Every way a request can fail ends as one of the ClientError classes: a transport failure (refused, reset,
+        cut off, not HTTP) as Unavailable, no answer in time as Timeout, an answer that is not JSON as ServerError."""
         data = None if body is None else json.dumps(body).encode()
         headers = {"accept": "application/json", **({"content-type": "application/json"} if data else {}),
                    **({"authorization": f"Bearer {self.token}"} if self.token else {})}
@@ -122,32 +155,90 @@ class Client:
             self.attempts = attempt + 1
             request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
+                with self._opener.open(request, timeout=self.timeout) as response:
+                    status, text = response.status, response.read()
+                break
             except urllib.error.HTTPError as e:
                 status, message = e.code, _message(e)
                 if status != 503 or attempt == retries:
                     raise _error(status, message) from None
-            except TimeoutError:
+            except TimeoutError:  # connecting, or waiting for the answer's head or its body
                 raise Timeout(None, f"no answer from {self.url} within {self.timeout:g} s") from None
-            except urllib.error.URLError as e:
+            except urllib.error.URLError as e:  # could not connect: refused, no such host, TLS refused
                 if isinstance(e.reason, TimeoutError):
                     raise Timeout(None, f"no answer from {self.url} within {self.timeout:g} s") from None
                 raise Unavailable(None, f"cannot reach {self.url}: {e.reason}") from None
-            except ConnectionError as e:
-                raise Unavailable(None, f"the connection to {self.url} failed: {e}") from None
+            except http.client.IncompleteRead as e:  # the connection closed before the Content-Length was read
+                raise Unavailable(None, f"the answer from {self.url} was cut off after {len(e.partial)} bytes"
+                                  + (f" of {len(e.partial) + e.expected}" if e.expected else "")) from None
+            except (OSError, http.client.HTTPException) as e:  # reset, closed without answering, not HTTP
+                raise Unavailable(None, f"the connection to {self.url} failed: {_reason(e)}") from None
             time.sleep(min(10.0, self.backoff * 2 ** attempt))
-        raise AssertionError("unreachable")
+        try:
+            return json.loads(text)
+        except ValueError:  # not JSON (a proxy's HTML page?), or not UTF-8
+            shown = " ".join(text[:80].decode("utf-8", "replace").split())
+            raise ServerError(status, f"the answer from {self.url} is not JSON: {shown!r}") from None
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect within the client's origin (scheme, host and port), with the token; raises
+    RedirectRefused for any other, so that the token never reaches a host it was not given for. The origin rule of
+    browsers (RFC 6454): another port, or http after https, is another origin, and so is localhost for 127.0.0.1:
+    the names are compared, not what they resolve to."""
+
+    def __init__(self, origin: tuple[str, str, int]):
+        super().__init__()
+        self.origin = origin
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if _origin(newurl) != self.origin:
+            fp.close()
+            scheme, host, port = self.origin
+            raise RedirectRefused(code, f"{scheme}://{host}:{port} redirected to {newurl}, another origin; the "
+                                        f"client sends its token only to the URL it was given: use "
+                                        f"Client({_base(newurl)!r}) if you trust it")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, the port filled in from the scheme; None for anything else."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number, or an unbalanced [ of an IPv6 address
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _base(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _quoted(name: str) -> str:
+    """A model name as one path segment: a space, '/' or '?' in it would change the URL."""
+    return urllib.parse.quote(name, safe="")
+
+
+def _reason(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _message(e: urllib.error.HTTPError) -> str:
-    """The server's message: genforge's {"error": {"status", "message"}}, the v2 {"error": "..."}, or the text."""
-    text = e.read().decode("utf-8", "replace")
+    """The server's message: genforge's {"error": {"status", "message"}}, the v2 {"error": "..."}, or the text
+    (the reason phrase where the body could not be read: cut off, reset, or too slow)."""
+    try:
+        text = e.read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return str(e.reason)
     try:
         error = json.loads(text)["error"]
         return error["message"] if isinstance(error, dict) else str(error)
     except (ValueError, KeyError, TypeError):
-        return text or e.reason
+        return text or str(e.reason)
 
 
 def _error(status: int, message: str) -> ClientError:
