@@ -56,3 +56,12 @@ def test_apply_override_creates_sections():
     raw = {}
     apply_override(raw, "data.augment.rotation=10")
     assert validate(raw).data.augment.rotation == 10
+
+
+@pytest.mark.parametrize("value", ["[28]", "[0, 28]", "[28, 5000]", "big"])
+def test_image_size_is_two_sides_of_1_to_4096_pixels(value):
+    with pytest.raises(GenforgeError, match="config key 'data.image_size") as info:
+        load_config("fashion-cnn-fast", [f"data.image_size={value}"])
+    assert "\n" not in str(info.value)
+    assert load_config("fashion-cnn-fast", ["data.image_size=[32, 48]"]).data.image_size == (32, 48)
+    assert load_config("fashion-cnn-fast").data.image_size is None  # the folder's most common size

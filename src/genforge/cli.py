@@ -888,23 +888,31 @@ def runs_track(
 def data_info_command(
     name: str,
     options: Annotated[list[str] | None, typer.Argument(
-        help="Series only: data.series options as key=value (fill=ffill, outliers=clip, freq=MS, target=[a,b]).",
+        help="Series: data.series options as key=value (fill=ffill, outliers=clip, freq=MS, target=[a,b]); "
+             "imagefolder:PATH: image_size=[H,W].",
         show_default=False)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where to look for the files.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ):
-    """Cleaning report. Images and tables: class counts, duplicates, constant images, pixel statistics. Series
-    (series:NAME, csv-series:PATH): frequency, season, and per series gaps, missing values, duplicates, outliers,
-    seasonality."""
+    """Cleaning report. Images and tables: class counts, duplicates, constant images, pixel statistics; a CSV's
+    label column; an image folder's sizes (height x width) and the one its images are resized to (image_size=[H,W]
+    sets it). Series (series:NAME, csv-series:PATH): frequency, season, and per series gaps, missing values,
+    duplicates, outliers, seasonality."""
+    from genforge.config import apply_override, validate
     from genforge.data import data_info, load_dataset
     from genforge.data.series import is_series, load_series, options_from
 
     if is_series(name):
         info = load_series(name, options_from(options or [])).info()
-    elif options:
-        raise GenforgeError(f"{options[0]}: key=value options are for series (series:NAME, csv-series:PATH)")
     else:
-        info = data_info(load_dataset(name, data_dir, progress=not as_json))
+        raw: dict = {}
+        for pair in options or []:
+            if pair.partition("=")[0].strip().removeprefix("data.") != "image_size":
+                raise GenforgeError(f"{pair}: key=value options are for series (series:NAME, csv-series:PATH), "
+                                    f"and image_size=[H,W] for imagefolder:PATH")
+            apply_override(raw, "data.image_size=" + pair.partition("=")[2])
+        image_size = validate(raw).data.image_size if raw else None
+        info = data_info(load_dataset(name, data_dir, progress=not as_json, image_size=image_size))
     if as_json:
         print(json.dumps(info))
         return

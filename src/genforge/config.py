@@ -26,6 +26,9 @@ class AugmentConfig(_Strict):
     flip: bool = False  # random horizontal flip (not for digits)
 
 
+ImageSide = Annotated[int, Field(ge=1, le=4096)]  # pixels; predict and serve decode at most 4096 x 4096
+
+
 class DataConfig(_Strict):
     name: str = "fashion-mnist"  # a dataset name: see `genforge data info --help`
     data_dir: str | None = None  # where to look for / download files; else GENFORGE_DATA or the cache
@@ -35,6 +38,8 @@ class DataConfig(_Strict):
     # test alike, relabelled 0..k-1 in this order (classifiers)
     labels_per_class: int | None = Field(None, ge=1)  # keep N labelled training images per class (stratified, seeded);
     # the validation share (val_fraction) comes out of them too (classifiers)
+    image_size: tuple[ImageSide, ImageSide] | None = None  # [H, W] pixels every imagefolder image is resized to
+    # (bilinear, as predict and serve resize inputs); default: the most common size in the folder
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     series: SeriesOptions = Field(default_factory=SeriesOptions)  # series:NAME and csv-series:PATH: reading, cleaning
 

@@ -24,6 +24,8 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
 
     from PIL import Image, UnidentifiedImageError
 
+    from genforge.data.images import to_pixels
+
     c, h, w = shape
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
@@ -34,10 +36,8 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
             if im.width * im.height > max_pixels:
                 raise GenforgeError(f"{name}: {im.width}x{im.height} is too large (at most {max_pixels:,} pixels); "
                                     f"resize it first")
-            if im.mode in ("RGBA", "LA", "P"):  # transparent areas become black, the background of the data
-                im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA"))
-            arr = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR),
-                             dtype=np.uint8)
+            arr = to_pixels(im, "L" if c == 1 else "RGB", (h, w), name)  # as training reads images: 16-bit by
+            # range, transparency over black, the same resize filter
     except Image.DecompressionBombError:  # Pillow's own header check, for sizes far past max_pixels
         raise GenforgeError(f"{name}: the image is too large (at most {max_pixels:,} pixels); resize it first"
                             ) from None

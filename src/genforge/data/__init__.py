@@ -18,8 +18,6 @@ from genforge.errors import GenforgeError
 __all__ = ["Dataset", "load_dataset", "dataset_names", "data_info", "split_validation", "stratified_kfold",
            "select_classes", "labelled_subset"]
 
-FILE_LOADERS = {"imagefolder": load_imagefolder, "csv": load_csv}  # prefix of "prefix:PATH"
-
 
 def dataset_names() -> list[str]:
     """The named datasets; imagefolder:PATH and csv:PATH load your own files."""
@@ -27,11 +25,17 @@ def dataset_names() -> list[str]:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0,
-                 progress: bool = True) -> Dataset:
-    """Load a dataset into memory. seed only changes generated data (blobs, moons); test splits are fixed."""
-    prefix = name.split(":", 1)[0]
-    if ":" in name and prefix in FILE_LOADERS:
-        return FILE_LOADERS[prefix](name)
+                 progress: bool = True, image_size: tuple[int, int] | None = None) -> Dataset:
+    """Load a dataset into memory. seed only changes generated data (blobs, moons); test splits are fixed.
+    image_size (H, W): what an imagefolder's images are resized to (default: the most common size among them)."""
+    prefix = name.split(":", 1)[0] if ":" in name else None  # of "prefix:PATH", a user's own files
+    if image_size is not None and prefix != "imagefolder":
+        raise GenforgeError(f"data.image_size resizes imagefolder:PATH images; {name} has its own fixed shape: "
+                            f"remove data.image_size")
+    if prefix == "imagefolder":
+        return load_imagefolder(name, image_size)
+    if prefix == "csv":
+        return load_csv(name)
     if name in IDX_DATASETS:
         return load_idx_dataset(name, data_dir, progress)
     if name in BUILTIN:

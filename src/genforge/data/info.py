@@ -50,4 +50,5 @@ def data_info(ds: Dataset) -> dict:
                        "test_in_train": sum(h in train_set for h in test_hashes)},
         "constant_images": {"train": _constant(ds.train_x), "test": _constant(ds.test_x)},
         "pixels" if ds.is_image else "features": stats,
+        **ds.found,
     }

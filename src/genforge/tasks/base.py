@@ -57,7 +57,8 @@ class Task:
         """The run's data (or the dataset `name`, e.g. `evaluate --data`), loaded and cleaned."""
         from genforge.data import load_dataset, select_classes
 
-        ds = load_dataset(name or cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet)
+        ds = load_dataset(name or cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet,
+                          image_size=cfg.data.image_size)
         return select_classes(ds, cfg.data.classes) if cfg.data.classes else ds
 
     def prepare(self, cfg, ds, device: torch.device, fold: tuple[int, int] | None = None) -> Prepared:

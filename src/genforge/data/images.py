@@ -1,0 +1,88 @@
+"""Image files -> uint8 pixels, one way for training (imagefolder:PATH) and inference (predict, serve): which files
+are read, how pixels that are not 8-bit become 8-bit, and the resize filter.
+
+The resize filter is Pillow's BILINEAR: when it reduces, Pillow widens its support by the scale factor, so it
+averages every source pixel (antialiased, no aliasing from skipped pixels) without LANCZOS' ringing at sharp edges;
+and predict and serve resized inputs with it before image_size existed, so a run's training images and the inputs
+it is later given go through the same filter."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from genforge.errors import GenforgeError
+
+FORMATS = ("PNG", "JPEG")
+MAX_PIXELS = 89_478_485  # width x height; Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, ~0.25 GiB
+# as RGBA): Pillow warns past it and refuses past twice it, after the header and before any pixel is decoded
+RESAMPLE = Image.Resampling.BILINEAR
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # a 16-bit grayscale PNG opens as I;16 (older Pillow: I)
+COLOR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBa")
+
+
+def open_image(path: Path, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A PNG or JPEG file, opened: its header read, no pixel decoded. Refused in one line: what is not a regular file
+    (a FIFO would block the open forever), another format, more than max_pixels. Close it (a `with` block)."""
+    if not path.is_file():  # follows links: a link to a regular file is read
+        raise GenforgeError(f"{name}: {path} is not a regular file (a FIFO, a device or a broken link); remove it")
+    try:
+        with warnings.catch_warnings():  # the size is checked below, with the file's name
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:  # past twice Pillow's limit: refused before a size can be read
+        raise GenforgeError(f"{name}: {path}: {_claimed_size(str(e))} is too large (at most {max_pixels:,} "
+                            f"pixels); resize it first") from None
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise GenforgeError(f"{name}: cannot read image {path} ({e}); fix or remove the file") from None
+    if im.format not in FORMATS:
+        im.close()
+        raise GenforgeError(f"{name}: {path}: a {im.format} image, not PNG or JPEG; convert it (or remove it)")
+    if im.width * im.height > max_pixels:
+        im.close()
+        raise GenforgeError(f"{name}: {path}: {im.width}x{im.height} is too large (at most {max_pixels:,} pixels); "
+                            f"resize it first")
+    return im
+
+
+def _claimed_size(message: str) -> str:
+    """Pillow's bomb error gives the pixel count only ("Image size (400000000 pixels) exceeds ..."): the side of the
+    square it would be, which is what a crafted header usually claims."""
+    digits = message.split("(", 1)[-1].split(" ", 1)[0]
+    if not digits.isdigit():
+        return "the image"
+    side = int(int(digits) ** 0.5)
+    return f"{side}x{side}" if side * side == int(digits) else f"{int(digits):,} pixels"
+
+
+def is_color(im: Image.Image) -> bool:
+    return im.mode in COLOR_MODES
+
+
+def to_pixels(im: Image.Image, mode: str, size: tuple[int, int] | None = None, name: str = "image") -> np.ndarray:
+    """An opened image -> uint8 (H, W) for mode "L" or (H, W, 3) for "RGB", resized to size=(H, W) with RESAMPLE.
+
+    Pixels that are not 8-bit are mapped by their declared range, never clipped: 16-bit grayscale by v / 257
+    rounded (0-65535 onto 0-255, the inverse of the 8-to-16-bit v * 257); 1-bit to 0 and 255. Transparent areas become
+    black, the background of the digit and clothing data the models learn from. Float pixels have no declared range:
+    refused."""
+    if size is not None and im.format == "JPEG":
+        im.draft(mode, (size[1], size[0]))  # decode reduced (DCT scaling, never below size): a 12 MP photo in ~1/8
+    im.load()  # a truncated or corrupt file raises OSError here: the caller names the file
+    if im.mode in SIXTEEN_BIT:
+        values = np.asarray(im, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise GenforgeError(f"{name}: {im.mode} pixels outside 0-65535; save it as an 8- or 16-bit PNG")
+        im = Image.fromarray(((values + 128) // 257).astype(np.uint8))  # (H, W) uint8: mode L
+    elif im.mode == "F":
+        raise GenforgeError(f"{name}: 32-bit float pixels have no fixed range to map to 0-255; save it as an 8- or "
+                            f"16-bit PNG")
+    elif im.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P") or "transparency" in im.info:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA"))
+    im = im.convert(mode)
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), RESAMPLE)
+    return np.asarray(im, dtype=np.uint8)

@@ -1,0 +1,271 @@
+"""A user's own files (imagefolder:PATH, csv:PATH) as spreadsheets and cameras write them: a byte-order mark, 16-bit
+and transparent PNGs, photos of many sizes, infinities, and the files that used to hang or end in a traceback."""
+
+import json
+import os
+import struct
+import threading
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genforge.data import data_info, load_dataset
+from genforge.errors import GenforgeError
+
+
+def _png(path, size=(6, 5), mode="L", value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+    return path
+
+
+def _folder(root, images: dict[str, list[Image.Image]]):
+    """root/<class>/<i>.png for each class's images; returns root as an imagefolder: spec."""
+    for c, ims in images.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(ims):
+            im.save(root / c / f"{i}.png")
+    return f"imagefolder:{root}"
+
+
+def _classes_of(n: int, size=(6, 5), mode="L", value=0) -> dict[str, list[Image.Image]]:
+    return {c: [Image.new(mode, size, value) for _ in range(n)] for c in ("a", "b")}
+
+
+# --- CSV: the byte-order mark, the label column, non-finite values, long fields -----------------------------------
+
+def _labelled_csv(path, header="label,f1,f2", bom=False):
+    rng = np.random.default_rng(0)
+    rows = [header] + [f"{'yes' if a > 0 else 'no'},{a:.3f},{b:.3f}" for a, b in rng.normal(size=(40, 2))]
+    path.write_bytes(("\ufeff" if bom else "").encode() + ("\n".join(rows) + "\n").encode())
+    return f"csv:{path}"
+
+
+def test_a_csv_saved_with_a_byte_order_mark_keeps_its_label_column(tmp_path):
+    """Excel's "CSV UTF-8" starts with U+FEFF: `label` read as '\ufefflabel' was not found and f2 (40 distinct
+    numbers) silently became the label."""
+    ds = load_dataset(_labelled_csv(tmp_path / "excel.csv", bom=True))
+    assert ds.classes == ["no", "yes"] and ds.input_shape == (2,)
+    info = data_info(ds)
+    assert info["label_column"] == "label"
+
+
+def test_the_label_column_is_found_by_name_in_any_case_and_its_absence_is_refused(tmp_path):
+    ds = load_dataset(_labelled_csv(tmp_path / "a.csv", header="Label,f1,f2"))
+    assert ds.classes == ["no", "yes"] and data_info(ds)["label_column"] == "Label"
+    spec = _labelled_csv(tmp_path / "b.csv", header="kind,f1,f2")  # no `label`: the last column used to be it
+    with pytest.raises(GenforgeError, match=r"no `label` column \(the columns are kind, f1, f2\)") as e:
+        load_dataset(spec)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e999", "Infinity", "nan", "1e39"])
+def test_a_feature_csv_refuses_values_that_are_not_finite_in_float32(tmp_path, value):
+    path = tmp_path / "d.csv"
+    path.write_text("f1,f2,label\n1,2,a\n3,4,b\n5," + value + ",a\n7,8,b\n")
+    with pytest.raises(GenforgeError, match=rf"line 4 of .*column 'f2' is '{value}'") as e:
+        load_dataset(f"csv:{path}")
+    assert "finite" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_csv_field_past_the_csv_modules_limit_is_one_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('f1,label\n1,a\n2,"' + "x" * 200_000 + '"\n3,b\n')  # an unclosed quote reads like this
+    with pytest.raises(GenforgeError, match=r"line 3 of .*longer than 131,072 characters") as e:
+        load_dataset(f"csv:{path}")
+    assert "\n" not in str(e.value)
+
+
+def test_data_info_names_the_label_column(tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    code, out, err = run_cli(capsys, monkeypatch, "data", "info", _labelled_csv(tmp_path / "x.csv", bom=True),
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)["label_column"] == "label"
+
+
+# --- images: modes that are not 8-bit, sizes, and files that are not images ----------------------------------------
+
+def _sixteen_bit(levels: np.ndarray) -> Image.Image:
+    """A 16-bit grayscale PNG image whose 8-bit levels are `levels` (v * 257 spans 0-65535)."""
+    return Image.fromarray(levels.astype(np.uint16) * 257)  # uint16: mode I;16
+
+
+def test_a_16_bit_grayscale_png_keeps_its_levels(tmp_path):
+    """Pillow's convert("L") clips 16-bit values at 255: every pixel above 255/65535 used to load white."""
+    levels = np.arange(30, dtype=np.uint8).reshape(5, 6) * 8
+    spec = _folder(tmp_path, {"a": [_sixteen_bit(levels)] * 3, "b": [_sixteen_bit(255 - levels)] * 3})
+    ds = load_dataset(spec)
+    x = np.concatenate([ds.train_x.numpy(), ds.test_x.numpy()])
+    y = np.concatenate([ds.train_y.numpy(), ds.test_y.numpy()])
+    assert x.shape[1:] == (1, 5, 6)
+    np.testing.assert_array_equal(x[y == 0][:, 0], np.broadcast_to(levels, (3, 5, 6)))
+    np.testing.assert_array_equal(x[y == 1][:, 0], np.broadcast_to(255 - levels, (3, 5, 6)))
+    assert data_info(ds)["image_modes"] == {"I;16": 6}
+
+
+def _rgba(alpha: int) -> Image.Image:
+    return Image.new("RGBA", (6, 5), (200, 100, 50, alpha))
+
+
+@pytest.mark.parametrize(("image", "expected"), [
+    (Image.new("1", (6, 5), 1), 255),  # 1-bit: white stays white
+    (Image.new("LA", (6, 5), (200, 0)), 0),  # fully transparent: the black background, as predict and serve see it
+    (Image.new("LA", (6, 5), (200, 255)), 200),
+    (Image.new("P", (6, 5), 3), None),  # a palette image: its colour
+])
+def test_other_modes_load_as_their_8_bit_values(tmp_path, image, expected):
+    if image.mode == "P":
+        image.putpalette([0, 0, 0] * 3 + [10, 20, 30] + [0, 0, 0] * 252)
+    spec = _folder(tmp_path, {"a": [image] * 2, "b": [image] * 2})
+    ds = load_dataset(spec)
+    px = ds.train_x[0]
+    if image.mode == "P":
+        assert px.shape[0] == 3 and px[:, 0, 0].tolist() == [10, 20, 30]
+    else:
+        assert px.shape[0] == 1 and int(px.max()) == int(px.min()) == expected
+
+
+def test_transparent_rgba_is_composited_over_black_as_predict_does(tmp_path):
+    from genforge.predict import decode_image
+
+    spec = _folder(tmp_path, {"a": [_rgba(0)] * 2, "b": [_rgba(128)] * 2})
+    ds = load_dataset(spec)
+    x = np.concatenate([ds.train_x.numpy(), ds.test_x.numpy()])
+    y = np.concatenate([ds.train_y.numpy(), ds.test_y.numpy()])
+    assert (x[y == 0] == 0).all()  # transparent: black (its RGB values used to show through)
+    for path in sorted((tmp_path / "b").iterdir()):
+        np.testing.assert_array_equal(decode_image(path, (3, 5, 6)), x[y == 1][0])
+
+
+def test_a_16_bit_png_reaches_predict_as_its_levels_too(tmp_path):
+    from genforge.predict import decode_image
+
+    levels = np.arange(30, dtype=np.uint8).reshape(5, 6)  # dark: not inverted by predict's light-border rule
+    path = tmp_path / "x.png"
+    _sixteen_bit(levels).save(path)
+    np.testing.assert_array_equal(decode_image(path, (1, 5, 6))[0], levels)
+
+
+def test_a_float_image_or_another_format_is_refused_naming_the_file(tmp_path):
+    spec = _folder(tmp_path, _classes_of(2))
+    Image.new("F", (6, 5), 0.5).save(tmp_path / "a" / "float.png", format="TIFF")  # a TIFF named .png
+    with pytest.raises(GenforgeError, match=r"float\.png: a TIFF image") as e:
+        load_dataset(spec)
+    assert "PNG or JPEG" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_images_of_different_sizes_are_resized_to_the_most_common_or_the_configured_size(tmp_path):
+    images = {"a": [Image.new("L", (6, 5), 10)] * 3 + [Image.new("L", (12, 10), 10)],
+              "b": [Image.new("L", (6, 5), 90)] * 3 + [Image.new("L", (9, 9), 90)]}
+    spec = _folder(tmp_path, images)
+    ds = load_dataset(spec)
+    assert ds.input_shape == (1, 5, 6)  # (C, H, W): the most common size
+    info = data_info(ds)
+    assert info["image_sizes"] == {"5x6": 6, "10x12": 1, "9x9": 1}  # height x width, the most common first
+    assert info["image_size"] == [5, 6] and info["resized"] == 2
+    x = np.concatenate([ds.train_x.numpy(), ds.test_x.numpy()])
+    assert set(np.unique(x)) == {10, 90}  # a constant image stays that constant after resizing
+    ds = load_dataset(spec, image_size=(8, 4))
+    assert ds.input_shape == (1, 8, 4) and data_info(ds)["resized"] == 8
+
+
+def test_training_and_predict_resize_an_image_alike(tmp_path):
+    """predict and serve resize inputs to the run's input_shape (meta.json) with decode_image: the same filter."""
+    from genforge.predict import decode_image
+
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 100, (h, w), dtype=np.uint8)) for h, w in ((20, 30), (7, 9), (5, 6))]
+    spec = _folder(tmp_path, {"a": ims, "b": ims})  # pixel values < 100: a dark border, so predict does not invert
+    ds = load_dataset(spec, image_size=(8, 12))
+    loaded = {bytes(x.numpy()) for x in (*ds.train_x, *ds.test_x)}
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert bytes(decode_image(path, (1, 8, 12))) in loaded
+
+
+def test_image_size_is_for_image_folders(tmp_path):
+    with pytest.raises(GenforgeError, match="data.image_size resizes imagefolder:PATH images"):
+        load_dataset("blobs", image_size=(8, 8))
+
+
+def test_the_task_loads_the_configured_image_size(tmp_path):
+    from genforge.config import load_config
+    from genforge.registry import task_of
+
+    spec = _folder(tmp_path, _classes_of(3))
+    cfg = load_config("fashion-cnn-fast", [f"data.name={spec}", "data.image_size=[4, 4]"])
+    assert task_of(cfg.model.kind).dataset(cfg).input_shape == (1, 4, 4)
+
+
+def _huge_png(path, width=20_000, height=20_000):
+    """A PNG whose header claims width x height (the pixel data is one row: nothing past the header is read)."""
+    _png(path, size=(1, 1))
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height, then its CRC over type + data
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("side", [20_000, 10_000])  # past twice Pillow's bomb limit (an error), past it (a warning)
+def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path, side):
+    spec = _folder(tmp_path, _classes_of(2))
+    _huge_png(tmp_path / "b" / "huge.png", side, side)
+    with pytest.raises(GenforgeError, match=rf"huge\.png: {side}x{side} is too large") as e:
+        load_dataset(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_data_info_on_a_bomb_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    spec = _folder(tmp_path, _classes_of(2))
+    _huge_png(tmp_path / "a" / "huge.png")
+    code, _, err = run_cli(capsys, monkeypatch, "data", "info", spec)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "huge.png" in lines[0] and "Traceback" not in err, err
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path):
+    spec = _folder(tmp_path, _classes_of(2))
+    os.mkfifo(tmp_path / "a" / "x.png")
+    outcome = []
+
+    def load():
+        try:
+            load_dataset(spec)
+            outcome.append("loaded")
+        except GenforgeError as e:
+            outcome.append(str(e))
+
+    thread = threading.Thread(target=load, daemon=True)  # the old loader blocked forever opening the FIFO
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "load_dataset hung on a FIFO"
+    assert "x.png is not a regular file" in outcome[0]
+
+
+def test_hidden_files_are_skipped(tmp_path):
+    spec = _folder(tmp_path, _classes_of(2))
+    (tmp_path / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # macOS's AppleDouble companion of 0.png
+    assert len(load_dataset(spec).classes) == 2
+
+
+def test_data_info_reports_the_sizes_found_and_takes_image_size(tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    spec = _folder(tmp_path, {"a": [Image.new("L", (6, 5))] * 2 + [Image.new("L", (8, 8))],
+                              "b": [Image.new("L", (6, 5), 200)] * 2})
+    code, out, err = run_cli(capsys, monkeypatch, "data", "info", spec, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["image_sizes"] == {"5x6": 4, "8x8": 1} and info["image_size"] == [5, 6] and info["resized"] == 1
+    code, out, err = run_cli(capsys, monkeypatch, "data", "info", spec, "image_size=[8, 8]", "--json")
+    assert code == 0 and json.loads(out)["input_shape"] == [1, 8, 8], err
+    code, _, err = run_cli(capsys, monkeypatch, "data", "info", spec, "image_size=[0, 8]")
+    assert code == 2 and err.count("\n") == 1 and "data.image_size" in err, err
+    code, _, err = run_cli(capsys, monkeypatch, "data", "info", spec, "fill=ffill")
+    assert code == 2 and "image_size=[H,W] for imagefolder" in err, err
