@@ -2,6 +2,8 @@
 tritonclient (HTTP), with JSON tensors and with its binary tensor extension. Results equal the model called in
 process (load_run, on the backend the server chose: ONNX Runtime), and a bad request gets the protocol's 4xx."""
 
+import json
+
 import httpx
 import numpy as np
 import orjson
@@ -12,6 +14,8 @@ from tritonclient.utils import InferenceServerException
 
 from genforge.data import load_dataset
 from genforge.runs import load_run
+from genforge.serve import v2
+from genforge.serve.limits import RequestError
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +227,89 @@ def test_forecaster_and_vae_through_v2(forecast_served, served, names):
         v1 = c.post(f"/v1/models/{vae}/generate", json={"n": 3, "seed": 4, "format": "array"}).json()
         assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [3, 1, 28, 28]
         assert r.json()["outputs"][0]["data"] == np.array(v1["images"]).ravel().tolist()
+
+
+@pytest.fixture(scope="module")
+def in_process(classifier_run, forecast_served):
+    """The classifier and the Nile forecasters behind the app, in process (no live server): the edge cases below."""
+    from fastapi.testclient import TestClient
+
+    from genforge.serve.adapters import load_models
+    from genforge.serve.app import create_app
+
+    models = {**load_models([classifier_run], backend="torch"), **forecast_served}
+    with TestClient(create_app(models), raise_server_exceptions=False) as c:  # a 500 is an answer to check
+        yield c, next(m for m in models if m != "nile-lstm" and m != "nile-naive")
+
+
+def _infer(c, model: str, inputs: list[dict], raw: bytes | None = None, headers: dict | None = None):
+    body = json.dumps({"inputs": inputs}).encode()  # json: orjson refuses integers beyond 64 bits
+    if raw is not None:
+        headers = {"inference-header-content-length": str(len(body)), **(headers or {})}
+        body += raw
+    return c.post(f"/v2/models/{model}/infer", content=body, headers=headers or {})
+
+
+def _protocol_error(r, status: int = 400) -> str:
+    error = r.json()
+    assert r.status_code == status and set(error) == {"error"} and isinstance(error["error"], str), r.text
+    return error["error"]
+
+
+HUGE = [[0, 2**62], [2**62, 0], [0, 2**63], [0, 2**70, 3], [0, 1, 2**40, 2**40], [2**31, 0, 2**31]]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+@pytest.mark.parametrize("shape", HUGE, ids=map(str, range(len(HUGE))))
+@pytest.mark.parametrize("which", ["classifier", "forecaster"])
+def test_zero_and_huge_dimensions_are_a_400(in_process, shape, binary, which):
+    """No elements, yet a shape that numpy cannot make (or a history no model reads): refused before any array is
+    made, in both encodings, for a model whose input has fixed dimensions and one whose has none."""
+    c, clf = in_process
+    model, name, datatype = (clf, "input", "UINT8") if which == "classifier" else ("nile-lstm", "history", "FP32")
+    tensor = {"name": name, "shape": shape, "datatype": datatype}
+    r = _infer(c, model, [{**tensor, "parameters": {"binary_data_size": 0}}], b"") if binary else \
+        _infer(c, model, [{**tensor, "data": []}])
+    assert r.status_code in (400, 422) and "shape" in _protocol_error(r, r.status_code), r.text
+
+
+NOT_ASCII = ["１２", "٣", "²", "١٢٣", "1²", "𝟙𝟚"]  # fullwidth, Arabic-Indic, superscript, mixed, mathematical digits
+
+
+@pytest.mark.parametrize("length", [*NOT_ASCII, "9" * 5000, " 12", "+12", "1_2", "0"])
+def test_the_header_length_is_ascii_digits(in_process, length):
+    """str.isdigit() passes the digits of NOT_ASCII; int() refuses '²' and reads '٣' as 3, and refuses 5,000 digits:
+    only 0-9 make a length. Over HTTP a header's bytes arrive as latin-1 ('²' is byte 0xB2); parse() gets them all."""
+    c, clf = in_process
+    body = b'{"inputs": [{"name": "input", "shape": [1], "datatype": "UINT8", "data": [1]}]}'
+    raw = length.encode("latin-1") if max(map(ord, length)) < 256 else length.encode()
+    r = c.post(f"/v2/models/{clf}/infer", content=body, headers={"inference-header-content-length": raw})
+    assert "Inference-Header-Content-Length must be" in _protocol_error(r)
+    with pytest.raises(RequestError, match="Inference-Header-Content-Length must be") as e:
+        v2.parse(body + b"x" * 100, length)
+    assert e.value.status == 400
+
+
+def test_zero_rows_answer_the_shapes_the_metadata_promises(in_process):
+    """Every output of every model kind that takes rows: N = 0 rows in, N = 0 rows out, the other dimensions as the
+    model's metadata says (a -1 there: as many as N > 0 rows would give)."""
+    c, clf = in_process
+    cases = {clf: ([{"name": "input", "shape": [0, 1, 28, 28], "datatype": "UINT8", "data": []}],
+                   {"probabilities": [0, 10], "top_k": [0, 3]}),
+             "nile-lstm": ([{"name": "history", "shape": [0, 24], "datatype": "FP32", "data": []},
+                            {"name": "horizon", "shape": [1], "datatype": "INT64", "data": [4]}],
+                           {"quantiles": [0, 4, 5]})}
+    for model, (inputs, expected) in cases.items():
+        meta = {t["name"]: t["shape"] for t in c.get(f"/v2/models/{model}").json()["outputs"]}
+        for binary in (False, True):
+            r = c.post(f"/v2/models/{model}/infer", json={"inputs": inputs, "parameters": {"binary_data_output":
+                                                                                               binary}})
+            assert r.status_code == 200, r.text
+            header = r.content[:int(r.headers[HEADER_LENGTH])] if binary else r.content
+            shapes = {o["name"]: o["shape"] for o in orjson.loads(header)["outputs"]}
+            assert shapes == expected, (model, binary, shapes)
+            for name, shape in shapes.items():
+                assert len(shape) == len(meta[name]) and all(m in (-1, s) for m, s in zip(meta[name], shape))
+
+
+HEADER_LENGTH = "inference-header-content-length"

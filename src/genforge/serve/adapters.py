@@ -23,6 +23,14 @@ SHOWN_SERIES = 8  # series of a forecaster's own data that GET /v1/models/{name}
 SHOWN_CONTEXTS = 10  # the last this many contexts of each: what the playground plots and forecasts from
 
 
+def ascii_int(text: str) -> int | None:
+    """The integer that `text` writes in the digits 0-9, else None: every integer a request writes as text (a header,
+    a form field, a JSON string, a class index) is read by this one rule. str.isdigit() also passes '²', which int()
+    refuses, and '٣' or '１２', which int() reads; int() also takes signs, spaces and underscores. At most 100 digits:
+    int() refuses over 4,300 (CPython's guard against quadratic parsing), and no count or index here needs more."""
+    return int(text) if 0 < len(text) <= 100 and text.isascii() and text.isdigit() else None
+
+
 class NotExplainable(GenforgeError):
     """The classifier, as served, cannot be explained (no torch weights to take gradients of): the route's 409."""
 
@@ -110,17 +118,18 @@ class ServedModel:
                 f"PyTorch weights; serve and explain {f'its parent run {parent}' if parent else 'a run that has them'}")
 
     def class_index(self, target: int | str | None) -> int | None:
-        """A class given by index or by label (a form field's digits are an index unless they are a label) -> its
+        """A class given by index or by label (a string of the digits 0-9 is an index unless it is a label) -> its
         index; None stays None."""
         classes = self.classes
         if isinstance(target, str):
             if target in classes:
                 return classes.index(target)
-            if not target.isdigit():
+            index = ascii_int(target)
+            if index is None:
                 listed = ", ".join(classes) if len(classes) <= 20 else f"GET /v1/models/{self.name} lists them"
                 raise GenforgeError(f"target: no class labelled {target!r}; give a class index 0-{len(classes) - 1} "
-                                    f"or a label ({listed})")
-            target = int(target)
+                                    f"(in the digits 0-9) or a label ({listed})")
+            target = index
         if target is not None and not 0 <= target < len(classes):
             raise GenforgeError(f"target: class {target} is out of range; {self.name} has {len(classes)} classes "
                                 f"(0-{len(classes) - 1})")
@@ -199,12 +208,20 @@ class ServedModel:
                  "instead of n and seed", "optional": True}],
                 "outputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, *shape], "description": "0-255"}]}
         if "forecast" in verbs:
-            levels = len(self.model.cfg.quantiles)
+            levels, card = len(self.model.cfg.quantiles), self.forecast_card()
+            reads = [  # what the verb needs beyond the history: the same checks as /v1 forecast's end and covariates
+                *([{"name": "end", "datatype": "BYTES", "shape": [1], "description": "the time of the histories' "
+                    f"last value (e.g. 2010-12-01), on the model's {card['freq']} grid: it places them on the "
+                    "calendar the model reads"}] if card["calendar"] else []),
+                *([{"name": "covariates", "datatype": "FP32", "shape": [-1, -1, len(card["covariates"])],
+                    "description": f"the covariate columns {', '.join(card['covariates'])} (in this order) over the "
+                    "history's steps and the horizon's: 1 row shared by every history, or one per history"}]
+                  if card["covariates"] else [])]
             return {"inputs": [
                 {"name": "history", "datatype": "FP32", "shape": [-1, -1], "description": "N equally long "
                  f"histories, oldest first, at least {self.minimum_history} values each"},
                 {"name": "horizon", "datatype": "INT64", "shape": [1], "description": "steps to forecast; default "
-                 "the trained horizon", "optional": True}],
+                 "the trained horizon", "optional": True}, *reads],
                 "outputs": [{"name": "quantiles", "datatype": "FP32", "shape": [-1, -1, levels],
                              "description": "per history and step, the quantiles at the card's forecast.levels"}]}
         return {"inputs": [], "outputs": []}

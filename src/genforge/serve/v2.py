@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genforge import __version__
-from genforge.serve.adapters import ServedModel
+from genforge.serve.adapters import ServedModel, ascii_int
 from genforge.serve.limits import Limits, RequestError
 
 VERSION = "1"  # every served model has one version
@@ -27,8 +27,12 @@ HEADER = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
 DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
           "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-          "FP32": np.float32, "FP64": np.float64}  # BYTES too in the protocol: no genforge model takes strings
+          "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_}  # BYTES: strings (a forecaster's end)
 MAX_INPUTS = 16
+# Elements a shape may describe, a 0 among its dimensions counted as 1: [0, 2**62] holds nothing, yet numpy cannot
+# make it (its other dimensions' bytes overflow 64 bits) and no model reads a row of 2**62 values. A tensor with
+# elements is far smaller anyway: its data fits in the body (1 MiB by default).
+MAX_ELEMENTS = 2**31 - 1
 
 
 class _Open(BaseModel):
@@ -214,10 +218,15 @@ def mount(app: FastAPI, models: dict[str, ServedModel], state: dict, limits: Lim
             top_k = parameters.get("top_k", 3)
             if type(top_k) is not int or not 1 <= top_k <= 1000:
                 raise RequestError(f"parameters.top_k must be an integer from 1 to 1000, got {top_k!r}")
-            found = await classify(model.name, model, np.ascontiguousarray(x), top_k, False)
-            predictions = found["predictions"]
-            return {"probabilities": np.array([p["probabilities"] for p in predictions], dtype=np.float32),
-                    "top_k": np.array([[c["index"] for c in p["top_k"]] for p in predictions], dtype=np.int64)}
+            classes, k = len(model.classes), min(top_k, len(model.classes))
+            # zero rows: zero predictions, without a batch of none through the model (a backend may refuse it);
+            # the arrays are shaped explicitly, as the metadata says ([N, K] and [N, k]), even when N is 0
+            predictions = (await classify(model.name, model, np.ascontiguousarray(x), top_k, False))["predictions"] \
+                if len(x) else []
+            return {"probabilities": np.array([p["probabilities"] for p in predictions],
+                                              dtype=np.float32).reshape(len(x), classes),
+                    "top_k": np.array([[c["index"] for c in p["top_k"]] for p in predictions],
+                                      dtype=np.int64).reshape(len(x), k)}
         if "generate" in verbs:
             label = scalar(inputs, "label", None)
             if "latent" in inputs:
@@ -240,7 +249,7 @@ def mount(app: FastAPI, models: dict[str, ServedModel], state: dict, limits: Lim
         if "forecast" in verbs:
             history = inputs["history"]
             horizon = scalar(inputs, "horizon", None)
-            if len(history) > limits.max_batch or history.size > limits.max_history:
+            if len(history) > limits.max_batch or max(history.size, history.shape[1]) > limits.max_history:
                 raise RequestError(f"at most {limits.max_batch} histories and {limits.max_history:,} values per "
                                    f"request, got {history.shape[0]} x {history.shape[1]}")
             if history.shape[1] < model.minimum_history:
@@ -251,7 +260,9 @@ def mount(app: FastAPI, models: dict[str, ServedModel], state: dict, limits: Lim
             trained = model.model.horizon
             if horizon is not None and not 1 <= horizon <= limits.max_horizons * trained:
                 raise RequestError(f"horizon must be from 1 to {limits.max_horizons * trained}, got {horizon}")
-            result = await infer(model.forecast, np.array(history), horizon, fewer="or shorter histories")
+            end = str(inputs["end"][0]) if "end" in inputs else None  # checked with /v1's end, by the forecast verb
+            result = await infer(model.forecast, np.array(history), horizon, end,
+                                 covariates(model, inputs, len(history)), fewer="or shorter histories")
             if not np.isfinite(result.quantiles).all():
                 raise RequestError("the model's forecast of this history is not finite; send a history on the "
                                    "scale of its training data")
@@ -274,15 +285,27 @@ def mount(app: FastAPI, models: dict[str, ServedModel], state: dict, limits: Lim
         return await answer(request, name, version)
 
 
+def covariates(model: ServedModel, inputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray] | None:
+    """A forecaster's `covariates` input (rows, steps, columns) -> {column: (steps,) shared, or (n, steps)}, as the
+    forecast verb takes them; it checks the steps against the history and the horizon."""
+    if "covariates" not in inputs:
+        return None
+    c, names = inputs["covariates"], model.forecast_card()["covariates"]
+    if len(c) not in (1, n):
+        raise RequestError(f"covariates: 1 row (shared by every history) or one per history ({n}), got {len(c)}")
+    return {name: c[0, :, i] if len(c) == 1 else c[:, :, i] for i, name in enumerate(names)}
+
+
 def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
     """An infer request's body -> the request and its input tensors by name, each its declared shape and
     datatype. The body's size is bounded before it is read (BodySizeLimit)."""
     rest = b""
     if header_length is not None:
-        if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
-            raise RequestError(f"Inference-Header-Content-Length must be the JSON header's byte count (1 to the "
-                               f"body's {len(body)}), got {header_length!r}", 400)
-        body, rest = body[:int(header_length)], body[int(header_length):]
+        length = ascii_int(header_length)
+        if length is None or not 0 < length <= len(body):
+            raise RequestError(f"Inference-Header-Content-Length must be the JSON header's byte count in the digits "
+                               f"0-9 (1 to the body's {len(body)}), got {header_length!r}", 400)
+        body, rest = body[:length], body[length:]
     try:
         req = InferRequest.model_validate_json(body or b"{}")
     except ValidationError as e:
@@ -299,6 +322,9 @@ def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[st
                                f"({', '.join(DTYPES)})", 400)
         if any(d < 0 for d in tensor.shape):
             raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} has a negative dimension", 400)
+        if math.prod(max(d, 1) for d in tensor.shape) > MAX_ELEMENTS:  # Python integers: no overflow
+            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} is too large: at most {MAX_ELEMENTS:,} "
+                               f"elements (a 0 counted as 1)", 400)
         count, dtype = math.prod(tensor.shape), np.dtype(DTYPES[tensor.datatype]).newbyteorder("<")
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
@@ -307,10 +333,13 @@ def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[st
                                    f"{len(rest)} bytes after the JSON header", 400)
             if tensor.data is not None:
                 raise RequestError(f"input {tensor.name!r}: give data or binary_data_size, not both", 400)
-            if size != count * dtype.itemsize:
+            if dtype.kind == "O":
+                array = _strings(tensor, rest[offset:offset + size], count)
+            elif size != count * dtype.itemsize:
                 raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} of {tensor.datatype} is "
                                    f"{count * dtype.itemsize} bytes, but binary_data_size says {size}", 400)
-            array = np.frombuffer(rest, dtype, count, offset).reshape(tensor.shape)
+            else:
+                array = np.frombuffer(rest, dtype, count, offset).reshape(tensor.shape)
             offset += size
         else:
             array = _from_json(tensor, count, dtype)
@@ -321,17 +350,41 @@ def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[st
     return req, tensors
 
 
+def _strings(tensor: InferInput, raw: bytes, count: int) -> np.ndarray:
+    """A binary BYTES tensor: each element a 4-byte little-endian length, then that many bytes (UTF-8 text here)."""
+    where, items, at = f"input {tensor.name!r}", [], 0
+    while at < len(raw) and len(items) < count:
+        n = int.from_bytes(raw[at:at + 4], "little")
+        if at + 4 + n > len(raw):
+            break
+        items.append(raw[at + 4:at + 4 + n])
+        at += 4 + n
+    if len(items) != count or at != len(raw):
+        raise RequestError(f"{where}: binary BYTES data must be {count} element(s), each a 4-byte little-endian "
+                           f"length and that many bytes, filling binary_data_size ({len(raw)})", 400)
+    try:
+        texts = [item.decode() for item in items]
+    except UnicodeDecodeError:
+        raise RequestError(f"{where}: BYTES elements must be UTF-8 text", 400) from None
+    return np.array(texts, dtype=object).reshape(tensor.shape)
+
+
 def _from_json(tensor: InferInput, count: int, dtype: np.dtype) -> np.ndarray:
     """A JSON tensor's data, flat or nested, in row-major order -> an array of its shape and datatype."""
     where = f"input {tensor.name!r}"
     if not isinstance(tensor.data, list):
         raise RequestError(f"{where}: give its elements as data (a list), or binary_data_size", 400)
     try:
-        values = np.array(tensor.data)
+        values = np.array(tensor.data, dtype=object if dtype.kind == "O" else None)
     except (ValueError, TypeError, OverflowError):
-        raise RequestError(f"{where}: data must be a flat or evenly nested list of numbers", 400) from None
+        raise RequestError(f"{where}: data must be a flat or evenly nested list of "
+                           f"{'strings' if dtype.kind == 'O' else 'numbers'}", 400) from None
     if values.size != count:
         raise RequestError(f"{where}: shape {tensor.shape} has {count} elements, data has {values.size}", 400)
+    if dtype.kind == "O":
+        if not all(type(v) is str for v in values.flat):
+            raise RequestError(f"{where}: BYTES data must be strings", 400)
+        return values.reshape(tensor.shape)
     kind = values.dtype.kind if values.size else dtype.kind
     if dtype.kind == "b":
         if kind != "b":
