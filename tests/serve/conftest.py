@@ -1,6 +1,13 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import start_server, train_run
+from helpers import free_port, start_server, train_run
 
 from genforge.serve.adapters import load_models
 from genforge.serve.app import create_app
@@ -78,3 +85,69 @@ def quick_logreg_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def forecast_served(forecast_runs):
     return load_models(list(forecast_runs), backend="torch")
+
+
+HELD = 1000  # a scripted server holds a generate request whose seed is at least this until its test releases it
+
+# What `genforge serve` runs (server._app, server._run), with the test's Limits, and its generators held for seeds
+# from HELD on until the file HOLD/<seed> exists: an inference as slow as the test needs, without timing
+SCRIPT = f"""
+import json, sys, time
+from pathlib import Path
+
+from genforge.serve import server
+from genforge.serve.limits import Limits
+
+runs, port, limits, hold = json.loads(sys.argv[1])
+app, models = server._app([Path(r) for r in runs], None, Limits(**limits), "torch")
+
+
+def held(generate):
+    def generate_when_released(n, label, seed, truncation):
+        while seed >= {HELD} and not (Path(hold) / str(seed)).exists():
+            time.sleep(0.01)
+        return generate(n, label, seed, truncation)
+    return generate_when_released
+
+
+for model in models.values():
+    if "generate" in model.verbs():
+        model.generate = held(model.generate)
+server._run(app, server.listen("127.0.0.1", port), "warning")
+"""
+
+
+@pytest.fixture(scope="module")
+def scripted_server(tmp_path_factory):
+    """A factory: start(runs, **limits) -> (process, base URL, hold folder) of a server with those Limits, once
+    ready; its stderr goes to hold/stderr. start.held: the first held seed. Every server still running is killed
+    after the module."""
+    procs = []
+
+    def start(runs, **limits):
+        hold, port = tmp_path_factory.mktemp("hold"), free_port()
+        with open(hold / "stderr", "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps([list(map(str, runs)), port, limits,
+                                                                              str(hold)])],
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                    stderr=stderr)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"the server exited: {(hold / 'stderr').read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    return proc, url, hold
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the server did not become ready in 120 s")
+
+    start.held = HELD
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -2,7 +2,6 @@
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,28 +16,39 @@ def executor():
         yield pool
 
 
-def recording(sizes: list, delay: float = 0.0):
+def recording(sizes: list, hold: threading.Event | None = None, holding: threading.Event | None = None):
+    """The model: x -> 10 x, recording each batch's size. hold: the first batch waits for it (and sets `holding`
+    first), so that the test knows what is queued behind it, with no timing."""
     def fn(x: torch.Tensor) -> torch.Tensor:
         sizes.append(len(x))
-        time.sleep(delay)
+        if hold is not None and len(sizes) == 1:
+            holding.set()
+            assert hold.wait(timeout=30)
         return x * 10
     return fn
 
 
+def held():
+    """(hold, holding): the events of recording's first batch."""
+    return threading.Event(), threading.Event()
+
+
 def test_concurrent_requests_share_batches_and_get_their_own_rows(executor):
-    sizes = []
-    batcher = MicroBatcher(recording(sizes, delay=0.01), executor)
+    sizes, (hold, holding) = [], held()
+    batcher = MicroBatcher(recording(sizes, hold, holding), executor)
 
     async def main():
         inputs = [torch.full((1 + i % 3, 2), float(i)) for i in range(12)]
-        return inputs, await asyncio.gather(*[batcher.submit(x) for x in inputs])
+        first = batcher.submit(inputs[0])
+        assert holding.wait(timeout=30)  # the first batch runs; the others queue behind it
+        rest = [batcher.submit(x) for x in inputs[1:]]
+        hold.set()
+        return inputs, await asyncio.gather(first, *rest)
 
     inputs, outputs = asyncio.run(main())
     for x, y in zip(inputs, outputs):
         assert torch.equal(y, x * 10)
-    assert sum(sizes) == sum(len(x) for x in inputs)
-    assert len(sizes) < 12  # the first goes alone at once; the rest queued behind it and went together
-    assert sizes[0] == len(inputs[0])
+    assert sizes == [len(inputs[0]), sum(len(x) for x in inputs[1:])]  # the first alone, the rest as one batch
 
 
 def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_runs(executor):
@@ -62,14 +72,16 @@ def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_runs(execu
 
 
 def test_a_cancelled_request_is_skipped(executor):
-    sizes = []
-    batcher = MicroBatcher(recording(sizes, delay=0.05), executor)
+    sizes, (hold, holding) = [], held()
+    batcher = MicroBatcher(recording(sizes, hold, holding), executor)
 
     async def main():
         first = batcher.submit(torch.zeros(1, 1))  # occupies the thread
+        assert holding.wait(timeout=30)
         gone = batcher.submit(torch.zeros(5, 1))
         kept = batcher.submit(torch.zeros(2, 1))
         gone.cancel()  # its timeout expired, or its client left
+        hold.set()
         await first
         return await kept
 
@@ -78,35 +90,34 @@ def test_a_cancelled_request_is_skipped(executor):
 
 
 def test_max_batch_bounds_the_rows_of_a_batch(executor):
-    sizes = []
-    batcher = MicroBatcher(recording(sizes, delay=0.02), executor, max_batch=4)
+    sizes, (hold, holding) = [], held()
+    batcher = MicroBatcher(recording(sizes, hold, holding), executor, max_batch=4)
 
     async def main():
-        await asyncio.gather(*[batcher.submit(torch.zeros(1, 1)) for _ in range(11)])
+        first = batcher.submit(torch.zeros(1, 1))
+        assert holding.wait(timeout=30)
+        rest = [batcher.submit(torch.zeros(1, 1)) for _ in range(10)]
+        hold.set()
+        await asyncio.gather(first, *rest)
 
     asyncio.run(main())
-    assert max(sizes) <= 4 and sum(sizes) == 11 and 4 in sizes  # batched, up to the bound
+    assert sizes == [1, 4, 4, 2]  # batched, up to the bound
 
 
 def test_steady_load_does_not_starve_other_work_on_the_thread(executor):
-    """The drain job re-queues itself after its quantum, so a job submitted meanwhile (a generate request) runs
-    while classify requests keep coming."""
-    batcher = MicroBatcher(recording([], delay=0.005), executor, quantum_s=0.02)
-    other_done = threading.Event()
+    """The drain job queues itself again after its quantum, so a job submitted meanwhile (a generate request) runs
+    while classify requests are still queued. A quantum of 0: after every batch, so the test needs no timing."""
+    sizes, (hold, holding) = [], held()
+    batcher = MicroBatcher(recording(sizes, hold, holding), executor, max_batch=1, quantum_s=0.0)
 
     async def main():
-        stop = time.perf_counter() + 0.5
+        first = batcher.submit(torch.zeros(1, 1))
+        assert holding.wait(timeout=30)
+        queued = [batcher.submit(torch.zeros(1, 1)) for _ in range(20)]  # 20 batches of one behind the first
+        other = asyncio.get_running_loop().run_in_executor(executor, lambda: len(sizes))  # behind the drain job
+        hold.set()
+        await asyncio.gather(first, *queued)
+        return await other
 
-        async def client():
-            while time.perf_counter() < stop:
-                await batcher.submit(torch.zeros(1, 1))
-
-        async def other():
-            await asyncio.sleep(0.05)
-            await asyncio.get_running_loop().run_in_executor(executor, other_done.set)
-            return time.perf_counter() < stop  # ran while the load went on
-
-        results = await asyncio.gather(other(), *[client() for _ in range(4)])
-        return results[0]
-
-    assert asyncio.run(main()) and other_done.is_set()
+    batches_before_other = asyncio.run(main())
+    assert batches_before_other < 21  # it ran while batches were still queued, not after all 21

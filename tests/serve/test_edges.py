@@ -4,7 +4,6 @@ hello-world route answered by the fast-path layer."""
 
 import dataclasses
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -97,28 +96,32 @@ def test_a_failing_model_is_a_json_500_on_both_paths(served, names, caplog):
 
 
 def test_concurrent_decodes_are_bounded(served, names, monkeypatch):
-    clf, decode = names[0], app_module._decode
-    running, peak, lock = [0], [0], threading.Lock()
+    """Eight uploads at once, max_decodes 2: two decode together, never more. Each decode waits (without timing)
+    until another runs beside it, or until no other is left to come, so that two overlap whenever they may."""
+    clf, decode, uploads = names[0], app_module._decode, 8
+    running, peak, started, changed = [0], [0], [0], threading.Condition()
 
     def counted(*args):  # the real decode, counted while it runs
-        with lock:
-            running[0] += 1
+        with changed:
+            running[0], started[0] = running[0] + 1, started[0] + 1
             peak[0] = max(peak[0], running[0])
+            changed.notify_all()
+            changed.wait_for(lambda: running[0] >= 2 or started[0] == uploads, timeout=10)  # s: a failure's wait
         try:
-            time.sleep(0.05)
             return decode(*args)
         finally:
-            with lock:
+            with changed:
                 running[0] -= 1
+                changed.notify_all()
 
     monkeypatch.setattr(app_module, "_decode", counted)
     with TestClient(create_app({clf: served[clf]}, limits=Limits(max_decodes=2))) as c:
         def upload(_):
             return c.post(f"/v1/models/{clf}/classify", files={"file": IMAGE}).status_code
 
-        with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(upload, range(8)))
-    assert codes == [200] * 8 and peak[0] == 2
+        with ThreadPoolExecutor(uploads) as pool:
+            codes = list(pool.map(upload, range(uploads)))
+    assert codes == [200] * uploads and peak[0] == 2
 
 
 def test_livez_is_answered_by_the_fast_path_layer(client):

@@ -1,9 +1,10 @@
-"""Hostile inputs against a real `genforge serve` process: each is refused with a 4xx in under a second, and
-the worker goes on serving."""
+"""Hostile inputs against a real `genforge serve` process: each is refused with a 4xx, without the work it asks
+for (the server's peak memory says so), and the worker goes on serving."""
 
 import http.client
 import io
 import json
+import statistics
 import struct
 import time
 import zlib
@@ -63,19 +64,21 @@ def names(served):
     return by_task["classify"], by_task["gan"]
 
 
-def test_hostile_inputs_get_a_fast_4xx_and_the_server_keeps_serving(live_server, names):
+def test_hostile_inputs_get_a_4xx_without_the_work_and_the_server_keeps_serving(live_process, names):
+    """What each refusal must not do is measured by memory, not time: decoding the 20000x20000 PNG alone is 400 MB."""
     clf, gan = names
-    with httpx.Client(base_url=live_server, timeout=10) as http:
+    proc, live_server = live_process
+    with httpx.Client(base_url=live_server, timeout=30) as http:
+        assert http.post(f"/v1/models/{clf}/classify", json={"inputs": [[0] * 784]}).status_code == 200  # warm
+        before = rss_peak_kib(proc.pid)
         for what, path, kwargs, message in hostile_requests(clf, gan):
-            t0 = time.perf_counter()
             r = http.post(path, **kwargs)
-            elapsed = time.perf_counter() - t0
             assert 400 <= r.status_code < 500, (what, r.status_code, r.text)
             assert message in r.json()["error"]["message"], (what, r.text)
-            assert elapsed < 1.0, (what, elapsed)
             ok = http.post(f"/v1/models/{clf}/classify", json={"inputs": [[0] * 784]})
             assert ok.status_code == 200, (what, ok.text)
         assert http.get("/readyz").status_code == 200
+    assert rss_peak_kib(proc.pid) - before < 32 * 1024  # KiB: no bomb was decoded, no oversized body buffered
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def rss_peak_kib(pid: int) -> int:
 
 def test_a_small_png_of_huge_dimensions_is_refused_without_decoding(live_process, names):
     """A 4096x4096 RGBA PNG is ~60 KB on disk and 64 MiB decoded (more with the alpha composite): eight at once
-    must be refused from the header, quickly, with the server's peak memory unchanged."""
+    must be refused from the header, with the server's peak memory unchanged."""
     buffer = io.BytesIO()
     Image.new("RGBA", (4096, 4096)).save(buffer, format="PNG")
     big = buffer.getvalue()
@@ -122,23 +125,22 @@ def test_a_small_png_of_huge_dimensions_is_refused_without_decoding(live_process
     url = f"{live_server}/v1/models/{names[0]}/classify"
 
     def upload(_):
-        t0 = time.perf_counter()
-        r = httpx.post(url, files={"file": ("big.png", big, "image/png")}, timeout=30)
-        return r, time.perf_counter() - t0
+        return httpx.post(url, files={"file": ("big.png", big, "image/png")}, timeout=30)
 
     before = rss_peak_kib(proc.pid)
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(upload, range(8)))
-    for r, seconds in results:
+    for r in results:
         assert r.status_code == 422 and "4096x4096 is too large" in r.json()["error"]["message"], r.text
-        assert seconds < 2.0
     assert rss_peak_kib(proc.pid) - before < 32 * 1024  # KiB: nothing near 8 x 64 MiB was decoded
 
 
-def test_a_keep_alive_connection_answers_50_requests_in_well_under_a_second(classifier_run, tmp_path, monkeypatch):
+def test_a_keep_alive_connection_answers_without_the_delayed_ack_wait(classifier_run, tmp_path, monkeypatch):
     """A plain install (no uvloop, no httptools: asyncio's loop and h11) on one keep-alive connection, as wrk and
     httpx's pool use it. Without TCP_NODELAY on the accepted socket every answer waits ~44 ms (Nagle meets the
-    client's delayed ACK): 50 requests took ~2.2 s."""
+    client's delayed ACK, whose timer is at least 40 ms on Linux): 50 requests took ~2.2 s. The median request is
+    held to 30 ms, under that floor: the median, as the time of one request or of all fifty is at a busy machine's
+    mercy."""
     for module in ("uvloop", "httptools"):
         (tmp_path / f"{module}.py").write_text("raise ImportError('hidden by the test: a plain install')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
@@ -147,17 +149,18 @@ def test_a_keep_alive_connection_answers_50_requests_in_well_under_a_second(clas
         name = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
         connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
         body = json.dumps({"inputs": [[0] * 784]})
-        t0 = time.perf_counter()
+        seconds = []
         for i in range(50):
+            t0 = time.perf_counter()
             if i % 2:
                 connection.request("POST", f"/v1/models/{name}/classify", body, {"content-type": "application/json"})
             else:
                 connection.request("GET", "/livez")
             response = connection.getresponse()
             assert response.status == 200 and response.read()
-        elapsed = time.perf_counter() - t0
+            seconds.append(time.perf_counter() - t0)
         connection.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert elapsed < 1.0, f"50 keep-alive requests took {elapsed:.2f} s"
+    assert statistics.median(seconds) < 0.030, f"the median keep-alive request took {statistics.median(seconds):.3f} s"

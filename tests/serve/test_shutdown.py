@@ -1,14 +1,15 @@
-"""SIGTERM while requests are in flight: they all complete, readiness turns off, and the process exits 0."""
+"""SIGTERM while requests are in flight: they all complete, readiness turns off, and the process exits 0. Past the
+concurrency limit a request is refused at once."""
 
 import http.client
 import json
 import signal
 import socket
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from helpers import start_server
+from helpers import error_of, start_server
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(gan_run):
@@ -29,23 +30,16 @@ def _drain_eight_held_requests(proc, url: str) -> list:
     body = json.dumps({"n": 256, "format": "array", "seed": 3}).encode()
     head = (f"POST /v1/models/{name}/generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n\r\n").encode()
-    # Eight requests held in flight for sure: headers and half the body sent, the rest only after the signal
-    # (a generate answers in tens of ms, too fast to catch in flight by timing alone)
+    # Eight requests held in progress for sure: headers and half the body sent, the rest only after the signal
+    # (a generate answers in tens of ms, too fast to catch in flight by timing alone). The server is reading their
+    # bodies (within body_timeout_s, 10 s): a request counts as in flight only once its body is in
     clients = [socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=60) for _ in range(8)]
     for c in clients:
         c.sendall(head + body[: len(body) // 2])
-    deadline = time.monotonic() + 30
-    while in_flight(url) < 8 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert in_flight(url) == 8
+    until(lambda: gauge(url, "genforge_receiving") == 8, "eight bodies being read")
     proc.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
-    assert proc.poll() is None, "the server exited with requests in flight"
-    try:
-        ready = httpx.get(f"{url}/readyz", timeout=2).status_code
-    except httpx.TransportError:  # the listening socket is already closed: as good as not ready
-        ready = None
-    assert ready in (503, None)
+    until(lambda: not_ready(url), "not ready after SIGTERM")
+    assert proc.poll() is None, "the server exited with requests in progress"
     answers = []
     for c in clients:
         c.sendall(body[len(body) // 2:])
@@ -56,35 +50,43 @@ def _drain_eight_held_requests(proc, url: str) -> list:
     return answers
 
 
-def in_flight(url: str) -> float:
-    line = next(x for x in httpx.get(f"{url}/metrics").text.splitlines() if x.startswith("genforge_in_flight "))
+def gauge(url: str, name: str) -> float:
+    line = next(x for x in httpx.get(f"{url}/metrics", timeout=10).text.splitlines() if x.startswith(f"{name} "))
     return float(line.split()[1])
 
 
-def test_past_the_concurrency_limit_the_excess_gets_503_at_once(gan_run):
-    proc, url = start_server([gan_run], "--max-concurrency", "2")
+def not_ready(url: str) -> bool:
     try:
-        name = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
-        results, started = [], threading.Barrier(16)
+        return httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+    except httpx.TransportError:  # the listening socket is already closed: as good as not ready
+        return True
 
-        def call():
-            started.wait()
-            t0 = time.perf_counter()
-            r = httpx.post(f"{url}/v1/models/{name}/generate", json={"n": 256, "format": "array"}, timeout=60)
-            results.append((r.status_code, time.perf_counter() - t0, r.json()))
 
-        threads = [threading.Thread(target=call) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        codes = sorted(code for code, _, _ in results)
-        assert set(codes) <= {200, 503} and codes.count(200) >= 2 and codes.count(503) >= 1, codes
-        refused = [(seconds, body) for code, seconds, body in results if code == 503]
-        assert all("concurrency limit" in body["error"]["message"] for _, body in refused)
-        assert all(seconds < 1.0 for seconds, _ in refused), refused  # at once, not after a wait in a queue
-        metrics = httpx.get(f"{url}/metrics").text
-        assert 'genforge_requests_total{route="generate",status="503"}' in metrics
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def until(condition, what: str, seconds: float = 30.0):
+    """Poll `condition` until it holds (a generous deadline: it only bounds a failure's wait)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {seconds:g} s"
+        time.sleep(0.02)
+
+
+def test_past_the_concurrency_limit_the_excess_gets_503_at_once(scripted_server, gan_run):
+    """Two generate requests hold both slots (the server holds them until the test releases them); a third is
+    refused while they are still held: at once, not after a wait in a queue."""
+    proc, url, hold = scripted_server([gan_run], max_concurrency=2, timeout_s=60)
+    name, held = httpx.get(f"{url}/v1/models").json()["models"][0]["name"], scripted_server.held
+    generate = f"{url}/v1/models/{name}/generate"
+    with ThreadPoolExecutor(2) as pool:
+        holding = [pool.submit(httpx.post, generate, json={"n": 4, "seed": held + i, "format": "array"}, timeout=60)
+                   for i in range(2)]
+        until(lambda: gauge(url, "genforge_in_flight") == 2, "both slots taken")
+        r = httpx.post(generate, json={"n": 4, "format": "array"}, timeout=60)
+        assert not any(h.done() for h in holding)  # still held: the 503 did not wait for a slot
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "concurrency limit" in error_of(r)
+        for i in range(2):
+            (hold / str(held + i)).touch()
+        assert [h.result().status_code for h in holding] == [200, 200]
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'genforge_requests_total{route="generate",status="503"} 1.0' in metrics
+    assert httpx.post(generate, json={"n": 4, "format": "array"}, timeout=60).status_code == 200  # slots freed

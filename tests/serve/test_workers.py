@@ -2,11 +2,13 @@
 /metrics added up over both, and SIGTERM to the supervisor drains both (an answer in flight completes) with exit
 code 0."""
 
+import http.client
+import json
 import signal
 import socket
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -35,6 +37,11 @@ def _accepted(pid: int, peers: set[int]) -> int:
         if target.startswith("socket:["):
             held.add(target[len("socket:["):-1])
     return len(held & inodes)
+
+
+def _gauge(url: str, name: str) -> float:
+    line = next(x for x in httpx.get(f"{url}/metrics", timeout=10).text.splitlines() if x.startswith(f"{name} "))
+    return float(line.split()[1])
 
 
 def test_two_workers_share_a_port_add_up_metrics_and_drain(classifier_run):
@@ -71,18 +78,23 @@ def test_two_workers_share_a_port_add_up_metrics_and_drain(classifier_run):
             totals.add(float(line.split()[-1]))
             assert "genforge_ready 1.0" in text
         assert totals == {20.0}
-        slow = {}
-
-        def explain_slowly():  # an explanation that takes a while, in flight when SIGTERM comes
-            slow["r"] = httpx.post(f"{url}/v1/models/fashion-cnn-fast/explain", timeout=60, json={
-                "inputs": [image] * 16, "method": "integrated-gradients", "steps": 64})
-
-        thread = threading.Thread(target=explain_slowly)
-        thread.start()
-        threading.Event().wait(0.3)  # accepted and running
+        # an explanation in progress when SIGTERM comes, for sure: its headers and half its body sent before the
+        # signal, the rest after it (an explanation's time is no hold to count on)
+        body = json.dumps({"inputs": [image] * 4, "method": "integrated-gradients", "steps": 8}).encode()
+        explain = socket.create_connection((host, int(port)), timeout=60)
+        explain.sendall(f"POST /v1/models/fashion-cnn-fast/explain HTTP/1.1\r\nhost: {host}\r\ncontent-type: "
+                        f"application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
+        # the worker that reads it writes its gauge at each scrape it answers; either worker answers a scrape
+        deadline = time.monotonic() + 30
+        while _gauge(url, "genforge_receiving") < 1:
+            assert time.monotonic() < deadline, "the explanation's body was not being read within 30 s"
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
-        thread.join()
-        assert slow["r"].status_code == 200 and len(slow["r"].json()["explanations"]) == 16
+        explain.sendall(body[len(body) // 2:])
+        response = http.client.HTTPResponse(explain)
+        response.begin()
+        assert response.status == 200 and len(json.loads(response.read())["explanations"]) == 4
+        explain.close()
         assert proc.wait(timeout=60) == 0
         assert not any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
                        for w in workers)

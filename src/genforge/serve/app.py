@@ -30,8 +30,9 @@ from genforge.errors import GenforgeError
 from genforge.explain import DEFAULT_METHOD, DEFAULT_STEPS, MAX_STEPS, METHODS
 from genforge.sample import reconstruction_errors
 from genforge.serve.adapters import NotExplainable, ServedModel, as_array
-from genforge.serve.batching import MicroBatcher
-from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, replay
+from genforge.serve.batching import InferenceThread, MicroBatcher
+from genforge.serve.limits import (BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, read_body,
+                                   replay)
 from genforge.serve.v2 import ProtocolErrors
 from genforge.serve.v2 import mount as mount_v2
 
@@ -298,8 +299,9 @@ class FrontedAPI(FastAPI):
 
 
 class Gate:
-    """ASGI middleware in front of the routes: bearer token, the concurrency limit (503 at once when full),
-    and the Prometheus request metrics."""
+    """ASGI middleware in front of the routes: bearer token, then the body read in full within body_timeout_s (408
+    past it), then the concurrency limit (503 at once when full), and the Prometheus request metrics. A request
+    counts against the limit only once its body is in: clients that send headers and stall hold no slot."""
 
     OPEN = ("/", "/livez", "/readyz", "/favicon.ico", "/v2/health/live", "/v2/health/ready")
 
@@ -317,9 +319,21 @@ class Gate:
             if not hmac.compare_digest(given.encode(), token.encode()):
                 return await _send(send, _error(401, "send the token as the header 'Authorization: Bearer TOKEN'",
                                                 {"www-authenticate": "Bearer"}), scope, receive)
-        route = _route_label(path)
+        route, limits = _route_label(path), state["limits"]
+        if scope["method"] not in ("GET", "HEAD"):
+            t0, state["receiving"] = time.perf_counter(), state["receiving"] + 1
+            try:
+                body = await read_body(receive, limits.max_body_bytes, limits.body_timeout_s)
+            except RequestError as e:  # 408, or 413 for a streamed body
+                state["metrics"].observe(route, e.status, time.perf_counter() - t0)
+                return await _send(send, _error(e.status, str(e), {"connection": "close"}), scope, receive)
+            finally:
+                state["receiving"] -= 1
+            if body is None:  # the client left
+                return
+            receive = replay(body, receive)
         limited = scope["method"] == "POST"
-        if limited and state["in_flight"] >= state["limits"].max_concurrency:
+        if limited and state["in_flight"] >= limits.max_concurrency:
             state["metrics"].observe(route, 503, 0.0)
             return await _send(send, _error(503, "the server is at its concurrency limit; retry shortly",
                                             {"retry-after": "1"}), scope, receive)
@@ -493,6 +507,8 @@ class Metrics:
                            multiprocess_mode="livemin")
         self.in_flight = Gauge("genforge_in_flight", "POST requests being answered", registry=self.registry,
                                multiprocess_mode="livesum")
+        self.receiving = Gauge("genforge_receiving", "Requests whose body is still arriving (not yet in flight)",
+                               registry=self.registry, multiprocess_mode="livesum")
 
     def follow(self, state: dict) -> None:
         """The gauges follow the app's state: readiness (SIGTERM included) and requests in flight."""
@@ -501,11 +517,13 @@ class Metrics:
             return
         self.ready.set_function(lambda: float(state["ready"]))
         self.in_flight.set_function(lambda: float(state["in_flight"]))
+        self.receiving.set_function(lambda: float(state["receiving"]))
 
     def _write_gauges(self) -> None:
         if self.state is not None:
             self.ready.set(float(self.state["ready"]))
             self.in_flight.set(float(self.state["in_flight"]))
+            self.receiving.set(float(self.state["receiving"]))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -527,15 +545,36 @@ class Metrics:
         return generate_latest(registry)
 
 
+async def watch_threads(state: dict) -> None:
+    """Readiness follows the inference threads. A job that runs past the inference timeout (its caller had its
+    504) holds its thread until it ends, Python cannot stop it, and every request queued behind it times out too:
+    the server says not ready (/readyz 503, the ready gauge 0) until the job ends, so that a load balancer sends the
+    traffic elsewhere, and SIGTERM leaves the thread behind (server.py). Checked every min(1 s, timeout / 2)."""
+    timeout = state["limits"].timeout_s
+    while True:
+        await asyncio.sleep(min(1.0, timeout / 2))
+        busy = max(thread.busy_for() for thread in state["threads"])  # s
+        if busy > timeout:
+            if not state["lost"]:
+                log.warning("an inference has run for %.1f s, past the %g s timeout: not ready until it ends",
+                            busy, timeout)
+            state["ready"], state["lost"] = False, (f"not ready: an inference has run for {busy:.0f} s, past the "
+                                                    f"{timeout:g} s timeout; requests wait until it ends")
+        elif state["lost"]:
+            log.warning("the overrunning inference ended: ready again")
+            state["ready"], state["lost"] = not state["draining"], None
+
+
 def create_app(models: dict[str, ServedModel], token: str | None = None, limits: Limits = Limits()) -> FastAPI:
     """The API over already-loaded models. `token`: every route but the page and the probes needs it."""
     metrics = Metrics()
-    state = {"token": token, "limits": limits, "in_flight": 0, "metrics": metrics, "ready": False,
-             "decodes": asyncio.Semaphore(limits.max_decodes)}
+    state = {"token": token, "limits": limits, "in_flight": 0, "receiving": 0, "metrics": metrics, "ready": False,
+             "draining": False, "lost": None, "decodes": asyncio.Semaphore(limits.max_decodes)}
     metrics.follow(state)  # readiness (SIGTERM included) and requests in flight
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # one thread: no contention
+    executor = InferenceThread("inference")  # one thread: no contention
     # explanations (backward passes, up to seconds) on a thread of their own: classify's queue never waits on them
-    explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
+    explain_executor = InferenceThread("explain")
+    state["threads"] = (executor, explain_executor)  # watched for overruns (watch_threads, and the server's exit)
     batchers = {name: MicroBatcher(m.probabilities, executor, limits.max_batch,
                                    on_batch=metrics.batch.labels(name).observe)
                 for name, m in models.items() if "classify" in m.verbs()}
@@ -548,8 +587,10 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
         loop = asyncio.get_running_loop()
         for model in models.values():
             await loop.run_in_executor(executor, model.warm_up)
-        state["ready"] = True
+        state["ready"], state["lost"] = True, None
+        watchdog = asyncio.create_task(watch_threads(state))
         yield
+        watchdog.cancel()
         state["ready"] = False  # the executor lives as long as the app: a test client may start it again
 
     app = FrontedAPI(title="genforge", version="1", lifespan=lifespan, responses=ERRORS,
@@ -659,7 +700,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
              responses={503: {"model": ErrorBody}})
     async def readyz():
         if not state["ready"]:
-            return _error(503, "not ready: models are loading or the server is shutting down")
+            return _error(503, state["lost"] or "not ready: models are loading or the server is shutting down")
         return {"status": "ready", "models": list(models)}
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",

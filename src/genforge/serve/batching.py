@@ -4,7 +4,10 @@ A request that finds the batcher idle starts a drain job on the inference thread
 is queued (up to max_batch rows), runs it as one batch, hands the results to the event loop, and takes the next
 batch straight away, so batches grow with load and the thread never waits for the busy event loop between
 batches. After `quantum_s` the job queues itself behind the thread's other work (generate, other models), so one
-model's steady load cannot starve them."""
+model's steady load cannot starve them.
+
+The inference thread itself is an InferenceThread: it knows since when its current job runs, so that a job past the
+inference timeout (whose caller had its 504) can be seen for what it is, a thread lost to it until it ends."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import torch
 
@@ -92,3 +95,27 @@ class MicroBatcher:
                 else:
                     future.set_result(out[start: start + n])
             start += n
+
+
+class InferenceThread(ThreadPoolExecutor):
+    """One worker thread that records since when its current job runs. Python cannot stop a thread: a job that
+    overruns its request's timeout holds the thread until it ends, and every job queued behind it waits."""
+
+    def __init__(self, name: str):
+        super().__init__(max_workers=1, thread_name_prefix=name)
+        self.since: float | None = None  # time.monotonic() when the running job started; None while idle
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(self._timed, fn, args, kwargs)
+
+    def _timed(self, fn, args, kwargs):
+        self.since = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.since = None
+
+    def busy_for(self) -> float:
+        """Seconds the current job has run; 0 while idle."""
+        since = self.since
+        return 0.0 if since is None else time.monotonic() - since

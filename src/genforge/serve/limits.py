@@ -3,6 +3,7 @@ range and counts of what was sent."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from itertools import chain
@@ -23,8 +24,9 @@ class Limits:
     max_n: int = 256  # images per generate request; steps per interpolation
     max_history: int = 100_000  # history values per forecast request, all its series together
     max_horizons: int = 20  # a forecast's horizon: at most this many trained horizons (one model call each)
-    max_concurrency: int = 32  # requests in flight at once; beyond that 503 at once instead of a growing queue
+    max_concurrency: int = 32  # requests in flight at once (counted once the body is in); beyond that 503 at once
     timeout_s: float = 10.0  # inference time before 504
+    body_timeout_s: float = 10.0  # from the headers to the body's last byte (1 MiB: >= 100 KiB/s) before 408
 
 
 class RequestError(GenforgeError):
@@ -36,10 +38,8 @@ class RequestError(GenforgeError):
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 when Content-Length says too much, or when a streamed body (chunked, no length) grows
-    past the limit; either way the body is never buffered beyond max_bytes. A streamed body is read here, in
-    full, before the app sees it: an error raised from inside the app's receive would reach FastAPI's body
-    parsing and starlette's form parser, which answer it with their own 400 or 500."""
+    """ASGI middleware: 413 at once when Content-Length says too much, before anything is read. The body itself
+    is read by read_body, behind the bearer token's check (Gate)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -49,21 +49,50 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await _reject(send, self.max_bytes)
-        if length is not None or scope["method"] in ("GET", "HEAD"):
-            return await self.app(scope, receive, send)  # the server reads at most content-length bytes
-        chunks, received = [], 0
+            return await _reject(send, 413, too_large(self.max_bytes))
+        await self.app(scope, receive, send)
+
+
+def too_large(max_bytes: int) -> str:
+    return f"request body is larger than {max_bytes:,} bytes; send fewer or smaller images"
+
+
+async def read_body(receive, max_bytes: int, timeout_s: float) -> bytes | None:
+    """The whole request body, None when the client left. RequestError 413 when it grows past max_bytes (a streamed
+    body, chunked, has no length to check first) and 408 when it has not all come within timeout_s: a client that
+    sends headers and then a trickle holds nothing for longer than that. Read in full before the app sees it: the
+    Gate counts a request against max_concurrency only once its body is in, and an error raised from inside the
+    app's receive would reach FastAPI's body parsing and starlette's form parser, which answer it with their own 400
+    or 500."""
+    task, expired = asyncio.current_task(), []
+
+    def expire():
+        expired.append(True)
+        task.cancel()  # delivered at the `await receive()` below: the only place this task waits until the timer ends
+
+    # a timer on the task, not asyncio.wait_for: that adds a task per request (~30 us, measured, on the hot path)
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    chunks, received = [], 0
+    try:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return None
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
-            if received > self.max_bytes:
-                return await _reject(send, self.max_bytes)
+            if received > max_bytes:
+                raise RequestError(too_large(max_bytes), 413)
             if not message.get("more_body", False):
-                break
-        await self.app(scope, replay(b"".join(chunks), receive), send)
+                return b"".join(chunks)
+    except asyncio.CancelledError:
+        if not expired:
+            raise  # cancelled from outside (shutdown)
+        if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled here
+            task.uncancel()
+        raise RequestError(f"the request body did not arrive within {timeout_s:g} s of its headers ({received:,} "
+                           f"bytes came); send it whole, at once", 408) from None
+    finally:
+        timer.cancel()
 
 
 def replay(body: bytes, receive):
@@ -80,13 +109,15 @@ def replay(body: bytes, receive):
     return replayed
 
 
-async def _reject(send, max_bytes: int) -> None:
+async def _reject(send, status: int, message: str) -> None:
+    """An error answer from the layers in front of the app; the connection closes after it, since the rest of the
+    body was not read."""
     import json
 
-    body = json.dumps({"error": {"status": 413, "message": f"request body is larger than {max_bytes:,} bytes; "
-                                                           f"send fewer or smaller images"}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    body = json.dumps({"error": {"status": status, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 

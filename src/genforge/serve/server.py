@@ -74,7 +74,8 @@ def listen(host: str, port: int, backlog: int | None = 2048, reuse_port: bool = 
 def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_file: Path | None = None,
           limits: Limits = Limits(), log_level: str = "warning", backend: str = "auto", workers: int = 1) -> None:
     """Load the runs, then serve until SIGINT/SIGTERM: the server turns not-ready at once, stops accepting,
-    lets in-flight requests finish (up to 30 s) and exits 0. workers > 1: that many server processes on the one
+    lets in-flight requests finish (up to 30 s) and exits 0, leaving behind an inference that overran its timeout
+    (_run). workers > 1: that many server processes on the one
     socket (see supervise)."""
     token = read_token(token_file, host)
     # before loading: a taken port is a one-line error, not one after the models load. Several workers each listen on
@@ -102,13 +103,20 @@ def _app(runs: list[Path], token: str | None, limits: Limits, backend: str):
 
 
 def _run(app, sock: socket.socket, log_level: str, announce=None) -> None:
+    """Serve until SIGINT/SIGTERM, then drain. An inference thread still on a job after the drain is on one past
+    its timeout (every request has had its answer, a 504 for that one): the process exits without waiting for it,
+    since Python cannot stop a thread and the interpreter's exit would wait for it, forever for a job that never
+    ends."""
+    import os
+    from concurrent.futures import wait
+
     import uvicorn
 
     state = app.state.genforge
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            state["ready"] = False  # /readyz answers 503 from the first signal on
+            state["ready"], state["draining"] = False, True  # /readyz answers 503 from the first signal on
             super().handle_exit(sig, frame)
             self._captured_signals.clear()  # a drained shutdown is a clean exit (0), not death by signal
 
@@ -117,6 +125,13 @@ def _run(app, sock: socket.socket, log_level: str, announce=None) -> None:
     if announce:
         announce()
     DrainingServer(config).run(sockets=[sock])
+    # a job that ends normally frees its thread in milliseconds; one that does not within 1 s is the overrun
+    if wait([thread.submit(int) for thread in state["threads"]], timeout=1.0).not_done:
+        busy = max(thread.busy_for() for thread in state["threads"])
+        print(f"exiting with an inference still running (for {busy:.0f} s; its request had its answer): a thread "
+              f"cannot be stopped", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)  # a drained shutdown: every request had its answer
 
 
 def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token: str | None, limits: Limits,
