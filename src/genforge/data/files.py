@@ -97,6 +97,10 @@ def _read_rows(spec: str, path: Path) -> list[list[str]]:
         raise GenforgeError(f"{spec}: cannot read {path} ({e}); give csv:PATH to a readable CSV file") from None
 
 
+def _cell(value: str, limit: int = 40) -> str:
+    """A cell as an error message quotes it: at most `limit` characters (a runaway quote makes a 100,000-char one)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value):,} characters)"
+
 def _label_column(spec: str, header: list[str]) -> int:
     """The column named `label` (any case). No fallback to another column: a label column picked by position
     turns a feature into hundreds of classes without a word."""
@@ -135,13 +139,13 @@ def load_csv(spec: str) -> Dataset:
             numbers = [float(v) for v in values]
         except ValueError:
             col = next(j for j, v in enumerate(values) if not _is_float(v))
-            raise GenforgeError(f"{spec}: line {i} of {path}, column {names[col]!r} is {values[col]!r}, "
+            raise GenforgeError(f"{spec}: line {i} of {path}, column {names[col]!r} is {_cell(values[col])}, "
                                 f"not a number; features must be numeric (name the label column `label`)") \
                 from None
         bad = [j for j, v in enumerate(numbers) if not abs(v) <= FLOAT32_MAX]  # inf, nan and 1e39 alike
         if bad:
             col = bad[0]
-            raise GenforgeError(f"{spec}: line {i} of {path}, column {names[col]!r} is {values[col].strip()!r}: "
+            raise GenforgeError(f"{spec}: line {i} of {path}, column {names[col]!r} is {_cell(values[col].strip())}: "
                                 f"features must be finite numbers within float32's ±{FLOAT32_MAX:.3g} (no inf, "
                                 f"no nan: fill or drop missing values)")
         features[i - 2] = numbers
