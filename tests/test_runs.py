@@ -152,3 +152,60 @@ def test_cross_validation_folds_only_train_and_score(tmp_path, capsys, monkeypat
         assert 0.9 < summary["fold_accuracy"] <= 1 and "latency_ms_b1" not in summary
         assert runs.load_run(fold).model is not None  # a fold's weights are kept: it loads like any run
     print(f"cv, 3 folds of blobs-logreg, 3 epochs: {seconds:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def trained_logreg(tmp_path_factory):
+    cfg = load_config("blobs-logreg", ["train.threads=1", "train.epochs=1"])
+    run = runs.create_run(tmp_path_factory.mktemp("meta"), cfg.name, cfg)
+    train(cfg, run, quiet=True)
+    return run
+
+
+def _without(key):
+    return lambda meta: {k: v for k, v in meta.items() if k != key}
+
+
+def _with(**changes):
+    return lambda meta: {**meta, **changes}
+
+
+@pytest.mark.parametrize(("edit", "message"), [  # edit: meta -> what meta.json then holds (a str: its text)
+    (_without("input_shape"), "no key 'input_shape' (a list of positive integers)"),
+    (_without("classes"), "no key 'classes'"),
+    (_with(input_shape="2"), "'input_shape' must be a list of positive integers, not \"2\""),
+    (_with(input_shape=[2, -1]), "'input_shape' must be a list of positive integers"),
+    (_with(norm_shape=[True]), "'norm_shape' must be a list of positive integers"),
+    (_with(classes=5), "'classes' must be a list of strings, not 5"),
+    (_with(dataset=None), "'dataset' must be a string"),
+    (_with(season="weekly"), "'season' must be a positive integer"),
+    (lambda meta: [1, 2], "holds a JSON list, not an object"),
+    (lambda meta: '{"input_shape": [2', "not valid JSON"),
+])
+def test_a_crafted_meta_json_is_one_line_naming_the_key(trained_logreg, tmp_path, edit, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_logreg, run)
+    edited = edit(json.loads((run / "meta.json").read_text()))
+    (run / "meta.json").write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(runs.GenforgeError) as e:
+        runs.load_run(run)
+    assert message in str(e.value) and "meta.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_crafted_meta_json_through_the_command_line_exits_2(trained_logreg, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import numpy as np
+    from helpers import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_logreg, run)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "norm_shape": "x"}))
+    np.save(tmp_path / "x.npy", np.zeros((1, 2), dtype=np.float32))
+    code, _, err = run_cli(capsys, monkeypatch, "predict", run, tmp_path / "x.npy")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "'norm_shape'" in lines[0] and "Traceback" not in err, err
+    assert runs.load_run(trained_logreg).meta["input_shape"] == [2]  # the untouched run still loads

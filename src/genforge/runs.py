@@ -198,7 +198,51 @@ def weights_digest(run: Path) -> str | None:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A run's JSON file as a dict ({} when it is absent); a damaged one is a one-line error naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenforgeError(f"{path}: not valid JSON ({e}); the run directory is damaged: restore the file, or "
+                            f"train the run again") from None
+    if not isinstance(data, dict):
+        raise GenforgeError(f"{path}: holds a JSON {type(data).__name__}, not an object; the run directory is "
+                            f"damaged: restore the file, or train the run again")
+    return data
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)
+
+
+def _is_strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+META_KEYS = {  # what load_run and the run's users read from meta.json: key -> (required, check, what it must be)
+    "dataset": (True, lambda v: isinstance(v, str), "a string"),
+    "classes": (True, _is_strings, "a list of strings"),
+    "input_shape": (True, lambda v: _is_shape(v) and len(v) >= 1, "a list of positive integers"),
+    "norm_shape": (True, _is_shape, "a list of positive integers"),
+    "freq": (False, lambda v: v is None or isinstance(v, str), "a pandas frequency string"),
+    "season": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer"),
+    "series": (False, _is_strings, "a list of strings"),
+}
+
+
+def check_meta(meta: dict, path: Path) -> dict:
+    """meta.json's keys that rebuild the model, checked before any is used: a missing key or a wrong type is one line
+    naming it (a hand-edited or crafted file, not a traceback from deep in build_model)."""
+    for key, (required, check, what) in META_KEYS.items():
+        if key not in meta:
+            if required:
+                raise GenforgeError(f"{path}: no key {key!r} ({what}); the run directory is damaged: restore the "
+                                    f"file, or train the run again")
+        elif not check(meta[key]):
+            raise GenforgeError(f"{path}: {key!r} must be {what}, not {json.dumps(meta[key])[:60]}; the run directory "
+                                f"is damaged: restore the file, or train the run again")
+    return meta
 
 
 @dataclass
@@ -328,6 +372,7 @@ def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = N
         if backend == "torch" and exported:
             raise GenforgeError(f"{run} holds only ONNX models (export/): load it with backend onnxruntime")
         raise GenforgeError(f"{run} has no trained model yet ({weights.name} missing); finish or resume training")
+    check_meta(meta, run / "meta.json")
     zeros = torch.zeros(meta["norm_shape"])
     model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["classes"]), zeros, zeros + 1)
     if checkpoint and weights.is_file():
