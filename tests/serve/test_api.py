@@ -210,3 +210,36 @@ def test_slow_inference_answers_504_and_the_server_keeps_serving(served, names, 
         slow.set()
         r = c.post(f"/v1/models/{clf}/classify", json={"inputs": [image]})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+
+@pytest.fixture(scope="module")
+def lean(classifier_run, forecast_served):
+    """The classifier and the Nile forecasters (no generators to train first); a 500 answered rather than raised."""
+    from genforge.serve.adapters import load_models
+
+    models = {**load_models([classifier_run], backend="torch"), **forecast_served}
+    with TestClient(create_app(models), raise_server_exceptions=False) as c:
+        yield c, next(iter(models))
+
+
+WRITTEN = ["٣", "１２", "²", "+3", " 3", "3_0", "3.0", "9" * 150]  # int() reads the first two, pydantic the next four
+
+
+@pytest.mark.parametrize("value", WRITTEN)
+def test_an_integer_written_as_text_is_the_digits_0_to_9(lean, fashion, value):
+    """One rule for every integer a request writes as text (a JSON string, a form field, a query parameter), the
+    rule of the v2 header and the explain target: the digits 0-9, nothing else."""
+    c, clf = lean
+    image = fashion.test_x[0, 0].numpy()
+    upload = {"file": ("x.png", png(image), "image/png")}
+    answers = {
+        "JSON top_k": c.post(f"/v1/models/{clf}/classify", json={"inputs": [image.tolist()], "top_k": value}),
+        "form top_k": c.post(f"/v1/models/{clf}/classify", files=upload, data={"top_k": value}),
+        "query top_k": c.post(f"/v1/models/{clf}/classify", params={"top_k": value}, json={"inputs": [[0] * 784]}),
+        "form steps": c.post(f"/v1/models/{clf}/explain", files=upload, data={"steps": value}),
+        "JSON horizon": c.post("/v1/models/nile-lstm/forecast", json={"history": [1.0] * 24, "horizon": value}),
+    }
+    for where, r in answers.items():
+        assert r.status_code == 422 and "digits 0-9" in error_of(r), (where, r.text)
+    assert c.post(f"/v1/models/{clf}/classify", files=upload, data={"top_k": "3"}).status_code == 200
+    assert c.post(f"/v1/models/{clf}/classify", json={"inputs": [image.tolist()], "top_k": "2"}).status_code == 200

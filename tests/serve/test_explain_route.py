@@ -26,6 +26,14 @@ def images():
     return load_dataset("fashion-mnist", progress=False).test_x[:4, 0].numpy()  # (4, 28, 28) uint8
 
 
+@pytest.fixture(scope="module")
+def classifier_alone(classifier_run):
+    """The classifier alone behind the app (no generators to train first), a 500 answered rather than raised."""
+    (name, model), = load_models([classifier_run], backend="torch").items()
+    with TestClient(create_app({name: model}), raise_server_exceptions=False) as c:
+        yield c, name
+
+
 def test_the_answer_has_each_inputs_attributions_in_its_shape(client, names, images):
     clf = names[0]
     r = client.post(f"/v1/models/{clf}/explain", json={"inputs": images[:3].tolist(), **FEW})
@@ -91,6 +99,18 @@ def test_png_is_one_overlay_or_a_grid_of_them(client, names, images):
 def test_bad_requests_are_a_422_with_a_message(client, names, body, message):
     r = client.post(f"/v1/models/{names[0]}/explain", json={"inputs": [[0] * 784], **body})
     assert r.status_code == 422 and message in error_of(r), r.text
+
+
+@pytest.mark.parametrize("target", ["٣", "１", "²", "1²", "𝟙", "+1", " 1", "1_0", "9" * 150])
+def test_a_target_index_is_written_in_the_digits_0_to_9(classifier_alone, images, target):
+    """str.isdigit() passes each of these, and int() reads some ('٣' as class 3), refuses others ('²': a 500 before)
+    or takes signs and spaces: a class index is the digits 0-9, anything else a label, in JSON and in a form."""
+    c, clf = classifier_alone
+    by_json = c.post(f"/v1/models/{clf}/explain", json={"inputs": images[:1].tolist(), "target": target, **FEW})
+    by_form = c.post(f"/v1/models/{clf}/explain", files={"file": ("x.png", png(images[0]), "image/png")},
+                     data={"target": target, **{k: str(v) for k, v in FEW.items()}})
+    for r in (by_json, by_form):
+        assert r.status_code == 422 and f"no class labelled {target!r}" in error_of(r), r.text
 
 
 def test_the_route_checks_like_classify(client, names):

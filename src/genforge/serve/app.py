@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import orjson
@@ -22,14 +22,14 @@ from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import GenforgeError
 from genforge.explain import DEFAULT_METHOD, DEFAULT_STEPS, MAX_STEPS, METHODS
 from genforge.sample import reconstruction_errors
-from genforge.serve.adapters import NotExplainable, ServedModel, as_array
+from genforge.serve.adapters import NotExplainable, ServedModel, as_array, ascii_int
 from genforge.serve.batching import InferenceThread, MicroBatcher
 from genforge.serve.limits import (BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, read_body,
                                    replay)
@@ -41,13 +41,28 @@ log = logging.getLogger("genforge.serve")
 Number = float | int
 
 
+def _digits(value):
+    """An integer field written as text (a form field, a query parameter, a JSON string) -> its value, by the rule
+    every integer written as text in a request follows (adapters.ascii_int: the digits 0-9 only); pydantic alone
+    would also take signs, spaces, underscores and "3.0". Any other value goes on to pydantic as it is."""
+    if isinstance(value, str):
+        number = ascii_int(value)
+        if number is None:
+            raise ValueError(f"write a whole number in the digits 0-9, got {value!r}")
+        return number
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_digits)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ClassifyOptions(_Strict):
     """The fields beside the inputs: the JSON body's, and a multipart upload's form fields."""
-    top_k: int = Field(3, ge=1, le=1000, description="Classes listed per input, most probable first")
+    top_k: Integer = Field(3, ge=1, le=1000, description="Classes listed per input, most probable first")
     range: Literal["auto", "0-255", "0-1"] = Field("auto", description="Pixel scale; auto: 0-1 if every value <= 1")
 
 
@@ -57,23 +72,23 @@ class ClassifyRequest(ClassifyOptions):
 
 
 class GenerateRequest(_Strict):
-    n: int = Field(16, ge=1, le=256, description="Number of images")
-    label: int | None = Field(None, ge=0, le=100_000, description="Class to draw (class-conditional models)")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="The same seed gives the same images")
+    n: Integer = Field(16, ge=1, le=256, description="Number of images")
+    label: Integer | None = Field(None, ge=0, le=100_000, description="Class to draw (class-conditional models)")
+    seed: Integer = Field(0, ge=0, le=2**31 - 1, description="The same seed gives the same images")
     truncation: float | None = Field(None, gt=0, le=10, description="Redraw latent entries beyond ±T")
     format: Literal["png", "array"] = "png"
 
 
 class InterpolateRequest(_Strict):
-    steps: int = Field(10, ge=2, le=256)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    from_label: int | None = Field(None, ge=0, le=100_000)
-    to_label: int | None = Field(None, ge=0, le=100_000)
+    steps: Integer = Field(10, ge=2, le=256)
+    seed: Integer = Field(0, ge=0, le=2**31 - 1)
+    from_label: Integer | None = Field(None, ge=0, le=100_000)
+    to_label: Integer | None = Field(None, ge=0, le=100_000)
     format: Literal["png", "array"] = "array"
 
 
 class ReconstructOptions(_Strict):
-    label: int | None = Field(None, ge=0, le=100_000, description="The inputs' class (class-conditional VAEs)")
+    label: Integer | None = Field(None, ge=0, le=100_000, description="The inputs' class (class-conditional VAEs)")
     range: Literal["auto", "0-255", "0-1"] = "auto"
     format: Literal["png", "array"] = "array"
 
@@ -86,7 +101,7 @@ class ForecastRequest(_Strict):
     history: list[Number] | list[list[Number]] = Field(
         description=f"One series' most recent values, oldest first, or N equally long series; at least the model's "
                     f"forecast.minimum_history values each (its card says), at most {Limits.max_history:,} in all")
-    horizon: int | None = Field(None, ge=1, le=1_000_000, description=f"Steps to forecast (default: the trained "
+    horizon: Integer | None = Field(None, ge=1, le=1_000_000, description=f"Steps to forecast (default: the trained "
                                 f"horizon); at most {Limits.max_horizons} trained horizons, those beyond the first "
                                 f"forecast from the model's own medians")
     end: str | None = Field(None, max_length=40, description="The time of the history's last value (e.g. "
@@ -103,7 +118,7 @@ class ExplainOptions(_Strict):
                                      "input's predicted one", json_schema_extra={"anyOf": [
                                          {"type": "string", "minLength": 1, "maxLength": 200},
                                          {"type": "integer", "minimum": 0}, {"type": "null"}]})
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description=f"Gradient evaluations per input (integrated-"
+    steps: Integer | None = Field(None, ge=1, le=MAX_STEPS, description=f"Gradient evaluations per input (integrated-"
                               f"gradients: noisy copies of an image x path points; gradient-shap: samples); at most "
                               f"the server's max_explain_steps ({Limits.max_explain_steps} by default); default "
                               f"{DEFAULT_STEPS['integrated-gradients']}")
@@ -728,7 +743,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     @app.post("/v1/models/{name}/classify", tags=["models"], openapi_extra=classify_body,
               summary="Class probabilities of images (PNG/JPEG upload or JSON arrays) or feature vectors")
     async def classify(request: Request, name: str = served("classify"),
-                       top_k: int | None = Query(None, ge=1, le=1000, description="Overrides the body's top_k"),
+                       top_k: Integer | None = Query(None, ge=1, le=1000, description="Overrides the body's top_k"),
                        echo_input: bool = Query(False, description="Return the preprocessed input the model saw")):
         model = model_for(name, "classify")
         x, fields = await image_inputs(request, model, ClassifyRequest)
