@@ -191,3 +191,104 @@ def test_the_forecast_route_takes_the_end_and_the_covariates(promo_runs):
         ]:
             response = client.post(f"/v1/models/{name}/forecast", json=body)
             assert response.status_code == 422 and message in response.json()["error"]["message"], response.text
+
+
+@pytest.fixture(scope="module")
+def calendar_app(tmp_path_factory, promo_csv):
+    """A quick LSTM (2 epochs) that reads the calendar and the promotions, behind the app: (client, name, run)."""
+    from genforge.serve.adapters import load_models
+    from genforge.serve.app import create_app
+
+    run_dir, _ = _train(tmp_path_factory.mktemp("calendar"), promo_csv, "data.series.covariates=[promo]",
+                        "data.series.calendar=true", "train.epochs=2")
+    models = load_models([run_dir], backend="torch")
+    with TestClient(create_app(models), raise_server_exceptions=False) as client:  # a 500 is an answer to check
+        yield client, next(iter(models)), runs.load_run(run_dir)
+
+
+def _v2(history: np.ndarray, end: str | None, promo: np.ndarray, binary: bool = False) -> tuple[bytes, dict]:
+    """A v2 infer request for the calendar model: JSON tensors, or the binary extension (BYTES: a 4-byte
+    little-endian length before each element)."""
+    import json
+
+    c = promo.reshape(-1, promo.shape[-1], 1).astype(np.float32)  # (1 or N, steps, 1 covariate)
+    tensors = [("history", "FP32", history.astype(np.float32)), ("covariates", "FP32", c)]
+    inputs, raw = [], b""
+    for name, datatype, array in tensors:
+        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            raw += array.tobytes()
+            inputs.append({**tensor, "parameters": {"binary_data_size": array.nbytes}})
+        else:
+            inputs.append({**tensor, "data": array.ravel().tolist()})
+    if end is not None:
+        element = end.encode()
+        bytes_tensor = {"name": "end", "datatype": "BYTES", "shape": [1]}
+        if binary:
+            chunk = len(element).to_bytes(4, "little") + element
+            raw += chunk
+            inputs.append({**bytes_tensor, "parameters": {"binary_data_size": len(chunk)}})
+        else:
+            inputs.append({**bytes_tensor, "data": [end]})
+    header = json.dumps({"inputs": inputs}).encode()
+    return header + raw, {"inference-header-content-length": str(len(header))} if binary else {}
+
+
+def test_v2_lists_and_takes_the_end_and_the_covariates(calendar_app):
+    """A forecaster that reads the calendar and a covariate column is served by v2 as by /v1: its metadata lists
+    `end` (BYTES) and `covariates`, and an infer request with them answers the library's forecast, in JSON and
+    binary tensors, with one covariate row shared by every history or one per history."""
+    client, name, run = calendar_app
+    frame = promo_frame()
+    history, promo = frame["sales"].dropna().to_numpy(), frame["promo"].to_numpy()
+    meta = client.get(f"/v2/models/{name}").json()
+    assert meta["inputs"] == [{"name": "history", "datatype": "FP32", "shape": [-1, -1]},
+                              {"name": "horizon", "datatype": "INT64", "shape": [1]},
+                              {"name": "end", "datatype": "BYTES", "shape": [1]},
+                              {"name": "covariates", "datatype": "FP32", "shape": [-1, -1, 1]}]
+    expected = run.forecast(history, end="2019-12-01", covariates={"promo": promo}).quantiles
+    two = np.stack([history, history[::-1]])
+    both = np.stack([promo, 1 - promo])
+    expected_two = run.forecast(two, end="2019-12-01", covariates={"promo": both}).quantiles
+    for binary in (False, True):
+        for h, p, want in ((history[None], promo, expected), (two, both, expected_two)):
+            body, headers = _v2(h, "2019-12-01", p, binary)
+            r = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+            assert r.status_code == 200, r.text
+            out = r.json()["outputs"][0]
+            assert out["shape"] == list(want.shape)
+            np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(want.shape), want, rtol=1e-5)
+    body, _ = _v2(history[None], None, promo)
+    r = client.post(f"/v2/models/{name}/infer", content=body)
+    assert r.status_code == 400 and "needs the input(s) end" in r.json()["error"]
+
+
+BAD_ENDS = [  # (end, what the message says): every one answered a 500, or a 200 for some other date, before
+    ("9999-12-31", "end must be from 1697-12-01 to 2260-12-01"),  # beyond pandas' nanoseconds
+    ("0001-01-01", "end must be from 1697-12-01 to 2260-12-01"),
+    ("2500-01-01", "end must be from 1697-12-01 to 2260-12-01"),  # wrapped round to 1915: a 200 with its numbers
+    ("2262-04-01", "end must be from 1697-12-01 to 2260-12-01"),  # representable, its horizon not
+    ("1677-10-01", "end must be from 1697-12-01 to 2260-12-01"),  # representable, its history not
+    ("1e30", "is not a date or time"), ("", "is not a date or time"), ("NaT", "is not a date or time"),
+    ("nan", "is not a date or time"), ("now", "is not a date or time"),  # 'now': a different answer every call
+    ("２０１９-１２-０１", "is not a date or time"),  # fullwidth digits, which pandas reads
+    ("2019-12-15", "not on this model's MS grid"),
+]
+
+
+@pytest.mark.parametrize("end, message", BAD_ENDS, ids=range(len(BAD_ENDS)))
+def test_an_end_off_the_calendar_is_refused_with_what_is_accepted(calendar_app, end, message):
+    """The library, /v1 forecast and the v2 `end` share one check (tasks.forecast.place_end): a 422 that says the
+    accepted range, never a 500, never a forecast for another date."""
+    client, name, run = calendar_app
+    frame = promo_frame()
+    history, promo = frame["sales"].dropna().to_numpy(), frame["promo"].to_numpy()
+    with pytest.raises(GenforgeError, match=message):
+        run.forecast(history, end=end, covariates={"promo": promo})
+    r = client.post(f"/v1/models/{name}/forecast", json={"history": history.tolist(), "end": end,
+                                                         "covariates": {"promo": promo.tolist()}})
+    assert r.status_code == 422 and message in r.json()["error"]["message"], r.text
+    for binary in (False, True):
+        body, headers = _v2(history[None], end, promo, binary)
+        r = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+        assert r.status_code == 422 and message in r.json()["error"], r.text

@@ -154,9 +154,12 @@ def forecast(model, history, horizon: int | None = None, covariates=None) -> For
                                 f"{x.shape[1]} steps and the horizon's {horizon}, {model.features} features)")
         if not torch.isfinite(c).all():
             raise GenforgeError("the covariates hold a missing or non-finite value")
+    levels = tuple(float(v) for v in model.cfg.quantiles)
+    if len(x) == 0:  # no histories (a v2 request may send none): no forecasts, and no empty batch through a backend
+        return Forecast(np.zeros((0, horizon, len(levels)), np.float32), levels, horizon > model.horizon)
     with torch.inference_mode():
         q = recursive(model, x, horizon, c)
-    return Forecast(q.numpy(), tuple(float(v) for v in model.cfg.quantiles), horizon > model.horizon)
+    return Forecast(q.numpy(), levels, horizon > model.horizon)
 
 
 def covariates_for(model, cfg, freq: str, n: int, length: int, horizon: int | None, end=None,
@@ -178,15 +181,7 @@ def covariates_for(model, cfg, freq: str, n: int, length: int, horizon: int | No
         if end is None:
             raise GenforgeError("this model reads calendar features: give the time of the history's last value "
                                 "(end, e.g. 2010-12-01)")
-        try:
-            last = pd.Timestamp(end)
-        except (ValueError, TypeError):
-            raise GenforgeError(f"end={end!r} is not a date or time; write it as YYYY-MM-DD") from None
-        if last.tzinfo is not None:
-            last = last.tz_convert(None)
-        times = pd.date_range(end=last, periods=length, freq=freq)
-        if len(times) == 0 or times[-1] != last:
-            raise GenforgeError(f"end={end!r} is not on this model's {freq} grid")
+        times = pd.date_range(end=place_end(end, freq, length, horizon), periods=length, freq=freq)
         calendar = calendar_features(extend_times(times.to_numpy(dtype="datetime64[ns]"), freq, horizon), freq)
         columns.append(np.broadcast_to(calendar, (n, *calendar.shape)))
     given = covariates or {}
@@ -208,6 +203,55 @@ def covariates_for(model, cfg, freq: str, n: int, length: int, horizon: int | No
                                 (f", or {n} such lists, one per history" if n > 1 else ""))
         columns.append(np.broadcast_to(values, (n, steps))[..., None])
     return np.concatenate(columns, -1)
+
+
+CALENDAR_SPAN = ("1678-01-01", "2261-12-31")  # whole years inside pandas' nanosecond times (1677-09-21 to 2262-04-11)
+# with months to spare: pandas' own offset arithmetic steps past a bound before it steps back (a weekly date_range
+# ending a few days before 2262-04-11 overflows inside pandas)
+
+
+def place_end(end, freq: str, length: int, horizon: int):
+    """`end`, the time of a history's last value as a client wrote it -> a pandas Timestamp (ns) that places the
+    history's `length` steps and the `horizon` after them on the model's calendar, or a GenforgeError that says what
+    is accepted. One check for every way in (the library, /v1 forecast, the v2 `end` input):
+    - text in ASCII that pandas reads as a time (ISO 8601: 2010-12-01, 2010-12-01T06:00): not NaT ('', 'nan'), not
+      'now' or 'today' (a different answer every call), not '２０１０' (fullwidth digits, which pandas reads);
+    - every time of the history and the horizon inside CALENDAR_SPAN, where the calendar features can be computed in
+      nanoseconds: beyond pandas' range the times overflowed and wrapped round (2500 was read as 1915);
+    - on the frequency's grid, as pandas defines it: a month's first day for MS, a Sunday for W-SUN; any time for a
+      fixed step such as h (its calendar features read the hour and the weekday, not the minutes)."""
+    import pandas as pd
+
+    unreadable = f"end={end!r} is not a date or time; write it as YYYY-MM-DD (or YYYY-MM-DDTHH:MM:SS)"
+    if not isinstance(end, str) or not end.isascii() or not end[:1].isdigit():
+        raise GenforgeError(unreadable)
+    try:
+        last = pd.Timestamp(end)
+    except (ValueError, TypeError, OverflowError):  # pandas' OutOfBoundsDatetime is a ValueError
+        raise GenforgeError(unreadable) from None
+    if pd.isna(last):
+        raise GenforgeError(unreadable)
+    if last.tzinfo is not None:
+        last = last.tz_convert(None)
+    lowest, highest = (pd.Timestamp(t).as_unit("us") for t in CALENDAR_SPAN)
+    try:  # microseconds: their range (years 1 to 9999) holds these sums wherever the nanoseconds' would overflow
+        first = pd.date_range(start=lowest, periods=length, freq=freq, unit="us")[-1]  # the earliest end: all steps
+        latest = pd.date_range(end=highest, periods=horizon + 1, freq=freq, unit="us")[0]  # after CALENDAR_SPAN[0]...
+    except (ValueError, OverflowError):  # ...and the latest: the horizon before CALENDAR_SPAN[1]
+        first, latest = highest, lowest
+    if first > latest:
+        raise GenforgeError(f"a history of {length} steps and a horizon of {horizon} at frequency {freq} do not fit "
+                            f"between {CALENDAR_SPAN[0]} and {CALENDAR_SPAN[1]}, the times this model's calendar "
+                            f"features are computed for; send a shorter history or horizon")
+    if not first <= last <= latest:
+        shown = [f"{t:%Y-%m-%d}" if t == t.normalize() else t.isoformat() for t in (first, latest)]
+        raise GenforgeError(f"end={end!r} is out of range: with a history of {length} steps and a horizon of "
+                            f"{horizon} at frequency {freq}, end must be from {shown[0]} to {shown[1]} (the calendar "
+                            f"features are computed for times from {CALENDAR_SPAN[0]} to {CALENDAR_SPAN[1]})")
+    last = last.as_unit("ns")
+    if pd.date_range(end=last, periods=1, freq=freq)[-1] != last:  # the grid's last time at or before end
+        raise GenforgeError(f"end={end!r} is not on this model's {freq} grid")
+    return last
 
 
 def minimum_history(model) -> int:
