@@ -150,7 +150,7 @@ class Task:
         """ONNX Runtime threads per call when served: every core by default; a worker of `genforge serve
         --workers N` its share (GENFORGE_SERVE_THREADS, set by the supervisor: cores // N)."""
         share = os.environ.get("GENFORGE_SERVE_THREADS", "")
-        if share.isdigit() and int(share) > 0:
+        if share.isascii() and share.isdigit() and int(share) > 0:  # isdigit alone: '²' too, which int() refuses
             return int(share)
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
