@@ -31,8 +31,7 @@ from genforge.explain import DEFAULT_METHOD, DEFAULT_STEPS, MAX_STEPS, METHODS
 from genforge.sample import reconstruction_errors
 from genforge.serve.adapters import NotExplainable, ServedModel, as_array, ascii_int
 from genforge.serve.batching import InferenceThread, MicroBatcher
-from genforge.serve.limits import (BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, read_body,
-                                   replay)
+from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, read_body, replay
 from genforge.serve.v2 import ProtocolErrors
 from genforge.serve.v2 import mount as mount_v2
 
