@@ -167,6 +167,7 @@ def test_data_info_reports_a_csv_and_refuses_bad_input_in_one_line(tmp_path, cap
     assert code == 0, err
     info = json.loads(out)
     assert (info["freq"], info["season"], info["totals"]["gaps"], info["series"]["y"]["filled"]) == ("MS", 12, 1, 1)
+    assert info["time_column"] == "date"  # which column was read as the times
     code, _, err = run_cli(capsys, monkeypatch, "data", "info", spec, "fill=refuse")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "1 missing timestamps" in lines[0], err

@@ -34,7 +34,7 @@ def open_image(path: Path, name: str, max_pixels: int = MAX_PIXELS) -> Image.Ima
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except Image.DecompressionBombError as e:  # past twice Pillow's limit: refused before a size can be read
-        raise GenforgeError(f"{name}: {path}: {_claimed_size(str(e))} is too large (at most {max_pixels:,} "
+        raise GenforgeError(f"{name}: {path}: {_pixels_claimed(str(e))} is too large (at most {max_pixels:,} "
                             f"pixels); resize it first") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise GenforgeError(f"{name}: cannot read image {path} ({e}); fix or remove the file") from None
@@ -48,14 +48,11 @@ def open_image(path: Path, name: str, max_pixels: int = MAX_PIXELS) -> Image.Ima
     return im
 
 
-def _claimed_size(message: str) -> str:
-    """Pillow's bomb error gives the pixel count only ("Image size (400000000 pixels) exceeds ..."): the side of the
-    square it would be, which is what a crafted header usually claims."""
-    digits = message.split("(", 1)[-1].split(" ", 1)[0]
-    if not digits.isdigit():
-        return "the image"
-    side = int(int(digits) ** 0.5)
-    return f"{side}x{side}" if side * side == int(digits) else f"{int(digits):,} pixels"
+def _pixels_claimed(message: str) -> str:
+    """The pixel count in Pillow's bomb error ("Image size (400000000 pixels) exceeds limit of ..."): it gives no
+    width and height."""
+    digits = message.partition("(")[2].partition(" ")[0]
+    return f"{int(digits):,} pixels" if digits.isdigit() else "the image"
 
 
 def is_color(im: Image.Image) -> bool:

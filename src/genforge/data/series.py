@@ -75,6 +75,7 @@ class SeriesSet:
     series: list[Series]
     covariates: list[str] = field(default_factory=list)  # names of the covariate columns, in exog's order
     calendar: bool = False  # calendar features derived from the times come first among the features
+    time_column: str | None = None  # the CSV column read as the times (chosen by name, else the first): data info says
 
     @property
     def feature_names(self) -> list[str]:
@@ -107,7 +108,9 @@ class SeriesSet:
         """The cleaning report of `genforge data info`, JSON-ready."""
         totals = {key: sum(s.report[key] for s in self.series)
                   for key in ("duplicates", "gaps", "missing", "trimmed", "outliers")}
-        return {"name": self.name, "source": self.source, "kind": "series", "freq": self.freq, "season": self.season,
+        return {"name": self.name, "source": self.source, "kind": "series",
+                **({"time_column": self.time_column} if self.time_column else {}),
+                "freq": self.freq, "season": self.season,
                 "features": self.feature_names, "n_series": len(self.series),
                 "observations": sum(len(s.values) for s in self.series),
                 "totals": totals, "constant_series": [s.id for s in self.series if s.report["constant"]],
@@ -228,7 +231,8 @@ def _numbers(text, column: str, spec: str) -> np.ndarray:
 
 def _wide_from_csv(frame, opts: SeriesOptions, spec: str):
     """The CSV as (a wide DataFrame: a time index, duplicates allowed, and one float column per series; the
-    covariates: name -> a DataFrame of the same shape (long format) or a Series of the times (wide: shared))."""
+    covariates: name -> a DataFrame of the same shape (long format) or a Series of the times (wide: shared); the
+    time column's name)."""
     import pandas as pd
 
     time = _time_column(frame, opts, spec)
@@ -246,7 +250,7 @@ def _wide_from_csv(frame, opts: SeriesOptions, spec: str):
                              **{c: _numbers(frame[c], c, spec) for c in [targets[0], *opts.covariates]}})
         wide = {c: long.pivot_table(index="time", columns="id", values=c, aggfunc="mean", dropna=False)
                 for c in [targets[0], *opts.covariates]}
-        return wide[targets[0]], {c: wide[c] for c in opts.covariates}
+        return wide[targets[0]], {c: wide[c] for c in opts.covariates}, time
     targets = opts.target or [c for c in frame.columns if c != time and c not in opts.covariates]
     _check_columns(frame, targets, spec)
     if not targets:
@@ -254,7 +258,7 @@ def _wide_from_csv(frame, opts: SeriesOptions, spec: str):
                             "; add a column of values")
     index = pd.DatetimeIndex(times)
     wide = pd.DataFrame({c: _numbers(frame[c], c, spec) for c in targets}, index=index)
-    return wide, {c: pd.Series(_numbers(frame[c], c, spec), index=index) for c in opts.covariates}
+    return wide, {c: pd.Series(_numbers(frame[c], c, spec), index=index) for c in opts.covariates}, time
 
 
 def _check_columns(frame, targets: list[str], spec: str) -> None:
@@ -533,13 +537,13 @@ def load_series(spec: str, opts: SeriesOptions | None = None) -> SeriesSet:
                                 f"(or csv-series:PATH for your own CSV)")
         import statsmodels
 
-        wide, source = table[rest][0](), f"statsmodels {statsmodels.__version__}"
+        wide, source, time_column = table[rest][0](), f"statsmodels {statsmodels.__version__}", None
         _check_columns(wide, [*(opts.target or []), *opts.covariates], spec)
         exog = {c: wide[c] for c in opts.covariates}
         wide = wide[opts.target or [c for c in wide.columns if c not in opts.covariates]]
     elif prefix == "csv-series":
         path = Path(rest).expanduser()
-        wide, exog = _wide_from_csv(_read_csv(path, spec), opts, spec)
+        wide, exog, time_column = _wide_from_csv(_read_csv(path, spec), opts, spec)
         source = str(path)
     else:
         raise GenforgeError(f"{spec}: not a series; give series:NAME or csv-series:PATH")
@@ -565,4 +569,4 @@ def load_series(spec: str, opts: SeriesOptions | None = None) -> SeriesSet:
 
     series = [_clean(str(c), wide[c], covariates_of(c), freq, season, opts, spec) for c in wide.columns]
     return SeriesSet(spec, source, pd.tseries.frequencies.to_offset(freq).freqstr, season, series,
-                     list(opts.covariates), opts.calendar)
+                     list(opts.covariates), opts.calendar, time_column)
