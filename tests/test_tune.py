@@ -1,6 +1,7 @@
 """genforge tune: the search space is checked before any trial, a study of run directories completes, prunes, records
-failures and goes on, resumes; and two workers share one study in a real PostgreSQL server, one of them killed
-mid-trial. Trials train blobs-logreg for a few epochs on one thread (about a second each)."""
+failures and goes on, resumes; and on a real PostgreSQL server: two workers share one study, one of them killed
+mid-trial; a password in the URL is shown and written nowhere; a server that stops mid-study, or never answers, is a
+one-line error. Trials train blobs-logreg for a few epochs on one thread (about a second each)."""
 
 import json
 import os
@@ -11,7 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from glob import glob
 from pathlib import Path
 
@@ -32,7 +35,26 @@ QUICK = ["train.epochs=4", "train.threads=1"]
 
 @pytest.fixture
 def cli(capsys, monkeypatch):
+    monkeypatch.delenv(tune.STORAGE_ENV, raising=False)  # --storage's variable, if the shell running the tests has it
     return lambda *args: run_cli(capsys, monkeypatch, *args)
+
+
+def wait_for(condition, seconds: float, what: str):
+    """Poll `condition` until it returns something true, and return that; fail naming `what` after `seconds` (a
+    generous deadline on a busy machine, never a pause that a slow machine could outlast)."""
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
+        time.sleep(0.05)
+    return found
+
+
+def one_line_error(err: str) -> str:
+    """The command's error: one line starting with error:, the last one, and no traceback."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [err.strip().splitlines()[-1]], err
+    return errors[0]
 
 
 def write_space(path: Path, space: dict) -> Path:
@@ -77,7 +99,7 @@ def test_a_study_completes_writes_a_best_config_that_trains_and_resumes(tmp_path
         run = Path(t.user_attrs["run"])
         assert run.parent == study_dir / "trials" and (run / runs.WEIGHTS).is_file() and (run / "report.html").is_file()
         assert runs.read_json(run / "summary.json")["tune"] == {"study": "blobs-logreg", "trial": t.number,
-                                                              "storage": tune.sqlite_url(study_dir)}
+                                                              "storage": tune.sqlite_url(study_dir), "value": t.value}
         assert load_config(str(run / "config.yaml")).train.lr == t.params["train.lr"]
     assert len((study_dir / "trials.csv").read_text().splitlines()) == 4
     page = (study_dir / "report.html").read_text()
@@ -212,20 +234,55 @@ def test_a_tracked_study_is_an_mlflow_run_with_its_trials_as_children(tmp_path, 
         is None  # best.yaml trains a run of its own
 
 
-# --- PostgreSQL: two workers on one study, one killed mid-trial -------------------------------------------------
+# --- PostgreSQL: two workers on one study, one killed mid-trial; secrets; a server that goes away -------------------
 
 INSTALL_PG = "apt-get install -y postgresql"
+PG_BIN_ENV = "GENFORGE_TEST_PG_BIN"  # a folder with initdb and pg_ctl, instead of Debian's /usr/lib/postgresql/*/bin
 
 
 def _pg_bin(name: str) -> str | None:
+    if (folder := os.environ.get(PG_BIN_ENV)) is not None:  # this folder only: a test of the skip can empty it
+        path = Path(folder) / name
+        return str(path) if os.access(path, os.X_OK) else None
     found = sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found[-1] if found else shutil.which(name)
 
 
+def test_the_postgresql_binaries_come_from_the_folder_the_environment_names(tmp_path, monkeypatch):
+    monkeypatch.setenv(PG_BIN_ENV, str(tmp_path))
+    assert _pg_bin("initdb") is None and _pg_bin("pg_ctl") is None
+    (tmp_path / "pg_ctl").write_text("#!/bin/sh\n")
+    (tmp_path / "pg_ctl").chmod(0o755)
+    assert _pg_bin("pg_ctl") == str(tmp_path / "pg_ctl")
+
+
+@dataclass
+class Postgres:
+    """A throwaway server: `url` (psycopg2, user genforge, any password: trust), and stop()/start() for the tests
+    that take it away."""
+
+    port: int
+    pg_ctl: list[str]  # [*as the postgres user, pg_ctl, -D, the data folder]
+    log: Path
+    options: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://genforge@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        subprocess.run([*self.pg_ctl, "-l", str(self.log), "-w", "-t", "60", "-o", self.options, "start"], check=True,
+                       capture_output=True, timeout=120)
+
+    def stop(self) -> None:  # as a crash would: no checkpoint, every connection cut
+        subprocess.run([*self.pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+
+
 @pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway PostgreSQL server on 127.0.0.1 and a free port, data in a temp folder; initdb and pg_ctl refuse
-    to run as root, so as root they run as the `postgres` user the Debian package creates."""
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 and a free port, data in a temp folder, shared by this module's
+    tests; initdb and pg_ctl refuse to run as root, so as root they run as the `postgres` user the Debian package
+    creates."""
     pytest.importorskip("psycopg2", reason="the PostgreSQL test needs psycopg2: pip install psycopg2-binary")
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
@@ -243,54 +300,64 @@ def postgres_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data, log = folder / "data", folder / "server.log"
+    server = Postgres(port, [*as_user, pg_ctl, "-D", str(data)], log,
+                      f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off")
     try:
         subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "genforge", "--no-sync"], check=True,
                        capture_output=True, timeout=120)
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                       check=True, capture_output=True, timeout=120)
+        server.start()
     except (subprocess.SubprocessError, OSError) as e:
         reason = log.read_text()[-500:] if log.is_file() else getattr(e, "stderr", b"") or str(e)
         shutil.rmtree(folder, ignore_errors=True)
         pytest.skip(f"PostgreSQL did not start ({' '.join(str(reason).split())[-300:]}); it needs Debian's "
                     f"postgresql: {INSTALL_PG}")
     try:
-        yield f"postgresql+psycopg2://genforge@127.0.0.1:{port}/postgres"
+        yield server
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _genforge(*args, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k != tune.STORAGE_ENV}, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "genforge", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_url, tmp_path, cli):
+def _trials(url: str, study: str) -> list:
+    try:
+        return optuna.load_study(study_name=study, storage=url).trials
+    except KeyError:  # not created yet
+        return []
+
+
+def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, tmp_path, cli):
     # each trial trains for 1 s (train.max_seconds), long enough to be killed in the middle of one; no pruner, so
     # every trial that is not killed completes
     args = ["tune", "blobs-logreg", "train.epochs=1000", "train.max_seconds=1", "train.threads=1", "--pruner", "none",
-            "--storage", postgres_url, "--study", "shared", "--heartbeat", "1", "--runs-dir", str(tmp_path / "r")]
+            "--storage", postgres.url, "--study", "shared", "--heartbeat", "1", "--runs-dir", str(tmp_path / "r")]
     parent = _genforge(*args, "--trials", "4", "--workers", "2", cwd=tmp_path)
-    storage = postgres_url
-    victim = None
-    deadline = time.monotonic() + 60
-    while victim is None and time.monotonic() < deadline:  # the first trial that is running: kill its worker
-        time.sleep(0.3)
-        try:
-            trials = optuna.load_study(study_name="shared", storage=storage).trials
-        except KeyError:  # not created yet
-            continue
-        victim = next((t for t in trials if t.state.name == "RUNNING" and "worker" in t.user_attrs), None)
-    assert victim is not None, parent.communicate()
-    time.sleep(0.5)
+    storage = postgres.url
+
+    def running():  # the first trial that is training (its run has an epoch logged): its worker is killed
+        return next((t for t in _trials(storage, "shared") if t.state.name == "RUNNING" and "worker" in t.user_attrs
+                     and (Path(t.user_attrs.get("run", "")) / "metrics.jsonl").is_file()), None)
+
+    try:
+        victim = wait_for(running, 120, "a trial training")
+    except AssertionError:
+        parent.kill()
+        raise AssertionError(parent.communicate()) from None
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-    killed_at = time.monotonic()
     out, err = parent.communicate(timeout=120)
     assert parent.returncode == 1 and "exited with code -9" in err, err  # the other worker finished its trials
 
-    time.sleep(max(0.0, killed_at + 3.5 - time.monotonic()))  # 3 heartbeats: the killed trial is stale
+    # the killed trial is stale once its heartbeat is 3 heartbeats old (Optuna's own test of it, read-only, on a
+    # storage with the study's heartbeat: 1 s, grace 3 s), unless the parent's study directory failed it already
+    watch = tune._storage(storage, heartbeat=1)
+    study_id = watch.get_study_id_from_name("shared")
+    wait_for(lambda: watch.get_trial(victim._trial_id).state.name == "FAIL"
+             or victim._trial_id in watch._get_stale_trial_ids(study_id), 60, "the killed trial going stale")
     code, out, err = cli(*args, "--trials", "1")  # in this process: a third worker
     assert code == 0, err
     trials = optuna.load_study(study_name="shared", storage=storage).trials
@@ -305,6 +372,152 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_ur
         assert runs.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["trial"] == t.number
     table = (tmp_path / "r" / "tune-shared" / "trials.csv").read_text()
     assert "its worker stopped without finishing it" in table
+
+
+NETLOC_SECRET, QUERY_SECRET = "netloc-s3cret", "query-s3cret"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u:pw-123@db:5432/optuna", "postgresql://u:***@db:5432/optuna"),
+    ("postgresql+psycopg2://u@db/optuna?password=pw-123&sslmode=require",
+     "postgresql+psycopg2://u@db/optuna?password=***&sslmode=require"),
+    ("postgresql://u@db/o?sslpassword=pw-123&passfile=/home/u/.pgpass&PassWord=pw-123",
+     "postgresql://u@db/o?sslpassword=***&passfile=***&PassWord=***"),
+    ("postgresql://u@db/o?pass%77ord=pw-123", "postgresql://u@db/o?pass%77ord=***"),  # a key SQLAlchemy unquotes
+    ("mssql+pyodbc:///?odbc_connect=DRIVER%3D{x}%3BPWD%3Dpw-123", "mssql+pyodbc:///?odbc_connect=***"),
+    ("mysql://u@db/o?passwd=pw-123", "mysql://u@db/o?passwd=***"),
+    ("postgresql://u:pw@123@db/o", "postgresql://u:***@db/o"),  # SQLAlchemy's password ends at the first @
+    ("postgresql://u:pw-123@db:notaport/o", "postgresql://u:***@db:notaport/o"),  # one SQLAlchemy cannot parse
+    ("sqlite:////tmp/x/study.db", "sqlite:////tmp/x/study.db"),
+])
+def test_shown_url_masks_every_credential_a_url_carries(url, shown):
+    assert tune.shown_url(url) == shown
+    if "pw-123" in url:
+        assert "pw-123" not in tune.scrubbed(f"a driver's message quoting pw-123 or the URL {url}", url)
+
+
+def test_a_password_split_where_a_parser_splits_it_is_scrubbed_in_pieces():
+    url = "postgresql://u:pw@123@db/o"  # SQLAlchemy: password pw, host 123@db
+    assert tune.scrubbed('could not translate host name "123@db" to address', url) == \
+        'could not translate host name "***@db" to address'
+
+
+def test_an_unreadable_storage_url_is_one_line_without_its_password(tmp_path, cli):
+    code, _, err = cli("tune", "blobs-logreg", *QUICK, "--trials", "1", "--runs-dir", str(tmp_path / "r"),
+                       "--storage", f"postgresql://genforge:{NETLOC_SECRET}@127.0.0.1:notaport/postgres")
+    assert code == 2 and "cannot open the study storage" in one_line_error(err)
+    assert NETLOC_SECRET not in err
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()  # after the command's name, which may hold ')'
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(Path(stat).parent.name))
+    return found
+
+
+def test_a_password_in_the_url_is_written_and_shown_nowhere(postgres, tmp_path):
+    """The password twice (user:password@ and ?password=, which wins in libpq): not in what the command prints, not in
+    any file of the study directory (study.json, report.html, trials' summary.json, ...), not on the command lines of
+    the worker processes."""
+    url = (f"postgresql+psycopg2://genforge:{NETLOC_SECRET}@127.0.0.1:{postgres.port}/postgres?password={QUERY_SECRET}"
+           f"&application_name=genforge-test")
+    r = tmp_path / "r"
+    parent = _genforge("tune", "blobs-logreg", *QUICK, "--trials", "2", "--workers", "2", "--storage", url,
+                       "--study", "secret", "--runs-dir", str(r), cwd=tmp_path)
+    try:
+        workers = wait_for(lambda: parent.poll() is not None or len(_children(parent.pid)) == 2 and _children(
+            parent.pid), 60, "two workers")
+        command_lines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in workers or []]
+    finally:
+        out, err = parent.communicate(timeout=300)
+    assert parent.returncode == 0 and command_lines, err
+    assert all(b"tune blobs-logreg" in line for line in command_lines), command_lines  # they are the workers
+    for secret in (NETLOC_SECRET, QUERY_SECRET):
+        assert not [line for line in command_lines if secret.encode() in line]
+        assert secret not in out and secret not in err
+        assert not [p for p in r.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    shown = runs.read_json(r / "tune-secret" / "study.json")["storage"]
+    assert shown == f"postgresql+psycopg2://genforge:***@127.0.0.1:{postgres.port}/postgres?password=***" \
+                    f"&application_name=genforge-test"
+    assert shown in err and (r / "tune-secret" / "report.html").is_file()
+
+
+def test_a_plain_postgresql_url_uses_psycopg2(postgres, tmp_path):
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3, which the tune extra does not install."""
+    assert tune.engine_url("postgresql://u@db/o") == "postgresql+psycopg2://u@db/o"
+    assert tune.engine_url("postgres://u@db/o") == "postgresql+psycopg2://u@db/o"
+    plan = plan_for(tmp_path, {"train.lr": {"low": 0.1, "high": 1.0}}, "plain")
+    plan.storage = postgres.url.replace("postgresql+psycopg2://", "postgresql://")
+    assert tune.open_study(plan).study_name == "plain"
+
+
+def test_a_storage_that_never_answers_fails_within_the_connect_timeout(tmp_path):
+    """A listener that accepts and never answers (a server that hangs, a firewall that swallows): the command fails
+    after the connect timeout (set to 1 s here) with one line, where a worker used to wait forever."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.listen(8)  # the kernel completes the handshakes; nothing ever reads or answers
+        held = []
+        threading.Thread(target=lambda: held.extend(silent.accept() for _ in range(8)), daemon=True).start()
+        url = f"postgresql+psycopg2://genforge:{NETLOC_SECRET}@127.0.0.1:{silent.getsockname()[1]}/postgres"
+        code = ("import sys; from genforge import tune; tune.CONNECT_TIMEOUT = 1; from genforge.cli import main; "
+                "sys.argv[0] = 'genforge'; main()")
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-c", code, "tune", "blobs-logreg", *QUICK, "--trials", "1",
+                                 "--storage", url, "--runs-dir", str(tmp_path / "r")],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"still waiting after 90 s: {proc.communicate()}") from None
+    assert proc.returncode == 2 and "timeout expired" in one_line_error(err), err
+    assert NETLOC_SECRET not in err
+    assert time.monotonic() - started < 60  # start-up, and a second per connection tried
+
+
+def test_a_storage_that_stops_mid_study_is_one_line_and_the_study_dir_is_written(postgres, tmp_path):
+    """The server stops (as in a crash) while a trial trains, after another has completed: exit 2 with one line; the
+    study directory is written from the run directories, and the completed trial's value is kept there."""
+    r = tmp_path / "r"
+    proc = _genforge("tune", "blobs-logreg", "train.epochs=1000", "train.max_seconds=1", "train.threads=1",
+                     "--pruner", "none", "--storage", postgres.url, "--study", "lost", "--trials", "20",
+                     "--heartbeat", "1", "--runs-dir", str(r), cwd=tmp_path)
+
+    def one_done_one_training():
+        trials = _trials(postgres.url, "lost")
+        done = [t for t in trials if t.state.name == "COMPLETE"]
+        return done and any(t.state.name == "RUNNING" and "run" in t.user_attrs for t in trials) and done
+
+    try:
+        try:
+            done = wait_for(one_done_one_training, 120, "a trial complete and the next one training")
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(proc.communicate()) from None
+        postgres.stop()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        postgres.start()
+    assert proc.returncode == 2, err
+    line = one_line_error(err)
+    assert "the study storage" in line and "failed mid-study" in line and "written from the trials' run" in line
+    study_dir = r / "tune-lost"
+    result = runs.read_json(study_dir / "study.json")
+    assert result["written_from"] == "the run directories" and result["complete"] >= len(done)
+    rows = {int(row.split(",")[0]): row for row in (study_dir / "trials.csv").read_text().splitlines()[1:]}
+    for t in done:
+        assert rows[t.number].split(",")[1] == "complete"
+        assert runs.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["value"] == t.value
+    assert "could not be read" in (study_dir / "report.html").read_text()
+    assert result["best"] is not None and (study_dir / "best.yaml").is_file()
 
 
 def test_a_gan_study_ranks_trials_by_the_validation_fd(tmp_path, cli, evaluator_cache, monkeypatch):

@@ -589,9 +589,11 @@ def tune(
                                                     "study gets this many more.")] = ...,
     space: Annotated[Path | None, typer.Option(help="Search space YAML (default: the preset's, or NAME.space.yaml "
                                                     "beside a config file).")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite in the study directory; "
-                                                     "postgresql+psycopg2://... for workers on many machines).")]
-    = None,
+    storage: Annotated[str | None, typer.Option(
+        envvar="GENFORGE_TUNE_STORAGE",  # tune.STORAGE_ENV: a URL with a password stays off the command line
+        help="Optuna storage URL (default: SQLite in the study directory; postgresql://USER@HOST/DB for workers on "
+             "many machines). A password in it is better given in the environment variable or ~/.pgpass than on "
+             "the command line, which every user of the machine can read.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: the config's name).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine, on the same study.")] = 1,
     timeout: Annotated[float | None, typer.Option(min=1, help="Start no trial after this many seconds.")] = None,
@@ -651,11 +653,17 @@ def tune(
               + (f"; {reports} reports per epoch to the {pruner} pruner" if pruner != "none" else "")
               + (f"; resuming after {before} trials" if before else ""), markup=False)
     started = time.perf_counter()
-    if workers == 1:
-        ran = tuning.optimize(plan, trials, timeout, say=err.print)
+    try:
+        if workers == 1:
+            ran = tuning.optimize(plan, trials, timeout, say=err.print)
+        else:
+            ran = tuning.run_workers(plan, trials, timeout, workers, runs_dir, space_path)
+    except tuning.StorageError as e:  # said once the study directory is written from what is known
+        ran, lost = {"interrupted": False}, str(e)
     else:
-        ran = tuning.run_workers(plan, trials, timeout, workers, runs_dir, space_path)
-    result = tuning.write_study_dir(plan)
+        lost = None
+    result = tuning.write_study_dir(plan)  # from the run directories where the storage is gone
+    lost = lost or result.get("storage_error")  # --workers: the workers said why; this process says it once more
     counts = f"{result['complete']} complete, {result['pruned']} pruned, {result['fail']} failed"
     out.print(f"study {name}: {result['trials']} trials ({counts}), {result['trials'] - before} in "
               f"{time.perf_counter() - started:.0f} s", highlight=False)
@@ -671,6 +679,11 @@ def tune(
     for worker, code in ran.get("failed", []):  # killed, or an error it printed; its trial fails once stale
         err.print(f"worker {worker} exited with code {code}; a trial it was running is marked failed when its "
                   f"heartbeat is {3 * heartbeat} s old", markup=False)
+    if lost:
+        source = ("the trials' run directories (each keeps its result in summary.json)" if "storage_error" in result
+                  else "the storage")
+        raise tuning.StorageError(f"{lost}; {study_dir} was written from {source}; run the command again to resume "
+                                  f"once the storage answers")
     if ran["interrupted"]:
         again = " ".join(["genforge tune", config, *(overrides or []), "--trials", str(trials), "--study", name,
                           *(["--storage", tuning.shown_url(url)] if storage else []), "--runs-dir", str(runs_dir)])

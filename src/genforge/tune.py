@@ -11,7 +11,14 @@ parallel coordinates).
 
 Faults: a trial that raises or diverges is recorded as failed with its message and the sweep goes on; a worker that
 dies mid-trial stops its heartbeat, and the next trial started on the study marks that trial failed; Ctrl-C ends the
-running trial (its run keeps a checkpoint), stops the study and still writes the study directory."""
+running trial (its run keeps a checkpoint), stops the study and still writes the study directory. A storage that
+stops answering stops the study with a StorageError (PostgreSQL connections and statements time out rather than
+wait forever); the study directory is then written from the trials' run directories, each of which keeps its
+trial's number, state and value in summary.json.
+
+Secrets: a storage URL may carry a password (user:password@host, or ?password=...). Everything genforge prints or
+writes shows it through shown_url(), which masks them, and --workers hands it to its processes in the environment
+(GENFORGE_TUNE_STORAGE), not on their command lines, which every user of the machine can read."""
 
 from __future__ import annotations
 
@@ -23,11 +30,14 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import traceback
+import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,11 +51,24 @@ from genforge.errors import GenforgeError
 
 INSTALL = "pip install 'optuna>=4.0' (or `pip install -e '.[tune]'` in a checkout)"
 HEARTBEAT = 10  # seconds between a running trial's heartbeats; a trial silent for 3 of them is failed as stale
+STORAGE_ENV = "GENFORGE_TUNE_STORAGE"  # --storage's environment variable: how --workers hands the URL to its processes
+# PostgreSQL (libpq) limits, unless the URL's query sets them: a server that does not answer fails the connection after
+# CONNECT_TIMEOUT s and a statement after STATEMENT_TIMEOUT s, instead of a worker waiting forever
+CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout (the whole start-up: TCP, TLS and authentication)
+STATEMENT_TIMEOUT = 60  # seconds, the server's statement_timeout; Optuna's statements take milliseconds
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}  # TCP probes
+# after 30 s idle, every 10 s, 3 unanswered: a connection whose server vanished (host down, network cut) dies in ~60 s
+SECRET_KEYS = ("pass", "pwd", "secret", "token", "key", "odbc_connect")  # query keys holding one of these carry a
+# credential: libpq's password, sslpassword and passfile, MySQL's passwd, ODBC's PWD inside odbc_connect, tokens
 IGNORED_ON_RESUME = ("train.threads", "train.device", "data.data_dir", "track")  # may differ between workers
 
 
 class TrialFailed(Exception):
     """A trial's training raised or diverged: Optuna records it as failed and the study goes on."""
+
+
+class StorageError(GenforgeError):
+    """The study's storage could not be opened, or failed mid-study (it stopped answering): the study stops."""
 
 
 def require() -> None:
@@ -242,37 +265,123 @@ def sqlite_url(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'study.db').resolve()}"
 
 
+# user:password@ of a URL, as SQLAlchemy reads it (the user has no ':' or '/'), to the last '@': a password with an
+# unescaped '@' is masked whole, where SQLAlchemy would take its end for the host
+_NETLOC_PASSWORD = re.compile(r"^([\w+.-]+://[^:/]*:)(.*)@", re.S)
+
+
 def shown_url(url: str) -> str:
-    """The storage URL without its password, for messages and reports."""
+    """The storage URL with its credentials masked, for everything genforge prints or writes: the password of
+    user:password@ and the value of every query key that carries one (SECRET_KEYS). It works on the text, so a URL
+    that SQLAlchemy cannot parse is masked as well."""
+    masked = _NETLOC_PASSWORD.sub(r"\1***@", url)
+    base, mark, query = masked.partition("?")
+    return base + mark + "&".join(_masked_pair(pair) for pair in query.split("&")) if mark else masked
+
+
+def _masked_pair(pair: str) -> str:
+    key, equals, _ = pair.partition("=")
+    return f"{key}=***" if equals and _secret_key(key) else pair
+
+
+def _secret_key(key: str) -> bool:
+    return any(word in urllib.parse.unquote_plus(key).lower() for word in SECRET_KEYS)
+
+
+def scrubbed(text: str, url: str) -> str:
+    """text (a driver's error message) without the URL's secrets: each in full, and its pieces between the characters
+    a parser splits a URL at, which is what a host or port parsed from a password with an unescaped '@' shows."""
+    found = [m.group(2) for m in [_NETLOC_PASSWORD.match(url)] if m]
+    found += [value for key, value in re.findall(r"[?&]([^=&]*)=([^&]*)", url) if _secret_key(key)]
+    pieces = set()
+    for secret in found:
+        for form in (secret, urllib.parse.unquote(secret), urllib.parse.unquote_plus(secret)):
+            pieces.add(form)
+            pieces.update(re.split(r"[@:/?&=]", form))
+    for piece in sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True):  # shorter: too common to mask
+        text = text.replace(piece, "***")
+    return text
+
+
+def _reason(e: BaseException, url: str) -> str:
+    """An exception as one line without the URL's secrets: the first line of SQLAlchemy's (the rest is its SQL)."""
+    return scrubbed(" ".join(str(e).strip().split("\n")[0].split()) or type(e).__name__, url)
+
+
+def engine_url(url: str) -> str:
+    """The URL SQLAlchemy is given: postgresql:// (or postgres://) without a driver names psycopg2 where it is
+    installed (the tune extra's driver; SQLAlchemy 2.1 would pick psycopg 3, with which Optuna has had a bug: optuna
+    issue 6096), else SQLAlchemy's default driver."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    if importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    if importlib.util.find_spec("psycopg") is None:
+        raise StorageError("a postgresql:// storage needs psycopg2; install it with: pip install psycopg2-binary "
+                           "(or `pip install -e '.[tune]'` in a checkout)")
+    return f"postgresql://{rest}"
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):  # wait for the lock rather than fail when workers write at once
+        return {"connect_args": {"timeout": 60}}
     from sqlalchemy.engine import make_url
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy reads: shown as given (it holds no parsable password)
-        return url
+    engine = {"pool_pre_ping": True}  # a pooled connection that died is replaced, not used
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg2", "psycopg"):
+        limits = {"connect_timeout": CONNECT_TIMEOUT, "options": f"-c statement_timeout={STATEMENT_TIMEOUT * 1000}",
+                  **KEEPALIVES}  # libpq's parameters: the URL's own query wins (connect_args would override it)
+        engine["connect_args"] = {k: v for k, v in limits.items() if k not in parsed.query}
+    return engine
 
 
-def _storage(plan: Plan):
+def _storage(url: str, heartbeat: int = HEARTBEAT):
     import optuna
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    url = plan.storage
-    default_driver = url.startswith("postgresql") and "+" not in url.split(":", 1)[0]  # SQLAlchemy's is psycopg2
-    if default_driver and importlib.util.find_spec("psycopg2") is None:
-        raise GenforgeError("a postgresql:// storage needs psycopg2; install it with: pip install psycopg2-binary "
-                            "(or `pip install -e '.[tune]'` in a checkout)")
-    # SQLite: wait for the lock rather than fail when workers write at once; PostgreSQL: drop dead pooled connections
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
+        given = engine_url(url)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=plan.heartbeat,
-                                              grace_period=3 * plan.heartbeat)
+            return optuna.storages.RDBStorage(given, engine_kwargs=_engine_kwargs(given), heartbeat_interval=heartbeat,
+                                              grace_period=3 * heartbeat)
     except (SQLAlchemyError, ArgumentError, ImportError, ValueError) as e:
-        reason = " ".join(str(e).split("\n")[0].split())
-        raise GenforgeError(f"cannot open the study storage {shown_url(url)}: {reason}") from None
+        raise StorageError(f"cannot open the study storage {shown_url(url)}: {_reason(e, url)}") from None
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """Why the storage failed, where it did anywhere in e's chain: Optuna, meeting a storage error while it records
+    a trial, may raise another exception (its own, or the next statement's) with the first as its context."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (SQLAlchemyError, StorageError)):
+            return str(e) if isinstance(e, StorageError) else " ".join(str(e).strip().split("\n")[0].split())
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_storage_threads():
+    """Optuna's heartbeat thread meets a storage failure too: its traceback would go to stderr, while the main thread
+    meets the same failure and says it once. Other exceptions in threads are shown as before."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if args.exc_value is None or storage_failure(args.exc_value) is None:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _pruner(plan: Plan, epochs: int):
@@ -306,7 +415,7 @@ def open_study(plan: Plan, worker: int = 0):
     import optuna
 
     base = plan.base()
-    storage = _storage(plan)
+    storage = _storage(plan.storage, plan.heartbeat)
     sampler = optuna.samplers.TPESampler(seed=None if plan.seed is None else plan.seed + worker)
     direction = "maximize" if plan.direction == "max" else "minimize"
     verbosity = optuna.logging.get_verbosity()
@@ -400,14 +509,12 @@ def study_metric(plan_metric: str | None, plan_direction: str | None, cfg: RunCo
 
 
 def existing_attrs(plan_storage: str, study: str) -> dict:
-    """The user attributes of a study already in the storage ({} when there is none yet)."""
-    import optuna
-
-    try:
-        summaries = optuna.get_all_study_summaries(plan_storage, include_best_trial=False)
-    except Exception:  # no tables yet, or a storage that opens below with a clear error
-        return {}
-    return next((s.user_attrs for s in summaries if s.study_name == study), {})
+    """The user attributes of a study already in the storage ({} when there is none yet). A storage that cannot be
+    opened fails here, with StorageError's one line."""
+    if plan_storage.startswith("sqlite:///") and not Path(plan_storage.removeprefix("sqlite:///")).is_file():
+        return {}  # a new study directory: nothing to create before the rest of the command line is checked
+    studies = _storage(plan_storage).get_all_studies()
+    return next((s.user_attrs for s in studies if s.study_name == study), {})
 
 
 # --- one trial ----------------------------------------------------------------------------------------------------
@@ -437,14 +544,18 @@ def _one_line(e: BaseException) -> str:
         " ".join(str(e).split())
 
 
-def _link(run_dir: Path, trial, plan: Plan, status: str | None = None, error: str | None = None) -> None:
-    """Name the trial in the run's summary.json (written by the loop, or here when training never got that far)."""
+def _link(run_dir: Path, trial, plan: Plan, status: str | None = None, error: str | None = None,
+          value: float | None = None) -> None:
+    """Name the trial in the run's summary.json (written by the loop, or here when training never got that far), with
+    the value it is scored on: written before the storage is told, so that a result the storage never heard of (it
+    stopped answering) is kept."""
     summary = runs.read_json(run_dir / "summary.json")
     if status is not None and summary.get("status") in (None, "complete"):
         summary["status"] = status
     if error is not None:
         summary["error"] = error
-    summary["tune"] = {"study": plan.study, "trial": trial.number, "storage": shown_url(plan.storage)}
+    summary["tune"] = {"study": plan.study, "trial": trial.number, "storage": shown_url(plan.storage),
+                       **({"value": value} if value is not None else {})}
     runs.write_json(run_dir / "summary.json", summary)
 
 
@@ -478,8 +589,14 @@ def objective(plan: Plan, trial) -> float:
         the pruner says so. A trial that trained to its last epoch is complete: pruning it then would save only its
         test evaluation, and cost the sampler its final value."""
         if plan.metric in record:
-            trial.report(float(record[plan.metric]), round(record["epoch"] * plan.reports_per_epoch))
-            if record["epoch"] < cfg.train.epochs and trial.should_prune():
+            try:
+                trial.report(float(record[plan.metric]), round(record["epoch"] * plan.reports_per_epoch))
+                prune = record["epoch"] < cfg.train.epochs and trial.should_prune()
+            except Exception as e:
+                if (why := storage_failure(e)) is None:
+                    raise
+                raise StorageError(scrubbed(why, plan.storage)) from e  # optimize names the storage
+            if prune:
                 raise Stop("pruned", f"pruned at epoch {record['epoch']:.3g}: {plan.metric} "
                                      f"{record[plan.metric]:.4g}")
 
@@ -490,17 +607,21 @@ def objective(plan: Plan, trial) -> float:
         except Stop as e:
             _link(run_dir, trial, plan)
             raise optuna.TrialPruned(str(e)) from None
-        except (Interrupted, KeyboardInterrupt):
-            trial.set_user_attr("error", "interrupted")
+        except (Interrupted, KeyboardInterrupt):  # the run directory first, the storage second: it may be gone
             _link(run_dir, trial, plan, "interrupted", "interrupted")
+            trial.set_user_attr("error", "interrupted")
+            raise
+        except StorageError as e:  # not the trial's fault: the study stops (optimize says why)
+            traceback.print_exc(file=log)
+            _link(run_dir, trial, plan, "failed", f"the study storage failed: {e}")
             raise
         except Exception as e:  # diverged, or a bug: recorded, and the sweep goes on
             traceback.print_exc(file=log)
-            trial.set_user_attr("error", _one_line(e))
             _link(run_dir, trial, plan, "failed", _one_line(e))
+            trial.set_user_attr("error", _one_line(e))
             raise TrialFailed(_one_line(e)) from None
     value = _metric_value(run_dir, summary, plan.metric)
-    _link(run_dir, trial, plan)
+    _link(run_dir, trial, plan, value=value)
     if not math.isfinite(value):
         trial.set_user_attr("error", f"{plan.metric} is {value}")
         raise TrialFailed(f"{plan.metric} is {value}")
@@ -558,13 +679,18 @@ def optimize(plan: Plan, trials: int | None, timeout: float | None, worker: int 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a line per trial is said here, without tracebacks
     try:
-        with _stop_on_signal(study, stopped), warnings.catch_warnings():
+        with _stop_on_signal(study, stopped), warnings.catch_warnings(), _quiet_storage_threads():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(lambda trial: objective(plan, trial), n_trials=trials, timeout=timeout,
                            catch=(TrialFailed,),
                            callbacks=[lambda s, t: say(trial_line(t, plan.metric, plan.reports_per_epoch))])
     except (Interrupted, KeyboardInterrupt):
         return {"interrupted": True}
+    except Exception as e:
+        if (why := storage_failure(e)) is None:
+            raise
+        raise StorageError(f"the study storage {shown_url(plan.storage)} failed mid-study: "
+                           f"{scrubbed(why, plan.storage)}") from None
     finally:
         optuna.logging.set_verbosity(verbosity)
     return {"interrupted": stopped["signal"] is not None}
@@ -572,8 +698,10 @@ def optimize(plan: Plan, trials: int | None, timeout: float | None, worker: int 
 
 def worker_command(plan: Plan, trials: int, timeout: float | None, worker: int, runs_dir: Path,
                    space_path: Path) -> list[str]:
+    """A worker's command line; the storage URL goes in its environment (STORAGE_ENV): a command line is readable by
+    every user of the machine (ps, /proc/PID/cmdline), a process's environment by its user only."""
     return [sys.executable, "-m", "genforge", "tune", plan.source, *plan.overrides, "--trials", str(trials),
-            "--space", str(space_path), "--study", plan.study, "--storage", plan.storage, "--metric", plan.metric,
+            "--space", str(space_path), "--study", plan.study, "--metric", plan.metric,
             "--direction", plan.direction, "--pruner", str(plan.pruner), "--runs-dir", str(runs_dir),
             "--heartbeat", str(plan.heartbeat), "--reports-per-epoch", str(plan.reports_per_epoch),
             "--worker-index", str(worker),
@@ -587,7 +715,8 @@ def run_workers(plan: Plan, trials: int, timeout: float | None, workers: int, ru
     """K worker processes on the same storage and study, the trials split between them; Ctrl-C reaches them all
     (the terminal sends it to the process group; a signal sent to this process alone is passed on)."""
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
-    procs = [subprocess.Popen(worker_command(plan, share, timeout, i, runs_dir, space_path))
+    env = {**os.environ, STORAGE_ENV: plan.storage}
+    procs = [subprocess.Popen(worker_command(plan, share, timeout, i, runs_dir, space_path), env=env)
              for i, share in enumerate(shares) if share]
     interrupted = False
     while True:
@@ -651,7 +780,20 @@ def trial_rows(study, plan: Plan) -> list[dict]:
 
 
 def write_study_dir(plan: Plan) -> dict:
-    """best.yaml, trials.csv, plots/ and report.html from the study as the storage holds it now."""
+    """best.yaml, trials.csv, plots/ and report.html from the study as the storage holds it now, or, where the
+    storage cannot be read (it stopped answering), from the trials' run directories: then result["storage_error"]
+    says why, and the page has no plots (they are Optuna's, drawn from a study)."""
+    try:
+        study, result = _write_from_storage(plan)
+    except Exception as e:
+        if (why := storage_failure(e)) is None:
+            raise
+        return _write_from_runs(plan, scrubbed(why, plan.storage))
+    _mlflow_finish(plan, study, result)  # outside: MLflow's own SQL store failing is not the study's storage failing
+    return result
+
+
+def _write_from_storage(plan: Plan) -> tuple:
     import optuna
     import optuna.visualization.matplotlib as vis
 
@@ -664,11 +806,7 @@ def write_study_dir(plan: Plan) -> dict:
     d = plan.study_dir
     d.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study, plan)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["trial"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    runs.write_text(d / "trials.csv", buffer.getvalue())
+    _write_table(d, rows)
 
     result = {"study": plan.study, "storage": shown_url(plan.storage), "metric": plan.metric,
               "direction": plan.direction, "trials": len(trials), **counts, "best": None}
@@ -676,18 +814,11 @@ def write_study_dir(plan: Plan) -> dict:
     if complete:
         best = study.best_trial
         decoded = {p.key: p.decode(best.params[p.key]) for p in plan.space if p.key in best.params}
-        cfg = plan.config(decoded)
-        header = (f"# best of study {plan.study}: trial {best.number}, {plan.metric} {best.value:.6g} "
-                  f"({plan.direction}); train it with: genforge train {d / 'best.yaml'}\n")
-        runs.write_text(d / "best.yaml", header + dump_config(cfg))
-        result["best"] = {"trial": best.number, "value": best.value, "params": decoded,
-                          "run": best.user_attrs.get("run"), "config": str(d / "best.yaml")}
+        result["best"] = _write_best(plan, best.number, best.value, decoded, best.user_attrs.get("run"))
     runs.write_json(d / "study.json", result)
 
-    plots, notes = d / "plots", {}
-    plots.mkdir(exist_ok=True)
-    for stale in plots.glob("*.png"):
-        stale.unlink()
+    notes = {}
+    plots = _clear_plots(d)
     target = [("history", lambda: vis.plot_optimization_history(study)),
               ("importances", lambda: vis.plot_param_importances(study)),
               ("parallel_coordinates", lambda: vis.plot_parallel_coordinate(study)),
@@ -700,8 +831,85 @@ def write_study_dir(plan: Plan) -> dict:
         if (why := _plot(plots / f"{name}.png", draw)) is not None:
             notes[name] = why
     _write_report(d, result, rows, notes)
-    _mlflow_finish(plan, study, result)
+    return study, result
+
+
+_RUN_NAME = re.compile(r"-trial(\d+)-\d{8}-\d{6}(?:-\d+)?$")  # objective's NAME-trialNNN, then create_run's stamp
+
+
+def _write_from_runs(plan: Plan, why: str) -> dict:
+    """The study directory from what its run directories know, when the storage cannot be read: each run names its
+    trial and keeps its value in summary.json (_link), its sampled values in config.yaml. Trials that made no run
+    directory (a config the values made invalid) or ran on another machine are missing from it."""
+    d = plan.study_dir
+    known: dict[int, dict] = {}
+    for run in sorted(p.parent for p in (d / "trials").glob("*/config.yaml")):
+        summary = runs.read_json(run / "summary.json")
+        number = summary.get("tune", {}).get("trial")
+        if number is None:  # a run that never reached _link: its name says its trial
+            if (match := _RUN_NAME.search(run.name)) is None:
+                continue
+            number = int(match[1])
+        status = summary.get("status")  # none: it was training when the storage (or its worker) stopped
+        state = {"complete": "complete", "pruned": "pruned", None: "running"}.get(status, "fail")
+        value = summary.get("tune", {}).get("value")
+        if state == "complete" and value is None:  # trained, and stopped before it was scored
+            with contextlib.suppress(GenforgeError, ValueError, OSError):
+                value = _metric_value(run, summary, plan.metric)
+            state = "complete" if value is not None else "fail"
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        known[number] = {"trial": number, "state": state, plan.metric: value if state == "complete" else None,
+                         **{p.key: _dotted(config, p.key) for p in plan.space},
+                         "epochs": summary.get("epochs"), "seconds": summary.get("train_seconds"),
+                         "run": str(run.resolve()), "error": summary.get("error", "")}
+    rows = [known[n] for n in sorted(known)]
+    d.mkdir(parents=True, exist_ok=True)
+    _write_table(d, rows)
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")}
+    result = {"study": plan.study, "storage": shown_url(plan.storage), "storage_error": why,
+              "written_from": "the run directories", "metric": plan.metric, "direction": plan.direction,
+              "trials": len(rows), **counts, "best": None}
+    complete = [r for r in rows if r["state"] == "complete"]
+    if complete:
+        best = (min if plan.direction == "min" else max)(complete, key=lambda r: r[plan.metric])
+        params = {p.key: best[p.key] for p in plan.space}
+        result["best"] = _write_best(plan, best["trial"], best[plan.metric], params, best["run"])
+    runs.write_json(d / "study.json", result)
+    _clear_plots(d)
+    _write_report(d, result, rows, {"plots": f"not drawn: the storage could not be read ({why}); this page was "
+                                             f"written from the trials' run directories"})
     return result
+
+
+def _dotted(tree, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _write_table(d: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["trial"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    runs.write_text(d / "trials.csv", buffer.getvalue())
+
+
+def _write_best(plan: Plan, number: int, value: float, params: dict, run: str | None) -> dict:
+    """best.yaml: the base config with the best trial's values, ready to train; its entry of study.json."""
+    d = plan.study_dir
+    header = (f"# best of study {plan.study}: trial {number}, {plan.metric} {value:.6g} "
+              f"({plan.direction}); train it with: genforge train {d / 'best.yaml'}\n")
+    runs.write_text(d / "best.yaml", header + dump_config(plan.config(params)))
+    return {"trial": number, "value": value, "params": params, "run": run, "config": str(d / "best.yaml")}
+
+
+def _clear_plots(d: Path) -> Path:
+    plots = d / "plots"
+    plots.mkdir(exist_ok=True)
+    for stale in plots.glob("*.png"):
+        stale.unlink()
+    return plots
 
 
 def _write_report(d: Path, result: dict, rows: list[dict], notes: dict) -> None:
