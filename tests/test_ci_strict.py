@@ -48,3 +48,12 @@ def test_the_browser_tests_without_chromium_fail_under_ci(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 1 and "skipped under CI" in out and "needs Debian's chromium" in out, out[-2000:]
     assert " passed" not in out.splitlines()[-1]
+
+
+def test_the_postgresql_tests_without_its_binaries_fail_under_ci(tmp_path):
+    empty = tmp_path / "no-postgres"
+    empty.mkdir()
+    result = pytest_run(tmp_path, "tests/test_tune.py", "-k", "plain_postgresql_url", ci=True,
+                        GENFORGE_TEST_PG_BIN=str(empty))
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "skipped under CI" in out and "PostgreSQL is not installed" in out, out[-2000:]
