@@ -705,6 +705,8 @@ def serve(
     max_body: Annotated[int, typer.Option(min=1024, help="Largest request body, bytes.")] = 1 << 20,
     max_concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight before 503.")] = 32,
     timeout: Annotated[float, typer.Option(min=0.1, help="Inference timeout, seconds (then 504).")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request's body may take to arrive (then "
+                                                              "408); it holds no concurrency slot meanwhile.")] = 10.0,
     backend: Annotated[str, typer.Option(
         help="auto, torch or onnxruntime for every run. auto: onnxruntime wherever a run can run there (a trained "
              "run is exported once, into RUN/export), else torch")] = "auto",
@@ -716,7 +718,8 @@ def serve(
     from genforge.serve.server import serve as run_server
 
     run_server(runs, host, port, token_file,
-               Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout), backend=backend,
+               Limits(max_body_bytes=max_body, max_concurrency=max_concurrency, timeout_s=timeout,
+                      body_timeout_s=body_timeout), backend=backend,
                workers=workers)
 
 
