@@ -24,20 +24,20 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
 
     from PIL import Image, UnidentifiedImageError
 
-    from genforge.data.images import to_pixels
+    from genforge.data.images import draft, to_pixels
 
     c, h, w = shape
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             if im.format not in ("PNG", "JPEG"):
                 raise GenforgeError(f"{name}: {im.format} images are not supported; use PNG or JPEG")
-            if im.format == "JPEG" and im.width * im.height <= 64 * max_pixels:
-                im.draft("L" if c == 1 else "RGB", (w, h))  # only configures the decoder: nothing decoded yet
+            if im.width * im.height <= 64 * max_pixels:
+                draft(im, "L" if c == 1 else "RGB", (h, w))  # only configures the decoder: nothing decoded yet
             if im.width * im.height > max_pixels:
                 raise GenforgeError(f"{name}: {im.width}x{im.height} is too large (at most {max_pixels:,} pixels); "
                                     f"resize it first")
-            arr = to_pixels(im, "L" if c == 1 else "RGB", (h, w), name)  # as training reads images: 16-bit by
-            # range, transparency over black, the same resize filter
+            arr = to_pixels(im, "L" if c == 1 else "RGB", (h, w), name)  # as training reads images: upright by
+            # EXIF, 16-bit by range, transparency over black, the same resize filter
     except Image.DecompressionBombError:  # Pillow's own header check, for sizes far past max_pixels
         raise GenforgeError(f"{name}: the image is too large (at most {max_pixels:,} pixels); resize it first"
                             ) from None

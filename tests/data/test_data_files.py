@@ -280,3 +280,51 @@ def test_a_cmyk_jpeg_loads_as_its_rgb_colour(tmp_path):
     ds = load_dataset(f"imagefolder:{tmp_path}")
     assert ds.input_shape == (3, 5, 6) and ds.train_x[0, :, 0, 0].tolist() == [255, 0, 0]
     assert data_info(ds)["image_modes"] == {"CMYK": 4}
+
+
+# --- EXIF orientation: a phone stores a portrait photo as landscape pixels plus a tag that turns it for display ----
+
+def _turned_jpeg(path, displayed: Image.Image, orientation: int = 6):
+    """A JPEG whose pixels are `displayed` turned back the way a camera stores them, with the EXIF Orientation tag
+    (6: rotate 90 degrees clockwise to display) that a viewer applies."""
+    stored = displayed.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise: undone by the tag's clockwise turn
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # EXIF Orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored.save(path, quality=100, exif=exif)
+    return path
+
+
+def _portrait() -> Image.Image:
+    """32 high, 16 wide: the top half grey (160), the bottom half black (dark: predict does not invert it)."""
+    px = np.zeros((32, 16), dtype=np.uint8)
+    px[:16] = 160
+    return Image.fromarray(px)
+
+
+def test_exif_orientation_turns_a_photo_upright_in_training_and_predict_alike(tmp_path):
+    from genforge.predict import decode_image
+
+    for c in ("a", "b"):
+        for i in range(2):
+            _turned_jpeg(tmp_path / c / f"{i}.jpg", _portrait())
+    ds = load_dataset(f"imagefolder:{tmp_path}")
+    assert ds.input_shape == (1, 32, 16)  # the displayed size (height x width), not the stored 16 x 32
+    assert data_info(ds)["image_sizes"] == {"32x16": 4}
+    x = ds.train_x[0, 0].numpy().astype(int)
+    assert abs(x[:14].mean() - 160) < 3 and x[18:].mean() < 3  # upright: grey above, black below
+    for path in sorted((tmp_path / "a").iterdir()):
+        np.testing.assert_array_equal(decode_image(path, (1, 32, 16))[0], x)
+
+
+def test_a_turned_jpeg_is_decoded_reduced_in_its_stored_orientation(tmp_path):
+    """A JPEG is decoded at 1/2, 1/4 or 1/8 of its size where the target allows; for a turned photo the target's
+    height is the stored width. 64 x 512 displayed, decoded for 8 x 64: no reduction may take its 64 columns."""
+    from genforge.data.images import RESAMPLE
+    from genforge.predict import decode_image
+
+    px = np.zeros((512, 64), dtype=np.uint8)
+    px[:, ::8] = px[:, 1::8] = px[:, 2::8] = px[:, 3::8] = 150  # vertical stripes 4 pixels wide
+    path = _turned_jpeg(tmp_path / "x.jpg", Image.fromarray(px))
+    expected = np.asarray(Image.fromarray(px).resize((64, 8), RESAMPLE), dtype=int)
+    assert np.abs(decode_image(path, (1, 8, 64))[0].astype(int) - expected).max() <= 4

@@ -10,7 +10,7 @@ import numpy as np
 
 from genforge.data.builtin import split_train_test
 from genforge.data.dataset import Dataset, make_dataset
-from genforge.data.images import is_color, open_image, to_pixels
+from genforge.data.images import displayed_size, is_color, open_image, to_pixels
 from genforge.errors import GenforgeError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -53,7 +53,7 @@ def load_imagefolder(spec: str, image_size: tuple[int, int] | None = None) -> Da
     headers = {}
     for path, _ in (item for part in items.values() for item in part):
         with open_image(path, spec) as im:
-            headers[path] = ((im.height, im.width), im.mode, is_color(im))
+            headers[path] = (displayed_size(im), im.mode, is_color(im))  # a portrait photo: portrait
     sizes = Counter(size for size, _, _ in headers.values())
     target = tuple(image_size) if image_size else max(sizes, key=lambda s: (sizes[s], s))  # ties: the larger
     mode = "RGB" if any(color for _, _, color in headers.values()) else "L"
