@@ -284,9 +284,9 @@ def test_a_cmyk_jpeg_loads_as_its_rgb_colour(tmp_path):
 
 # --- EXIF orientation: a phone stores a portrait photo as landscape pixels plus a tag that turns it for display ----
 
-def _turned_jpeg(path, displayed: Image.Image, orientation: int = 6):
-    """A JPEG whose pixels are `displayed` turned back the way a camera stores them, with the EXIF Orientation tag
-    (6: rotate 90 degrees clockwise to display) that a viewer applies."""
+def _turned(path, displayed: Image.Image, orientation: int = 6):
+    """A JPEG (or a PNG, by the path's suffix) whose pixels are `displayed` turned back the way a camera stores them,
+    with the EXIF Orientation tag (6: rotate 90 degrees clockwise to display) that a viewer applies."""
     stored = displayed.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise: undone by the tag's clockwise turn
     exif = Image.Exif()
     exif[0x0112] = orientation  # EXIF Orientation
@@ -302,12 +302,13 @@ def _portrait() -> Image.Image:
     return Image.fromarray(px)
 
 
-def test_exif_orientation_turns_a_photo_upright_in_training_and_predict_alike(tmp_path):
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_exif_orientation_turns_a_photo_upright_in_training_and_predict_alike(tmp_path, suffix):
     from genforge.predict import decode_image
 
     for c in ("a", "b"):
         for i in range(2):
-            _turned_jpeg(tmp_path / c / f"{i}.jpg", _portrait())
+            _turned(tmp_path / c / f"{i}.{suffix}", _portrait())
     ds = load_dataset(f"imagefolder:{tmp_path}")
     assert ds.input_shape == (1, 32, 16)  # the displayed size (height x width), not the stored 16 x 32
     assert data_info(ds)["image_sizes"] == {"32x16": 4}
@@ -325,6 +326,15 @@ def test_a_turned_jpeg_is_decoded_reduced_in_its_stored_orientation(tmp_path):
 
     px = np.zeros((512, 64), dtype=np.uint8)
     px[:, ::8] = px[:, 1::8] = px[:, 2::8] = px[:, 3::8] = 150  # vertical stripes 4 pixels wide
-    path = _turned_jpeg(tmp_path / "x.jpg", Image.fromarray(px))
+    path = _turned(tmp_path / "x.jpg", Image.fromarray(px))
     expected = np.asarray(Image.fromarray(px).resize((64, 8), RESAMPLE), dtype=int)
     assert np.abs(decode_image(path, (1, 8, 64))[0].astype(int) - expected).max() <= 4
+
+
+def test_the_size_pass_decodes_no_png_to_find_its_orientation(tmp_path):
+    """Pillow's PNG getexif decodes the whole image to look for an eXIf chunk after the pixels: the folder's first pass
+    reads headers only (a folder of large PNGs would be decoded twice)."""
+    from genforge.data.images import displayed_size
+
+    with Image.open(_huge_png(tmp_path / "x.png", width=300, height=200)) as im:  # decoding it would fail: cut short
+        assert displayed_size(im) == (200, 300)

@@ -65,7 +65,11 @@ def is_color(im: Image.Image) -> bool:
 
 
 def _sideways(im: Image.Image) -> bool:
-    """Whether the EXIF Orientation turns the image by 90 degrees (a JPEG's EXIF is in its header: nothing decoded)."""
+    """Whether the EXIF Orientation turns the image by 90 degrees, from the header: nothing decoded. A PNG's eXIf chunk
+    may follow its pixels, and Pillow decodes the whole image to look for one; such a PNG is counted at its stored size
+    here (the header pass), and to_pixels, which decodes it anyway, still turns it."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return False
     return im.getexif().get(ORIENTATION) in SIDEWAYS
 
 
