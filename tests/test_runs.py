@@ -179,6 +179,14 @@ def _with(**changes):
     (_with(classes=5), "'classes' must be a list of strings, not 5"),
     (_with(dataset=None), "'dataset' must be a string"),
     (_with(season="weekly"), "'season' must be a positive integer"),
+    # well typed but past what training writes: load_run would allocate a model (or zeros) of that size
+    (_with(input_shape=[10**9]), "'input_shape' is [1000000000], but training writes a vector of at most 1,048,576"),
+    (_with(input_shape=[1, 100000, 100000]), "[1, 100000, 100000], but training writes an image side of at most 4096"),
+    (_with(input_shape=[5, 28, 28]), "'input_shape' is [5, 28, 28], but training writes at most 4 channels"),
+    (_with(input_shape=[2, 3]), "'input_shape' is [2, 3], but training writes [D] (a vector) or [C, H, W] (an image)"),
+    (_with(norm_shape=[10**9]), "'norm_shape' is [1000000000], but training writes a vector of at most 1,048,576"),
+    (_with(norm_shape=[1] * 100), "'norm_shape' is [1, 1, 1,"),
+    (_with(classes=[str(i) for i in range(70_000)]), "'classes' holds 70,000 classes, but training writes at most"),
     (lambda meta: [1, 2], "holds a JSON list, not an object"),
     (lambda meta: '{"input_shape": [2', "not valid JSON"),
 ])

@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from genforge.data.images import MAX_SIDE
 from genforge.data.series import SeriesOptions
 from genforge.errors import GenforgeError
 from genforge.registry import MODELS
@@ -26,7 +27,7 @@ class AugmentConfig(_Strict):
     flip: bool = False  # random horizontal flip (not for digits)
 
 
-ImageSide = Annotated[int, Field(ge=1, le=4096)]  # pixels; predict and serve decode at most 4096 x 4096
+ImageSide = Annotated[int, Field(ge=1, le=MAX_SIDE)]  # pixels; predict and serve decode at most 4096 x 4096
 
 
 class DataConfig(_Strict):

@@ -22,6 +22,8 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from genforge.config import RunConfig, dump_config, validate
+from genforge.data.dataset import MAX_CLASSES, MAX_FEATURES
+from genforge.data.images import MAX_CHANNELS, MAX_SIDE
 from genforge.errors import GenforgeError
 from genforge.registry import build_model, task_of
 
@@ -220,6 +222,20 @@ def _is_strings(value) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def _shape_bounds(shape: list[int]) -> str | None:
+    """What a well-typed input_shape (or norm_shape: the statistics per channel or per feature) has that training
+    never writes, or None. Both size the model load_run builds: a crafted [10**9] would allocate gigabytes."""
+    if len(shape) == 1:
+        return f"a vector of at most {MAX_FEATURES:,} values" if shape[0] > MAX_FEATURES else None
+    if len(shape) != 3:
+        return "[D] (a vector) or [C, H, W] (an image)"
+    if shape[0] > MAX_CHANNELS:
+        return f"at most {MAX_CHANNELS} channels"
+    if max(shape[1:]) > MAX_SIDE:
+        return f"an image side of at most {MAX_SIDE} pixels (data.image_size's bound)"
+    return None
+
+
 META_KEYS = {  # what load_run and the run's users read from meta.json: key -> (required, check, what it must be)
     "dataset": (True, lambda v: isinstance(v, str), "a string"),
     "classes": (True, _is_strings, "a list of strings"),
@@ -232,16 +248,23 @@ META_KEYS = {  # what load_run and the run's users read from meta.json: key -> (
 
 
 def check_meta(meta: dict, path: Path) -> dict:
-    """meta.json's keys that rebuild the model, checked before any is used: a missing key or a wrong type is one line
-    naming it (a hand-edited or crafted file, not a traceback from deep in build_model)."""
+    """meta.json's keys that rebuild the model, checked before any is used: a missing key, a wrong type or a size past
+    what training writes is one line naming it (a hand-edited or crafted file, not a traceback from deep in build_model
+    or an allocation of the size it claims)."""
+    damaged = "the run directory is damaged: restore the file, or train the run again"
     for key, (required, check, what) in META_KEYS.items():
         if key not in meta:
             if required:
-                raise GenforgeError(f"{path}: no key {key!r} ({what}); the run directory is damaged: restore the "
-                                    f"file, or train the run again")
+                raise GenforgeError(f"{path}: no key {key!r} ({what}); {damaged}")
         elif not check(meta[key]):
-            raise GenforgeError(f"{path}: {key!r} must be {what}, not {json.dumps(meta[key])[:60]}; the run directory "
-                                f"is damaged: restore the file, or train the run again")
+            raise GenforgeError(f"{path}: {key!r} must be {what}, not {json.dumps(meta[key])[:60]}; {damaged}")
+    for key in ("input_shape", "norm_shape"):
+        if (bound := _shape_bounds(meta[key])) is not None:
+            raise GenforgeError(f"{path}: {key!r} is {json.dumps(meta[key])[:60]}, but training writes {bound}; "
+                                f"{damaged}")
+    if len(meta["classes"]) > MAX_CLASSES:  # the classifier's last layer has one output per class
+        raise GenforgeError(f"{path}: 'classes' holds {len(meta['classes']):,} classes, but training writes at most "
+                            f"{MAX_CLASSES:,}; {damaged}")
     return meta
 
 

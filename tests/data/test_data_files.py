@@ -220,6 +220,14 @@ def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path, side):
     assert "\n" not in str(e.value)
 
 
+def test_more_classes_than_a_run_holds_are_refused_before_training():
+    from genforge.data.dataset import MAX_CLASSES, make_dataset
+
+    x, y = np.zeros((2, 3), dtype=np.float32), np.zeros(2, dtype=np.int64)
+    with pytest.raises(GenforgeError, match="65,537 classes, more than the 65,536 a classifier takes"):
+        make_dataset("csv:x.csv", x, y, x, y, [str(i) for i in range(MAX_CLASSES + 1)], "x.csv")
+
+
 def test_data_info_on_a_bomb_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     from helpers import run_cli
 

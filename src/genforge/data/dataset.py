@@ -10,6 +10,9 @@ import torch
 
 from genforge.errors import GenforgeError
 
+MAX_CLASSES = 1 << 16  # 65,536: ImageNet-21k's 21,841 fit; a label column with more is a measurement, not a class
+MAX_FEATURES = 1 << 20  # 1,048,576 values in a vector input (a CSV's features, a forecaster's packed window)
+
 
 @dataclass
 class Dataset:
@@ -41,7 +44,13 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
 
 
 def make_dataset(name: str, train_x, train_y, test_x, test_y, classes, source: str) -> Dataset:
-    """Build a Dataset from arrays or tensors, fixing dtypes and computing the checksum."""
+    """Build a Dataset from arrays or tensors, fixing dtypes and computing the checksum. More classes or features
+    than a run directory may hold (runs.check_meta) are refused here, before training, not when the run loads."""
+    if len(classes) > MAX_CLASSES:
+        raise GenforgeError(f"{name}: {len(classes):,} classes, more than the {MAX_CLASSES:,} a classifier takes; is "
+                            f"the label column a measurement? Give a column of class labels")
+    if np.ndim(train_x) == 2 and np.shape(train_x)[1] > MAX_FEATURES:
+        raise GenforgeError(f"{name}: {np.shape(train_x)[1]:,} features, more than {MAX_FEATURES:,}; reduce them first")
     tensors = []
     for a, is_y in ((train_x, False), (train_y, True), (test_x, False), (test_y, True)):
         if isinstance(a, np.ndarray):

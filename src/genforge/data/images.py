@@ -22,6 +22,9 @@ from genforge.errors import GenforgeError
 FORMATS = ("PNG", "JPEG")
 MAX_PIXELS = 89_478_485  # width x height; Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, ~0.25 GiB
 # as RGBA): Pillow warns past it and refuses past twice it, after the header and before any pixel is decoded
+MAX_SIDE = 4096  # pixels, an image's height or width after resizing (data.image_size, a run's input_shape): predict
+# and serve decode at most 4096 x 4096
+MAX_CHANNELS = 4  # an image's channels: 1 (grayscale) or 3 (RGB) today, 4 left for RGBA
 RESAMPLE = Image.Resampling.BILINEAR
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # a 16-bit grayscale PNG opens as I;16 (older Pillow: I)
 COLOR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBa")
