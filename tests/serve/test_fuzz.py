@@ -14,6 +14,7 @@ and the forecast end of a model that reads the calendar (/v1 and v2)."""
 
 import json
 import math
+import re
 from datetime import date, datetime
 
 import numpy as np
@@ -182,7 +183,8 @@ INTEGER_TEXT = st.one_of(
 
 
 def _plain(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+    """An integer as JSON writes one (leading zeros allowed): the rule every integer written as text follows."""
+    return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
 @FUZZED

@@ -24,11 +24,14 @@ SHOWN_CONTEXTS = 10  # the last this many contexts of each: what the playground 
 
 
 def ascii_int(text: str) -> int | None:
-    """The integer that `text` writes in the digits 0-9, else None: every integer a request writes as text (a header,
-    a form field, a JSON string, a class index) is read by this one rule. str.isdigit() also passes '²', which int()
-    refuses, and '٣' or '１２', which int() reads; int() also takes signs, spaces and underscores. At most 100 digits:
-    int() refuses over 4,300 (CPython's guard against quadratic parsing), and no count or index here needs more."""
-    return int(text) if 0 < len(text) <= 100 and text.isascii() and text.isdigit() else None
+    """The integer that `text` writes as JSON writes one, with the digits 0-9 and an optional minus (leading zeros
+    allowed, as HTTP's Content-Length allows them), else None: every integer a request writes as text (a header, a
+    form field, a query parameter, a JSON string, a class index) is read by this one rule. str.isdigit() also passes
+    '²', which int() refuses, and '٣' or '１２', which int() reads; int() also takes '+', spaces and underscores. At
+    most 100 digits: int() refuses over 4,300 (CPython's guard against quadratic parsing), and no count or index here
+    needs more."""
+    digits = text[1:] if text[:1] == "-" else text
+    return int(text) if 0 < len(digits) <= 100 and digits.isascii() and digits.isdigit() else None
 
 
 class NotExplainable(GenforgeError):

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -42,17 +43,18 @@ Number = float | int
 
 def _digits(value):
     """An integer field written as text (a form field, a query parameter, a JSON string) -> its value, by the rule
-    every integer written as text in a request follows (adapters.ascii_int: the digits 0-9 only); pydantic alone
-    would also take signs, spaces, underscores and "3.0". Any other value goes on to pydantic as it is."""
+    every integer written as text in a request follows (adapters.ascii_int: the digits 0-9, and a minus); pydantic
+    alone would also take '٣', '+', spaces, underscores and "3.0". Any other value goes on to pydantic as it is."""
     if isinstance(value, str):
         number = ascii_int(value)
-        if number is None:
-            raise ValueError(f"write a whole number in the digits 0-9, got {value!r}")
+        if number is None:  # pydantic's own error kind and words, and the rule
+            raise PydanticCustomError("int_parsing", "Input should be a valid integer, written in the digits 0-9")
         return number
     return value
 
 
 Integer = Annotated[int, BeforeValidator(_digits)]
+IntegerOrNone = Annotated[int | None, BeforeValidator(_digits)]  # not Integer | None: its bounds left the schema
 
 
 class _Strict(BaseModel):
@@ -72,7 +74,7 @@ class ClassifyRequest(ClassifyOptions):
 
 class GenerateRequest(_Strict):
     n: Integer = Field(16, ge=1, le=256, description="Number of images")
-    label: Integer | None = Field(None, ge=0, le=100_000, description="Class to draw (class-conditional models)")
+    label: IntegerOrNone = Field(None, ge=0, le=100_000, description="Class to draw (class-conditional models)")
     seed: Integer = Field(0, ge=0, le=2**31 - 1, description="The same seed gives the same images")
     truncation: float | None = Field(None, gt=0, le=10, description="Redraw latent entries beyond ±T")
     format: Literal["png", "array"] = "png"
@@ -81,13 +83,13 @@ class GenerateRequest(_Strict):
 class InterpolateRequest(_Strict):
     steps: Integer = Field(10, ge=2, le=256)
     seed: Integer = Field(0, ge=0, le=2**31 - 1)
-    from_label: Integer | None = Field(None, ge=0, le=100_000)
-    to_label: Integer | None = Field(None, ge=0, le=100_000)
+    from_label: IntegerOrNone = Field(None, ge=0, le=100_000)
+    to_label: IntegerOrNone = Field(None, ge=0, le=100_000)
     format: Literal["png", "array"] = "array"
 
 
 class ReconstructOptions(_Strict):
-    label: Integer | None = Field(None, ge=0, le=100_000, description="The inputs' class (class-conditional VAEs)")
+    label: IntegerOrNone = Field(None, ge=0, le=100_000, description="The inputs' class (class-conditional VAEs)")
     range: Literal["auto", "0-255", "0-1"] = "auto"
     format: Literal["png", "array"] = "array"
 
@@ -100,7 +102,7 @@ class ForecastRequest(_Strict):
     history: list[Number] | list[list[Number]] = Field(
         description=f"One series' most recent values, oldest first, or N equally long series; at least the model's "
                     f"forecast.minimum_history values each (its card says), at most {Limits.max_history:,} in all")
-    horizon: Integer | None = Field(None, ge=1, le=1_000_000, description=f"Steps to forecast (default: the trained "
+    horizon: IntegerOrNone = Field(None, ge=1, le=1_000_000, description=f"Steps to forecast (default: the trained "
                                 f"horizon); at most {Limits.max_horizons} trained horizons, those beyond the first "
                                 f"forecast from the model's own medians")
     end: str | None = Field(None, max_length=40, description="The time of the history's last value (e.g. "
@@ -117,7 +119,7 @@ class ExplainOptions(_Strict):
                                      "input's predicted one", json_schema_extra={"anyOf": [
                                          {"type": "string", "minLength": 1, "maxLength": 200},
                                          {"type": "integer", "minimum": 0}, {"type": "null"}]})
-    steps: Integer | None = Field(None, ge=1, le=MAX_STEPS, description=f"Gradient evaluations per input (integrated-"
+    steps: IntegerOrNone = Field(None, ge=1, le=MAX_STEPS, description=f"Gradient evaluations per input (integrated-"
                               f"gradients: noisy copies of an image x path points; gradient-shap: samples); at most "
                               f"the server's max_explain_steps ({Limits.max_explain_steps} by default); default "
                               f"{DEFAULT_STEPS['integrated-gradients']}")
@@ -742,7 +744,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     @app.post("/v1/models/{name}/classify", tags=["models"], openapi_extra=classify_body,
               summary="Class probabilities of images (PNG/JPEG upload or JSON arrays) or feature vectors")
     async def classify(request: Request, name: str = served("classify"),
-                       top_k: Integer | None = Query(None, ge=1, le=1000, description="Overrides the body's top_k"),
+                       top_k: Annotated[int | None, Query(ge=1, le=1000, description="Overrides the body's top_k"),
+                                        BeforeValidator(_digits)] = None,  # IntegerOrNone = Query(...) lost it
                        echo_input: bool = Query(False, description="Return the preprocessed input the model saw")):
         model = model_for(name, "classify")
         x, fields = await image_inputs(request, model, ClassifyRequest)
