@@ -220,6 +220,17 @@ def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path, side):
     assert "\n" not in str(e.value)
 
 
+def test_a_folder_of_photos_past_4096_pixels_a_side_asks_for_image_size(tmp_path):
+    """The default size is recorded in the run's config.yaml, whose data.image_size takes at most 4096 a side: a folder
+    of 48 MP photos is refused before decoding, with a size to give instead."""
+    spec = _folder(tmp_path, _classes_of(1))
+    for c in ("a", "b"):
+        for i in range(2):
+            _huge_png(tmp_path / c / f"big{i}.png", width=8000, height=6000)
+    with pytest.raises(GenforgeError, match=r"most images are 6000x8000, past the 4096 pixels .* e\.g\. \[192, 256\]"):
+        load_dataset(spec)
+
+
 def test_more_classes_than_a_run_holds_are_refused_before_training():
     from genforge.data.dataset import MAX_CLASSES, make_dataset
 
@@ -346,3 +357,28 @@ def test_the_size_pass_decodes_no_png_to_find_its_orientation(tmp_path):
 
     with Image.open(_huge_png(tmp_path / "x.png", width=300, height=200)) as im:  # decoding it would fail: cut short
         assert displayed_size(im) == (200, 300)
+
+
+def _noisy(size, value, rng) -> Image.Image:
+    """A size=(W, H) grayscale image around `value`: a class's images, told apart by their level."""
+    return Image.fromarray(np.clip(rng.normal(value, 10, size[::-1]), 0, 255).astype(np.uint8))
+
+
+def test_a_run_records_the_size_it_chose_so_another_folder_is_resized_to_it(tmp_path, capsys, monkeypatch):
+    """data.image_size left at its default (the folder's most common size) is written to the run's config.yaml as the
+    size chosen: `evaluate --data` on a folder of another size then resizes it to the trained size, not to that
+    folder's own most common one (a mismatch with input_shape, refused)."""
+    import yaml
+    from helpers import run_cli, train_run
+
+    rng = np.random.default_rng(0)
+    train = _folder(tmp_path / "train", {c: [_noisy((20, 20), v, rng) for _ in range(10)] + [_noisy((24, 24), v, rng)]
+                                         for c, v in (("a", 40), ("b", 200))})
+    other = _folder(tmp_path / "other", {c: [_noisy((30, 30), v, rng) for _ in range(5)]
+                                         for c, v in (("a", 40), ("b", 200))})
+    run = train_run(tmp_path / "runs", "blobs-logreg", f"data.name={train}", "train.epochs=1", "train.threads=1",
+                    "train.batch_size=8")
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["image_size"] == [20, 20]
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", run, "--data", other, "--json")
+    assert code == 0, err
+    assert json.loads(out)["dataset"] == other

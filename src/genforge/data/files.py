@@ -10,7 +10,7 @@ import numpy as np
 
 from genforge.data.builtin import split_train_test
 from genforge.data.dataset import Dataset, make_dataset
-from genforge.data.images import displayed_size, is_color, open_image, to_pixels
+from genforge.data.images import MAX_SIDE, displayed_size, is_color, open_image, to_pixels
 from genforge.errors import GenforgeError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -56,6 +56,11 @@ def load_imagefolder(spec: str, image_size: tuple[int, int] | None = None) -> Da
             headers[path] = (displayed_size(im), im.mode, is_color(im))  # a portrait photo: portrait
     sizes = Counter(size for size, _, _ in headers.values())
     target = tuple(image_size) if image_size else max(sizes, key=lambda s: (sizes[s], s))  # ties: the larger
+    if max(target) > MAX_SIDE:  # the default; a given image_size was bounded by the config. The run's config.yaml
+        # records the size it chose, and the config would refuse it on loading
+        h, w = (max(1, round(side * 256 / max(target))) for side in target)  # the shape, 256 on its longer side
+        raise GenforgeError(f"{spec}: most images are {_size_text(target)}, past the {MAX_SIDE} pixels per side a "
+                            f"model takes; set data.image_size=[H,W] to resize them, e.g. [{h}, {w}]")
     mode = "RGB" if any(color for _, _, color in headers.values()) else "L"
 
     def stack(part):

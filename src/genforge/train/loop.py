@@ -176,10 +176,15 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     data = task.prepare(cfg, ds, device, fold)
     ds = data.ds
     x, y, x_val, y_val = data.x, data.y, data.x_val, data.y_val  # the training split is on the device
+    given = cfg
+    chosen = getattr(ds, "found", {}).get("image_size")  # an image folder's most common size (series have no found)
+    if cfg.data.image_size is None and chosen:  # recorded, so that evaluate and predict on another folder resize it
+        # to the trained size, not to that folder's own most common one
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": tuple(chosen)})})
     if data.model_config is not None and data.model_config != cfg.model:  # defaults the data decides (a horizon)
         cfg = cfg.model_copy(update={"model": data.model_config})
-        if w.is_main:
-            runs.write_config(run_dir, cfg)
+    if cfg != given and w.is_main:
+        runs.write_config(run_dir, cfg)
     mean, std = data.mean, data.std
     if tcfg.privacy is not None:  # the training data's statistics would be released with the model, unprotected
         from genforge.train.privacy import public_normalization
