@@ -68,6 +68,7 @@ bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<
 	$(PY) bench/serve_load.py
 	$(PY) bench/compress.py
 	$(PY) bench/forecast_vs_statistical.py
+	$(PY) bench/series_cleaning.py
 	$(PY) bench/fashion_rowlstm.py
 	$(PY) bench/fashion_dp.py
 	$(PY) bench/tune_fashion.py
