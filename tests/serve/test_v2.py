@@ -139,6 +139,8 @@ BINARY = b'{"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "U
      "evenly nested"),
     (b'{"inputs": [{"name": "input", "shape": [-1], "datatype": "UINT8", "data": []}]}', None, "negative"),
     (b'{"inputs": [{"name": "input", "shape": [1], "datatype": "STRING", "data": [1]}]}', None, "datatype"),
+    (b'{"inputs": [{"name": "input", "shape": ["1_0"], "datatype": "UINT8", "data": [1]}]}', None, "shape.0"),
+    (b'{"inputs": [{"name": "input", "shape": [true], "datatype": "UINT8", "data": [1]}]}', None, "shape.0"),
     (b'{"inputs": []}', None, "inputs: List should have at least 1 item"),
     (b'[1]', None, "an infer request is JSON"),
     (BINARY % 784, bytes(700), "runs past the body's"),

@@ -16,7 +16,7 @@ import orjson
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from genforge import __version__
 from genforge.serve.adapters import ServedModel, ascii_int
@@ -41,7 +41,8 @@ class _Open(BaseModel):
 
 class InferInput(_Open):
     name: str = Field(max_length=200)
-    shape: list[int] = Field(max_length=8, description="Dimensions; their product is the element count")
+    shape: list[StrictInt] = Field(max_length=8, description="Dimensions; their product is the element count")
+    # strict: JSON integers only; pydantic would read "1_0" as 10, " 1" and true as 1
     datatype: str = Field(max_length=16, description="BOOL, UINT8, INT32, INT64, FP32, FP64, ...")
     parameters: dict[str, Any] | None = Field(None, description="binary_data_size: the byte count of this input's "
                                                                  "raw data after the JSON header (binary extension)")
