@@ -14,7 +14,7 @@ from genforge.serve.limits import Limits
 
 
 @pytest.fixture(scope="module")
-def fashion():
+def fashion(fashion_available):
     return load_dataset("fashion-mnist", progress=False)
 
 
@@ -243,3 +243,18 @@ def test_an_integer_written_as_text_is_the_digits_0_to_9(lean, fashion, value):
         assert r.status_code == 422 and "digits 0-9" in error_of(r), (where, r.text)
     assert c.post(f"/v1/models/{clf}/classify", files=upload, data={"top_k": "3"}).status_code == 200
     assert c.post(f"/v1/models/{clf}/classify", json={"inputs": [image.tolist()], "top_k": "2"}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["1", "\u0661", "\uff11", "1_0", None, "all booleans"])
+def test_pixel_values_are_json_numbers(lean, value):
+    """np.array(values, dtype=float64) read the strings "1", "١", "１" and "1_0" as numbers: a pixel is a JSON number.
+    (A true among numbers still reads as 1: numpy makes the array int, and finding it would cost a Python pass.)"""
+    c, clf = lean
+    image = [[0] * 28 for _ in range(28)]
+    image[5][5] = value
+    if value == "all booleans":
+        image = [[True] * 28 for _ in range(28)]
+    r = c.post(f"/v1/models/{clf}/classify", json={"inputs": [image]})
+    assert r.status_code == 422 and "JSON numbers" in error_of(r), r.text
+    image[5][5] = 1
+    assert c.post(f"/v1/models/{clf}/classify", json={"inputs": [image]}).status_code == 200

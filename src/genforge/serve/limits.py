@@ -129,10 +129,14 @@ def array_inputs(values: list, shape: tuple[int, ...], value_range: str) -> np.n
     value_range "0-1" ("auto": 0-1 when every value is <= 1)."""
     size = math.prod(shape)
     try:
-        array = np.array(values, dtype=np.float64)  # a copy of its own, changed in place below
+        # no dtype first: np.array(..., dtype=float64) reads the strings "1", "١", "１" and "1_0" as numbers
+        raw = np.array(values)
     except (ValueError, TypeError):
-        raise RequestError("inputs must be a list of equally shaped arrays of numbers "
-                           f"(each {'x'.join(map(str, shape))} or flat {size})") from None
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":  # strings, booleans, nulls, ragged lists, integers past 64 bits
+        raise RequestError("inputs must be a list of equally shaped arrays of JSON numbers (no strings, booleans or "
+                           f"nulls; each {'x'.join(map(str, shape))} or flat {size})") from None
+    array = raw.astype(np.float64)  # a copy of its own, changed in place below
     if array.ndim < 2 or array[0].size != size:
         got = "x".join(map(str, array.shape[1:])) or "a number"
         raise RequestError(f"each input must have {size} values ({'x'.join(map(str, shape))}), got {got}")
