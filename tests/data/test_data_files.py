@@ -382,3 +382,17 @@ def test_a_run_records_the_size_it_chose_so_another_folder_is_resized_to_it(tmp_
     code, out, err = run_cli(capsys, monkeypatch, "evaluate", run, "--data", other, "--json")
     assert code == 0, err
     assert json.loads(out)["dataset"] == other
+
+
+def test_a_folder_run_evaluates_on_a_built_in_dataset_of_its_shape(tmp_path, capsys, monkeypatch, fashion_available):
+    """The run's recorded image size resizes folders only: a built-in dataset of the same shape (28x28 grayscale)
+    is evaluated as it is, not refused for carrying data.image_size."""
+    from helpers import run_cli, train_run
+
+    rng = np.random.default_rng(0)
+    train = _folder(tmp_path / "train", {str(c): [_noisy((28, 28), 20 * c, rng) for _ in range(3)] for c in range(10)})
+    run = train_run(tmp_path / "runs", "blobs-logreg", f"data.name={train}", "train.epochs=1", "train.threads=1",
+                    "train.batch_size=8")
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", run, "--data", "fashion-mnist", "--json")
+    assert code == 0, err
+    assert json.loads(out)["dataset"] == "fashion-mnist"

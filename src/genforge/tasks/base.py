@@ -57,8 +57,10 @@ class Task:
         """The run's data (or the dataset `name`, e.g. `evaluate --data`), loaded and cleaned."""
         from genforge.data import load_dataset, select_classes
 
-        ds = load_dataset(name or cfg.data.name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet,
-                          image_size=cfg.data.image_size)
+        name = name or cfg.data.name
+        # the run's image size resizes any folder to what the model reads; a built-in dataset has its own fixed shape
+        size = cfg.data.image_size if name.startswith("imagefolder:") else None
+        ds = load_dataset(name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet, image_size=size)
         return select_classes(ds, cfg.data.classes) if cfg.data.classes else ds
 
     def prepare(self, cfg, ds, device: torch.device, fold: tuple[int, int] | None = None) -> Prepared:
