@@ -106,6 +106,7 @@ def test_a_baseline_is_a_run_with_the_textbook_forecast(tmp_path):
     spec = _csv(tmp_path / "season.csv", [10 + (i % 12) + 0.01 * i for i in range(96)])
     run_dir, summary = _train(tmp_path, f"data.name={spec}", "model.kind=seasonal-naive")
     assert summary["status"] == "complete" and not list(runs.load_run(run_dir).model.parameters())
+    assert summary["epochs"] == 1  # of train.epochs=3 (TINY): every epoch of a baseline would score the same
     loaded = runs.load_run(run_dir)
     history = np.array([10 + (i % 12) + 0.01 * i for i in range(96)])
     f = loaded.forecast(history)

@@ -216,6 +216,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     shard = bs // w.size  # each rank's slice of every batch
     steps_per_epoch = len(x) // bs  # drop the ragged last batch: BatchNorm needs more than one sample
     step = task.step(model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
+    if getattr(step, "epochs", None) is not None and tcfg.epochs > step.epochs:  # a baseline: epochs would repeat
+        log.line(f"nothing to train: {step.epochs} epoch instead of train.epochs={tcfg.epochs}")
+        tcfg = tcfg.model_copy(update={"epochs": step.epochs})
     transfer.attach(step)  # parameter groups and frozen layers, before privacy wraps the optimizer
     total = tcfg.epochs * steps_per_epoch
     privacy = None

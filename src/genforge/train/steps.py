@@ -168,7 +168,9 @@ class ModelLossStep(SingleOptimizerStep):
 
 class FixedStep:
     """The step of a model with nothing to train (a forecasting baseline): it scores the batch and changes nothing,
-    so the run still has its loop, checkpoint and run directory."""
+    so the run still has its loop, checkpoint and run directory. Every epoch would score the same, so one is run."""
+
+    epochs = 1  # the loop runs at most this many epochs of a step that sets it
 
     def __init__(self, model: nn.Module):
         self.model = model
