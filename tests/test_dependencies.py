@@ -4,11 +4,11 @@ pip-audit's advisory databases are not reachable from every machine (not from th
 versions are recorded here, each with its advisory; `make audit` runs pip-audit where its database answers. A bound
 lowered below a recorded fix, or an installed version below one, fails here."""
 
-import tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
