@@ -158,7 +158,7 @@ def fake_vae_run(parent: Path) -> Path:
     zeros = torch.zeros(1, 1, 1)
     runs.save_weights(build_model(cfg.model, (1, 28, 28), 10, zeros, zeros + 1), run / runs.WEIGHTS)
     runs.write_json(run / "meta.json", {"input_shape": [1, 28, 28], "classes": [str(i) for i in range(10)],
-                                        "norm_shape": [1, 1, 1], "task": "vae"})
+                                        "norm_shape": [1, 1, 1], "task": "vae", "dataset": "fashion-mnist"})
     return run
 
 

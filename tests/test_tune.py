@@ -325,10 +325,15 @@ def _genforge(*args, cwd: Path) -> subprocess.Popen:
 
 
 def _trials(url: str, study: str) -> list:
+    """The study's trials, read on an engine of its own that is closed after: polled every 50 ms, engines left to the
+    garbage collector held a connection each, and the module's server ran out of them (too many clients)."""
+    storage = optuna.storages.RDBStorage(url)
     try:
-        return optuna.load_study(study_name=study, storage=url).trials
+        return optuna.load_study(study_name=study, storage=storage).trials
     except KeyError:  # not created yet
         return []
+    finally:
+        storage.engine.dispose()
 
 
 def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, tmp_path, cli):
