@@ -179,6 +179,7 @@ def _with(**changes):
     (_with(classes=5), "'classes' must be a list of strings, not 5"),
     (_with(dataset=None), "'dataset' must be a string"),
     (_with(season="weekly"), "'season' must be a positive integer"),
+    (_with(light_background="yes"), "'light_background' must be true or false, not \"yes\""),
     # well typed but past what training writes: load_run would allocate a model (or zeros) of that size
     (_with(input_shape=[10**9]), "'input_shape' is [1000000000], but training writes a vector of at most 1,048,576"),
     (_with(input_shape=[1, 100000, 100000]), "[1, 100000, 100000], but training writes an image side of at most 4096"),

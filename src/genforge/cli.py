@@ -349,7 +349,7 @@ def predict(
     if "classify" not in loaded.task.verbs:
         raise GenforgeError(f"{run} is a {loaded.config.model.kind} model, not a classifier: predict classifies; "
                             f"use genforge sample (or reconstruct, for a VAE)")
-    x = load_inputs(files, tuple(loaded.meta["input_shape"]))
+    x = load_inputs(files, tuple(loaded.meta["input_shape"]), loaded.meta.get("light_background", False))
     probs = predict_proba(loaded.model, x)
     classes = loaded.meta["classes"]
     preds = [{"index": int(p.argmax()), "label": classes[int(p.argmax())], "probabilities": p.tolist()}
@@ -395,7 +395,8 @@ def explain(
 
     loaded = load_run(run)
     loaded.require("classify")
-    parts = [load_inputs([f], tuple(loaded.meta["input_shape"])) for f in files]
+    shape, light = tuple(loaded.meta["input_shape"]), loaded.meta.get("light_background", False)
+    parts = [load_inputs([f], shape, light) for f in files]
     names = [f.name if len(p) == 1 else f"{f.name}[{i}]" for f, p in zip(files, parts) for i in range(len(p))]
     x = torch.cat(parts)
     if len(x) > 256:
@@ -472,7 +473,7 @@ def reconstruct(
 
     loaded = load_run(run)
     loaded.require("reconstruct")
-    x = load_inputs(files, tuple(loaded.meta["input_shape"]))
+    x = load_inputs(files, tuple(loaded.meta["input_shape"]), loaded.meta.get("light_background", False))
     labels = None
     if loaded.model.cfg.conditional:
         if label is None:

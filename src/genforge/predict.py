@@ -13,18 +13,20 @@ MAX_PIXELS = 4096 * 4096  # refuse larger images before decoding them (decompres
 
 
 def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = "image",
-                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+                 max_pixels: int = MAX_PIXELS, light_background: bool = False) -> np.ndarray:
     """PNG or JPEG (a path or the file's bytes) -> uint8 (C, H, W) resized to the model's input.
 
     The header is checked before any pixel is decoded: format, then width x height against max_pixels, the
     pixels held in memory once decoded. A JPEG is decoded reduced (DCT scaling, up to 1/8 per side, never below
-    the model's size), so its header may claim up to 64x max_pixels. Grayscale models get light-on-dark images,
-    like their training data: an image whose border is light (a dark drawing on white paper) is inverted."""
+    the model's size), so its header may claim up to 64x max_pixels. A grayscale image gets its training data's
+    background: light_background is the run's meta.json key (absent: False, MNIST-style light on black), and an
+    image whose border is light when the training data's was dark (a drawing on paper for an MNIST-style model), or
+    dark when it was light, is inverted."""
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    from genforge.data.images import draft, to_pixels
+    from genforge.data.images import draft, light_border, to_pixels
 
     c, h, w = shape
     try:
@@ -46,8 +48,7 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
     except (OSError, ValueError) as e:
         raise GenforgeError(f"{name}: not a readable PNG or JPEG ({e})") from None
     if c == 1:
-        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-        arr = 255 - arr if border.mean() > 127 else arr
+        arr = 255 - arr if light_border(arr) != light_background else arr
         return arr[None]  # (1, H, W)
     return arr.transpose(2, 0, 1)  # (C, H, W)
 
@@ -78,8 +79,9 @@ def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return vectors
 
 
-def load_inputs(files: list[Path], shape: tuple[int, ...]) -> torch.Tensor:
-    """A batch in input order: every .npy contributes its N items, every image one."""
+def load_inputs(files: list[Path], shape: tuple[int, ...], light_background: bool = False) -> torch.Tensor:
+    """A batch in input order: every .npy contributes its N items, every image one (decode_image: light_background
+    is the run's meta.json key)."""
     parts = []
     for path in files:
         if not path.is_file():
@@ -87,7 +89,7 @@ def load_inputs(files: list[Path], shape: tuple[int, ...]) -> torch.Tensor:
         if path.suffix.lower() == ".npy":
             parts.append(_load_npy(path, shape))
         elif len(shape) == 3:
-            parts.append(decode_image(path, shape, name=str(path))[None])
+            parts.append(decode_image(path, shape, name=str(path), light_background=light_background)[None])
         else:
             raise GenforgeError(f"{path}: this model takes feature vectors; give a .npy of shape (N, {shape[0]})")
     return torch.from_numpy(np.concatenate(parts))

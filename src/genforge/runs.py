@@ -244,6 +244,8 @@ META_KEYS = {  # what load_run and the run's users read from meta.json: key -> (
     "freq": (False, lambda v: v is None or isinstance(v, str), "a pandas frequency string"),
     "season": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer"),
     "series": (False, _is_strings, "a list of strings"),
+    "light_background": (False, lambda v: isinstance(v, bool), "true or false"),  # grayscale images: whether the
+    # training split's border was light (predict and serve invert uploads to match); absent: light on black
 }
 
 

@@ -396,3 +396,60 @@ def test_a_folder_run_evaluates_on_a_built_in_dataset_of_its_shape(tmp_path, cap
     code, out, err = run_cli(capsys, monkeypatch, "evaluate", run, "--data", "fashion-mnist", "--json")
     assert code == 0, err
     assert json.loads(out)["dataset"] == "fashion-mnist"
+
+
+def _drawings(root, background: int, rng):
+    """An imagefolder of 8x8 drawings on a `background` (a class's square darker or lighter by its level)."""
+    def drawing(level):
+        px = np.clip(rng.normal(background, 5, (8, 8)), 0, 255)
+        px[2:6, 2:6] = level
+        return Image.fromarray(px.astype(np.uint8))
+    return _folder(root, {c: [drawing(v) for _ in range(6)] for c, v in (("a", 60), ("b", 120))})
+
+
+def test_predict_and_serve_invert_an_upload_only_when_its_background_differs_from_the_training_data(
+        tmp_path, capsys, monkeypatch):
+    """Uploads used to be inverted whenever their border was light (MNIST-style data is light on black): a run trained
+    on dark drawings on white paper then classified its own training images inverted, a 200 with a wrong answer.
+    meta.json records the training split's background; a run without the key is light-on-dark, as before."""
+    import torch
+    from fastapi.testclient import TestClient
+    from helpers import run_cli, train_run
+
+    from genforge.evaluate.classification import predict_proba
+    from genforge.runs import load_run
+    from genforge.serve.adapters import load_models
+    from genforge.serve.app import create_app
+
+    rng = np.random.default_rng(0)
+    quick = ["train.epochs=1", "train.threads=1", "train.batch_size=8"]
+    light = train_run(tmp_path / "runs", "blobs-logreg", f"data.name={_drawings(tmp_path / 'paper', 235, rng)}",
+                      "name=paper", *quick)
+    dark = train_run(tmp_path / "runs", "blobs-logreg", f"data.name={_drawings(tmp_path / 'ink', 15, rng)}",
+                     "name=ink", *quick)
+    assert json.loads((light / "meta.json").read_text())["light_background"] is True
+    assert json.loads((dark / "meta.json").read_text())["light_background"] is False
+
+    path = tmp_path / "paper" / "a" / "0.png"
+    trained = np.array(Image.open(path))  # what training read: 8x8, no resize
+    ds = load_dataset(f"imagefolder:{tmp_path / 'paper'}")
+    assert bytes(trained) in {bytes(x.numpy()) for x in (*ds.train_x, *ds.test_x)}
+    code, out, err = run_cli(capsys, monkeypatch, "predict", light, path, "--json")
+    assert code == 0, err
+    expected = predict_proba(load_run(light).model, torch.from_numpy(trained)[None, None])[0]
+    np.testing.assert_allclose(json.loads(out)["predictions"][0]["probabilities"], expected.tolist(), atol=1e-5)
+
+    def seen(run) -> np.ndarray:  # the input the served model saw for the PNG at `path`
+        models = load_models([run], backend="torch")
+        with TestClient(create_app(models)) as client:
+            r = client.post(f"/v1/models/{next(iter(models))}/classify?echo_input=true",
+                            files={"file": ("x.png", path.read_bytes(), "image/png")})
+        assert r.status_code == 200, r.text
+        return np.array(r.json()["predictions"][0]["input"], dtype=np.uint8)
+
+    np.testing.assert_array_equal(seen(light), trained)  # kept as it was trained on
+    np.testing.assert_array_equal(seen(dark), 255 - trained)  # a light-border upload on a dark-background run
+    meta = json.loads((light / "meta.json").read_text())
+    del meta["light_background"]  # a run trained before the key: light-on-dark assumed, as before
+    (light / "meta.json").write_text(json.dumps(meta))
+    np.testing.assert_array_equal(seen(light), 255 - trained)

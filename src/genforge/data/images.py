@@ -115,3 +115,12 @@ def to_pixels(im: Image.Image, mode: str, size: tuple[int, int] | None = None, n
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), RESAMPLE)
     return np.asarray(im, dtype=np.uint8)
+
+
+def light_border(x: np.ndarray) -> bool:
+    """Whether uint8 grayscale images (..., H, W) have a light one-pixel border on average (a dark drawing on paper):
+    recorded for a run's training split (meta.json's light_background) and asked of each upload, so predict and serve
+    invert an upload only when its background differs from the one the model was trained on."""
+    edges = (x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1])  # corners twice, as predict always counted
+    n = sum(e.size for e in edges)
+    return n > 0 and sum(float(e.sum(dtype=np.float64)) for e in edges) / n > 127

@@ -65,6 +65,11 @@ class ServedModel:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.run.meta["input_shape"])
 
+    @property
+    def light_background(self) -> bool:
+        """Whether a grayscale model's training images had light borders (decode_image inverts uploads to match)."""
+        return self.run.meta.get("light_background", False)
+
     @cached_property
     def classes(self) -> list[str]:
         return list(self.run.meta["classes"])

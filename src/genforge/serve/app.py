@@ -700,7 +700,8 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
             fields = form_fields(form, OPTIONS[cls])
             data = await upload.read()
             async with state["decodes"]:  # a decoded image is held whole: bound how many are at once
-                x = await run_in_threadpool(_decode, data, model.input_shape, upload.filename or "file", limits)
+                x = await run_in_threadpool(_decode, data, model.input_shape, upload.filename or "file", limits,
+                                           model.light_background)
             return x[None], fields
         if content_type != "application/json":
             raise RequestError(f"content type {content_type} is not accepted; send application/json or "
@@ -910,12 +911,13 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
     return app
 
 
-def _decode(data: bytes, shape: tuple[int, ...], name: str, limits: Limits) -> np.ndarray:
+def _decode(data: bytes, shape: tuple[int, ...], name: str, limits: Limits, light_background: bool) -> np.ndarray:
     from genforge.predict import decode_image
 
     max_pixels = max(limits.max_pixels, 64 * shape[-2] * shape[-1])  # by what the model needs: 8x its side
     try:
-        return decode_image(data, shape, name=name, max_pixels=max_pixels).copy()  # writable for torch
+        return decode_image(data, shape, name=name, max_pixels=max_pixels,
+                            light_background=light_background).copy()  # writable for torch
     except GenforgeError as e:
         raise RequestError(str(e)) from None
 

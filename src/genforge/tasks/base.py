@@ -67,6 +67,7 @@ class Task:
         """Split the data (a validation share of train, or fold k of a stratified k-fold), put the training split on
         the device, and compute what the model is built with. The image and tabular tasks share this."""
         from genforge.data import labelled_subset, split_validation, stratified_kfold
+        from genforge.data.images import light_border
         from genforge.registry import MODELS
 
         spec = MODELS[cfg.model.kind]
@@ -87,11 +88,14 @@ class Task:
         train_idx, val_idx = pool[train_idx], pool[val_idx]
         if cfg.data.train_subset:
             train_idx = train_idx[: cfg.data.train_subset]
-        mean, std = normalization_stats(ds.train_x[train_idx])
+        x = ds.train_x[train_idx]
+        mean, std = normalization_stats(x)
         meta = {"dataset": ds.name, "source": ds.source, "checksum": ds.checksum, "classes": ds.classes,
                 "input_shape": list(ds.input_shape), "norm_shape": list(mean.shape), "task": self.name,
                 "n_train": len(train_idx), "n_val": len(val_idx)}
-        return Prepared(ds, ds.train_x[train_idx].to(device), ds.train_y[train_idx].to(device), ds.train_x[val_idx],
+        if ds.is_image and ds.input_shape[0] == 1:  # what predict and serve invert a grayscale upload to match
+            meta["light_background"] = light_border(x.numpy())
+        return Prepared(ds, x.to(device), ds.train_y[train_idx].to(device), ds.train_x[val_idx],
                         ds.train_y[val_idx], tuple(ds.input_shape), len(ds.classes), mean, std, meta, ds.is_image)
 
     def check_fits(self, ds, meta: dict) -> None:
