@@ -115,3 +115,21 @@ def error_of(response) -> str:
     body = response.json()
     assert set(body) == {"error"} and body["error"]["status"] == response.status_code, body
     return body["error"]["message"]
+
+
+def until(condition, what: str, seconds: float = 30.0, poll: float = 0.02):
+    """Poll `condition` until it returns something true, and return that; fail naming `what` after `seconds` (a
+    generous deadline on a busy machine: it bounds a failure's wait, never a pause a slow machine could outlast)."""
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"{what} did not happen within {seconds:g} s"
+        time.sleep(poll)
+    return found
+
+
+def gauge(url: str, name: str) -> float:
+    """A gauge's value from the server's /metrics; 0 when it has no such gauge."""
+    import httpx
+
+    lines = [x for x in httpx.get(f"{url}/metrics", timeout=10).text.splitlines() if x.startswith(f"{name} ")]
+    return float(lines[0].split()[1]) if lines else 0.0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_cli
+from helpers import run_cli, until
 
 from genforge import runs
 from genforge.config import load_config
@@ -37,16 +37,6 @@ QUICK = ["train.epochs=4", "train.threads=1"]
 def cli(capsys, monkeypatch):
     monkeypatch.delenv(tune.STORAGE_ENV, raising=False)  # --storage's variable, if the shell running the tests has it
     return lambda *args: run_cli(capsys, monkeypatch, *args)
-
-
-def wait_for(condition, seconds: float, what: str):
-    """Poll `condition` until it returns something true, and return that; fail naming `what` after `seconds` (a
-    generous deadline on a busy machine, never a pause that a slow machine could outlast)."""
-    deadline = time.monotonic() + seconds
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
-        time.sleep(0.05)
-    return found
 
 
 def one_line_error(err: str) -> str:
@@ -349,7 +339,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, t
                      and (Path(t.user_attrs.get("run", "")) / "metrics.jsonl").is_file()), None)
 
     try:
-        victim = wait_for(running, 120, "a trial training")
+        victim = until(running, "a trial training", 120)
     except AssertionError:
         parent.kill()
         raise AssertionError(parent.communicate()) from None
@@ -361,8 +351,8 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, t
     # storage with the study's heartbeat: 1 s, grace 3 s), unless the parent's study directory failed it already
     watch = tune._storage(storage, heartbeat=1)
     study_id = watch.get_study_id_from_name("shared")
-    wait_for(lambda: watch.get_trial(victim._trial_id).state.name == "FAIL"
-             or victim._trial_id in watch._get_stale_trial_ids(study_id), 60, "the killed trial going stale")
+    until(lambda: watch.get_trial(victim._trial_id).state.name == "FAIL"
+          or victim._trial_id in watch._get_stale_trial_ids(study_id), "the killed trial going stale", 60)
     code, out, err = cli(*args, "--trials", "1")  # in this process: a third worker
     assert code == 0, err
     trials = optuna.load_study(study_name="shared", storage=storage).trials
@@ -436,8 +426,8 @@ def test_a_password_in_the_url_is_written_and_shown_nowhere(postgres, tmp_path):
     parent = _genforge("tune", "blobs-logreg", *QUICK, "--trials", "2", "--workers", "2", "--storage", url,
                        "--study", "secret", "--runs-dir", str(r), cwd=tmp_path)
     try:
-        workers = wait_for(lambda: parent.poll() is not None or len(_children(parent.pid)) == 2 and _children(
-            parent.pid), 60, "two workers")
+        workers = until(lambda: parent.poll() is not None or len(_children(parent.pid)) == 2 and _children(
+            parent.pid), "two workers", 60)
         command_lines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in workers or []]
     finally:
         out, err = parent.communicate(timeout=300)
@@ -502,7 +492,7 @@ def test_a_storage_that_stops_mid_study_is_one_line_and_the_study_dir_is_written
 
     try:
         try:
-            done = wait_for(one_done_one_training, 120, "a trial complete and the next one training")
+            done = until(one_done_one_training, "a trial complete and the next one training", 120)
         except AssertionError:
             proc.kill()
             raise AssertionError(proc.communicate()) from None

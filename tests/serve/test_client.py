@@ -8,12 +8,11 @@ import http.server
 import socket
 import struct
 import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
-from helpers import TOKEN, start_server
+from helpers import TOKEN, start_server, until
 
 from genforge.client import Client, ClientError, RedirectRefused, RequestRejected, ServerError, Timeout, Unavailable
 from genforge.data import load_dataset
@@ -34,14 +33,6 @@ def server(classifier_run, gan_run, forecast_runs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images():
     return load_dataset("fashion-mnist", progress=False).test_x[:4].numpy()  # uint8 (4, 1, 28, 28)
-
-
-def wait_for(condition, seconds: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `seconds` (a generous deadline, not a pause)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
-        time.sleep(0.01)
 
 
 def test_every_method(server, classifier_run, gan_run, images):
@@ -98,14 +89,14 @@ def test_503_is_retried_with_backoff(server, images):
     thread = threading.Thread(target=busy)
     thread.start()
     try:
-        wait_for(in_flight, 30, "an explanation in flight")
+        until(in_flight, "an explanation in flight", 30)
         with pytest.raises(Unavailable) as e:  # without retries the 503 is raised, with the server's message
             Client(server, token=TOKEN, retries=0).classify(images)
         assert e.value.status == 503 and "concurrency limit" in e.value.message
         client = Client(server, token=TOKEN, retries=12, backoff=0.05)
 
         def stop_once_retrying():  # the explanations stop once the client has had a 503 and is retrying
-            wait_for(lambda: client.attempts > 1 or stop.is_set(), 30, "the client retrying")
+            until(lambda: client.attempts > 1 or stop.is_set(), "the client retrying", 30)
             stop.set()
 
         threading.Thread(target=stop_once_retrying, daemon=True).start()

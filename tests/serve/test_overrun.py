@@ -3,12 +3,11 @@ says it is ready while its inference thread is lost, nor one that SIGTERM cannot
 
 import math
 import signal
-import time
 
 import httpx
 import pytest
 import torch
-from helpers import error_of
+from helpers import error_of, until
 
 from genforge.models.layers import standard_normal
 
@@ -33,14 +32,6 @@ def test_a_tiny_truncation_is_sampled_at_once_and_the_server_goes_on(client, nam
         assert r.status_code == 200, r.text
         assert len(r.json()["images"]) == 4
     assert client.post(f"/v1/models/{clf}/classify", json={"inputs": [[0] * 784]}).status_code == 200
-
-
-def until(condition, what: str, seconds: float = 30.0):
-    """Poll `condition` until it holds (a generous deadline: it only bounds a failure's wait)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds:g} s"
-        time.sleep(0.05)
 
 
 def ready_status(url: str) -> int:

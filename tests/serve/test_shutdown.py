@@ -5,11 +5,10 @@ import http.client
 import json
 import signal
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from helpers import error_of, start_server
+from helpers import error_of, gauge, start_server, until
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(gan_run):
@@ -50,24 +49,11 @@ def _drain_eight_held_requests(proc, url: str) -> list:
     return answers
 
 
-def gauge(url: str, name: str) -> float:
-    line = next(x for x in httpx.get(f"{url}/metrics", timeout=10).text.splitlines() if x.startswith(f"{name} "))
-    return float(line.split()[1])
-
-
 def not_ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=10).status_code == 503
     except httpx.TransportError:  # the listening socket is already closed: as good as not ready
         return True
-
-
-def until(condition, what: str, seconds: float = 30.0):
-    """Poll `condition` until it holds (a generous deadline: it only bounds a failure's wait)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds:g} s"
-        time.sleep(0.02)
 
 
 def test_past_the_concurrency_limit_the_excess_gets_503_at_once(scripted_server, gan_run):

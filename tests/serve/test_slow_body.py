@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from helpers import gauge, until
 
 BODY = json.dumps({"inputs": [[0] * 784]}).encode()
 DEADLINE = 2.0  # s: the body timeout of the server below
@@ -20,19 +21,6 @@ def server(scripted_server, classifier_run):
     proc, url, _ = scripted_server([classifier_run], max_concurrency=2, body_timeout_s=DEADLINE)
     name = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
     return url, name
-
-
-def gauge(url: str, name: str) -> float:
-    """A gauge's value from /metrics; 0 when the server has no such gauge."""
-    lines = [x for x in httpx.get(f"{url}/metrics", timeout=10).text.splitlines() if x.startswith(f"{name} ")]
-    return float(lines[0].split()[1]) if lines else 0.0
-
-
-def until(condition, what: str, seconds: float = 30.0):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds:g} s"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])

@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-from helpers import start_server
+from helpers import gauge, start_server, until
 
 
 def _children(pid: int) -> list[int]:
@@ -37,11 +36,6 @@ def _accepted(pid: int, peers: set[int]) -> int:
         if target.startswith("socket:["):
             held.add(target[len("socket:["):-1])
     return len(held & inodes)
-
-
-def _gauge(url: str, name: str) -> float:
-    line = next(x for x in httpx.get(f"{url}/metrics", timeout=10).text.splitlines() if x.startswith(f"{name} "))
-    return float(line.split()[1])
 
 
 def test_two_workers_share_a_port_add_up_metrics_and_drain(classifier_run):
@@ -85,10 +79,7 @@ def test_two_workers_share_a_port_add_up_metrics_and_drain(classifier_run):
         explain.sendall(f"POST /v1/models/fashion-cnn-fast/explain HTTP/1.1\r\nhost: {host}\r\ncontent-type: "
                         f"application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
         # the worker that reads it writes its gauge at each scrape it answers; either worker answers a scrape
-        deadline = time.monotonic() + 30
-        while _gauge(url, "genforge_receiving") < 1:
-            assert time.monotonic() < deadline, "the explanation's body was not being read within 30 s"
-            time.sleep(0.02)
+        until(lambda: gauge(url, "genforge_receiving") >= 1, "the explanation's body being read")
         proc.send_signal(signal.SIGTERM)
         explain.sendall(body[len(body) // 2:])
         response = http.client.HTTPResponse(explain)
