@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.train.loop import train
 
@@ -22,7 +22,7 @@ OUT = Path(__file__).resolve().parent / "out"
 def train_preset(preset: str, overrides: list[str] = ()) -> dict:
     cfg = load_config(preset, list(overrides))
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = runs.create_run(tmp, cfg.name, cfg)
+        run_dir = rundir.create_run(tmp, cfg.name, cfg)
         return train(cfg, run_dir, quiet=True)
 
 
@@ -30,7 +30,7 @@ def train_and_load(preset: str, overrides: list[str] = ()) -> tuple[dict, torch.
     """Train a preset in a throw-away run dir; (summary, the trained model in eval mode, fp32)."""
     cfg = load_config(preset, list(overrides))
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = runs.create_run(tmp, cfg.name, cfg)
+        run_dir = rundir.create_run(tmp, cfg.name, cfg)
         summary = train(cfg, run_dir, quiet=True)
         return summary, runs.load_run(run_dir).model.eval()
 

@@ -20,7 +20,7 @@ import torch
 from _common import OUT, record
 from serve_load import wrk_phase
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.data import load_dataset
 from genforge.evaluate.faithfulness import faithfulness
@@ -92,13 +92,13 @@ def server_speed(run: Path, x: torch.Tensor, requests: int = 200, concurrency: i
 
 def methods_figure(run: Path, x: torch.Tensor, path: Path) -> None:
     """docs/img/explain_methods.png: a few test images, each beside every method's overlay of its predicted class."""
-    from genforge.evaluate.report import _figure
     from genforge.explain import METHODS, overlay
+    from genforge.plots import figure
 
     loaded = runs.load_run(run)
     maps = {m: loaded.explainer()(x, m) for m in METHODS}
     classes = loaded.meta["classes"]
-    plt = _figure()
+    plt = figure()
     fig, axes = plt.subplots(len(x), len(METHODS) + 1, figsize=(1.6 * (len(METHODS) + 1), 1.7 * len(x)))
     for i, image in enumerate(x):
         p = maps[METHODS[0]].probabilities[i]
@@ -129,14 +129,14 @@ def main(run: str | None, examples: int, keep: str | None, speed_only: bool = Fa
     with tempfile.TemporaryDirectory() as tmp:
         if run is None:
             cfg = load_config("fashion-cnn", ["seed=0"])
-            run_dir = runs.create_run(keep or tmp, cfg.name, cfg)
+            run_dir = rundir.create_run(keep or tmp, cfg.name, cfg)
             summary = train(cfg, run_dir, quiet=True)
             result["fashion-cnn"] = {"test_accuracy": summary["test_accuracy"],
                                      "train_seconds": summary["train_seconds"], "run": str(run_dir)}
             record("explain_faithfulness", result)
         else:
-            run_dir = runs.resolve_run(run)
-            result["fashion-cnn"] = {"test_accuracy": runs.read_json(run_dir / "summary.json").get("test_accuracy"),
+            run_dir = rundir.resolve_run(run)
+            result["fashion-cnn"] = {"test_accuracy": rundir.read_json(run_dir / "summary.json").get("test_accuracy"),
                                      "run": str(run_dir)}
         ds = load_dataset("fashion-mnist", progress=False)
         methods_figure(run_dir, ds.test_x[[0, 1, 7, 12]], Path(__file__).resolve().parents[1] / "docs" / "img" /

@@ -14,7 +14,7 @@ import tempfile
 
 from _common import record
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.evaluate.privacy import audit_run
 from genforge.train.loop import train
@@ -22,7 +22,7 @@ from genforge.train.loop import train
 
 def _train(preset: str, overrides: list[str], parent: str):
     cfg = load_config(preset, overrides)
-    run_dir = runs.create_run(parent, cfg.name, cfg)
+    run_dir = rundir.create_run(parent, cfg.name, cfg)
     return run_dir, train(cfg, run_dir, quiet=True)
 
 

@@ -22,11 +22,11 @@ import warnings
 import numpy as np
 from _common import record
 
-from genforge import runs
+from genforge import rundir
 from genforge.config import load_config
 from genforge.data.series import SeriesOptions, load_series
 from genforge.evaluate.forecast import combine, mase_scale, window_metrics
-from genforge.runs import read_json
+from genforge.rundir import read_json
 from genforge.tasks.forecast import default_horizon, window_origins
 from genforge.train.loop import train
 
@@ -42,7 +42,7 @@ def genforge_runs(name: str, options: dict, cell: str, tmp: str) -> tuple[dict, 
     overrides = [f"data.name=series:{name}", f"model.cell={cell}", f"data.series.test_windows={WINDOWS}",
                  *(f"data.series.{k}={v}" for k, v in options.items())]
     cfg = load_config("series-lstm", overrides)
-    run_dir = runs.create_run(tmp, f"{name}-{cell}", cfg)
+    run_dir = rundir.create_run(tmp, f"{name}-{cell}", cfg)
     t0 = time.perf_counter()
     train(cfg, run_dir, quiet=True)
     seconds = time.perf_counter() - t0

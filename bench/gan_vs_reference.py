@@ -31,7 +31,7 @@ from genforge.config import load_config
 from genforge.data import load_dataset
 from genforge.evaluate.features import load_evaluator
 from genforge.evaluate.generative import evaluate_generator
-from genforge.sample import save_images
+from genforge.grids import save_images
 
 GENFORGE = ("fashion-dcgan", "fashion-cdcgan")  # the like-for-like row first, then the conditional one
 METRICS = ("fd", "kid", "precision", "recall", "conditional_accuracy")

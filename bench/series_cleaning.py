@@ -50,11 +50,11 @@ def median_seconds(fn, *args, repeats: int = REPEATS) -> float:
 
 
 def train_once(cfg) -> None:
-    from genforge import runs
+    from genforge import rundir
     from genforge.train.loop import train
 
     with tempfile.TemporaryDirectory() as runs_dir:
-        train(cfg, runs.create_run(runs_dir, cfg.name, cfg), quiet=True)
+        train(cfg, rundir.create_run(runs_dir, cfg.name, cfg), quiet=True)
 
 
 def prepare(task, cfg) -> None:

@@ -22,7 +22,7 @@ import time
 
 from _common import record
 
-from genforge import runs
+from genforge import rundir
 from genforge.config import load_config
 from genforge.train.loop import train
 
@@ -40,7 +40,7 @@ ARMS = {"scratch": [], "fine-tuned": ["INIT"],  # INIT: train.init_from=the pret
 
 def train_in(folder: str, overrides: list[str]) -> dict:
     cfg = load_config(PRESET, ["train.threads=1", *overrides])  # 2 threads on 2 shared cores ran 10-40x slower here
-    return train(cfg, runs.create_run(folder, cfg.name, cfg), quiet=True)
+    return train(cfg, rundir.create_run(folder, cfg.name, cfg), quiet=True)
 
 
 def main(seeds: int, reverse: bool, split: str | None = None, budgets=tuple(SCHEDULE), arms=tuple(ARMS)) -> None:
@@ -50,7 +50,7 @@ def main(seeds: int, reverse: bool, split: str | None = None, budgets=tuple(SCHE
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         pretrained = train_in(tmp, [source, "name=pretrained"])
-        (parent,) = [r["path"] for r in runs.list_runs(tmp) if r["run"].startswith("pretrained")]
+        (parent,) = [r["path"] for r in rundir.list_runs(tmp) if r["run"].startswith("pretrained")]
         print(f"pretrained on {source}: test accuracy {pretrained['test_accuracy']:.4f} "
               f"({pretrained['train_seconds']:.0f} s)", flush=True)
         ceiling = train_in(tmp, [target, "name=all-labels"])

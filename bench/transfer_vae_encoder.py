@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from _common import record
 from torch import nn
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import AugmentConfig, load_config
 from genforge.data import load_dataset
-from genforge.data.augment import augment_batch
 from genforge.data.splits import labelled_subset
 from genforge.models.classifier import FastCNNConfig, build_fastcnn
+from genforge.train.augment import augment_batch
 from genforge.train.loop import train
 
 ARMS = ("fastcnn scratch", "encoder scratch", "encoder fine-tuned")
@@ -82,8 +82,8 @@ def main(seeds: int, labels: int) -> None:
     ds = load_dataset("fashion-mnist", progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config("fashion-vae", ["model.autoregressive=false", "train.epochs=10", "train.threads=1"])
-        summary = train(cfg, runs.create_run(tmp, cfg.name, cfg), quiet=True)
-        (path,) = [r["path"] for r in runs.list_runs(tmp)]
+        summary = train(cfg, rundir.create_run(tmp, cfg.name, cfg), quiet=True)
+        (path,) = [r["path"] for r in rundir.list_runs(tmp)]
         vae = runs.load_run(path, backend="torch").model
     print(f"VAE: test ELBO {summary.get('test_elbo')}, {summary['train_seconds']:.0f} s", flush=True)
     rows = {arm: [] for arm in ARMS}

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from genforge.config import load_config
 from genforge.data import load_dataset, split_validation
 from genforge.evaluate.generative import evaluation_inputs, likelihood_metrics
-from genforge.sample import save_images
+from genforge.grids import save_images
 
 MODELS = {"factorized": ["model.autoregressive=false"], "autoregressive": []}  # fashion-vae overrides
 NLL = "nll_iwae"  # the likelihood_metrics key the gap is taken on

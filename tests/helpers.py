@@ -54,7 +54,7 @@ PRUNE_FINETUNE = ["deterministic=true", "data.train_subset=4096", "train.batch_s
 def train_run(parent: Path, preset: str, *overrides, cache=None) -> Path:
     """Train in this process what `genforge train PRESET OVERRIDES --runs-dir PARENT --quiet` trains (the same
     library calls, without a subprocess's start-up): the run directory. cache: the GENFORGE_CACHE to train with."""
-    from genforge import runs
+    from genforge import rundir
     from genforge.config import load_config
     from genforge.train.loop import train
 
@@ -62,7 +62,7 @@ def train_run(parent: Path, preset: str, *overrides, cache=None) -> Path:
         if cache:
             mp.setenv("GENFORGE_CACHE", str(cache))
         cfg = load_config(preset, list(overrides))
-        run_dir = runs.create_run(parent, cfg.name, cfg)
+        run_dir = rundir.create_run(parent, cfg.name, cfg)
         train(cfg, run_dir, quiet=True)
     return run_dir
 

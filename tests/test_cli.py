@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import genforge_cli, run_cli, train_run
 
-from genforge import runs
+from genforge import rundir, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def blobs_run(tmp_path_factory) -> Path:
 
 
 def test_blobs_logreg_learns_the_line_and_plots_it(blobs_run):
-    summary = runs.read_json(blobs_run / "summary.json")
+    summary = rundir.read_json(blobs_run / "summary.json")
     assert summary["test_accuracy"] > 0.97  # a linearly separable rule, up to the boundary's noise-free margin
     assert (blobs_run / "plots" / "decision_boundary.png").is_file()
     loaded = runs.load_run(blobs_run)
@@ -97,12 +97,12 @@ def test_broken_runs_and_inputs_are_one_line_errors(blobs_run, tmp_path, cli):
     (bad_yaml / "config.yaml").write_text("model: [[[")
     one_line(cli("evaluate", str(bad_yaml)), "config.yaml does not load")
     bad_weights = shutil.copytree(blobs_run, tmp_path / "bad-weights")
-    (bad_weights / runs.WEIGHTS).write_bytes(b"\xff" * 64)
+    (bad_weights / rundir.WEIGHTS).write_bytes(b"\xff" * 64)
     one_line(cli("evaluate", str(bad_weights)), "not a readable safetensors file")
     other_weights = shutil.copytree(blobs_run, tmp_path / "other-weights")
     from safetensors.numpy import save_file
 
-    save_file({"net.weight": np.zeros((3, 3), dtype=np.float32)}, other_weights / runs.WEIGHTS)
+    save_file({"net.weight": np.zeros((3, 3), dtype=np.float32)}, other_weights / rundir.WEIGHTS)
     one_line(cli("evaluate", str(other_weights)), "do not fit the model")
     one_line(cli("cv", "blobs-logreg", "--folds", "1500", "--runs-dir", str(tmp_path / "cv")), "smallest class")
     one_line(cli("train", "--resume", str(blobs_run)), "finished training already")

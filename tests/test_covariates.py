@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import run_cli
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.data.series import SeriesOptions, calendar_features, calendar_names, load_series
 from genforge.errors import GenforgeError
@@ -38,7 +38,7 @@ def promo_csv(tmp_path_factory):
 
 def _train(parent, csv, *overrides):
     cfg = load_config("csv-lstm", [f"data.name=csv-series:{csv}", *FAST, *overrides])
-    run_dir = runs.create_run(parent, cfg.name, cfg)
+    run_dir = rundir.create_run(parent, cfg.name, cfg)
     return run_dir, train(cfg, run_dir, quiet=True)
 
 

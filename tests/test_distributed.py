@@ -17,7 +17,7 @@ import torch
 from helpers import free_port, run_cli, train_run
 from safetensors.torch import load_file
 
-from genforge import runs
+from genforge import rundir
 
 TIMEOUT = 120  # s for any launch: a hang fails the test instead of the CI job
 CONFIG = """name: ddp
@@ -132,7 +132,7 @@ def _rank_of(pid: int) -> int | None:
 def _checkpointed(metrics: Path) -> bool:
     """Whether the checkpoint is at least as new as the last metrics line: the loop appends an epoch's line before
     it writes the epoch's checkpoint, so a kill that follows the line alone may come before the checkpoint."""
-    checkpoint = metrics.parent / runs.CHECKPOINT
+    checkpoint = metrics.parent / rundir.CHECKPOINT
     try:
         return checkpoint.stat().st_mtime_ns >= metrics.stat().st_mtime_ns
     except FileNotFoundError:
@@ -236,7 +236,7 @@ import sys
 import time
 from pathlib import Path
 
-from genforge import runs
+from genforge import rundir
 from genforge.config import load_config
 from genforge.train import distributed
 from genforge.train.loop import train
@@ -247,7 +247,7 @@ with distributed.process_group() as world:
     if world.rank == 1:
         time.sleep(600)  # alive but silent: only the collective's timeout can end rank 0's wait
     cfg = load_config("blobs-logreg", ["train.epochs=50"])
-    train(cfg, runs.create_run(sys.argv[1], cfg.name, cfg), quiet=True)  # rank 0 waits on rank 1 in a collective
+    train(cfg, rundir.create_run(sys.argv[1], cfg.name, cfg), quiet=True)  # rank 0 waits on rank 1 in a collective
 """
 
 

@@ -220,7 +220,7 @@ def test_a_run_loaded_with_onnxruntime_is_explained_with_its_torch_weights(class
                                                                           tmp_path):
     import shutil
 
-    from genforge.compress.export import export_run
+    from genforge.onnx.export import export_run
 
     run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
     export_run(load_run(run))

@@ -11,7 +11,7 @@ import torch
 from helpers import genforge_cli
 from test_resume import assert_same_tree, killed_and_uninterrupted
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.data.series import load_series
 from genforge.errors import GenforgeError
@@ -24,7 +24,7 @@ TINY = ["data.name=series:nile", "train.epochs=3", "model.hidden=8", "train.thre
 
 def _train(tmp_path, *overrides, preset="series-lstm"):
     cfg = load_config(preset, [*TINY, *overrides])
-    run_dir = runs.create_run(tmp_path, cfg.name, cfg)
+    run_dir = rundir.create_run(tmp_path, cfg.name, cfg)
     return run_dir, train(cfg, run_dir, quiet=True)
 
 
@@ -95,7 +95,7 @@ def test_a_plain_two_column_csv_trains_with_only_its_name_given(tmp_path):
     rng = np.random.default_rng(0)
     spec = _csv(tmp_path / "sales.csv", [100 + 10 * math.sin(i * math.pi / 6) + rng.normal() for i in range(120)])
     cfg = load_config("csv-lstm", [f"data.name={spec}", "train.epochs=2"])
-    run_dir = runs.create_run(tmp_path, cfg.name, cfg)
+    run_dir = rundir.create_run(tmp_path, cfg.name, cfg)
     summary = train(cfg, run_dir, quiet=True)
     loaded = runs.load_run(run_dir)
     assert loaded.model.horizon == 12 and loaded.model.context == 24  # one season of the inferred monthly data
@@ -202,4 +202,4 @@ def test_a_killed_forecaster_resumes_to_the_same_weights(tmp_path):
     reference, run = killed_and_uninterrupted(tmp_path, "series-lstm", exact, 6)
     from safetensors.torch import load_file
 
-    assert_same_tree(load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS))
+    assert_same_tree(load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS))

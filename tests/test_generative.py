@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import QUICK_GENERATOR, run_cli
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.data import load_dataset
 from genforge.evaluate.features import load_evaluator
 from genforge.evaluate.generative import frechet_distance
@@ -26,7 +26,7 @@ def cli(evaluator_cache, capsys, monkeypatch):
 
 
 def test_gan_run_has_samples_scores_and_report(gan_run):
-    summary = runs.read_json(gan_run / "summary.json")
+    summary = rundir.read_json(gan_run / "summary.json")
     assert summary["status"] == "complete" and summary["kind"] == "gan"
     assert summary["fd"] > 0 and 0 <= summary["conditional_accuracy"] <= 1
     assert (gan_run / "samples" / "epoch-001.png").is_file() and (gan_run / "plots" / "samples.png").is_file()
@@ -89,7 +89,7 @@ def test_evaluate_prints_calibration_that_matches_a_direct_computation(gan_run, 
 
 
 def test_vae_run_reports_likelihoods_and_reconstructs(vae_run, cli, tmp_path):
-    summary = runs.read_json(vae_run / "summary.json")
+    summary = rundir.read_json(vae_run / "summary.json")
     like = json.loads((vae_run / "eval.json").read_text())["likelihood"]
     assert like["iwae_k"] == 20 and like["nll_iwae"] > 0 and summary["nll_iwae"] == like["nll_iwae"]
     assert like["nll_iwae"] <= -like["test_elbo"] + 5  # the IWAE bound is no looser than the ELBO (up to noise)
@@ -112,9 +112,9 @@ def test_diverging_gan_is_rolled_back_and_stops_with_finite_weights(cli, tmp_pat
     assert "rolled back to the last checkpoint" in err and "lower train.d_lr" in err
     assert "Traceback" not in err
     (run,) = tmp_path.iterdir()
-    state = runs.load_state(run / runs.CHECKPOINT)
+    state = rundir.load_state(run / rundir.CHECKPOINT)
     assert all(torch.isfinite(v).all() for v in state["step_fn"]["model"].values() if v.is_floating_point())
-    assert runs.read_json(run / "summary.json")["status"] == "diverged"
+    assert rundir.read_json(run / "summary.json")["status"] == "diverged"
     kept = runs.load_run(run)  # the last good weights, usable like any run's
     assert all(torch.isfinite(v).all() for v in kept.model.state_dict().values() if v.is_floating_point())
     assert kept.sample(4, label=None if not kept.model.cfg.conditional else 1, seed=0).shape == (4, 1, 28, 28)

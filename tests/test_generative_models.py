@@ -442,13 +442,13 @@ def test_save_then_load_gives_the_same_samples(make, tmp_path):
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_a_vae_on_tabular_data_is_refused_before_training(likelihood, tmp_path):
-    from genforge import runs
+    from genforge import rundir
     from genforge.config import load_config
     from genforge.train.loop import train
 
     cfg = load_config("blobs-logreg", [f"model={{kind: vae, arch: mlp, likelihood: {likelihood}}}", "train.threads=1",
                                        "train.epochs=1"])
-    run = runs.create_run(tmp_path, "tabular-vae", cfg)
+    run = rundir.create_run(tmp_path, "tabular-vae", cfg)
     with pytest.raises(GenforgeError, match="model.kind=vae needs images but blobs is tabular"):
         train(cfg, run, quiet=True)
     assert not (run / "metrics.jsonl").exists()  # refused before the first step, not after the first epoch

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from genforge.config import RunConfig
-from genforge.registry import MODELS, build_model
-from genforge.runs import load_weights, save_weights
+from genforge.models.catalogue import build_model
+from genforge.registry import MODELS
+from genforge.rundir import load_weights, save_weights
 
 IMAGE = (1, 28, 28)
 FEATURES = (2,)

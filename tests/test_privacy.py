@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_resume import assert_same_tree, killed_and_uninterrupted
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.errors import GenforgeError
 from genforge.train.loop import train
@@ -24,7 +24,7 @@ SMALL = ["data.train_subset=1024", "data.val_fraction=0.1", "model.kind=mlp", "m
 
 def _train(tmp_path, *overrides):
     cfg = load_config("fashion-cnn-fast", [*SMALL, *overrides])
-    run_dir = runs.create_run(tmp_path, cfg.name, cfg)
+    run_dir = rundir.create_run(tmp_path, cfg.name, cfg)
     return run_dir, train(cfg, run_dir, quiet=True)
 
 
@@ -44,7 +44,7 @@ def private_run(tmp_path_factory):
 def test_the_reported_epsilon_is_the_accountants_for_the_recorded_noise_rate_and_steps(private_run):
     run_dir, summary = private_run
     p = summary["privacy"]
-    n = runs.read_json(run_dir / "meta.json")["n_train"]
+    n = rundir.read_json(run_dir / "meta.json")["n_train"]
     assert n == 1024  # the subset; validation comes from the rest of the training file
     assert p["sample_rate"] == pytest.approx(64 / n) and p["steps"] == 2 * (n // 64) == summary["steps"]
     assert p["delta"] == default_delta(n) == 1e-4 and p["accountant"] == "prv"
@@ -127,7 +127,7 @@ def test_per_sample_clipping_bounds_one_update(tmp_path):
                                            "train.privacy.noise_multiplier=1e-6", "train.privacy.max_grad_norm=0.01",
                                            "train.epochs=1"])
     from genforge.data import load_dataset
-    from genforge.registry import build_model
+    from genforge.models.catalogue import build_model
     from genforge.tasks.classify import TASK
     from genforge.train.privacy import Privacy
 
@@ -181,8 +181,8 @@ def test_a_killed_private_run_resumes_to_the_same_weights_and_epsilon(tmp_path):
     reference, run = killed_and_uninterrupted(tmp_path, "fashion-cnn-fast", exact, 20)
     from safetensors.torch import load_file
 
-    assert_same_tree(load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS))
-    assert runs.read_json(run / "summary.json")["privacy"] == runs.read_json(reference / "summary.json")["privacy"]
+    assert_same_tree(load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS))
+    assert rundir.read_json(run / "summary.json")["privacy"] == rundir.read_json(reference / "summary.json")["privacy"]
 
 
 def test_the_epsilon_bound_of_an_attack_follows_its_rates():
@@ -211,7 +211,7 @@ def test_the_audit_finds_an_overfit_model_and_not_a_private_one(tmp_path, capsys
     for attack in private["attacks"].values():
         assert abs(attack["auc"] - 0.5) < 0.08  # close to a coin
         assert attack["epsilon_lower_bound"] <= private["accounted_epsilon"]  # else the accounting has a bug
-    assert runs.read_json(private_dir / "audit.json") == private
+    assert rundir.read_json(private_dir / "audit.json") == private
 
 
 @pytest.mark.parametrize("args, inherited", [(["--quantize", "int8"], True),
@@ -225,7 +225,7 @@ def test_a_compressed_private_model_keeps_its_guarantee(private_run, tmp_path, c
     code, _, err = run_cli(capsys, monkeypatch, "compress", str(run_dir), *args, "--runs-dir", str(tmp_path))
     assert code == 0, err
     (child,) = tmp_path.iterdir()
-    privacy = runs.read_json(child / "summary.json")["privacy"]
+    privacy = rundir.read_json(child / "summary.json")["privacy"]
     if inherited:  # quantization is post-processing: the parent's epsilon stands
         assert privacy["epsilon"] == summary["privacy"]["epsilon"]
     else:  # the private fine-tuning read the data again: both trainings, composed

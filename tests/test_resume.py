@@ -16,7 +16,7 @@ import torch
 from helpers import PRUNE_FINETUNE, train_run
 from safetensors.torch import load_file
 
-from genforge import runs
+from genforge import rundir
 
 pytestmark = pytest.mark.usefixtures("fashion_available")
 
@@ -40,7 +40,7 @@ def finish(proc) -> str:
 
 def checkpoint_step(run: Path) -> int:
     try:
-        return runs.load_state(run / runs.CHECKPOINT)["loop"]["step"]
+        return rundir.load_state(run / rundir.CHECKPOINT)["loop"]["step"]
     except Exception:  # not written yet
         return -1
 
@@ -66,7 +66,7 @@ def kill_mid_training(proc, parent: Path, kill_at: int, steps: int) -> Path:
     alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert alive and kill_at <= stopped_at < steps and not (run / runs.WEIGHTS).exists(), \
+    assert alive and kill_at <= stopped_at < steps and not (run / rundir.WEIGHTS).exists(), \
         f"the kill did not land mid-training (checkpoint at step {stopped_at} of {steps}); lower kill_at"
     return run
 
@@ -77,7 +77,7 @@ def killed_and_uninterrupted(tmp_path: Path, preset: str, args: list[str], kill_
     whole = tmp_path / "whole"
     finish(genforge("train", preset, *args, "--runs-dir", whole, "--quiet"))
     (reference,) = whole.iterdir()
-    steps = runs.read_json(reference / "summary.json")["steps"]
+    steps = rundir.read_json(reference / "summary.json")["steps"]
     parent = tmp_path / "killed"
     run = kill_mid_training(genforge("train", preset, *args, "--runs-dir", parent, "--quiet"), parent, kill_at, steps)
     assert "resumed at" in finish(genforge("train", "--resume", run, "--quiet"))
@@ -107,11 +107,11 @@ def test_a_generator_killed_mid_epoch_resumes_bit_identical(preset, evaluator_ca
     run = kill_mid_training(proc, tmp_path / "b", 36, 64)  # in the second epoch (32 steps an epoch)
     assert "resumed at epoch 2" in finish(genforge("train", "--resume", run, "--quiet", cache=evaluator_cache))
 
-    expected, resumed = load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS)
+    expected, resumed = load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS)
     assert_same_tree(expected, resumed)
     # the whole state: both optimizers and schedules, the EMA with its update count, the GAN's counters
-    assert_same_tree(runs.load_state(reference / runs.CHECKPOINT)["step_fn"],
-                     runs.load_state(run / runs.CHECKPOINT)["step_fn"])
+    assert_same_tree(rundir.load_state(reference / rundir.CHECKPOINT)["step_fn"],
+                     rundir.load_state(run / rundir.CHECKPOINT)["step_fn"])
 
 
 TIMINGS = ("latency_ms_b1", "latency_ms_b256")
@@ -135,11 +135,11 @@ def test_an_interrupted_pruning_finetune_resumes_with_its_printed_command_and_en
     assert hint == f"genforge train --resume {child}"
     finish(genforge(*hint.split()[1:]))
 
-    expected, resumed = load_file(reference / runs.WEIGHTS), load_file(child / runs.WEIGHTS)
+    expected, resumed = load_file(reference / rundir.WEIGHTS), load_file(child / rundir.WEIGHTS)
     assert_same_tree(expected, resumed)  # the same weights, so the same zeros
     zeros = [int((w == 0).sum()) for k, w in resumed.items() if k.endswith("weight") and w.ndim > 1]
     assert sum(zeros) > 0.75 * sum(w.numel() for k, w in resumed.items() if k.endswith("weight") and w.ndim > 1)
     read = lambda run: json.loads((run / "comparison.json").read_text())  # noqa: E731
     assert without_timings(read(reference)) == without_timings(read(child))
-    summary = runs.read_json(child / "summary.json")
+    summary = rundir.read_json(child / "summary.json")
     assert summary["status"] == "complete" and summary["compressed_from"] == classifier_run.name

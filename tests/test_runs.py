@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.train import steps
 from genforge.train.loop import Interrupted, train
@@ -19,18 +19,18 @@ from genforge.train.steps import ClassifierStep
 
 def new_run(tmp_path, *overrides, preset="blobs-logreg", name="run"):
     cfg = load_config(preset, ["train.threads=1", *overrides])
-    return cfg, runs.create_run(tmp_path / name, cfg.name, cfg)
+    return cfg, rundir.create_run(tmp_path / name, cfg.name, cfg)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
-    path = runs.write_json(tmp_path / "summary.json", {"status": "complete"})
+    path = rundir.write_json(tmp_path / "summary.json", {"status": "complete"})
 
     def crash(*args):
         raise OSError("power cut before the rename")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="power cut"):
-        runs.write_json(path, {"status": "half"})
+        rundir.write_json(path, {"status": "half"})
     assert json.loads(path.read_text()) == {"status": "complete"}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
@@ -39,7 +39,7 @@ def test_the_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.path.isdir(f"/proc/self/fd/{fd}")) or real_fsync(fd))
-    runs.write_text(tmp_path / "eval.json", "{}")
+    rundir.write_text(tmp_path / "eval.json", "{}")
     assert synced == [False, True]  # the temp file's data, then the folder that holds the rename
 
 
@@ -115,9 +115,9 @@ def test_early_stopping_keeps_the_best_validation_epochs_weights(tmp_path):
     assert summary["weights_epoch"] == best
     cfg, short = new_run(tmp_path, *EARLY, f"train.epochs={best}", name="short")
     train(cfg, short, quiet=True)
-    kept, reference = load_file(run / runs.WEIGHTS), load_file(short / runs.WEIGHTS)
+    kept, reference = load_file(run / rundir.WEIGHTS), load_file(short / rundir.WEIGHTS)
     assert all(torch.equal(kept[k], reference[k]) for k in reference)
-    assert runs.read_json(run / "eval.json")["loss"] == runs.read_json(short / "eval.json")["loss"]  # evaluated
+    assert rundir.read_json(run / "eval.json")["loss"] == rundir.read_json(short / "eval.json")["loss"]  # evaluated
 
 
 def test_the_best_weights_survive_a_resume(tmp_path):
@@ -130,7 +130,7 @@ def test_the_best_weights_survive_a_resume(tmp_path):
               on_step=lambda step, t, total: t == stop_at and os.kill(os.getpid(), signal.SIGINT))
     resumed = train(cfg, again, resume=True, quiet=True)
     assert resumed["best_epoch"] == reference["best_epoch"] and resumed["epochs"] == reference["epochs"]
-    kept, expected = load_file(again / runs.WEIGHTS), load_file(run / runs.WEIGHTS)
+    kept, expected = load_file(again / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS)
     assert all(torch.equal(kept[k], expected[k]) for k in expected)
 
 
@@ -148,7 +148,7 @@ def test_cross_validation_folds_only_train_and_score(tmp_path, capsys, monkeypat
     for fold in folds:
         assert not (fold / "report.html").exists() and not (fold / "eval.json").exists()
         assert not (fold / "plots").exists()
-        summary = runs.read_json(fold / "summary.json")
+        summary = rundir.read_json(fold / "summary.json")
         assert 0.9 < summary["fold_accuracy"] <= 1 and "latency_ms_b1" not in summary
         assert runs.load_run(fold).model is not None  # a fold's weights are kept: it loads like any run
     print(f"cv, 3 folds of blobs-logreg, 3 epochs: {seconds:.1f} s")
@@ -157,7 +157,7 @@ def test_cross_validation_folds_only_train_and_score(tmp_path, capsys, monkeypat
 @pytest.fixture(scope="module")
 def trained_logreg(tmp_path_factory):
     cfg = load_config("blobs-logreg", ["train.threads=1", "train.epochs=1"])
-    run = runs.create_run(tmp_path_factory.mktemp("meta"), cfg.name, cfg)
+    run = rundir.create_run(tmp_path_factory.mktemp("meta"), cfg.name, cfg)
     train(cfg, run, quiet=True)
     return run
 

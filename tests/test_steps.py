@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genforge.config import validate
-from genforge.registry import build_model
+from genforge.models.catalogue import build_model
 from genforge.train.steps import ClassifierStep, GANStep, VAEStep
 
 SHAPE = (1, 28, 28)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from helpers import run_cli, train_run
 
-from genforge import runs, track
+from genforge import rundir, track
 from genforge.errors import GenforgeError
 
 QUICK = ["train.threads=1", "train.epochs=3", "data.train_subset=800"]  # blobs: 12 steps an epoch
@@ -62,7 +62,7 @@ def jsonl(run: Path) -> list[dict]:
 def mlflow_client(run: Path):
     from mlflow import MlflowClient
 
-    recorded = runs.read_json(run / "track.json")["mlflow"]
+    recorded = rundir.read_json(run / "track.json")["mlflow"]
     return MlflowClient(tracking_uri=recorded["uri"]), recorded["run_id"]
 
 
@@ -78,7 +78,7 @@ def assert_mlflow_holds(run: Path) -> None:
 def tensorboard_scalars(run: Path) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(runs.read_json(run / "track.json")["tensorboard"]["log_dir"],
+    events = EventAccumulator(rundir.read_json(run / "track.json")["tensorboard"]["log_dir"],
                               size_guidance={"scalars": 0, "images": 0})  # 0: keep every event
     events.Reload()
     return events
@@ -104,9 +104,9 @@ def test_mlflow_reads_back_metrics_jsonl_params_tags_and_artifacts(tracked_run):
     assert mlflow_run.data.params == config and config["train.epochs"] == "3"
     tags = mlflow_run.data.tags
     assert tags["genforge.kind"] == "logreg" and tags["genforge.dataset"] == "blobs"
-    git = runs.read_json(tracked_run / "env.json")["git"]
+    git = rundir.read_json(tracked_run / "env.json")["git"]
     assert tags.get("mlflow.source.git.commit") == git or git is None
-    summary = runs.read_json(tracked_run / "summary.json")
+    summary = rundir.read_json(tracked_run / "summary.json")
     assert mlflow_run.data.metrics["summary.test_accuracy"] == summary["test_accuracy"]
     stored = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id, "plots")}
     assert {"report.html", "metrics.jsonl", "config.yaml", "plots/decision_boundary.png"} <= stored
@@ -127,7 +127,7 @@ def test_tensorboard_event_files_hold_metrics_jsonl(tracked_run):
     assert_tensorboard_holds(tracked_run)
     events = tensorboard_scalars(tracked_run)
     assert "plots/decision_boundary" in events.Tags()["images"]
-    log_dir = Path(runs.read_json(tracked_run / "track.json")["tensorboard"]["log_dir"])
+    log_dir = Path(rundir.read_json(tracked_run / "track.json")["tensorboard"]["log_dir"])
     assert log_dir == tracked_run.parent.resolve() / "tensorboard" / tracked_run.name  # the default, in RUNS
 
 
@@ -138,24 +138,24 @@ def test_a_resumed_run_logs_no_step_twice(runs_dir):
     from genforge.train.loop import Interrupted, train
 
     cfg = load_config("blobs-logreg", [*QUICK, "track=[mlflow,tensorboard]", "name=resumed"])
-    run = runs.create_run(runs_dir, cfg.name, cfg)
+    run = rundir.create_run(runs_dir, cfg.name, cfg)
     with pytest.raises(Interrupted):  # Ctrl-C at step 15: the loop checkpoints and stops
         train(cfg, run, quiet=True, on_step=lambda step, t, total: t == 15 and os.kill(os.getpid(), signal.SIGINT))
     client, run_id = mlflow_client(run)
     assert client.get_run(run_id).info.status == "KILLED"
     (first,) = jsonl(run)  # epoch 1; step 15 is in epoch 2
     assert [m.step for m in client.get_metric_history(run_id, "epoch")] == [first["step"]]
-    recorded = runs.read_json(run / "track.json")
+    recorded = rundir.read_json(run / "track.json")
     for name in track.TRACKERS:
         recorded[name]["step"] = -1
-    runs.write_json(run / "track.json", recorded)
+    rundir.write_json(run / "track.json", recorded)
 
     train(cfg, run, resume=True, quiet=True)
     assert [r["step"] for r in jsonl(run)] == [first["step"] * k for k in (1, 2, 3)]
     assert_mlflow_holds(run)
     assert_tensorboard_holds(run)
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert runs.read_json(run / "track.json")["mlflow"]["run_id"] == run_id  # the same MLflow run, continued
+    assert rundir.read_json(run / "track.json")["mlflow"]["run_id"] == run_id  # the same MLflow run, continued
 
 
 def test_runs_track_exports_an_untracked_run_once(runs_dir, capsys, monkeypatch):
@@ -178,13 +178,13 @@ def test_runs_track_exports_an_untracked_run_once(runs_dir, capsys, monkeypatch)
 def test_a_trial_nests_under_its_study_run(tracked_run, tmp_path):
     """track.mlflow.parent_run_id: how a tune study's trials become child runs of the study's MLflow run."""
     client, _ = mlflow_client(tracked_run)
-    uri = runs.read_json(tracked_run / "track.json")["mlflow"]["uri"]
+    uri = rundir.read_json(tracked_run / "track.json")["mlflow"]["uri"]
     study = client.create_run(track.mlflow_experiment(client, uri, "a-study"), run_name="a-study").info.run_id
     trial = shutil.copytree(tracked_run, tmp_path / "trial-0")
     (trial / "track.json").unlink()
     settings = {"name": "trial", "uri": uri, "experiment": "a-study", "parent_run_id": study}
     track.open_tracking(trial, ["mlflow"], {"mlflow": settings}).finish()
-    child = runs.read_json(trial / "track.json")["mlflow"]["run_id"]
+    child = rundir.read_json(trial / "track.json")["mlflow"]["run_id"]
     assert client.get_run(child).data.tags["mlflow.parentRunId"] == study
     assert_mlflow_holds(trial)
     artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / "a-study"

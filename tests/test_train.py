@@ -12,7 +12,7 @@ import torch
 from helpers import run_cli, train_run
 from safetensors.torch import load_file
 
-from genforge import runs
+from genforge import rundir, runs
 
 pytestmark = pytest.mark.usefixtures("fashion_available")
 
@@ -40,8 +40,8 @@ def only_run(parent: Path) -> Path:
 
 
 def checkpoint_step(run: Path) -> int:
-    path = run / runs.CHECKPOINT
-    return runs.load_state(path)["loop"]["step"] if path.is_file() else -1
+    path = run / rundir.CHECKPOINT
+    return rundir.load_state(path)["loop"]["step"] if path.is_file() else -1
 
 
 def wait_for_step(proc, run_parent: Path, step: int, timeout: float = 300) -> Path:
@@ -95,9 +95,9 @@ def test_divergence_rolls_back_then_stops_with_finite_weights(tmp_path, capsys, 
     assert "rolled back to the last checkpoint" in err
     assert "error: training diverged" in err and "lower train.lr" in err
     assert "Traceback" not in err
-    state = runs.load_state(only_run(tmp_path) / runs.CHECKPOINT)
+    state = rundir.load_state(only_run(tmp_path) / rundir.CHECKPOINT)
     assert all(torch.isfinite(v).all() for v in state["step_fn"]["model"].values() if v.is_floating_point())
-    assert runs.read_json(only_run(tmp_path) / "summary.json")["status"] == "diverged"
+    assert rundir.read_json(only_run(tmp_path) / "summary.json")["status"] == "diverged"
     assert runs.load_run(only_run(tmp_path)).model is not None  # the last good weights were saved
 
 
@@ -106,11 +106,11 @@ def test_fast_preset_learns_on_real_data(tmp_path, capsys, monkeypatch):
                              "data.train_subset=8192", "train.epochs=2", "--runs-dir", str(tmp_path), "--quiet")
     assert code == 0, err
     run = only_run(tmp_path)
-    summary = runs.read_json(run / "summary.json")
+    summary = rundir.read_json(run / "summary.json")
     assert summary["test_accuracy"] > 0.75  # 2 epochs on 8k images: far above chance (0.10)
     assert summary["train_seconds"] > 0
     for name in ["config.yaml", "env.json", "metrics.jsonl", "model.safetensors", "summary.json", "report.html",
-                 "plots/curves.png", "plots/confusion.png", runs.CHECKPOINT]:
+                 "plots/curves.png", "plots/confusion.png", rundir.CHECKPOINT]:
         assert (run / name).is_file(), name
     loaded = runs.load_run(run)
     from genforge.data import load_dataset

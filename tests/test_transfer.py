@@ -10,11 +10,12 @@ import torch
 from helpers import run_cli, train_run
 from safetensors.torch import load_file
 
-from genforge import runs
+from genforge import rundir
 from genforge.config import load_config
 from genforge.data import labelled_subset, load_dataset, select_classes
 from genforge.errors import GenforgeError
-from genforge.registry import build_model, task_of
+from genforge.models.catalogue import build_model
+from genforge.registry import task_of
 from genforge.tasks.classify import ClassifyTask
 from genforge.train.loop import train
 from genforge.train.transfer import start_transfer
@@ -79,7 +80,7 @@ def test_the_label_budget_holds_the_validation_split_and_both_follow_the_classes
 
 
 def test_the_head_is_new_when_the_classes_differ_and_loaded_when_they_match(parent, tmp_path):
-    theirs = load_file(parent / runs.WEIGHTS)
+    theirs = load_file(parent / rundir.WEIGHTS)
     for classes, head_loaded in ((FIRST, True), (SECOND, False)):
         cfg = load_config("fashion-cnn-fast", [*SMALL, classes, f"train.init_from={parent}"])
         zeros = torch.zeros(1, 1, 1)
@@ -96,30 +97,30 @@ def test_the_head_is_new_when_the_classes_differ_and_loaded_when_they_match(pare
 def test_frozen_layers_and_their_batchnorm_statistics_do_not_change(parent, tmp_path):
     child = train_run(tmp_path, "fashion-cnn-fast", *SMALL, SECOND, "data.labels_per_class=40", "train.epochs=2",
                       f"train.init_from={parent}", "train.freeze=[pretrained]", "data.augment.flip=true")
-    before, after = load_file(parent / runs.WEIGHTS), load_file(child / runs.WEIGHTS)
+    before, after = load_file(parent / rundir.WEIGHTS), load_file(child / rundir.WEIGHTS)
     frozen = [k for k in after if not k.startswith(HEAD)]
     assert any("running_mean" in k for k in frozen) and any("num_batches_tracked" in k for k in frozen)
     for k in frozen:
         assert torch.equal(before[k], after[k]), k
     assert not torch.equal(before[f"{HEAD}weight"], after[f"{HEAD}weight"])  # only the new head trained
-    summary = runs.read_json(child / "summary.json")
+    summary = rundir.read_json(child / "summary.json")
     assert "new net.8 for 5 classes (Sandal" in summary["transfer"]["head"]
     assert summary["transfer"]["normalization"] == "the run's (kept)"
-    assert runs.read_json(child / "meta.json")["transfer"]["new"] == [f"{HEAD}weight", f"{HEAD}bias"]
+    assert rundir.read_json(child / "meta.json")["transfer"]["new"] == [f"{HEAD}weight", f"{HEAD}bias"]
 
 
 def test_unfreeze_epoch_trains_the_frozen_layers_later_at_the_scaled_rate(parent, tmp_path):
     cfg = load_config("fashion-cnn-fast", [*SMALL, SECOND, "data.labels_per_class=40", "train.epochs=2",
                                            "data.val_fraction=0", f"train.init_from={parent}", "train.freeze=[net.0]",
                                            "train.unfreeze_epoch=2", "train.pretrained_lr_scale=0.1"])
-    first = load_file(parent / runs.WEIGHTS)["net.0.0.weight"]
+    first = load_file(parent / rundir.WEIGHTS)["net.0.0.weight"]
     seen = []
 
     def record(step, t: int, total: int) -> None:
         weight = step.model.state_dict()["net.0.0.weight"]
         seen.append((t, torch.equal(weight, first), [group["lr"] for group in step.optimizer.param_groups]))
 
-    train(cfg, runs.create_run(tmp_path, cfg.name, cfg), quiet=True, on_step=record)
+    train(cfg, rundir.create_run(tmp_path, cfg.name, cfg), quiet=True, on_step=record)
     per_epoch = len(seen) // 2  # 200 images at batch 64: 3 steps an epoch
     assert all(same for _, same, _ in seen[:per_epoch]) and not seen[-1][1]
     assert all(lrs[1] == pytest.approx(0.1 * lrs[0]) for _, _, lrs in seen)  # new head at lr, pretrained at 0.1 lr
@@ -139,25 +140,26 @@ def test_a_fine_tuning_killed_mid_run_resumes_exactly(parent, tmp_path, capsys, 
             raise Killed
 
     cfg = load_config("fashion-cnn-fast", args)
-    run = runs.create_run(tmp_path / "b", cfg.name, cfg)
+    run = rundir.create_run(tmp_path / "b", cfg.name, cfg)
     with pytest.raises(Killed):
         train(cfg, run, quiet=True, on_step=kill)
-    assert runs.load_state(run / runs.CHECKPOINT)["loop"]["step"] == 2
+    assert rundir.load_state(run / rundir.CHECKPOINT)["loop"]["step"] == 2
     code, _, err = run_cli(capsys, monkeypatch, "train", "--resume", run, "--quiet")
     assert code == 0, err
     assert "resumed at epoch 1, batch 2" in err
-    expected, resumed = load_file(reference / runs.WEIGHTS), load_file(run / runs.WEIGHTS)
+    expected, resumed = load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS)
     assert expected.keys() == resumed.keys() and all(torch.equal(expected[k], resumed[k]) for k in expected)
-    assert runs.read_json(run / "summary.json")["transfer"] == runs.read_json(reference / "summary.json")["transfer"]
+    summary, expected_summary = rundir.read_json(run / "summary.json"), rundir.read_json(reference / "summary.json")
+    assert summary["transfer"] == expected_summary["transfer"]
 
 
 def fake_vae_run(parent: Path) -> Path:
     """A VAE's run directory (untrained weights): enough for load_run."""
     cfg = load_config("fashion-vae", ["model.width=8"])
-    run = runs.create_run(parent, cfg.name, cfg)
+    run = rundir.create_run(parent, cfg.name, cfg)
     zeros = torch.zeros(1, 1, 1)
-    runs.save_weights(build_model(cfg.model, (1, 28, 28), 10, zeros, zeros + 1), run / runs.WEIGHTS)
-    runs.write_json(run / "meta.json", {"input_shape": [1, 28, 28], "classes": [str(i) for i in range(10)],
+    rundir.save_weights(build_model(cfg.model, (1, 28, 28), 10, zeros, zeros + 1), run / rundir.WEIGHTS)
+    rundir.write_json(run / "meta.json", {"input_shape": [1, 28, 28], "classes": [str(i) for i in range(10)],
                                         "norm_shape": [1, 1, 1], "task": "vae", "dataset": "fashion-mnist"})
     return run
 
@@ -208,7 +210,7 @@ def test_a_private_fine_tuning_of_the_head_leaves_the_frozen_layers_alone(tmp_pa
     parent = train_run(tmp_path / "a", "fashion-cnn-fast", *SMALL, *group, FIRST)
     child = train_run(tmp_path / "b", "fashion-cnn-fast", *SMALL, *group, SECOND, f"train.init_from={parent}",
                       "train.freeze=[pretrained]", "train.privacy={noise_multiplier: 1.0, accountant: rdp}")
-    before, after = load_file(parent / runs.WEIGHTS), load_file(child / runs.WEIGHTS)
+    before, after = load_file(parent / rundir.WEIGHTS), load_file(child / rundir.WEIGHTS)
     assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith(HEAD))
     assert not torch.equal(before[f"{HEAD}weight"], after[f"{HEAD}weight"])
-    assert runs.read_json(child / "summary.json")["privacy"]["noise_multiplier"] == 1.0
+    assert rundir.read_json(child / "summary.json")["privacy"]["noise_multiplier"] == 1.0

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from helpers import run_cli, until
 
-from genforge import runs
+from genforge import rundir
 from genforge.config import load_config
 from genforge.errors import GenforgeError
 
@@ -87,8 +87,9 @@ def test_a_study_completes_writes_a_best_config_that_trains_and_resumes(tmp_path
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     for t in study.trials:  # each trial is an ordinary run directory that names its trial
         run = Path(t.user_attrs["run"])
-        assert run.parent == study_dir / "trials" and (run / runs.WEIGHTS).is_file() and (run / "report.html").is_file()
-        assert runs.read_json(run / "summary.json")["tune"] == {"study": "blobs-logreg", "trial": t.number,
+        assert run.parent == study_dir / "trials"
+        assert (run / rundir.WEIGHTS).is_file() and (run / "report.html").is_file()
+        assert rundir.read_json(run / "summary.json")["tune"] == {"study": "blobs-logreg", "trial": t.number,
                                                               "storage": tune.sqlite_url(study_dir), "value": t.value}
         assert load_config(str(run / "config.yaml")).train.lr == t.params["train.lr"]
     assert len((study_dir / "trials.csv").read_text().splitlines()) == 4
@@ -120,9 +121,9 @@ def test_a_trial_below_the_median_is_pruned(tmp_path):
     good, bad = tune.open_study(plan).trials
     assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
     run = Path(bad.user_attrs["run"])
-    summary = runs.read_json(run / "summary.json")
+    summary = rundir.read_json(run / "summary.json")
     assert summary["status"] == "pruned" and summary["epochs"] < 4 and summary["tune"]["trial"] == 1
-    assert (run / runs.WEIGHTS).is_file() and not (run / "eval.json").exists()  # no test evaluation for it
+    assert (run / rundir.WEIGHTS).is_file() and not (run / "eval.json").exists()  # no test evaluation for it
     assert tune.write_study_dir(plan)["pruned"] == 1
 
 
@@ -156,7 +157,7 @@ def test_reports_within_the_epoch_let_the_pruner_stop_a_trial_early(tmp_path):
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]  # the reports within an epoch are not logged
     assert [good.intermediate_values[4 * r["epoch"]] for r in epochs] == [r["val_acc"] for r in epochs]
     assert list(bad.intermediate_values) == [1]  # stopped a quarter into its first epoch
-    summary = runs.read_json(Path(bad.user_attrs["run"]) / "summary.json")
+    summary = rundir.read_json(Path(bad.user_attrs["run"]) / "summary.json")
     assert summary["status"] == "pruned" and summary["epochs"] == 0 and 0 < summary["steps"]
     rows = {r["trial"]: r for r in tune.write_study_dir(plan) and tune.trial_rows(tune.open_study(plan), plan)}
     assert (rows[0]["epochs"], rows[1]["epochs"]) == (4, 0.25)
@@ -185,8 +186,8 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch
     diverged, raised, ok = tune.open_study(plan).trials
     assert [t.state.name for t in (diverged, raised, ok)] == ["FAIL", "FAIL", "COMPLETE"]
     assert "training diverged" in diverged.user_attrs["error"] and raised.user_attrs["error"] == "RuntimeError: boom"
-    assert runs.read_json(Path(diverged.user_attrs["run"]) / "summary.json")["status"] == "diverged"
-    assert runs.read_json(Path(raised.user_attrs["run"]) / "summary.json")["status"] == "failed"
+    assert rundir.read_json(Path(diverged.user_attrs["run"]) / "summary.json")["status"] == "diverged"
+    assert rundir.read_json(Path(raised.user_attrs["run"]) / "summary.json")["status"] == "failed"
     assert "RuntimeError: boom" in (Path(raised.user_attrs["run"]) / "log.txt").read_text()  # with its traceback
     assert "(RuntimeError: boom)" in lines[1]
     tune.write_study_dir(plan)
@@ -364,7 +365,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, t
     completed = [t for t in trials if t.state.name == "COMPLETE"]
     assert len({t.user_attrs["run"] for t in completed}) == len(completed)  # and no run dir scored twice
     for t in completed:
-        assert runs.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["trial"] == t.number
+        assert rundir.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["trial"] == t.number
     table = (tmp_path / "r" / "tune-shared" / "trials.csv").read_text()
     assert "its worker stopped without finishing it" in table
 
@@ -437,7 +438,7 @@ def test_a_password_in_the_url_is_written_and_shown_nowhere(postgres, tmp_path):
         assert not [line for line in command_lines if secret.encode() in line]
         assert secret not in out and secret not in err
         assert not [p for p in r.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-    shown = runs.read_json(r / "tune-secret" / "study.json")["storage"]
+    shown = rundir.read_json(r / "tune-secret" / "study.json")["storage"]
     assert shown == f"postgresql+psycopg2://genforge:***@127.0.0.1:{postgres.port}/postgres?password=***" \
                     f"&application_name=genforge-test"
     assert shown in err and (r / "tune-secret" / "report.html").is_file()
@@ -505,12 +506,12 @@ def test_a_storage_that_stops_mid_study_is_one_line_and_the_study_dir_is_written
     line = one_line_error(err)
     assert "the study storage" in line and "failed mid-study" in line and "written from the trials' run" in line
     study_dir = r / "tune-lost"
-    result = runs.read_json(study_dir / "study.json")
+    result = rundir.read_json(study_dir / "study.json")
     assert result["written_from"] == "the run directories" and result["complete"] >= len(done)
     rows = {int(row.split(",")[0]): row for row in (study_dir / "trials.csv").read_text().splitlines()[1:]}
     for t in done:
         assert rows[t.number].split(",")[1] == "complete"
-        assert runs.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["value"] == t.value
+        assert rundir.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["value"] == t.value
     assert "could not be read" in (study_dir / "report.html").read_text()
     assert result["best"] is not None and (study_dir / "best.yaml").is_file()
 

@@ -29,13 +29,13 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines inst
 
 
 def _train_new(source: str, overrides: list[str], name: str | None, runs_dir: Path, quiet: bool) -> tuple[Path, dict]:
-    from genforge import runs, track
+    from genforge import rundir, track
     from genforge.config import load_config
     from genforge.train.loop import train
 
     cfg = load_config(source, [*overrides, *([f"name={name}"] if name else [])])  # validated like any key
     track.require(cfg.track.names())  # before the run directory: a refused run leaves nothing behind
-    run_dir = runs.create_run(runs_dir, cfg.name, cfg)
+    run_dir = rundir.create_run(runs_dir, cfg.name, cfg)
     err.print(f"run directory: {run_dir}")
     return run_dir, train(cfg, run_dir, quiet=quiet)
 
@@ -80,12 +80,11 @@ def _launch_args(config, overrides, name, runs_dir: Path, resume, track, quiet: 
     if distributed.launched():
         raise GenforgeError("--nproc inside a torchrun launch: torchrun already started the processes; drop --nproc")
     if resume is not None:
-        from genforge import runs
-
+        from genforge import rundir
         if config is not None or overrides or name is not None or track is not None:
             raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides, "
                                 "--name or --track")
-        cfg = load_config(str(runs.resolve_run(resume) / "config.yaml"))
+        cfg = load_config(str(rundir.resolve_run(resume) / "config.yaml"))
     elif config is None:
         raise GenforgeError("give a preset or a config file; list presets with `genforge presets`")
     else:
@@ -110,30 +109,29 @@ def _elastic_run_dir(runs_dir: Path, cfg) -> Path:
     restarts the group (TORCHELASTIC_RESTART_COUNT > 0), found through a marker named by the launch's run ID."""
     import os
 
-    from genforge import runs
-
+    from genforge import rundir
     marker = runs_dir / ".torchrun" / os.environ.get("TORCHELASTIC_RUN_ID", "none")
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and marker.is_file():
         return Path(marker.read_text())
-    run_dir = runs.create_run(runs_dir, cfg.name, cfg)
+    run_dir = rundir.create_run(runs_dir, cfg.name, cfg)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_text(marker, str(run_dir))
+    rundir.write_text(marker, str(run_dir))
     return run_dir
 
 
 def _train_worker(cfg, run_dir: Path | None, runs_dir: Path, quiet: bool) -> tuple[Path, dict | None]:
     """One rank of a torchrun launch: join the group, agree on the run directory (rank 0's), resume from its
     checkpoint when there is one (a restarted group), train. Rank 0 returns the summary; the others None."""
-    from genforge import runs
+    from genforge import rundir
     from genforge.train import distributed
     from genforge.train.loop import train as train_loop
 
     with distributed.process_group(cfg.train.device) as world:
         if run_dir is None:
             run_dir = Path(distributed.from_main(lambda: str(_elastic_run_dir(runs_dir, cfg))))
-        elif distributed.from_main(lambda: runs.read_json(run_dir / "summary.json").get("status") == "complete"):
+        elif distributed.from_main(lambda: rundir.read_json(run_dir / "summary.json").get("status") == "complete"):
             raise GenforgeError(f"{run_dir} finished training already; there is nothing to resume")
-        resume = distributed.from_main((run_dir / runs.CHECKPOINT).is_file)
+        resume = distributed.from_main((run_dir / rundir.CHECKPOINT).is_file)
         if world.is_main:
             err.print(f"run directory: {run_dir} ({world.size} processes, {world.backend or 'one process'}"
                       f"{', resumed' if resume else ''})", markup=False)
@@ -183,9 +181,8 @@ def train(
             if resume is None and config is None:
                 raise GenforgeError("give a preset or a config file; list presets with `genforge presets`")
             if resume is not None:
-                from genforge import runs
-
-                resume = runs.resolve_run(resume)
+                from genforge import rundir
+                resume = rundir.resolve_run(resume)
                 cfg = load_config(str(resume / "config.yaml"))
             else:
                 tracked = [f"track=[{track}]"] if track is not None else []
@@ -194,11 +191,11 @@ def train(
             if summary is None:  # ranks other than 0 print nothing
                 return
         elif resume is not None:
-            from genforge import runs
+            from genforge import rundir
             from genforge.config import load_config
             from genforge.train.loop import train as train_loop
 
-            run_dir = runs.resolve_run(resume)
+            run_dir = rundir.resolve_run(resume)
             if config is not None or overrides or name is not None or track is not None:
                 raise GenforgeError("--resume continues a run with its own config.yaml: give no preset, overrides, "
                                     "--name or --track (to change the config, train a new run; to mirror a run "
@@ -208,7 +205,7 @@ def train(
 
                 _print_comparison(*resume_prune(run_dir, quiet, progress=err.print))
                 return
-            if runs.read_json(run_dir / "summary.json").get("status") == "complete":
+            if rundir.read_json(run_dir / "summary.json").get("status") == "complete":
                 raise GenforgeError(f"{run_dir} finished training already; there is nothing to resume")
             summary = train_loop(load_config(str(run_dir / "config.yaml")), run_dir, resume=True, quiet=quiet)
         else:
@@ -245,7 +242,7 @@ def evaluate(
                                                        "--explain: test images scored.")] = 1000,
 ):
     """Evaluate a run's model on the test split (the same evaluation training ends with); writes eval.json."""
-    from genforge import runs
+    from genforge import rundir
     from genforge.runs import load_run
 
     if privacy_audit:
@@ -259,7 +256,7 @@ def evaluate(
     loaded.config.eval.samples = samples or loaded.config.eval.samples
     loaded.config.eval.seeds = seeds or loaded.config.eval.seeds
     result = {**task.test(loaded.model, ds, loaded.config), "dataset": ds.name}
-    runs.write_json(loaded.path / "eval.json", result)
+    rundir.write_json(loaded.path / "eval.json", result)
     if as_json:
         print(json.dumps(result))
         return
@@ -269,14 +266,14 @@ def evaluate(
 def _privacy_audit(paths: list[Path], examples: int, as_json: bool) -> None:
     from rich.table import Table
 
-    from genforge import runs
+    from genforge import rundir, runs
     from genforge.evaluate.privacy import FPRS, audit_run
 
     results = []
     for path in paths:
         loaded = runs.load_run(path)
         result = audit_run(loaded, examples)
-        runs.write_json(loaded.path / "audit.json", result)
+        rundir.write_json(loaded.path / "audit.json", result)
         results.append(result)
     if as_json:
         print(json.dumps(results if len(results) > 1 else results[0]))
@@ -296,7 +293,7 @@ def _privacy_audit(paths: list[Path], examples: int, as_json: bool) -> None:
 def _explain_faithfulness(loaded, examples: int, as_json: bool) -> None:
     import torch
 
-    from genforge import runs
+    from genforge import rundir
     from genforge.evaluate.faithfulness import faithfulness
 
     loaded.require("classify")
@@ -313,7 +310,7 @@ def _explain_faithfulness(loaded, examples: int, as_json: bool) -> None:
                               progress=lambda what, done, total: bar.update(task, completed=done, total=total,
                                                                              what=what))
     result.update(run=loaded.path.name, dataset=ds.name, subset="test images, the first of a permutation seeded 0")
-    runs.write_json(loaded.path / "explain.json", result)
+    rundir.write_json(loaded.path / "explain.json", result)
     if as_json:
         print(json.dumps(result))
         return
@@ -341,8 +338,8 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Classify images with a trained run."""
+    from genforge.data.inputs import load_inputs
     from genforge.evaluate.classification import predict_proba
-    from genforge.predict import load_inputs
     from genforge.runs import load_run
 
     loaded = load_run(run)
@@ -389,8 +386,8 @@ def explain(
     the predicted and explained classes with their probabilities."""
     import torch
 
+    from genforge.data.inputs import load_inputs
     from genforge.explain import write_explanations
-    from genforge.predict import load_inputs
     from genforge.runs import load_run
 
     loaded = load_run(run)
@@ -430,8 +427,8 @@ def sample(
     out_file: OutFile = Path("samples.png"),
 ):
     """Draw images from a generator (GAN or VAE): a PNG grid or a uint8 .npy (N x H x W, or N x C x H x W)."""
+    from genforge.grids import save_images
     from genforge.runs import load_run
-    from genforge.sample import save_images
 
     images = load_run(run).sample(n, label=label, seed=seed, truncation=truncation)
     out.print(f"wrote {n} samples to {save_images(images, out_file)}")
@@ -447,9 +444,9 @@ def interpolate(
     out_file: OutFile = Path("interpolation.png"),
 ):
     """A walk through latent space between two random points (spherical: the prior is Gaussian)."""
+    from genforge.grids import save_images
+    from genforge.models.latent import interpolate as walk
     from genforge.runs import load_run
-    from genforge.sample import interpolate as walk
-    from genforge.sample import save_images
 
     loaded = load_run(run)
     loaded.require("render")
@@ -467,9 +464,10 @@ def reconstruct(
     """A VAE's reconstructions: each input beside its reconstruction, with the error (mean |x - x'|, 0-255)."""
     import torch
 
-    from genforge.predict import load_inputs
+    from genforge.data.inputs import load_inputs
+    from genforge.grids import save_images
+    from genforge.models.latent import reconstruction_errors
     from genforge.runs import load_run
-    from genforge.sample import reconstruction_errors, save_images
 
     loaded = load_run(run)
     loaded.require("reconstruct")
@@ -499,7 +497,8 @@ def forecast(
 ):
     """Forecast the future of a run's series (or of a CSV's) with intervals: a table or a picture."""
     from genforge.forecast import forecast_table, histories, plot_future
-    from genforge.runs import load_run, write_text
+    from genforge.rundir import write_text
+    from genforge.runs import load_run
 
     loaded = load_run(run)
     loaded.require("forecast")
@@ -564,20 +563,20 @@ def cv(
     quiet: Quiet = False,
 ):
     """Stratified k-fold cross-validation on the training split: mean ± sd of the fold accuracies."""
-    from genforge import runs
+    from genforge import rundir
     from genforge.config import load_config
     from genforge.train.loop import train as train_loop
 
     cfg = load_config(config, overrides or [])
-    parent = runs.create_run(runs_dir, f"{cfg.name}-cv", cfg)
+    parent = rundir.create_run(runs_dir, f"{cfg.name}-cv", cfg)
     scores = []
     for k in range(folds):  # a fold trains and scores on its validation part only: no test evaluation or report
-        fold_dir = runs.create_run(parent, f"fold{k}", cfg)
+        fold_dir = rundir.create_run(parent, f"fold{k}", cfg)
         summary = train_loop(cfg, fold_dir, quiet=quiet, fold=(k, folds))
         scores.append(summary["fold_accuracy"])
         err.print(f"fold {k + 1}/{folds}: accuracy {summary['fold_accuracy']:.4f}")
     result = {"folds": folds, "accuracies": scores, "mean": statistics.mean(scores), "sd": statistics.stdev(scores)}
-    runs.write_json(parent / "cv.json", result)
+    rundir.write_json(parent / "cv.json", result)
     out.print(f"cross-validated accuracy: {result['mean']:.4f} ± {result['sd']:.4f} over {folds} folds  ({parent})")
 
 
@@ -738,7 +737,7 @@ def export(
 ):
     """Export a run to ONNX (classifier; GAN generator; VAE encoder and decoder), each file checked against
     PyTorch with ONNX Runtime on held-out data (max abs difference <= 1e-4, or nothing is saved)."""
-    from genforge.compress.export import export_run
+    from genforge.onnx.export import export_run
     from genforge.runs import load_run
 
     if format != "onnx":
@@ -825,7 +824,7 @@ def runs_list(ctx: typer.Context, runs_dir: RunsDir = Path("runs")):
     """List runs with their headline metrics."""
     if ctx.invoked_subcommand is not None:
         return
-    from genforge.runs import list_runs
+    from genforge.rundir import list_runs
 
     rows = list_runs(runs_dir)
     if not rows:
@@ -845,7 +844,7 @@ def runs_compare(a: Path, b: Path, diff: Annotated[bool, typer.Option("--diff", 
     """Put two runs' configs and metrics side by side; differences are highlighted (--diff: only those)."""
     import yaml
 
-    from genforge.runs import read_json, resolve_run
+    from genforge.rundir import read_json, resolve_run
 
     def flat(d: dict, prefix: str = "") -> dict:
         items = {}
@@ -878,20 +877,20 @@ def runs_track(
 ):
     """Export run directories to MLflow or TensorBoard: config, every metric with its step, tags, the report and
     plots. Exporting again adds only what is new (a run that was tracked while it trained continues its view)."""
-    from genforge import runs, track
+    from genforge import rundir, track
     from genforge.config import TrackConfig, load_config
 
     names = [name.strip() for name in to.split(",") if name.strip()]
     if not names or set(names) - set(TrackConfig.model_fields):
         raise GenforgeError(f"--to {to}: give mlflow, tensorboard or mlflow,tensorboard")
     for path in run_paths:
-        run = runs.resolve_run(path)
+        run = rundir.resolve_run(path)
         cfg = load_config(str(run / "config.yaml"))
         given = {"mlflow": {"uri": uri, "experiment": experiment}, "tensorboard": {"log_dir": log_dir and str(log_dir)}}
         settings = {n: {"name": cfg.name, **(getattr(cfg.track, n).model_dump() if getattr(cfg.track, n) else {}),
                         **{k: v for k, v in given[n].items() if v is not None}} for n in names}
         tracking = track.open_tracking(run, names, settings)
-        if runs.read_json(run / "summary.json").get("status") is None:  # interrupted (or training): so far
+        if rundir.read_json(run / "summary.json").get("status") is None:  # interrupted (or training): so far
             tracking.sync()
             tracking.close("KILLED")
         else:

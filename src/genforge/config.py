@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from genforge.data.images import MAX_SIDE
 from genforge.data.series import SeriesOptions
 from genforge.errors import GenforgeError
-from genforge.registry import MODELS
+from genforge.models.catalogue import KINDS
 
 
 class _Strict(BaseModel):
@@ -113,7 +113,7 @@ class TrainConfig(_Strict):
 
 
 # one config class per registered kind, told apart by `kind`
-ModelConfig = Annotated[Union[tuple(spec.config for spec in MODELS.values())], Field(discriminator="kind")]  # noqa: UP007
+ModelConfig = Annotated[Union[tuple(spec.config for spec in KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
 class EvalConfig(_Strict):
@@ -168,7 +168,7 @@ class RunConfig(_Strict):
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms (slower); needed for bit-exact resume on GPU
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=lambda: MODELS["fastcnn"].config())
+    model: ModelConfig = Field(default_factory=lambda: KINDS["fastcnn"].config())
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)  # experiment trackers: [mlflow, tensorboard]
@@ -179,7 +179,7 @@ class RunConfig(_Strict):
         used = [key for key, value in (("train.init_from", t.init_from), ("train.freeze", t.freeze),
                                        ("data.classes", d.classes), ("data.labels_per_class", d.labels_per_class))
                 if value]
-        if used and not MODELS[self.model.kind].task.transfer:
+        if used and not KINDS[self.model.kind].classifier:
             raise ValueError(f"{used[0]} is for classifiers; model.kind={self.model.kind} cannot take it: remove it")
         if t.unfreeze_epoch is not None and not t.freeze:
             raise ValueError("train.unfreeze_epoch unfreezes what train.freeze froze: set train.freeze or remove it")
@@ -198,7 +198,7 @@ class RunConfig(_Strict):
     def _privacy_applies(self):
         if self.train.privacy is None:
             return self
-        if not MODELS[self.model.kind].task.private:
+        if not KINDS[self.model.kind].classifier:
             raise ValueError(f"train.privacy trains classifiers; model.kind={self.model.kind} cannot train privately "
                              f"(differentially private generators are not built yet): remove train.privacy or train a "
                              f"classifier")
@@ -257,13 +257,13 @@ def apply_override(raw: dict, override: str) -> None:
 def _explain(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"]]
-    if len(loc) > 1 and loc[0] == "model" and loc[1] in MODELS:  # drop the union's tag from the path
+    if len(loc) > 1 and loc[0] == "model" and loc[1] in KINDS:  # drop the union's tag from the path
         del loc[1]
     key = ".".join(loc)
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
     if first["type"] == "union_tag_invalid":
-        return f"model.kind must be one of: {', '.join(MODELS)}"
+        return f"model.kind must be one of: {', '.join(KINDS)}"
     message = first["msg"].removeprefix("Value error, ")
     return f"config key '{key}': {message}" if key else message
 

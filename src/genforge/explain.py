@@ -264,8 +264,7 @@ def write_explanations(x: torch.Tensor, result: Explanation, classes: list[str],
     explained class), or a folder with one overlay PNG per input. Returns one row per input."""
     from pathlib import Path
 
-    from genforge import runs
-
+    from genforge import rundir
     out = Path(out) if out is not None else None
     rows = []
     for name, p, t in zip(names, result.probabilities, result.target.tolist()):
@@ -280,12 +279,12 @@ def write_explanations(x: torch.Tensor, result: Explanation, classes: list[str],
         out.mkdir(parents=True, exist_ok=True)
         for i, (row, image, a) in enumerate(zip(rows, x, result.attributions)):
             path = out / f"{i:03d}-{Path(row['input']).stem}.png"
-            runs.write_with(path, lambda f, im=image, a=a: overlay(im, a).save(f, format="PNG"))
+            rundir.write_with(path, lambda f, im=image, a=a: overlay(im, a).save(f, format="PNG"))
             row["overlay"] = str(path)
         return rows
-    from genforge.evaluate.report import _figure
+    from genforge.plots import figure
 
-    plt = _figure()
+    plt = figure()
     image = len(x[0].shape) == 3
     n = len(rows)
     fig, axes = plt.subplots(n, 2 if image else 1, figsize=(5 if image else 6, 2.6 * n if image else 0.3 * x.shape[1]
@@ -309,6 +308,6 @@ def write_explanations(x: torch.Tensor, result: Explanation, classes: list[str],
     fig.suptitle(f"{result.method} (red: towards the class, blue: away from it)", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_with(out, lambda f: fig.savefig(f, format="png", dpi=100))
+    rundir.write_with(out, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return rows

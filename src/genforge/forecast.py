@@ -59,10 +59,10 @@ def forecast_table(loaded, ds, horizon: int | None):
 
 def plot_future(ds, forecasts: dict, path: Path, shown: int | None = None) -> None:
     """The end of each history, the median forecast and its 80% and 95% bands, one panel per series (at most 8)."""
-    from genforge import runs
-    from genforge.evaluate.report import _figure
+    from genforge import rundir
+    from genforge.plots import figure
 
-    plt = _figure()
+    plt = figure()
     items = [s for s in ds.series if s.id in forecasts][:8]
     fig, axes = plt.subplots(len(items), 1, figsize=(9, 2.6 * len(items)), squeeze=False)
     for s, ax in zip(items, axes[:, 0]):
@@ -80,7 +80,7 @@ def plot_future(ds, forecasts: dict, path: Path, shown: int | None = None) -> No
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    runs.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
+    rundir.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -103,7 +103,7 @@ def backtest_preset(source: str, overrides: list[str], windows: int, horizon: in
                     runs_dir: Path, quiet: bool, say=print) -> dict:
     """Train `source` with its last `windows` horizons held out and score them (one run); with refit, one run per
     origin, each trained on everything before its window, and the windows pooled."""
-    from genforge import runs
+    from genforge import rundir, runs
     from genforge.config import load_config
     from genforge.evaluate.forecast import combine, overall
     from genforge.train.loop import train
@@ -111,15 +111,15 @@ def backtest_preset(source: str, overrides: list[str], windows: int, horizon: in
     extra = [*([f"model.horizon={horizon}"] if horizon else [])]
     if not refit:
         cfg = load_config(source, [*overrides, *extra, f"data.series.test_windows={windows}"])
-        run_dir = runs.create_run(runs_dir, cfg.name, cfg)
+        run_dir = rundir.create_run(runs_dir, cfg.name, cfg)
         say(f"run directory: {run_dir}")
         train(cfg, run_dir, quiet=quiet)
-        return runs.read_json(run_dir / "eval.json")
+        return rundir.read_json(run_dir / "eval.json")
     pooled: dict[str, dict[str, list]] = {}
     result = None
     for k in range(windows):  # origin k trains with the windows from k on held out and scores the first of them
         cfg = load_config(source, [*overrides, *extra, f"data.series.test_windows={windows - k}"])
-        run_dir = runs.create_run(runs_dir, cfg.name, cfg)
+        run_dir = rundir.create_run(runs_dir, cfg.name, cfg)
         say(f"origin {k + 1}/{windows}: run directory {run_dir}")
         train(cfg, run_dir, quiet=quiet)
         loaded = runs.load_run(run_dir)

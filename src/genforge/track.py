@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from genforge import runs
+from genforge import rundir
 from genforge.errors import GenforgeError
 
 # what each tracker needs installed: (module to import, its pip requirement); pyproject's `track` extra lists them all
@@ -67,7 +67,7 @@ def metric_lines(run_dir: Path) -> list[dict]:
 def describe(run_dir: Path) -> dict[str, str]:
     """Tags from the run directory: what the run trains (kind, dataset) and the code it was trained with."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    meta, env = runs.read_json(run_dir / "meta.json"), runs.read_json(run_dir / "env.json")
+    meta, env = rundir.read_json(run_dir / "meta.json"), rundir.read_json(run_dir / "env.json")
     tags = {"genforge.kind": cfg.get("model", {}).get("kind", ""), "genforge.run_dir": str(run_dir.resolve()),
             "genforge.dataset": meta.get("dataset") or cfg.get("data", {}).get("name", "")}
     if env.get("git"):
@@ -286,8 +286,8 @@ class Tracking:
 
     def _save(self) -> None:
         if self.trackers:
-            saved = runs.read_json(self.run_dir / "track.json")
-            runs.write_json(self.run_dir / "track.json", {**saved, **{t.name: t.record for t in self.trackers}})
+            saved = rundir.read_json(self.run_dir / "track.json")
+            rundir.write_json(self.run_dir / "track.json", {**saved, **{t.name: t.record for t in self.trackers}})
 
     def sync(self) -> None:
         """Export the metrics logged since the last sync (call it once they are checkpointed)."""
@@ -312,7 +312,7 @@ class Tracking:
         if not self.trackers:
             return
         self.sync()
-        summary = runs.read_json(self.run_dir / "summary.json")
+        summary = rundir.read_json(self.run_dir / "summary.json")
         files = artifact_files(self.run_dir)
         for t in self.trackers:
             t.finish(files, summary)
@@ -333,7 +333,7 @@ class Tracking:
 
 def views(run_dir: Path) -> list[str]:
     """Where a run's views are (track.json), one line each, e.g. `mlflow: run ID in URI (experiment NAME)`."""
-    recorded = runs.read_json(Path(run_dir) / "track.json")
+    recorded = rundir.read_json(Path(run_dir) / "track.json")
     lines = []
     if m := recorded.get("mlflow"):
         lines.append(f"mlflow: run {m['run_id']} in {m['uri']} (experiment {m['experiment']})")
@@ -348,7 +348,7 @@ def open_tracking(run_dir: Path, names: list[str], settings: dict[str, dict]) ->
     if not names:
         return Tracking(run_dir, [])
     require(names)
-    recorded = runs.read_json(Path(run_dir) / "track.json")
+    recorded = rundir.read_json(Path(run_dir) / "track.json")
     return Tracking(run_dir, [TRACKERS[n](Path(run_dir), settings.get(n, {}), dict(recorded.get(n, {})))
                               for n in names])
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import yaml
 
-from genforge import runs
+from genforge import rundir
 from genforge.config import RunConfig, dump_config, load_config
 from genforge.errors import GenforgeError
 
@@ -549,14 +549,14 @@ def _link(run_dir: Path, trial, plan: Plan, status: str | None = None, error: st
     """Name the trial in the run's summary.json (written by the loop, or here when training never got that far), with
     the value it is scored on: written before the storage is told, so that a result the storage never heard of (it
     stopped answering) is kept."""
-    summary = runs.read_json(run_dir / "summary.json")
+    summary = rundir.read_json(run_dir / "summary.json")
     if status is not None and summary.get("status") in (None, "complete"):
         summary["status"] = status
     if error is not None:
         summary["error"] = error
     summary["tune"] = {"study": plan.study, "trial": trial.number, "storage": shown_url(plan.storage),
                        **({"value": value} if value is not None else {})}
-    runs.write_json(run_dir / "summary.json", summary)
+    rundir.write_json(run_dir / "summary.json", summary)
 
 
 def objective(plan: Plan, trial) -> float:
@@ -580,7 +580,7 @@ def objective(plan: Plan, trial) -> float:
         raise TrialFailed(_one_line(e)) from None
     if cfg.train.threads is None and plan.threads:
         cfg.train.threads = plan.threads
-    run_dir = runs.create_run(plan.study_dir / "trials", name, cfg)
+    run_dir = rundir.create_run(plan.study_dir / "trials", name, cfg)
     trial.set_user_attr("run", str(run_dir.resolve()))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
@@ -744,9 +744,9 @@ def _xlabel(ax, label: str):
 
 def _plot(path: Path, draw) -> str | None:
     """Draw one of optuna.visualization.matplotlib's plots into path; None, or why it could not be drawn."""
-    from genforge.evaluate.report import _figure
+    from genforge.plots import figure
 
-    plt = _figure()
+    plt = figure()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the matplotlib backend is experimental in Optuna
@@ -757,7 +757,7 @@ def _plot(path: Path, draw) -> str | None:
     fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
     fig.set_size_inches(8, 4.5)
     fig.tight_layout()
-    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    rundir.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
     return None
 
@@ -815,7 +815,7 @@ def _write_from_storage(plan: Plan) -> tuple:
         best = study.best_trial
         decoded = {p.key: p.decode(best.params[p.key]) for p in plan.space if p.key in best.params}
         result["best"] = _write_best(plan, best.number, best.value, decoded, best.user_attrs.get("run"))
-    runs.write_json(d / "study.json", result)
+    rundir.write_json(d / "study.json", result)
 
     notes = {}
     plots = _clear_plots(d)
@@ -844,7 +844,7 @@ def _write_from_runs(plan: Plan, why: str) -> dict:
     d = plan.study_dir
     known: dict[int, dict] = {}
     for run in sorted(p.parent for p in (d / "trials").glob("*/config.yaml")):
-        summary = runs.read_json(run / "summary.json")
+        summary = rundir.read_json(run / "summary.json")
         number = summary.get("tune", {}).get("trial")
         if number is None:  # a run that never reached _link: its name says its trial
             if (match := _RUN_NAME.search(run.name)) is None:
@@ -874,7 +874,7 @@ def _write_from_runs(plan: Plan, why: str) -> dict:
         best = (min if plan.direction == "min" else max)(complete, key=lambda r: r[plan.metric])
         params = {p.key: best[p.key] for p in plan.space}
         result["best"] = _write_best(plan, best["trial"], best[plan.metric], params, best["run"])
-    runs.write_json(d / "study.json", result)
+    rundir.write_json(d / "study.json", result)
     _clear_plots(d)
     _write_report(d, result, rows, {"plots": f"not drawn: the storage could not be read ({why}); this page was "
                                              f"written from the trials' run directories"})
@@ -892,7 +892,7 @@ def _write_table(d: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["trial"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    runs.write_text(d / "trials.csv", buffer.getvalue())
+    rundir.write_text(d / "trials.csv", buffer.getvalue())
 
 
 def _write_best(plan: Plan, number: int, value: float, params: dict, run: str | None) -> dict:
@@ -900,7 +900,7 @@ def _write_best(plan: Plan, number: int, value: float, params: dict, run: str | 
     d = plan.study_dir
     header = (f"# best of study {plan.study}: trial {number}, {plan.metric} {value:.6g} "
               f"({plan.direction}); train it with: genforge train {d / 'best.yaml'}\n")
-    runs.write_text(d / "best.yaml", header + dump_config(plan.config(params)))
+    rundir.write_text(d / "best.yaml", header + dump_config(plan.config(params)))
     return {"trial": number, "value": value, "params": params, "run": run, "config": str(d / "best.yaml")}
 
 
@@ -940,5 +940,5 @@ figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}pre{{background:
 <h2>Plots</h2>{images}{f'<ul>{missing}</ul>' if missing else ''}
 <h2>Trials</h2><table>{table}</table>
 <h2>Best config</h2><pre>{html.escape(best_yaml)}</pre></html>"""
-    runs.write_text(d / "report.html", page)
+    rundir.write_text(d / "report.html", page)
 

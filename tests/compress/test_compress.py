@@ -134,7 +134,7 @@ def test_auto_serves_with_torch_when_the_export_cannot_be_written(classifier_run
 
 
 def test_auto_serves_a_batch_fixed_export_with_torch_and_says_how_to_fix_it(classifier_run, tmp_path, capsys):
-    from genforge.compress.export import export_run
+    from genforge.onnx.export import export_run
 
     run = unexported_copy(classifier_run, tmp_path)
     export_run(load_run(run), dynamic_batch=False, batch_size=4)
@@ -147,8 +147,8 @@ def test_auto_serves_a_batch_fixed_export_with_torch_and_says_how_to_fix_it(clas
 
 
 def test_an_export_from_earlier_weights_is_refused_and_serve_exports_again(classifier_run, tmp_path, capsys):
-    from genforge.compress.export import export_run
-    from genforge.runs import WEIGHTS, save_weights, weights_digest
+    from genforge.onnx.export import export_run
+    from genforge.rundir import WEIGHTS, save_weights, weights_digest
 
     run = unexported_copy(classifier_run, tmp_path)
     export_run(load_run(run))

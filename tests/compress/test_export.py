@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from genforge.compress.export import TOLERANCE, OnnxPart, export_run, load_parts, part_inputs, parts_of
 from genforge.config import validate
 from genforge.errors import GenforgeError
+from genforge.models.catalogue import build_model
 from genforge.models.vae import CausalConv2d
-from genforge.registry import MODELS, build_model
+from genforge.onnx.export import TOLERANCE, OnnxPart, export_run, load_parts, part_inputs, parts_of
+from genforge.registry import MODELS
 from genforge.runs import LoadedRun
 
 FASHION_META = {"dataset": "fashion-mnist", "classes": [str(i) for i in range(10)], "input_shape": [1, 28, 28],

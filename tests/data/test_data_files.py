@@ -130,7 +130,7 @@ def test_other_modes_load_as_their_8_bit_values(tmp_path, image, expected):
 
 
 def test_transparent_rgba_is_composited_over_black_as_predict_does(tmp_path):
-    from genforge.predict import decode_image
+    from genforge.data.inputs import decode_image
 
     spec = _folder(tmp_path, {"a": [_rgba(0)] * 2, "b": [_rgba(128)] * 2})
     ds = load_dataset(spec)
@@ -142,7 +142,7 @@ def test_transparent_rgba_is_composited_over_black_as_predict_does(tmp_path):
 
 
 def test_a_16_bit_png_reaches_predict_as_its_levels_too(tmp_path):
-    from genforge.predict import decode_image
+    from genforge.data.inputs import decode_image
 
     levels = np.arange(30, dtype=np.uint8).reshape(5, 6)  # dark: not inverted by predict's light-border rule
     path = tmp_path / "x.png"
@@ -175,7 +175,7 @@ def test_images_of_different_sizes_are_resized_to_the_most_common_or_the_configu
 
 def test_training_and_predict_resize_an_image_alike(tmp_path):
     """predict and serve resize inputs to the run's input_shape (meta.json) with decode_image: the same filter."""
-    from genforge.predict import decode_image
+    from genforge.data.inputs import decode_image
 
     rng = np.random.default_rng(0)
     ims = [Image.fromarray(rng.integers(0, 100, (h, w), dtype=np.uint8)) for h, w in ((20, 30), (7, 9), (5, 6))]
@@ -323,7 +323,7 @@ def _portrait() -> Image.Image:
 
 @pytest.mark.parametrize("suffix", ["jpg", "png"])
 def test_exif_orientation_turns_a_photo_upright_in_training_and_predict_alike(tmp_path, suffix):
-    from genforge.predict import decode_image
+    from genforge.data.inputs import decode_image
 
     for c in ("a", "b"):
         for i in range(2):
@@ -341,7 +341,7 @@ def test_a_turned_jpeg_is_decoded_reduced_in_its_stored_orientation(tmp_path):
     """A JPEG is decoded at 1/2, 1/4 or 1/8 of its size where the target allows; for a turned photo the target's
     height is the stored width. 64 x 512 displayed, decoded for 8 x 64: no reduction may take its 64 columns."""
     from genforge.data.images import RESAMPLE
-    from genforge.predict import decode_image
+    from genforge.data.inputs import decode_image
 
     px = np.zeros((512, 64), dtype=np.uint8)
     px[:, ::8] = px[:, 1::8] = px[:, 2::8] = px[:, 3::8] = 150  # vertical stripes 4 pixels wide

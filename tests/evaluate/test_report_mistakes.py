@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers import train_run
 from PIL import Image
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.errors import GenforgeError
 from genforge.evaluate import evaluate
 from genforge.evaluate.classification import HIGHEST_LOSSES
@@ -109,7 +109,7 @@ def _report_again(run, tmp_path) -> str:
     run_dir = shutil.copytree(run.path, tmp_path / run.path.name)
     ds = run.task.dataset(run.config)
     write_classifier_report(run_dir, run.model, ds, evaluate(run.model, ds.test_x, ds.test_y, ds.classes),
-                            runs.read_json(run_dir / "summary.json"))
+                            rundir.read_json(run_dir / "summary.json"))
     return (run_dir / "report.html").read_text()
 
 
@@ -133,7 +133,7 @@ def test_a_model_the_explainer_refuses_still_gets_its_report_and_a_bug_still_fai
 
 
 def test_a_model_onnx_runtime_runs_gets_its_mistakes_without_attributions(digits_run, tmp_path):
-    from genforge.compress.export import export_run, load_parts
+    from genforge.onnx.export import export_run, load_parts
 
     run_dir = shutil.copytree(digits_run.path, tmp_path / "onnx")
     onnx = runs.load_run(run_dir)
@@ -141,7 +141,7 @@ def test_a_model_onnx_runtime_runs_gets_its_mistakes_without_attributions(digits
     load_parts(onnx, run_dir / "export")
     ds = onnx.task.dataset(onnx.config)
     write_classifier_report(run_dir, onnx.model, ds, evaluate(onnx.model, ds.test_x, ds.test_y, ds.classes),
-                            runs.read_json(run_dir / "summary.json"))
+                            rundir.read_json(run_dir / "summary.json"))
     page = (run_dir / "report.html").read_text()
     section = _section(page, "Mistakes (test)")
     assert "No attributions: this model runs in ONNX Runtime" in section and "Attributions per class" not in page

@@ -13,9 +13,10 @@ from genforge.data import load_dataset
 from genforge.data.dataset import make_dataset
 from genforge.evaluate.features import Evaluator
 from genforge.evaluate.generative import evaluate_generator, generate, likelihood_metrics
+from genforge.models.catalogue import build_model
 from genforge.models.classifier import FastCNNConfig
 from genforge.models.vae import VAE, VAEConfig
-from genforge.registry import build_model, task_of
+from genforge.registry import task_of
 
 
 @pytest.fixture(scope="module")

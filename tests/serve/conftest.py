@@ -54,12 +54,12 @@ def tabular_run(tmp_path_factory):
 
 def train_here(parent, preset: str, *overrides):
     """Train in this process (no CLI start-up): the run directory."""
-    from genforge import runs
+    from genforge import rundir
     from genforge.config import load_config
     from genforge.train.loop import train
 
     cfg = load_config(preset, ["train.threads=1", *overrides])
-    run_dir = runs.create_run(parent, cfg.name, cfg)
+    run_dir = rundir.create_run(parent, cfg.name, cfg)
     train(cfg, run_dir, quiet=True)
     return run_dir
 

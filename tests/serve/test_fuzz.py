@@ -104,7 +104,7 @@ FUZZED = settings(max_examples=300, deadline=None, derandomize=True, database=No
 @pytest.fixture(scope="module")
 def calendar_model(tmp_path_factory):
     """A quick LSTM (1 epoch) on 10 years of monthly values that reads the calendar: it needs `end`."""
-    from genforge import runs
+    from genforge import rundir
     from genforge.config import load_config
     from genforge.serve.adapters import load_models
     from genforge.train.loop import train
@@ -115,7 +115,7 @@ def calendar_model(tmp_path_factory):
         .to_csv(parent / "sales.csv", index=False)
     cfg = load_config("csv-lstm", [f"data.name=csv-series:{parent / 'sales.csv'}", "data.series.calendar=true",
                                    "train.threads=1", "train.epochs=1", "model.hidden=8", "name=calendar"])
-    run_dir = runs.create_run(parent, cfg.name, cfg)
+    run_dir = rundir.create_run(parent, cfg.name, cfg)
     train(cfg, run_dir, quiet=True)
     return load_models([run_dir], backend="torch")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from genforge import runs
-from genforge.compress.export import part_inputs, parts_of
+from genforge import rundir, runs
 from genforge.config import RunConfig
+from genforge.onnx.export import part_inputs, parts_of
 
 LINEAGE = "compression.json"
 COMPARISON = "comparison.json"
@@ -24,10 +24,10 @@ COMPARISON = "comparison.json"
 
 def create_child(parent, cfg: RunConfig, runs_dir: Path, lineage: dict) -> Path:
     """A new run dir under runs_dir named after cfg.name, holding the config, the parent's meta and the lineage."""
-    child = runs.create_run(runs_dir, cfg.name, cfg)
-    runs.write_json(child / "meta.json", parent.meta)
+    child = rundir.create_run(runs_dir, cfg.name, cfg)
+    rundir.write_json(child / "meta.json", parent.meta)
     record = {"parent": str(parent.path.resolve()), "parent_name": parent.path.name, **lineage}
-    runs.write_json(child / LINEAGE, record)
+    rundir.write_json(child / LINEAGE, record)
     return child
 
 
@@ -57,7 +57,7 @@ def file_bytes(run) -> int:
     """Bytes of what a deployment of the run copies: the ONNX files of an ONNX run, else the weights file."""
     if run.backend == "onnxruntime":
         return sum(p.stat().st_size for p in run.onnx_dir.glob("*.onnx"))
-    return (run.path / runs.WEIGHTS).stat().st_size
+    return (run.path / rundir.WEIGHTS).stat().st_size
 
 
 def latency_ms(run, batch: int, repeats: int) -> float:
@@ -119,14 +119,14 @@ def inherited_privacy(parent: dict | None, child: dict | None) -> dict | None:
 
 
 def write_comparison(child: Path, comparison: dict) -> None:
-    runs.write_json(child / COMPARISON, comparison)
+    rundir.write_json(child / COMPARISON, comparison)
 
 
 def finish_child(parent, child_dir: Path, references: dict[str, Path] | None = None, threads: int = 1,
                  repeats: int = 50, progress=lambda _: None) -> dict:
     """Measure parent and child side by side, then write the child's eval.json, summary.json, comparison.json
     and report.html. references: extra rows, {label: folder of fp32 ONNX files of the parent}."""
-    from genforge.compress.export import load_parts
+    from genforge.onnx.export import load_parts
 
     torch.set_num_threads(threads)
     child = runs.load_run(child_dir, threads=threads)
@@ -149,14 +149,14 @@ def finish_child(parent, child_dir: Path, references: dict[str, Path] | None = N
                   "ratio": {k: v / rows["parent"][k] for k, v in rows["compressed"].items()
                             if k in ("file_bytes", "parameters", "nonzero_parameters", "latency_ms_b1",
                                      "latency_ms_b256") and rows["parent"][k]}}
-    summary = {**runs.read_json(child_dir / "summary.json"), "status": "complete",
+    summary = {**rundir.read_json(child_dir / "summary.json"), "status": "complete",
                "kind": parent.config.model.kind, "dataset": ds.name, "compressed_from": parent.path.name,
                **{k: child.lineage[k] for k in ("method",)}, **child_quality,
                "latency_ms_b1": rows["compressed"]["latency_ms_b1"], "file_bytes": rows["compressed"]["file_bytes"]}
     if privacy := inherited_privacy(parent.summary.get("privacy"), summary.get("privacy")):
         summary["privacy"] = privacy
-    runs.write_json(child_dir / "eval.json", child_result)
-    runs.write_json(child_dir / "summary.json", summary)
+    rundir.write_json(child_dir / "eval.json", child_result)
+    rundir.write_json(child_dir / "summary.json", summary)
     task.report(child_dir, child.model, ds, child_result, summary,
                 [("Compared with the parent", comparison_html(comparison))])
     write_comparison(child_dir, comparison)  # last: a child with comparison.json is complete (resume_prune)

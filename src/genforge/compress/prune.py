@@ -147,9 +147,10 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
     parent's softened outputs too (train.distill), without label smoothing and dropout, unless distill is False;
     `overrides` (key=value) change the fine-tuning config last."""
     from genforge.compress.child import create_child, finish_child
-    from genforge.compress.export import part_inputs
     from genforge.config import apply_override, validate
-    from genforge.runs import WEIGHTS, load_run, save_weights
+    from genforge.onnx.export import part_inputs
+    from genforge.rundir import WEIGHTS, save_weights
+    from genforge.runs import load_run
 
     if not 0 < amount < 1:
         raise GenforgeError(f"--prune takes the fraction to remove, in (0, 1), got {amount}")
@@ -187,7 +188,7 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
         cfg.train.threads = threads
     state = model.state_dict()
     try:  # the child must rebuild from its config alone
-        from genforge.registry import build_model
+        from genforge.models.catalogue import build_model
 
         zeros = torch.zeros(parent.meta["norm_shape"])
         build_model(cfg.model, tuple(parent.meta["input_shape"]), len(parent.meta["classes"]), zeros,
@@ -217,7 +218,8 @@ def resume_prune(child: Path, quiet: bool = False, progress=lambda _: None) -> t
     then the child is compared with its parent. What `genforge train --resume CHILD` runs for a pruned child."""
     from genforge.compress.child import COMPARISON, LINEAGE, finish_child
     from genforge.config import load_config
-    from genforge.runs import load_run, read_json
+    from genforge.rundir import read_json
+    from genforge.runs import load_run
     from genforge.train.loop import train
 
     lineage = read_json(child / LINEAGE)

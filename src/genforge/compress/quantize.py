@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from genforge.compress.export import part_inputs, parts_of, run_session, session, strip_metadata
 from genforge.errors import GenforgeError
+from genforge.onnx.export import part_inputs, parts_of, run_session, session, strip_metadata
 
 METHODS = ("static", "dynamic")
 
@@ -63,7 +63,7 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
     privately calibrates on test images, so the ranges it stores read no training example."""
     import json
 
-    from genforge.runs import write_json
+    from genforge.rundir import write_json
 
     if calibration < 1:
         raise GenforgeError(f"--calibration must be >= 1 inputs, got {calibration}")
@@ -92,7 +92,7 @@ def quantize_run(parent_path: Path, method: str = "static", calibration: int = 5
     """Export the parent's parts (fp32, verified), quantize them to int8 into a new child run, and compare the two.
     Returns (child run dir, comparison)."""
     from genforge.compress.child import create_child, finish_child
-    from genforge.compress.export import EXPORT_DIR, export_run
+    from genforge.onnx.export import EXPORT_DIR, export_run
     from genforge.runs import load_run
 
     if method not in METHODS:

@@ -60,7 +60,7 @@ def evaluator_dir(ds) -> Path:
 def train_evaluator(ds, data_dir: str | None = None, quiet: bool = True, overrides: list[str] = ()) -> Path:
     """Train the evaluator of `ds` into the cache (overrides: a cheaper recipe for tests). Trained in a temp dir
     beside the cache entry, then renamed: a crash never leaves half an evaluator."""
-    from genforge import runs
+    from genforge import rundir
     from genforge.config import load_config
     from genforge.train.loop import train
 
@@ -70,12 +70,12 @@ def train_evaluator(ds, data_dir: str | None = None, quiet: bool = True, overrid
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        run = runs.create_run(tmp, cfg.name, cfg)
+        run = rundir.create_run(tmp, cfg.name, cfg)
         train(cfg, run, quiet=quiet)
         try:
             run.rename(target)
         except OSError:  # another process cached one first: keep theirs
-            if not (target / runs.WEIGHTS).is_file():
+            if not (target / rundir.WEIGHTS).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -84,12 +84,11 @@ def train_evaluator(ds, data_dir: str | None = None, quiet: bool = True, overrid
 
 def load_evaluator(ds, data_dir: str | None = None, quiet: bool = True) -> Evaluator:
     """The cached evaluator for this dataset (by content checksum); trained on first use (quiet: log lines)."""
-    from genforge import runs
-
+    from genforge import rundir, runs
     target = evaluator_dir(ds)
-    if not (target / runs.WEIGHTS).is_file():
+    if not (target / rundir.WEIGHTS).is_file():
         print(f"training the evaluator network for {ds.name} (once; cached in {target})", file=sys.stderr)
         train_evaluator(ds, data_dir, quiet)
     loaded = runs.load_run(target)
-    digest = hashlib.sha256((target / runs.WEIGHTS).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256((target / rundir.WEIGHTS).read_bytes()).hexdigest()[:16]
     return Evaluator(loaded.model.float().eval(), digest, loaded.summary.get("test_accuracy", float("nan")), target)

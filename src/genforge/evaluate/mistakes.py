@@ -26,8 +26,8 @@ BATCH_ROWS = 256  # Explainer's internal batch (inputs x points); Captum warns w
 
 
 def runs_in_onnx(model: nn.Module) -> bool:
-    """True for a model whose forward ONNX Runtime runs (an int8 child, compress/export.attach): no gradients."""
-    from genforge.compress.export import OnnxPart
+    """True for a model whose forward ONNX Runtime runs (an int8 child, onnx/export.attach): no gradients."""
+    from genforge.onnx.export import OnnxPart
 
     return any(isinstance(v, OnnxPart) for v in vars(model).values())
 

@@ -11,23 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genforge import runs
+from genforge import rundir
 from genforge.errors import GenforgeError
 from genforge.evaluate.classification import predict_proba
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; set here, not at import time of genforge
-    import matplotlib.pyplot as plt
-
-    return plt
+from genforge.plots import figure
 
 
 def plot_curves(metrics: list[dict], path: Path) -> None:
     """One panel per logged quantity (train_X, with val_X on the same axes when there is one), per epoch."""
-    plt = _figure()
+    plt = figure()
     names = [k[6:] for k in metrics[0] if k.startswith("train_") and k not in ("train_seconds", "train_lr")][:4]
     if not names:
         return
@@ -42,12 +34,12 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    rundir.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> None:
-    plt = _figure()
+    plt = figure()
     k = len(classes)
     fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1 + 0.5 * k))
     ax.imshow(confusion, cmap="Blues")
@@ -61,13 +53,13 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
             ax.text(j, i, confusion[i][j], ha="center", va="center", fontsize=7,
                     color="white" if confusion[i][j] > peak / 2 else "black")
     fig.tight_layout()
-    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    rundir.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
 def plot_decision_boundary(model, x: torch.Tensor, y: torch.Tensor, path: Path) -> None:
     """For 2-D data: the predicted class over a grid, with the test points on top."""
-    plt = _figure()
+    plt = figure()
     lo, hi = x.min(0).values - 0.5, x.max(0).values + 0.5
     g0, g1 = torch.meshgrid(torch.linspace(lo[0], hi[0], 200), torch.linspace(lo[1], hi[1], 200), indexing="xy")
     grid = torch.stack([g0.reshape(-1), g1.reshape(-1)], 1)
@@ -79,7 +71,7 @@ def plot_decision_boundary(model, x: torch.Tensor, y: torch.Tensor, path: Path) 
     ax.set_xlabel("x0")
     ax.set_ylabel("x1")
     fig.tight_layout()
-    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    rundir.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -112,7 +104,7 @@ figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}pre{{background:
 <h2>Plots</h2>{images}{extra}
 <h2>Config</h2><pre>{config}</pre></html>"""
     path = run_dir / "report.html"
-    runs.write_text(path, page)
+    rundir.write_text(path, page)
     return path
 
 
@@ -149,7 +141,7 @@ def plot_class_attributions(maps: torch.Tensor, counts: torch.Tensor, classes: l
     the panels compare (red: towards the class, as in explain.overlay)."""
     from genforge.explain import pixel_map
 
-    plt = _figure()
+    plt = figure()
     m = pixel_map(maps).numpy()  # (classes, H, W)
     peak = float(np.quantile(np.abs(m), 0.995)) or 1.0  # a few extreme pixels would wash out every other one
     k = len(classes)
@@ -271,7 +263,7 @@ def mistakes_sections(model, ds, highest_loss: dict) -> list[tuple[str, str]]:
 
 def plot_privacy(metrics: list[dict], privacy: dict, path: Path) -> None:
     """Epsilon spent after each epoch, and the budget."""
-    plt = _figure()
+    plt = figure()
     epochs = [m["epoch"] for m in metrics if "epsilon" in m]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(epochs, [m["epsilon"] for m in metrics if "epsilon" in m], marker="o", label="epsilon spent")
@@ -282,25 +274,25 @@ def plot_privacy(metrics: list[dict], privacy: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    rundir.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
 def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict,
                            extra: list[tuple[str, str]] = ()) -> Path:
     """Curves, a sample grid (and input | reconstruction pairs for a VAE), the scores with their calibration."""
-    from genforge.sample import image_grid
+    from genforge.grids import image_grid
 
     plots = _plots_with_curves(run_dir)
     scale = 3 if ds.input_shape[-1] < 64 else 1
     grid = image_grid(model.sample(64, seed=0), scale=scale)
-    runs.write_with(plots / "samples.png", lambda f: grid.save(f, format="PNG"))
+    rundir.write_with(plots / "samples.png", lambda f: grid.save(f, format="PNG"))
     if hasattr(model, "reconstruct"):
         x = ds.test_x[:16]
         labels = ds.test_y[:16] if model.cfg.conditional else None
         pairs = torch.stack([x, model.reconstruct(x, labels)], 1).flatten(0, 1)  # (32, C, H, W): input, recon
         grid = image_grid(pairs, nrow=8, scale=scale)
-        runs.write_with(plots / "reconstructions.png", lambda f: grid.save(f, format="PNG"))
+        rundir.write_with(plots / "reconstructions.png", lambda f: grid.save(f, format="PNG"))
     scores = {f"{k} (mean ± sd)": f"{v['mean']:.4g} ± {v['sd']:.2g}" for k, v in result.items()
               if isinstance(v, dict) and "mean" in v}
     scores.update(result["calibration"])

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from genforge.errors import GenforgeError
-from genforge.runs import BACKENDS, WEIGHTS, LoadedRun, load_run, read_json, resolve_run
+from genforge.rundir import WEIGHTS, read_json, resolve_run
+from genforge.runs import BACKENDS, LoadedRun, load_run
 
 HEADLINE = ("test_accuracy", "test_macro_f1", "fd", "kid", "precision", "recall", "conditional_accuracy",
             "nll_iwae", "test_elbo", "test_mase", "test_smape", "test_coverage_80", "test_coverage_95",
@@ -163,7 +164,7 @@ class ServedModel:
             raise NotExplainable(self.explain_refusal)
         model = self.model
         if self.backend == "onnxruntime":
-            from genforge.compress.export import is_stale
+            from genforge.onnx.export import is_stale
 
             if is_stale(self.run.path, read_json(self.run.onnx_dir / "export.json")):
                 raise NotExplainable(f"{self.run.path.name}'s weights changed since the server loaded its ONNX "
@@ -235,7 +236,7 @@ class ServedModel:
         return {"inputs": [], "outputs": []}
 
     def interpolate(self, steps: int, seed: int, from_label: int | None, to_label: int | None) -> torch.Tensor:
-        from genforge.sample import interpolate
+        from genforge.models.latent import interpolate
 
         return interpolate(self.run.model, steps, seed, from_label, to_label)
 
@@ -317,7 +318,7 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
     path = resolve_run(path)
     if backend == "torch":
         return load_run(path, backend="torch")
-    from genforge.compress.export import EXPORT_DIR, is_stale, load_parts
+    from genforge.onnx.export import EXPORT_DIR, is_stale, load_parts
 
     record = read_json(path / EXPORT_DIR / "export.json")
     if is_stale(path, record):

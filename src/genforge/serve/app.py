@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import GenforgeError
 from genforge.explain import DEFAULT_METHOD, DEFAULT_STEPS, MAX_STEPS, METHODS
-from genforge.sample import reconstruction_errors
+from genforge.models.latent import reconstruction_errors
 from genforge.serve.adapters import NotExplainable, ServedModel, as_array, ascii_int
 from genforge.serve.batching import InferenceThread, MicroBatcher
 from genforge.serve.limits import BodySizeLimit, Limits, RequestError, array_inputs, history_inputs, read_body, replay
@@ -289,7 +289,7 @@ def explain_answer(name: str, model: ServedModel, explanation, latency_ms: float
 def overlay_png(images: np.ndarray, attributions: torch.Tensor) -> bytes:
     """One image: its overlay (about 224 pixels a side); several: their overlays in a grid of 8 per row."""
     from genforge.explain import overlay
-    from genforge.sample import png_bytes
+    from genforge.grids import png_bytes
 
     scale = max(1, 224 // max(images.shape[-2:]))  # 8 for 28x28, as `genforge explain` writes them
     if len(images) == 1:
@@ -808,7 +808,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
                               nrow: int | None = None):
         """A PNG grid, encoded at zlib level 1 in a worker thread (Pillow releases the GIL: the event loop keeps
         serving and the inference thread starts the next request meanwhile), or the uint8 arrays as JSON."""
-        from genforge.sample import png_bytes
+        from genforge.grids import png_bytes
 
         headers = {"x-latency-ms": f"{latency:.2f}", "x-backend": model.backend}
         if fmt == "png":
@@ -912,7 +912,7 @@ def create_app(models: dict[str, ServedModel], token: str | None = None, limits:
 
 
 def _decode(data: bytes, shape: tuple[int, ...], name: str, limits: Limits, light_background: bool) -> np.ndarray:
-    from genforge.predict import decode_image
+    from genforge.data.inputs import decode_image
 
     max_pixels = max(limits.max_pixels, 64 * shape[-2] * shape[-1])  # by what the model needs: 8x its side
     try:

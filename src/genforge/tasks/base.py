@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from genforge.compress.parts import Part
 from genforge.errors import GenforgeError
+from genforge.models.catalogue import KINDS
+from genforge.onnx.parts import Part
 
 
 @dataclass
@@ -45,13 +46,11 @@ def normalization_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Task:
     name: str  # recorded in meta.json and the served model's card
     verbs: tuple[str, ...]  # what `serve` offers for the kind (and `predict`, for "classify")
-    private = False  # trains under train.privacy (DP-SGD: a per-sample loss and a step that takes the privacy)
     parts: tuple[Part, ...]  # the ONNX parts an export holds, the main one (classifier, generator, decoder) last
     divergence_hint = "lower train.lr or set train.grad_clip=1.0"  # said when training diverges
     cross_validation = False  # `genforge cv` scores its folds (by validation accuracy)
     structured_pruning = False  # `compress --prune --structured` can remove whole channels
     tune_metric = ("val_loss", "min")  # what `genforge tune` ranks and prunes trials by: metrics.jsonl key, direction
-    transfer = False  # takes train.init_from / freeze and data.classes / labels_per_class (a classifier's head)
 
     def dataset(self, cfg, name: str | None = None, quiet: bool = True):
         """The run's data (or the dataset `name`, e.g. `evaluate --data`), loaded and cleaned."""
@@ -68,13 +67,11 @@ class Task:
         the device, and compute what the model is built with. The image and tabular tasks share this."""
         from genforge.data import labelled_subset, split_validation, stratified_kfold
         from genforge.data.images import light_border
-        from genforge.registry import MODELS
-
-        spec = MODELS[cfg.model.kind]
+        spec = KINDS[cfg.model.kind]
         if not hasattr(ds, "train_x"):
             raise GenforgeError(f"model.kind={cfg.model.kind} trains on images or features, not on {ds.name}")
         if spec.image_only and not ds.is_image:
-            tabular = ", ".join(kind for kind, s in MODELS.items() if not s.image_only and s.task.name == self.name)
+            tabular = ", ".join(kind for kind, s in KINDS.items() if not s.image_only and s.family == spec.family)
             raise GenforgeError(f"model.kind={cfg.model.kind} needs images but {ds.name} is tabular"
                                 + (f"; use one of: {tabular}" if tabular else ""))
         pool = torch.arange(len(ds.train_y))  # the labelled images: all, or N per class (data.labels_per_class)

@@ -6,19 +6,17 @@ from pathlib import Path
 
 import torch
 
-from genforge.compress.parts import Part
+from genforge.onnx.parts import Part
 from genforge.tasks.base import Task
 
 
 class ClassifyTask(Task):
     name = "classify"
-    private = True
     tune_metric = ("val_acc", "max")
     verbs = ("classify",)
     parts = (Part("model", "forward", ("x",), ("logits",)),)
     cross_validation = True
     structured_pruning = True
-    transfer = True
 
     def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
         from genforge.train.steps import ClassifierStep

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genforge.compress.parts import Part
 from genforge.errors import GenforgeError
+from genforge.onnx.parts import Part
 from genforge.tasks.base import Prepared, Task
 
 BASELINES = ("naive", "seasonal-naive", "drift", "season-mean")
@@ -473,11 +473,11 @@ def metrics_table(result: dict) -> str:
 def plot_forecasts(model, ds, result: dict, path: Path, most: int = 6) -> None:
     """Per series (the best and worst by MASE when there are more than `most`): the history, the truth of the test
     windows, the median forecast and the 80% and 95% bands."""
-    from genforge import runs
+    from genforge import rundir
     from genforge.evaluate.forecast import forecast_windows
-    from genforge.evaluate.report import _figure
+    from genforge.plots import figure
 
-    plt = _figure()
+    plt = figure()
     per = result["methods"]["model"]["series"]
     ids = sorted(per, key=lambda sid: per[sid]["mase"])
     if len(ids) > most:
@@ -503,7 +503,7 @@ def plot_forecasts(model, ds, result: dict, path: Path, most: int = 6) -> None:
         ax.set_title(f"{sid}: MASE {per[sid]['mase']:.3f}", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    runs.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    rundir.write_with(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from genforge.compress.parts import Part
+from genforge.onnx.parts import Part
 from genforge.tasks.generative import GenerativeTask
 
 

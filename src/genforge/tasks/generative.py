@@ -29,7 +29,7 @@ class GenerativeTask(Task):
         return {"fd": frechet_distance(evaluator.features(samples), evaluator.features(x[:n]))}
 
     def on_evaluation(self, model, run_dir: Path, epoch: int, cfg) -> None:
-        from genforge.sample import save_images
+        from genforge.grids import save_images
 
         save_images(model.sample(cfg.eval.grid, seed=cfg.seed), run_dir / "samples" / f"epoch-{epoch:03d}.png")
 

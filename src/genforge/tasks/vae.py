@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genforge.compress.parts import Part
+from genforge.onnx.parts import Part
 from genforge.tasks.generative import GenerativeTask
 
 # what the pixels above/left add to each logit: the likelihood of an autoregressive VAE needs it

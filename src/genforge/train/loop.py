@@ -1,7 +1,7 @@
 """The one training loop. A model kind supplies its step function (train/steps.py); the loop does the rest:
 batching, progress, validation, early stopping, checkpoints, resume, interrupts and the non-finite guard.
 
-Every file of the run dir is written through runs.write_bytes (temp file, fsync, rename, fsync of the folder),
+Every file of the run dir is written through rundir.write_bytes (temp file, fsync, rename, fsync of the folder),
 except metrics.jsonl, which gets one appended line per epoch: rewriting the whole log each epoch would cost O(epochs)
 per epoch for no gain, since a line torn by a crash is dropped when the run resumes (the atomic truncation)."""
 
@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from genforge import runs, track
+from genforge import rundir, track
 from genforge.config import RunConfig
 from genforge.errors import GenforgeError
-from genforge.registry import MODELS, build_model
+from genforge.models.catalogue import build_model
+from genforge.registry import MODELS
 from genforge.train import distributed
 from genforge.train.device import (
     pick_device,
@@ -111,14 +112,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if path.is_file():
         keep = [line for line in path.read_text().splitlines() if (logged := _logged_step(line)) is not None
                 and logged <= step]
-        runs.write_text(path, "".join(line + "\n" for line in keep))
+        rundir.write_text(path, "".join(line + "\n" for line in keep))
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
           fold: tuple[int, int] | None = None, init: Callable[[torch.nn.Module], None] | None = None,
           on_step: Callable[[object, int, int], None] | None = None,
           on_epoch: Callable[[dict], None] | None = None, reports_per_epoch: int = 1) -> dict:
-    """Train `cfg` into `run_dir` (created by runs.create_run) and return the summary.
+    """Train `cfg` into `run_dir` (created by rundir.create_run) and return the summary.
 
     fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set.
     init(model): called on the freshly built model before training (and before a resume restores it), to start
@@ -184,7 +185,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     if data.model_config is not None and data.model_config != cfg.model:  # defaults the data decides (a horizon)
         cfg = cfg.model_copy(update={"model": data.model_config})
     if cfg != given and w.is_main:
-        runs.write_config(run_dir, cfg)
+        rundir.write_config(run_dir, cfg)
     mean, std = data.mean, data.std
     if tcfg.privacy is not None:  # the training data's statistics would be released with the model, unprotected
         from genforge.train.privacy import public_normalization
@@ -204,9 +205,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         seed_everything(cfg.seed + 1_000_003 * w.rank, cfg.deterministic)
     bf16 = use_bf16(tcfg, device)
     if w.is_main:
-        runs.write_json(run_dir / "meta.json", {**data.meta, **transfer.meta(), "bf16": bf16,
+        rundir.write_json(run_dir / "meta.json", {**data.meta, **transfer.meta(), "bf16": bf16,
                                                 "channels_last": channels_last})
-        runs.write_json(run_dir / "env.json", {**runs.environment(device), "world_size": w.size,
+        rundir.write_json(run_dir / "env.json", {**rundir.environment(device), "world_size": w.size,
                                                "backend": w.backend})
 
     bs = min(tcfg.batch_size, len(x))
@@ -227,10 +228,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
 
         privacy = Privacy(step, tcfg.privacy, len(x), bs, total, cfg.model.kind)
     # nonfinite counts the bad steps in a row (a good step resets it): sporadic bad batches are skipped, a run of
-    # them rolls back. best_epoch: the epoch of best_val, whose weights runs.BEST holds with early stopping
+    # them rolls back. best_epoch: the epoch of best_val, whose weights rundir.BEST holds with early stopping
     state = {"epoch": 0, "batch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
              "nonfinite": 0, "skipped": 0, "rollbacks": 0, "train_seconds": 0.0}
-    ckpt_path, best_path = run_dir / runs.CHECKPOINT, run_dir / runs.BEST
+    ckpt_path, best_path = run_dir / rundir.CHECKPOINT, run_dir / rundir.BEST
     keep_best = tcfg.early_stopping is not None and len(x_val) > 0
     # batch -> k: after that batch, k R-ths of the epoch are done (a report within the epoch for on_epoch)
     within = ({round(k * steps_per_epoch / reports_per_epoch): k for k in range(1, reports_per_epoch)}
@@ -240,7 +241,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     stateful_hook = hasattr(on_step, "state_dict") and hasattr(on_step, "load_state_dict")
 
     def load_checkpoint() -> dict:  # read by rank 0, sent to every rank: no shared file system needed
-        return distributed.from_main(lambda: runs.load_state(ckpt_path))
+        return distributed.from_main(lambda: rundir.load_state(ckpt_path))
 
     def save_checkpoint() -> None:
         if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good checkpoint with NaN
@@ -256,7 +257,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         if stateful_hook:
             checkpoint["hook"] = on_step.state_dict()
         if w.is_main:
-            runs.save_state(ckpt_path, checkpoint)
+            rundir.save_state(ckpt_path, checkpoint)
 
     def restore(checkpoint: dict, with_rng: bool) -> None:
         step.load_state_dict(checkpoint["step_fn"])
@@ -355,7 +356,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                 state["epoch"], state["batch"] = state["epoch"] + 1, 0
                 stop = _early_stop(state, val, tcfg.early_stopping)
                 if keep_best and w.is_main and state["best_epoch"] == state["epoch"]:  # before the checkpoint
-                    runs.save_weights(step.eval_model(), best_path)
+                    rundir.save_weights(step.eval_model(), best_path)
                 save_checkpoint()
                 tracking.sync()  # after the checkpoint: a resume keeps every line a tracker was given
                 if on_epoch is not None:
@@ -372,8 +373,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
     except (Diverged, Stop) as e:  # the last good weights (after a rollback) or this epoch's: usable like any run's
         if not w.is_main:
             raise
-        runs.save_weights(step.eval_model(), run_dir / runs.WEIGHTS)
-        runs.write_json(run_dir / "summary.json", {"status": getattr(e, "status", "diverged"), "kind": cfg.model.kind,
+        rundir.save_weights(step.eval_model(), run_dir / rundir.WEIGHTS)
+        rundir.write_json(run_dir / "summary.json", {"status": getattr(e, "status", "diverged"), "kind": cfg.model.kind,
                                                    "dataset": ds.name, "epochs": state["epoch"],
                                                    "steps": state["step"], "skipped_steps": state["skipped"],
                                                    "rollbacks": state["rollbacks"]})
@@ -383,7 +384,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
         return _summary(cfg, ds, state)
     model = step.eval_model()
     if keep_best and best_path.is_file():  # early stopping keeps the best validation epoch, not the last one
-        runs.load_weights(model, best_path)
+        rundir.load_weights(model, best_path)
     if fold is not None:
         return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds, cfg)["acc"], ds, state, fold)
     fitted = {**task.after_training(model, data), **(privacy.summary() if privacy is not None else {}),
@@ -429,12 +430,12 @@ def _summary(cfg: RunConfig, ds, state: dict) -> dict:
 def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict, fitted: dict | None = None) -> dict:
     """Final weights, the task's test evaluation, summary.json (with what the task fitted after training) and the
     report."""
-    runs.save_weights(model, run_dir / runs.WEIGHTS)
+    rundir.save_weights(model, run_dir / rundir.WEIGHTS)
     model = model.float().to(memory_format=torch.contiguous_format)
     result = task.test(model, ds, cfg)
-    runs.write_json(run_dir / "eval.json", result)
+    rundir.write_json(run_dir / "eval.json", result)
     summary = {**_summary(cfg, ds, state), **(fitted or {}), **task.headline(result)}
-    runs.write_json(run_dir / "summary.json", summary)
+    rundir.write_json(run_dir / "summary.json", summary)
     task.report(run_dir, model, ds, result, summary)
     return summary
 
@@ -442,7 +443,7 @@ def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict, fitted: 
 def finish_fold(cfg: RunConfig, run_dir: Path, model, accuracy: float, ds, state: dict, fold: tuple[int, int]) -> dict:
     """A cross-validation fold ends with its validation score and its weights (a loadable run, e.g. to ensemble the
     folds): no test evaluation, speed measurement or report, which nobody reads for a fold."""
-    runs.save_weights(model, run_dir / runs.WEIGHTS)
+    rundir.save_weights(model, run_dir / rundir.WEIGHTS)
     summary = {**_summary(cfg, ds, state), "fold": fold[0], "folds": fold[1], "fold_accuracy": accuracy}
-    runs.write_json(run_dir / "summary.json", summary)
+    rundir.write_json(run_dir / "summary.json", summary)
     return summary

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from genforge.config import RunConfig
-from genforge.data.augment import augment_batch, is_identity
 from genforge.train import distributed
+from genforge.train.augment import augment_batch, is_identity
 from genforge.train.optim import build_ema, build_optimizer, build_scheduler
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from genforge import runs
+from genforge import rundir, runs
 from genforge.config import RunConfig
 from genforge.errors import GenforgeError
 
@@ -106,7 +106,7 @@ def start_transfer(cfg: RunConfig, model: nn.Module, classes: list[str], run_dir
     names = [n for n, _ in model.named_parameters()]
     transfer = Transfer(unfreeze_epoch=t.unfreeze_epoch, lr_scale=t.pretrained_lr_scale,
                         trainable={n for n, p in model.named_parameters() if p.requires_grad}, new=names)
-    recorded = runs.read_json(run_dir / "meta.json").get("transfer") if resume else None
+    recorded = rundir.read_json(run_dir / "meta.json").get("transfer") if resume else None
     if recorded:
         transfer.parent, transfer.head = recorded["init_from"], recorded["head"]
         transfer.pretrained, transfer.new = recorded["pretrained"], recorded["new"]

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.compress.parts import Part
 from genforge.errors import GenforgeError
 from genforge.models.layers import check_labels
-from genforge.runs import weights_digest, write_json
+from genforge.onnx.parts import Part
+from genforge.rundir import weights_digest, write_json
 
 EXPORT_DIR = "export"
 TOLERANCE = 1e-4  # max |onnxruntime - eager| / max(1, |eager|) accepted on a held-out batch: absolute for logits,

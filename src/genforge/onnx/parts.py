@@ -1,4 +1,4 @@
-"""What an ONNX export is made of: the parts a task declares (tasks/), exported and run by compress/export.py."""
+"""What an ONNX export is made of: the parts a task declares (tasks/), exported and run by onnx/export.py."""
 
 from __future__ import annotations
 
