@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
+import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from genforge.config import RunConfig, dump_config
+from genforge.config import RunConfig, dump_config, validate
 from genforge.data.dataset import MAX_CLASSES, MAX_FEATURES
 from genforge.data.images import MAX_CHANNELS, MAX_SIDE
 from genforge.errors import GenforgeError
+from genforge.models.catalogue import build_model
 
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoints/last.safetensors"
@@ -268,6 +270,43 @@ def check_meta(meta: dict, path: Path) -> dict:
         raise GenforgeError(f"{path}: 'classes' holds {len(meta['classes']):,} classes, but training writes at most "
                             f"{MAX_CLASSES:,}; {damaged}")
     return meta
+
+
+def read_config(run: Path) -> RunConfig:
+    """A run's config.yaml, validated (a hand-edited one that no longer loads is one line naming it)."""
+    try:
+        return validate(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    except (yaml.YAMLError, GenforgeError) as e:
+        raise GenforgeError(f"{run / 'config.yaml'} does not load: {str(e).splitlines()[0]}") from None
+
+
+def rebuild_model(run: Path, cfg: RunConfig, meta: dict, weights: Path | None, checkpoint: bool = False) -> nn.Module:
+    """The model config.yaml describes, with the weights of `weights` (a checkpoint's model weights with
+    checkpoint=True; None: as built), in eval mode. The normalization statistics are weights of the model."""
+    check_meta(meta, run / "meta.json")
+    zeros = torch.zeros(meta["norm_shape"])
+    model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["classes"]), zeros, zeros + 1)
+    if checkpoint and weights is not None:
+        try:
+            model.load_state_dict(checkpoint_weights(load_state(weights)["step_fn"]))
+        except (SafetensorError, KeyError, RuntimeError) as e:
+            raise GenforgeError(f"{weights}: not a checkpoint of the model config.yaml describes "
+                                f"({str(e).splitlines()[0]})") from None
+    elif weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def load_model(path: str | Path) -> tuple[RunConfig, dict, nn.Module]:
+    """(config, meta, torch model with the final weights) of a trained run: what training reads from another run (a
+    teacher, the weights to fine-tune, an evaluator). load_run (runs.py) is the full view, with the task's verbs."""
+    run = resolve_run(path)
+    cfg, meta = read_config(run), read_json(run / "meta.json")
+    if not meta or not (run / WEIGHTS).is_file():
+        if (run / "export" / "export.json").is_file():
+            raise GenforgeError(f"{run} holds only ONNX models (export/): load it with backend onnxruntime")
+        raise GenforgeError(f"{run} has no trained model yet ({WEIGHTS} missing); finish or resume training")
+    return cfg, meta, rebuild_model(run, cfg, meta, run / WEIGHTS)
 
 
 def list_runs(runs_dir: str | Path) -> list[dict]:

@@ -7,24 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
-from safetensors import SafetensorError
 from torch import nn
 
-from genforge.config import RunConfig, validate
+from genforge.config import RunConfig
 from genforge.errors import GenforgeError
-from genforge.models.catalogue import build_model
 from genforge.registry import task_of
-from genforge.rundir import (
-    CHECKPOINT,
-    WEIGHTS,
-    check_meta,
-    checkpoint_weights,
-    load_state,
-    load_weights,
-    read_json,
-    resolve_run,
-)
+from genforge.rundir import CHECKPOINT, WEIGHTS, read_config, read_json, rebuild_model, resolve_run
 
 
 @dataclass
@@ -136,13 +124,8 @@ def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = N
     backend: "torch" (eager), "onnxruntime" (the parts exported under RUN/export run in ONNX Runtime with
     `threads` threads, or with None as many as its task serves with; see onnx/export.py), or None for the
     run's own: ONNX Runtime for a run that holds only ONNX files (an int8 run), else torch."""
-
     run = resolve_run(path)
-    try:
-        cfg = validate(yaml.safe_load((run / "config.yaml").read_text()) or {})
-    except (yaml.YAMLError, GenforgeError) as e:
-        raise GenforgeError(f"{run / 'config.yaml'} does not load: {str(e).splitlines()[0]}") from None
-    meta = read_json(run / "meta.json")
+    cfg, meta = read_config(run), read_json(run / "meta.json")
     weights = run / (CHECKPOINT if checkpoint else WEIGHTS)
     exported = (run / "export" / "export.json").is_file()
     if backend is None:
@@ -153,18 +136,7 @@ def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = N
         if backend == "torch" and exported:
             raise GenforgeError(f"{run} holds only ONNX models (export/): load it with backend onnxruntime")
         raise GenforgeError(f"{run} has no trained model yet ({weights.name} missing); finish or resume training")
-    check_meta(meta, run / "meta.json")
-    zeros = torch.zeros(meta["norm_shape"])
-    model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["classes"]), zeros, zeros + 1)
-    if checkpoint and weights.is_file():
-        try:
-            model.load_state_dict(checkpoint_weights(load_state(weights)["step_fn"]))
-        except (SafetensorError, KeyError, RuntimeError) as e:
-            raise GenforgeError(f"{weights}: not a checkpoint of the model config.yaml describes "
-                                f"({str(e).splitlines()[0]})") from None
-    elif weights.is_file():
-        load_weights(model, weights)
-    model.eval()
+    model = rebuild_model(run, cfg, meta, weights if weights.is_file() else None, checkpoint)
     loaded = LoadedRun(run, cfg, model, meta, read_json(run / "summary.json"), backend,
                        read_json(run / "compression.json") or None)
     if backend == "onnxruntime":

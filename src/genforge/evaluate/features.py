@@ -84,11 +84,13 @@ def train_evaluator(ds, data_dir: str | None = None, quiet: bool = True, overrid
 
 def load_evaluator(ds, data_dir: str | None = None, quiet: bool = True) -> Evaluator:
     """The cached evaluator for this dataset (by content checksum); trained on first use (quiet: log lines)."""
-    from genforge import rundir, runs
+    from genforge import rundir
+
     target = evaluator_dir(ds)
     if not (target / rundir.WEIGHTS).is_file():
         print(f"training the evaluator network for {ds.name} (once; cached in {target})", file=sys.stderr)
         train_evaluator(ds, data_dir, quiet)
-    loaded = runs.load_run(target)
+    _, _, model = rundir.load_model(target)
     digest = hashlib.sha256((target / rundir.WEIGHTS).read_bytes()).hexdigest()[:16]
-    return Evaluator(loaded.model.float().eval(), digest, loaded.summary.get("test_accuracy", float("nan")), target)
+    accuracy = rundir.read_json(target / "summary.json").get("test_accuracy", float("nan"))
+    return Evaluator(model.float().eval(), digest, accuracy, target)

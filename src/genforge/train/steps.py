@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 from genforge.config import RunConfig
+from genforge.errors import GenforgeError
+from genforge.models.catalogue import KINDS
+from genforge.rundir import load_model
 from genforge.train import distributed
 from genforge.train.augment import augment_batch, is_identity
 from genforge.train.optim import build_ema, build_optimizer, build_scheduler
@@ -143,14 +146,11 @@ class SingleOptimizerStep:
 
 def load_teacher(cfg: RunConfig, student: nn.Module) -> nn.Module:
     """The frozen teacher of train.distill, on the student's device; refused unless it classifies the same way."""
-    from genforge.errors import GenforgeError
-    from genforge.runs import load_run
-
-    teacher = load_run(cfg.train.distill.teacher, backend="torch")
-    if "classify" not in teacher.task.verbs or teacher.model.num_classes != student.num_classes:
+    teacher_cfg, _, teacher = load_model(cfg.train.distill.teacher)
+    if not KINDS[teacher_cfg.model.kind].classifier or teacher.num_classes != student.num_classes:
         raise GenforgeError(f"train.distill.teacher {cfg.train.distill.teacher} is not a classifier of "
                             f"{student.num_classes} classes: distill from a classifier of the same data")
-    model = teacher.model.float().to(next(student.parameters()).device).eval()
+    model = teacher.float().to(next(student.parameters()).device).eval()
     return model.requires_grad_(False)
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from genforge import rundir, runs
+from genforge import rundir
 from genforge.config import RunConfig
 from genforge.errors import GenforgeError
+from genforge.models.catalogue import KINDS
 
 PRETRAINED = "pretrained"  # the train.freeze entry that names every weight train.init_from loaded
 
@@ -129,21 +130,21 @@ def _head_prefix(model: nn.Module) -> str:
 def _load(transfer: Transfer, path: str, model: nn.Module, classes: list[str]) -> None:
     where = f"train.init_from {path}"
     try:
-        parent = runs.load_run(path, backend="torch")
+        parent_cfg, parent_meta, parent_model = rundir.load_model(path)
     except GenforgeError as e:
         raise GenforgeError(f"{where}: {e}") from None
-    if "classify" not in parent.task.verbs:
-        raise GenforgeError(f"{where} is a {parent.config.model.kind} run: fine-tuning starts from a classifier's "
+    if not KINDS[parent_cfg.model.kind].classifier:
+        raise GenforgeError(f"{where} is a {parent_cfg.model.kind} run: fine-tuning starts from a classifier's "
                             f"weights (a run of model.kind logreg, mlp, cnn, fastcnn, rowrnn or scatternet)")
-    theirs, own = parent.model.state_dict(), model.state_dict()
+    theirs, own = parent_model.state_dict(), model.state_dict()
     head = _head_prefix(model)
-    other_classes = list(parent.meta["classes"]) != list(classes)
+    other_classes = list(parent_meta["classes"]) != list(classes)
     renew = {k for k in own if k.startswith(head)} if other_classes else set()
     misfit = [k for k in own if k not in renew and (k not in theirs or theirs[k].shape != own[k].shape)]
     misfit += [k for k in theirs if k not in own and not (other_classes and k.startswith(head))]
     if misfit:
         shown = ", ".join(_describe(k, theirs, own) for k in misfit[:4]) + (", ..." if len(misfit) > 4 else "")
-        model_yaml = yaml.safe_dump(parent.config.model.model_dump(mode="json"), default_flow_style=True,
+        model_yaml = yaml.safe_dump(parent_cfg.model.model_dump(mode="json"), default_flow_style=True,
                                     sort_keys=False, width=10_000).strip()
         raise GenforgeError(f"{where}: {len(misfit)} tensors do not fit this model ({shown}); build the run's "
                             f"model: model={model_yaml}")
@@ -153,7 +154,7 @@ def _load(transfer: Transfer, path: str, model: nn.Module, classes: list[str]) -
     transfer.new = [n for n, _ in model.named_parameters() if n in renew]
     if renew:
         transfer.head = (f"new {head[:-1]} for {len(classes)} classes ({', '.join(classes)}); the run had "
-                         f"{len(parent.meta['classes'])} ({', '.join(parent.meta['classes'])})")
+                         f"{len(parent_meta['classes'])} ({', '.join(parent_meta['classes'])})")
 
 
 def _describe(key: str, theirs: dict, own: dict) -> str:
