@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genforge.data.images import MAX_SIDE
-from genforge.data.series import SeriesOptions
+from genforge.data.series_options import SeriesOptions
 from genforge.errors import GenforgeError
 from genforge.models.catalogue import KINDS
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from genforge import rundir
 from genforge.errors import GenforgeError
 from genforge.models.layers import device_of
+from genforge.plots import figure
 from genforge.train.device import fast_bf16
 
 METHODS = ("integrated-gradients", "saliency", "gradient-shap", "occlusion", "grad-cam")
@@ -61,7 +66,6 @@ def ig_split(steps: int, smooth: bool = True) -> tuple[int, int]:
 class _LogProbability(nn.Module):
     """The classifier as a function of the input in the units attributions are given in (0-1 pixels, raw features),
     returning (N, classes) log-probabilities."""
-
     def __init__(self, model: nn.Module, scale: float, channels_last: bool = False):
         super().__init__()
         self.model, self.scale, self.channels_last = model, scale, channels_last
@@ -91,8 +95,6 @@ def _feature_map_layer(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Mod
 def _fold_batch_norms(model: nn.Module) -> None:
     """Fold each eval-mode BatchNorm into the convolution before it (the same function, one op fewer each way of an
     attribution's forward and backward passes: about a third of the time of integrated gradients on fashion-cnn)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
         for a, b in zip(names, names[1:]):
@@ -104,7 +106,6 @@ def _fold_batch_norms(model: nn.Module) -> None:
 class Explainer:
     """Attributions of one classifier. It holds its own copy of the model (in-place activations turned off, which
     layer hooks need), so it can be kept and called again: the warm path of the CLI, the report and the server."""
-
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], precision: str = "auto"):
         if not hasattr(model, "log_probabilities"):
             raise GenforgeError("explanations are for classifiers; this model does not classify")
@@ -138,6 +139,7 @@ class Explainer:
         return self.model.normalize.mean.expand(n, *self.input_shape).clone()
 
     def _method(self, name: str):
+        # deferred: captum takes about 1 s to import, paid only when attributions are computed
         from captum import attr
 
         if name not in self._methods:
@@ -231,6 +233,7 @@ class Explainer:
                 window, stride = (1,) * len(self.input_shape), (1,) * len(self.input_shape)
             return explainer.attribute(x, window, stride, baselines=self.baseline(len(x)), target=target,
                                        perturbations_per_eval=64)
+        # deferred: captum takes about 1 s to import, paid only when attributions are computed
         from captum.attr import LayerAttribution
 
         cam = explainer.attribute(x, target=target, relu_attributions=True)  # (N, 1, h, w) on the feature map
@@ -246,8 +249,6 @@ def pixel_map(attributions: torch.Tensor) -> torch.Tensor:
 def overlay(image: np.ndarray | torch.Tensor, attribution: torch.Tensor, scale: int = 8):
     """A PIL RGB image: the input in gray, attributions on top (red: towards the class, blue: away from it), their
     opacity proportional to the magnitude relative to the map's 99th percentile."""
-    from PIL import Image
-
     image = torch.as_tensor(np.asarray(image))
     gray = image.float().mean(0).numpy() / 255 * 0.6  # (H, W), dimmed so the colours read
     a = pixel_map(attribution[None].float())[0].numpy()
@@ -262,9 +263,6 @@ def overlay(image: np.ndarray | torch.Tensor, attribution: torch.Tensor, scale: 
 def write_explanations(x: torch.Tensor, result: Explanation, classes: list[str], names: list[str], out) -> list[dict]:
     """What `genforge explain` writes: a .png grid (each input beside its overlay, titled with the predicted and the
     explained class), or a folder with one overlay PNG per input. Returns one row per input."""
-    from pathlib import Path
-
-    from genforge import rundir
     out = Path(out) if out is not None else None
     rows = []
     for name, p, t in zip(names, result.probabilities, result.target.tolist()):
@@ -282,7 +280,6 @@ def write_explanations(x: torch.Tensor, result: Explanation, classes: list[str],
             rundir.write_with(path, lambda f, im=image, a=a: overlay(im, a).save(f, format="PNG"))
             row["overlay"] = str(path)
         return rows
-    from genforge.plots import figure
 
     plt = figure()
     image = len(x[0].shape) == 3

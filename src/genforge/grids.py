@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from genforge import rundir
 from genforge.errors import GenforgeError
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int = 1):
     """A PIL image of uint8 (N, C, H, W) images in rows of nrow (default: a near-square grid)."""
-    from PIL import Image
-
     n, c, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
@@ -39,7 +39,6 @@ def png_bytes(images: torch.Tensor, nrow: int | None = None, scale: int = 1, com
 
 def save_images(images: torch.Tensor, out: Path, nrow: int | None = None) -> Path:
     """.png: a grid (scaled up so 28x28 images show); .npy: uint8 (N, H, W) for one channel, else (N, C, H, W)."""
-    from genforge import rundir
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npy":

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
@@ -23,6 +24,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
+import genforge
 from genforge.config import RunConfig, dump_config, validate
 from genforge.data.dataset import MAX_CLASSES, MAX_FEATURES
 from genforge.data.images import MAX_CHANNELS, MAX_SIDE
@@ -177,9 +179,7 @@ def environment(device: torch.device) -> dict:
         git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         git = ""
-    import numpy
 
-    import genforge
 
     return {
         "genforge": genforge.__version__, "torch": torch.__version__, "numpy": numpy.__version__,

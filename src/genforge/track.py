@@ -18,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
+from PIL import Image
 
 from genforge import rundir
 from genforge.errors import GenforgeError
@@ -88,7 +90,6 @@ class Tracker:
     """One view of a run directory. `start` opens it (reopens it after a resume) and returns the last step it holds;
     `describe` gives it the run's config and tags (once per process); `log` the metric records after that step;
     `finish` the artifacts; `close` ends it with a status (FINISHED, KILLED, FAILED)."""
-
     name: str
 
     def __init__(self, run_dir: Path, settings: dict, record: dict):
@@ -120,6 +121,7 @@ def mlflow_client_class():
     unless MLFLOW_DISABLE_TELEMETRY is set when it is imported (or re-initialized, if something imported it first)."""
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     imported = "mlflow" in sys.modules
+    # deferred: optional (the track extra), imported when an MLflow tracker is used
     from mlflow import MlflowClient
 
     if imported:
@@ -150,7 +152,6 @@ def mlflow_experiment(client, uri: str, name: str) -> str:
 class MLflowTracker(Tracker):
     """One MLflow run per run directory, in an experiment named after the config's name (runs of one recipe side by
     side). Default store: RUNS/mlruns/mlflow.db (SQLite) with artifacts under RUNS/mlruns/artifacts."""
-
     name = "mlflow"
 
     def start(self) -> int:
@@ -185,6 +186,7 @@ class MLflowTracker(Tracker):
         return max([self.record["step"], *held])
 
     def describe(self, config: dict[str, str], tags: dict[str, str], first: bool) -> None:
+        # deferred: optional (the track extra), imported when an MLflow tracker is used
         from mlflow.entities import Param, RunTag
 
         params = [] if self.client.get_run(self.run_id).data.params else [Param(k, v) for k, v in config.items()]
@@ -193,6 +195,7 @@ class MLflowTracker(Tracker):
             self.client.log_batch(self.run_id, params=params[i : i + 100], tags=tag_list[i : i + 100])
 
     def log(self, records: list[dict]) -> None:
+        # deferred: optional (the track extra), imported when an MLflow tracker is used
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -201,6 +204,7 @@ class MLflowTracker(Tracker):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def finish(self, files: list[Path], summary: dict) -> None:
+        # deferred: optional (the track extra), imported when an MLflow tracker is used
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -221,10 +225,10 @@ class MLflowTracker(Tracker):
 class TensorBoardTracker(Tracker):
     """Event files in LOG_DIR/<run directory name> (default LOG_DIR: RUNS/tensorboard): scalars per step, the config
     and tags as text, the plots as images."""
-
     name = "tensorboard"
 
     def start(self) -> int:
+        # deferred: optional (the track extra), imported when TensorBoard is used
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir = Path(self.settings.get("log_dir") or self.run_dir.resolve().parent / "tensorboard")
@@ -253,8 +257,6 @@ class TensorBoardTracker(Tracker):
     def finish(self, files: list[Path], summary: dict) -> None:
         if self.record.get("artifacts"):  # a second export would show the images twice
             return
-        import numpy as np
-        from PIL import Image
 
         step = summary.get("steps", 0)
         for path in files:
@@ -277,7 +279,6 @@ TRACKERS = {cls.name: cls for cls in (MLflowTracker, TensorBoardTracker)}
 class Tracking:
     """The trackers of one run directory, kept in step with it: sync() exports what metrics.jsonl holds beyond each
     tracker's last step and records it in track.json."""
-
     def __init__(self, run_dir: Path, trackers: list[Tracker]):
         self.run_dir, self.trackers = Path(run_dir), trackers
         self.steps = {t.name: t.start() for t in trackers}

@@ -12,11 +12,15 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 
 from genforge import rundir, runs
 from genforge.config import RunConfig
-from genforge.onnx.export import part_inputs, parts_of
+from genforge.onnx.export import load_parts, part_inputs, parts_of
+from genforge.train.privacy import epsilon_of
 
 LINEAGE = "compression.json"
 COMPARISON = "comparison.json"
@@ -37,9 +41,6 @@ def count_parameters(run) -> tuple[int, int]:
     if run.backend == "torch":
         params = list(run.task.inference_module(run.model).parameters())
         return sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params)
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
 
     total = nonzero = 0
     for part in parts_of(run):
@@ -110,7 +111,6 @@ def inherited_privacy(parent: dict | None, child: dict | None) -> dict | None:
         return None
     if child is None:
         return {**parent, "from": "the parent (compression is post-processing)"}
-    from genforge.train.privacy import epsilon_of
 
     history = [(p["noise_multiplier"], p["sample_rate"], p["steps"]) for p in (parent, child)]
     return {**child, "epsilon": round(epsilon_of(parent["accountant"], history, parent["delta"]), 4),
@@ -126,8 +126,6 @@ def finish_child(parent, child_dir: Path, references: dict[str, Path] | None = N
                  repeats: int = 50, progress=lambda _: None) -> dict:
     """Measure parent and child side by side, then write the child's eval.json, summary.json, comparison.json
     and report.html. references: extra rows, {label: folder of fp32 ONNX files of the parent}."""
-    from genforge.onnx.export import load_parts
-
     torch.set_num_threads(threads)
     child = runs.load_run(child_dir, threads=threads)
     task = parent.task

@@ -7,19 +7,31 @@ activation ranges computed per batch at run time (no calibration; fast for MatMu
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
 import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from genforge.compress.child import create_child, finish_child
 from genforge.errors import GenforgeError
-from genforge.onnx.export import part_inputs, parts_of, run_session, session, strip_metadata
+from genforge.onnx.export import EXPORT_DIR, export_run, part_inputs, parts_of, run_session, session, strip_metadata
+from genforge.rundir import write_json
+from genforge.runs import load_run
 
 METHODS = ("static", "dynamic")
 
 
 def _calibration_reader(names: list[str], batches: list[tuple[torch.Tensor, ...]]):
-    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -33,9 +45,6 @@ def _calibration_reader(names: list[str], batches: list[tuple[torch.Tensor, ...]
 
 def quantize_file(src: Path, dst: Path, method: str, calibration: list[tuple[torch.Tensor, ...]] = ()) -> Path:
     """fp32 ONNX file -> int8 ONNX file. `calibration`: batches of inputs (static only)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if method not in METHODS:
         raise GenforgeError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,9 +70,6 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
     export.json layout, so load_run(..., backend="onnxruntime") runs the int8 parts. Static quantization
     calibrates on `calibration` training inputs (images of the training split, or noise for latents); a model trained
     privately calibrates on test images, so the ranges it stores read no training example."""
-    import json
-
-    from genforge.rundir import write_json
 
     if calibration < 1:
         raise GenforgeError(f"--calibration must be >= 1 inputs, got {calibration}")
@@ -91,10 +97,6 @@ def quantize_run(parent_path: Path, method: str = "static", calibration: int = 5
                  threads: int = 1, progress=lambda _: None) -> tuple[Path, dict]:
     """Export the parent's parts (fp32, verified), quantize them to int8 into a new child run, and compare the two.
     Returns (child run dir, comparison)."""
-    from genforge.compress.child import create_child, finish_child
-    from genforge.onnx.export import EXPORT_DIR, export_run
-    from genforge.runs import load_run
-
     if method not in METHODS:
         raise GenforgeError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     parent = load_run(parent_path, backend="torch")

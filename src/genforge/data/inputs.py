@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
+from genforge.data.images import draft, light_border, to_pixels
 from genforge.errors import GenforgeError
 
 MAX_PIXELS = 4096 * 4096  # refuse larger images before decoding them (decompression bombs)
@@ -22,11 +25,7 @@ def decode_image(source: bytes | Path, shape: tuple[int, int, int], name: str = 
     background: light_background is the run's meta.json key (absent: False, MNIST-style light on black), and an
     image whose border is light when the training data's was dark (a drawing on paper for an MNIST-style model), or
     dark when it was light, is inverted."""
-    import io
 
-    from PIL import Image, UnidentifiedImageError
-
-    from genforge.data.images import draft, light_border, to_pixels
 
     c, h, w = shape
     try:

@@ -27,34 +27,19 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+import pandas as pd
+import yaml
+from pandas.tseries.frequencies import to_offset
+from pydantic import ValidationError
 
+from genforge.data.series_options import SeriesOptions
 from genforge.errors import GenforgeError
 
 SEASON_BY_RULE = {"h": 24, "D": 7, "B": 5, "W": 52, "MS": 12, "ME": 12, "M": 12, "QS": 4, "QE": 4, "Q": 4}
 TIME_NAMES = ("date", "time", "timestamp", "datetime", "ds", "period", "month", "week", "year", "day")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: the series reach the models as float32
-
-
-class SeriesOptions(BaseModel):
-    """data.series: how a CSV's columns are read and how the series are cleaned."""
-
-    model_config = ConfigDict(extra="forbid")
-    time_column: str | None = None  # default: the first column named like date/time/ds/period/year, else column 1
-    target: list[str] | None = None  # value column(s); default: every numeric column (wide format)
-    id_column: str | None = None  # long format: the column naming each row's series
-    freq: str | None = None  # a pandas frequency (MS, W-SUN, QS, D, h, ...); default: inferred from the times
-    resample: str | None = None  # aggregate to this coarser pandas frequency by the mean (weekly co2 -> MS)
-    fill: Literal["interpolate", "ffill", "refuse"] = "interpolate"  # gaps and missing values
-    outliers: Literal["keep", "clip"] = "keep"  # |robust z| > outlier_z on the seasonal residual: reported, or clipped
-    outlier_z: float = Field(3.5, gt=0)  # robust z-score threshold (Iglewicz and Hoaglin's 3.5)
-    test_windows: int = Field(1, ge=1)  # forecasting: the last N horizons of every series are the test set
-    val_windows: int = Field(2, ge=0)  # and the N horizons before them the validation set (and interval calibration)
-    covariates: list[str] = []  # columns known in the future; rows past a series' last value give their future
-    calendar: bool = False  # derive calendar features from the timestamps (month, quarter, week, weekday, hour)
 
 
 @dataclass
@@ -121,8 +106,7 @@ class SeriesSet:
 
 def _bundled() -> dict:
     """name -> (loader of a wide DataFrame indexed by time, description). statsmodels ships these in its wheel."""
-    import pandas as pd
-    from statsmodels import datasets
+    from statsmodels import datasets  # deferred: 1.5 s or more to import, paid by bundled series only
 
     def yearly(module, column):
         data = module.load_pandas().data
@@ -142,7 +126,7 @@ def _bundled() -> dict:
         return data.set_index(index)[["realgdp", "realcons", "realinv", "cpi", "m1", "unemp", "tbilrate"]]
 
     def elec_equip():
-        from statsmodels.datasets import elec_equip as module
+        from statsmodels.datasets import elec_equip as module  # deferred, as above
 
         data = module.load().data
         return data.set_axis(["elec_equip"], axis=1)
@@ -163,7 +147,6 @@ def bundled_names() -> dict[str, str]:
 
 
 def _read_csv(path: Path, spec: str):
-    import pandas as pd
 
     if not path.is_file():
         raise GenforgeError(f"{spec}: {path} is not a file; give csv-series:PATH to a CSV with a time column")
@@ -189,7 +172,6 @@ def _time_column(frame, opts: SeriesOptions, spec: str) -> str:
 
 
 def _parse_times(text, column: str, spec: str):
-    import pandas as pd
 
     text = text.str.strip()
     if text.str.fullmatch(r"\d{4}(\.0+)?").all():  # bare years (1871, 1871.0)
@@ -209,7 +191,6 @@ def _numbers(text, column: str, spec: str) -> np.ndarray:
     """A column of strings -> float64, empty cells and NA/NaN as missing (filled by data.series.fill); anything else
     non-numeric refused, and so are inf and values past float32's range (the models' dtype), which would pass
     as numbers and end training in a traceback."""
-    import pandas as pd
 
     text = text.str.strip()
     missing = text.isin(["", "NA", "N/A", "NaN", "nan", "null", "NULL", "."])
@@ -233,7 +214,6 @@ def _wide_from_csv(frame, opts: SeriesOptions, spec: str):
     """The CSV as (a wide DataFrame: a time index, duplicates allowed, and one float column per series; the
     covariates: name -> a DataFrame of the same shape (long format) or a Series of the times (wide: shared); the
     time column's name)."""
-    import pandas as pd
 
     time = _time_column(frame, opts, spec)
     times = _parse_times(frame[time], time, spec)
@@ -272,7 +252,6 @@ def _check_columns(frame, targets: list[str], spec: str) -> None:
 def infer_freq(index, spec: str) -> str:
     """The frequency of sorted unique times: pandas' own inference, else the one whose grid holds the most of them
     (a series with gaps), checked to hold at least 80% of the times."""
-    import pandas as pd
 
     if len(index) < 3:
         raise GenforgeError(f"{spec}: {len(index)} distinct timestamps; a series needs at least 3")
@@ -300,7 +279,6 @@ def infer_freq(index, spec: str) -> str:
 def season_length(freq: str) -> int:
     """Observations per season of a pandas frequency: 12 for monthly, 4 quarterly, 52 weekly, 7 daily, 24 hourly,
     1 (no season) for yearly and anything else."""
-    from pandas.tseries.frequencies import to_offset
 
     rule = to_offset(freq).rule_code.split("-")[0]
     return SEASON_BY_RULE.get(rule, 1)
@@ -319,7 +297,6 @@ CALENDAR = {  # rule -> the positions a calendar feature encodes: (name, positio
 
 
 def _calendar(freq: str) -> tuple:
-    from pandas.tseries.frequencies import to_offset
 
     return CALENDAR.get(to_offset(freq).rule_code.split("-")[0], ())
 
@@ -331,7 +308,6 @@ def calendar_names(freq: str) -> list[str]:
 
 def calendar_features(times: np.ndarray, freq: str) -> np.ndarray:
     """(T, 2 * positions): sin and cos of 2 pi position / period, so December sits next to January."""
-    import pandas as pd
 
     index = pd.DatetimeIndex(times)
     out = []
@@ -343,7 +319,6 @@ def calendar_features(times: np.ndarray, freq: str) -> np.ndarray:
 
 def extend_times(times: np.ndarray, freq: str, ahead: int) -> np.ndarray:
     """The times followed by `ahead` more on the frequency's grid."""
-    import pandas as pd
 
     if ahead == 0:
         return times
@@ -422,7 +397,6 @@ def _residual(values: np.ndarray, season: int) -> np.ndarray:
 
 def _clean(sid: str, column, exog, freq: str, season: int, opts: SeriesOptions, spec: str) -> Series:
     """One series: column, a float Series indexed by time; exog, a DataFrame of its covariates (or None)."""
-    import pandas as pd
 
     duplicates = int(column.index.duplicated().sum())
     column = column.groupby(level=0).mean()  # duplicated timestamps averaged
@@ -474,7 +448,6 @@ def _clean(sid: str, column, exog, freq: str, season: int, opts: SeriesOptions, 
 def _clean_covariates(sid: str, exog, grid, freq: str, opts: SeriesOptions, spec: str) -> np.ndarray:
     """(len(grid) + known ahead, K): the covariates on the series' grid, gaps filled by the same policy, then the
     steps after its last value at which every covariate is given (their future, taken as given, not filled)."""
-    import pandas as pd
 
     exog = exog.groupby(level=0).mean()
     last = max(grid[-1], exog.index.max())
@@ -504,8 +477,6 @@ def is_series(spec: str) -> bool:
 
 def options_from(pairs: list[str]) -> SeriesOptions:
     """key=value pairs (values parsed as YAML, as config overrides are) -> validated SeriesOptions."""
-    import yaml
-    from pydantic import ValidationError
 
     raw = {}
     for pair in pairs:
@@ -526,8 +497,6 @@ def options_from(pairs: list[str]) -> SeriesOptions:
 
 def load_series(spec: str, opts: SeriesOptions | None = None) -> SeriesSet:
     """`series:NAME` or `csv-series:PATH` -> the cleaned SeriesSet."""
-    import pandas as pd
-
     opts = opts or SeriesOptions()
     prefix, _, rest = spec.partition(":")
     if prefix == "series":
@@ -535,7 +504,7 @@ def load_series(spec: str, opts: SeriesOptions | None = None) -> SeriesSet:
         if rest not in table:
             raise GenforgeError(f"unknown bundled series {rest!r}; choose one of {', '.join(table)} "
                                 f"(or csv-series:PATH for your own CSV)")
-        import statsmodels
+        import statsmodels  # deferred, as in _bundled (the version the data came with)
 
         wide, source, time_column = table[rest][0](), f"statsmodels {statsmodels.__version__}", None
         _check_columns(wide, [*(opts.target or []), *opts.covariates], spec)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from genforge.models.layers import device_of
+from genforge.onnx.export import OnnxPart
 
 # The class averages: images count, path points do not. On fashion-cnn-fast (1 epoch), against means over 100 images x
 # 64 points, 20 images x 8 points correlate 0.83 per class, x 64 points 0.84, 10 images x 16 points 0.71
@@ -27,8 +28,6 @@ BATCH_ROWS = 256  # Explainer's internal batch (inputs x points); Captum warns w
 
 def runs_in_onnx(model: nn.Module) -> bool:
     """True for a model whose forward ONNX Runtime runs (an int8 child, onnx/export.attach): no gradients."""
-    from genforge.onnx.export import OnnxPart
-
     return any(isinstance(v, OnnxPart) for v in vars(model).values())
 
 

@@ -19,7 +19,9 @@ import math
 import numpy as np
 import torch
 
+from genforge.errors import GenforgeError
 from genforge.evaluate.classification import predict_proba
+from genforge.train.privacy import default_delta
 
 FPRS = (0.001, 0.01)
 
@@ -49,6 +51,7 @@ def class_standardized(score: np.ndarray, y: np.ndarray, reference: np.ndarray, 
 
 def roc_summary(members: np.ndarray, non_members: np.ndarray) -> dict:
     """AUC and the TPR at each FPR of FPRS (the best TPR among thresholds whose FPR does not exceed it)."""
+    # deferred: scikit-learn's import takes 2 s or more, paid only on this path
     from sklearn.metrics import roc_auc_score, roc_curve
 
     labels = np.r_[np.ones(len(members)), np.zeros(len(non_members))]
@@ -61,6 +64,7 @@ def roc_summary(members: np.ndarray, non_members: np.ndarray) -> dict:
 
 
 def _clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
+    # deferred: scipy.stats takes 2 s or more to import, paid only on this path
     from scipy.stats import beta
 
     lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
@@ -118,9 +122,6 @@ def audit_run(loaded, n: int = 1000, seed: int = 0) -> dict:
     """A classifier run against both attacks: n of its own training examples (members) against n test examples
     (non-members), the rest of the test split as mentr-class's reference. With the epsilon the run accounted, if it
     was trained privately."""
-    from genforge.errors import GenforgeError
-    from genforge.train.privacy import default_delta
-
     if "classify" not in loaded.task.verbs:
         raise GenforgeError(f"{loaded.path.name} is a {loaded.config.model.kind} model: the membership audit attacks "
                             f"classifiers")

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from genforge import rundir
 from genforge.errors import GenforgeError
+from genforge.evaluate import mistakes
 from genforge.evaluate.classification import predict_proba
+from genforge.explain import DEFAULT_METHOD, DEFAULT_STEPS, Explainer, overlay, pixel_map
+from genforge.grids import image_grid
 from genforge.plots import figure
 
 
@@ -139,8 +143,6 @@ def write_classifier_report(run_dir: Path, model, ds, test: dict, summary: dict,
 def plot_class_attributions(maps: torch.Tensor, counts: torch.Tensor, classes: list[str]) -> bytes:
     """A PNG, one panel per class: its mean attribution map (channels summed), on one colour scale centred on zero so
     the panels compare (red: towards the class, as in explain.overlay)."""
-    from genforge.explain import pixel_map
-
     plt = figure()
     m = pixel_map(maps).numpy()  # (classes, H, W)
     peak = float(np.quantile(np.abs(m), 0.995)) or 1.0  # a few extreme pixels would wash out every other one
@@ -172,8 +174,6 @@ def _png(image) -> str:
 
 def _pil(image: torch.Tensor, scale: int):
     """(C, H, W) uint8 -> a PIL image, scale times larger with square pixels."""
-    from PIL import Image
-
     a = image.numpy()
     out = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(a[:3].transpose(1, 2, 0), "RGB")
     return out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST)
@@ -186,8 +186,6 @@ def _caption(i: int, loss: float, p: torch.Tensor, true: int, pred: int, classes
 
 def _image_mistakes(ds, index, losses, probs, attributions) -> str:
     """A figure per item: the test image, and the attributions of its predicted class over it."""
-    from genforge.explain import overlay
-
     scale = max(1, 112 // ds.input_shape[-1])  # about 112 px wide
     figures = []
     for j, i in enumerate(index.tolist()):
@@ -223,9 +221,6 @@ def mistakes_sections(model, ds, highest_loss: dict) -> list[tuple[str, str]]:
     """Report sections: the test items with the highest loss (evaluate's highest_loss) with attributions of the
     predicted class, and for images the mean attributions of each class. Attributions are left out, with the reason,
     for a model the explainer refuses or that ONNX Runtime runs."""
-    from genforge.evaluate import mistakes
-    from genforge.explain import DEFAULT_METHOD, DEFAULT_STEPS, Explainer
-
     index, losses = torch.tensor(highest_loss["index"], dtype=torch.long), torch.tensor(highest_loss["loss"])
     probs = predict_proba(model, ds.test_x[index])
     attributions, averages, why = None, None, None
@@ -281,8 +276,6 @@ def plot_privacy(metrics: list[dict], privacy: dict, path: Path) -> None:
 def write_generator_report(run_dir: Path, model, ds, result: dict, summary: dict,
                            extra: list[tuple[str, str]] = ()) -> Path:
     """Curves, a sample grid (and input | reconstruction pairs for a VAE), the scores with their calibration."""
-    from genforge.grids import image_grid
-
     plots = _plots_with_curves(run_dir)
     scale = 3 if ds.input_shape[-1] < 64 else 1
     grid = image_grid(model.sample(64, seed=0), scale=scale)

@@ -19,12 +19,16 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.export import Dim
 
 from genforge.errors import GenforgeError
 from genforge.models.layers import check_labels
@@ -48,7 +52,6 @@ def is_conditional(model: nn.Module) -> bool:
 
 class _Exported(nn.Module):
     """The traced wrapper: the model's seam called with positional tensors."""
-
     def __init__(self, model: nn.Module, seam: str):
         super().__init__()
         self.model = model
@@ -79,7 +82,6 @@ def part_inputs(run, part: Part, n: int, seed: int, split: str = "test") -> tupl
 def session(path: Path, threads: int = 1):
     """An ONNX Runtime CPU session: no telemetry, no spinning threads (they slow torch in the same process)."""
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -102,7 +104,6 @@ class OnnxPart(nn.Module):
 
     Labels come as the model takes them (indices, or class weights); they are checked like the eager model
     checks them and become one-hot weights for the graph."""
-
     def __init__(self, sess, part: Part, num_classes: int, conditional: bool, path: Path):
         super().__init__()
         self.session, self.part, self.num_classes, self.conditional = sess, part, num_classes, conditional
@@ -127,9 +128,6 @@ def attach(model: nn.Module, part: Part, runtime: OnnxPart) -> None:
 def export_part(model: nn.Module, part: Part, example: tuple[torch.Tensor, ...], path: Path, opset: int,
                 dynamic_batch: bool) -> Path:
     """Write `part` of `model` to path (one self-contained file, weights inside)."""
-    import warnings
-
-    from torch.export import Dim
 
     wrapper = _Exported(model, part.seam).eval()
     names = part.inputs + (("classes",) if len(example) > len(part.inputs) else ())
@@ -155,8 +153,6 @@ def export_part(model: nn.Module, part: Part, example: tuple[torch.Tensor, ...],
 def strip_metadata(path: Path) -> None:
     """Drop the exporter's per-node metadata (stack traces, module paths) and doc strings: on a small CNN they were
     a quarter of the file. The graph and the weights are untouched."""
-    import onnx
-
     model = onnx.load(str(path))
     for node in model.graph.node:
         del node.metadata_props[:]
@@ -183,7 +179,6 @@ def export_run(run, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, dyn
     Returns the export record, also written to out_dir/export.json."""
     if opset < DEFAULT_OPSET:
         raise GenforgeError(f"opset {opset} is too old for the dynamo exporter; use {DEFAULT_OPSET} or newer")
-    import onnx
 
     if opset > (newest := onnx.defs.onnx_opset_version()):
         raise GenforgeError(f"opset {opset} is newer than this onnx package knows ({newest})")

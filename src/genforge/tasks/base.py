@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from genforge.data import labelled_subset, load_dataset, select_classes, split_validation, stratified_kfold
+from genforge.data.images import light_border
 from genforge.errors import GenforgeError
 from genforge.models.catalogue import KINDS
 from genforge.onnx.parts import Part
@@ -20,7 +22,6 @@ from genforge.onnx.parts import Part
 @dataclass
 class Prepared:
     """What the loop trains on: the task's data cut into (inputs, targets) tensors, and how to build the model."""
-
     ds: object  # what validate, test and report read (data.Dataset for the image and tabular tasks)
     x: torch.Tensor  # training inputs, on the device
     y: torch.Tensor  # training targets, on the device
@@ -54,8 +55,6 @@ class Task:
 
     def dataset(self, cfg, name: str | None = None, quiet: bool = True):
         """The run's data (or the dataset `name`, e.g. `evaluate --data`), loaded and cleaned."""
-        from genforge.data import load_dataset, select_classes
-
         name = name or cfg.data.name
         # the run's image size resizes any folder to what the model reads; a built-in dataset has its own fixed shape
         size = cfg.data.image_size if name.startswith("imagefolder:") else None
@@ -65,8 +64,6 @@ class Task:
     def prepare(self, cfg, ds, device: torch.device, fold: tuple[int, int] | None = None) -> Prepared:
         """Split the data (a validation share of train, or fold k of a stratified k-fold), put the training split on
         the device, and compute what the model is built with. The image and tabular tasks share this."""
-        from genforge.data import labelled_subset, split_validation, stratified_kfold
-        from genforge.data.images import light_border
         spec = KINDS[cfg.model.kind]
         if not hasattr(ds, "train_x"):
             raise GenforgeError(f"model.kind={cfg.model.kind} trains on images or features, not on {ds.name}")
@@ -124,7 +121,6 @@ class Task:
 
     def on_evaluation(self, model, run_dir: Path, epoch: int, cfg) -> None:
         """Side outputs at each evaluation (a generator's sample grid)."""
-
     def test(self, model, ds, cfg) -> dict:
         """The final evaluation: the function training ends with and `genforge evaluate` calls."""
         raise NotImplementedError

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from rich.table import Table
 
+from genforge.evaluate import evaluate, measure_speed
+from genforge.evaluate.report import write_classifier_report
 from genforge.onnx.parts import Part
 from genforge.tasks.base import Task
+from genforge.train.steps import ClassifierStep
 
 
 class ClassifyTask(Task):
@@ -19,18 +23,15 @@ class ClassifyTask(Task):
     structured_pruning = True
 
     def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
-        from genforge.train.steps import ClassifierStep
 
         return ClassifierStep(model, cfg, steps_per_epoch, autocast=autocast, channels_last=channels_last)
 
     def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
-        from genforge.evaluate import evaluate
 
         result = evaluate(model, x, y, ds.classes)
         return {"loss": result["loss"], "acc": result["accuracy"]}
 
     def test(self, model, ds, cfg) -> dict:
-        from genforge.evaluate import evaluate, measure_speed
 
         result = evaluate(model, ds.test_x, ds.test_y, ds.classes)
         result.update(measure_speed(model, ds.test_x[:1]))
@@ -41,12 +42,10 @@ class ClassifyTask(Task):
                 "latency_ms_b1": result["latency_ms_b1"], "throughput_b256": result["throughput_b256"]}
 
     def report(self, run_dir: Path, model, ds, result: dict, summary: dict, extra=()) -> Path:
-        from genforge.evaluate.report import write_classifier_report
 
         return write_classifier_report(run_dir, model, ds, result, summary, extra)
 
     def print_evaluation(self, out, name: str, result: dict) -> None:
-        from rich.table import Table
 
         out.print(f"[bold]{name}[/] on {result['dataset']} test ({result['n']} items)")
         table = Table("class", "precision", "recall", "F1")

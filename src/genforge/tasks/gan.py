@@ -6,6 +6,7 @@ from torch import nn
 
 from genforge.onnx.parts import Part
 from genforge.tasks.generative import GenerativeTask
+from genforge.train.steps import GANStep
 
 
 class GANTask(GenerativeTask):
@@ -17,7 +18,6 @@ class GANTask(GenerativeTask):
                        "model.spectral_norm=true")
 
     def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
-        from genforge.train.steps import GANStep
 
         return GANStep(model, cfg, steps_per_epoch, autocast=autocast, channels_last=channels_last)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genforge.evaluate.generative import elbo, likelihood_metrics
 from genforge.onnx.parts import Part
 from genforge.tasks.generative import GenerativeTask
+from genforge.train.steps import VAEStep
 
 # what the pixels above/left add to each logit: the likelihood of an autoregressive VAE needs it
 CONTEXT = Part("context", "context_logits", ("x",), ("logits",), labels=False, unit_range=True)
@@ -19,12 +21,10 @@ class VAETask(GenerativeTask):
              Part("decoder", "decode", ("z",), ("params",)))
 
     def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
-        from genforge.train.steps import VAEStep
 
         return VAEStep(model, cfg, steps_per_epoch, autocast=autocast, channels_last=channels_last)
 
     def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
-        from genforge.evaluate.generative import elbo
 
         g = torch.Generator(device=model.device).manual_seed(0)  # the same binarization every epoch
         prepared = model.prepare(x.to(model.device), generator=g)  # x stays raw: the FD compares raw images
@@ -41,8 +41,6 @@ class VAETask(GenerativeTask):
     def likelihood(self, model, ds, cfg) -> dict:
         """The likelihood part of `test`: a function of the model and the test set alone (fixed evaluation
         images and estimator noise, never cfg.seed), so runs with different seeds are scored alike."""
-        from genforge.evaluate.generative import likelihood_metrics
-
         return likelihood_metrics(model, ds, cfg.eval.iwae_k, cfg.eval.iwae_images)
 
     def headline(self, result: dict) -> dict:

@@ -27,6 +27,7 @@ def default_delta(n: int) -> float:
 
 
 def _accountant(kind: str):
+    # deferred: Opacus takes about 4 s to import, paid only by private training
     from opacus.accountants import create_accountant
 
     return create_accountant(mechanism=kind)
@@ -46,6 +47,7 @@ def epsilon_of(kind: str, history: list, delta: float) -> float:
 def noise_for(cfg: PrivacyConfig, sample_rate: float, steps: int, delta: float) -> float:
     """The least noise multiplier that keeps `steps` steps at `sample_rate` within cfg.epsilon, or a one-line error
     when no noise can (a budget too small for a single step)."""
+    # deferred: Opacus takes about 4 s to import, paid only by private training
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
@@ -82,6 +84,7 @@ def public_normalization(mean: torch.Tensor, is_image: bool) -> tuple[torch.Tens
 def check_private(model: nn.Module, kind: str) -> None:
     """Refuse a model whose layers mix the samples of a batch (BatchNorm), which per-sample clipping cannot bound,
     or that Opacus cannot compute per-sample gradients for; with the fix."""
+    # deferred: Opacus takes about 4 s to import, paid only by private training
     from opacus.validators import ModuleValidator
 
     errors = ModuleValidator.validate(model, strict=False)
@@ -97,8 +100,8 @@ class Privacy:
     DPOptimizer (clip each sample's gradient, sum, add noise, average), its model records per-sample gradients, and
     this object draws the batches, counts the steps for the accountant and says when the budget is spent. The step
     keeps its loss, schedule and checkpoint; the loop asks this object for batches and for the privacy spent."""
-
     def __init__(self, step, cfg: PrivacyConfig, n: int, batch_size: int, planned_steps: int, kind: str):
+        # deferred: Opacus takes about 4 s to import, paid only by private training
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
