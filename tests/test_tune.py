@@ -350,7 +350,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, t
 
     # the killed trial is stale once its heartbeat is 3 heartbeats old (Optuna's own test of it, read-only, on a
     # storage with the study's heartbeat: 1 s, grace 3 s), unless the parent's study directory failed it already
-    watch = tune._storage(storage, heartbeat=1)
+    watch = tune.storage.open_storage(storage, heartbeat=1)
     study_id = watch.get_study_id_from_name("shared")
     until(lambda: watch.get_trial(victim._trial_id).state.name == "FAIL"
           or victim._trial_id in watch._get_stale_trial_ids(study_id), "the killed trial going stale", 60)
@@ -461,8 +461,8 @@ def test_a_storage_that_never_answers_fails_within_the_connect_timeout(tmp_path)
         held = []
         threading.Thread(target=lambda: held.extend(silent.accept() for _ in range(8)), daemon=True).start()
         url = f"postgresql+psycopg2://genforge:{NETLOC_SECRET}@127.0.0.1:{silent.getsockname()[1]}/postgres"
-        code = ("import sys; from genforge import tune; tune.CONNECT_TIMEOUT = 1; from genforge.cli import main; "
-                "sys.argv[0] = 'genforge'; main()")
+        code = ("import sys; from genforge.tune import storage; storage.CONNECT_TIMEOUT = 1; "
+                "from genforge.cli import main; sys.argv[0] = 'genforge'; main()")
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-c", code, "tune", "blobs-logreg", *QUICK, "--trials", "1",
                                  "--storage", url, "--runs-dir", str(tmp_path / "r")],

@@ -1,4 +1,5 @@
-"""Plots and a self-contained report.html for a run (every image inlined, no external assets)."""
+"""Plots and self-contained HTML pages (every image inlined, no external assets): a run's report.html, and the page
+of a tuning study (write_html)."""
 
 from __future__ import annotations
 
@@ -90,26 +91,40 @@ def _table(rows: dict) -> str:
     return f"<table>{cells}</table>"
 
 
-def write_page(run_dir: Path, summary: dict, sections: list[tuple[str, str]]) -> Path:
-    """report.html: the summary, every PNG under plots/ inlined, extra (title, html) sections, the config."""
-    plots = run_dir / "plots"
+def rows_table(rows: list[dict]) -> str:
+    """A table with a column per key of the first row and a line per row: floats to 4 significant digits, None empty."""
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else html.escape("" if v is None else str(v))  # noqa: E731
+    columns = list(rows[0]) if rows else []
+    return "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in columns) + "</tr>" for r in rows) + "</table>"
+
+
+def write_html(path: Path, title: str, summary: dict, plots: Path, sections: list[tuple[str, str]]) -> Path:
+    """A self-contained page (every image inlined, no external assets): the summary, every PNG under plots/, then the
+    (title, html) sections. A run's report.html (write_page) and a tuning study's are written here."""
     images = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
         f"<figcaption>{p.stem.replace('_', ' ')}</figcaption></figure>"
         for p in sorted(plots.glob("*.png"))
     )
-    extra = "".join(f"<h2>{html.escape(title)}</h2>{body}" for title, body in sections)
-    config = html.escape((run_dir / "config.yaml").read_text())
-    page = f"""<!doctype html><html lang="en"><meta charset="utf-8"><title>{html.escape(run_dir.name)}</title>
+    *extra, (last_title, last_body) = sections
+    extra = "".join(f"<h2>{html.escape(heading)}</h2>{body}" for heading, body in extra)
+    page = f"""<!doctype html><html lang="en"><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
 table{{border-collapse:collapse}}td,th{{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left}}
 figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}pre{{background:#f6f6f6;padding:1rem}}</style>
-<h1>{html.escape(run_dir.name)}</h1><h2>Summary</h2>{_table(summary)}
+<h1>{html.escape(title)}</h1><h2>Summary</h2>{_table(summary)}
 <h2>Plots</h2>{images}{extra}
-<h2>Config</h2><pre>{config}</pre></html>"""
-    path = run_dir / "report.html"
+<h2>{html.escape(last_title)}</h2>{last_body}</html>"""
     rundir.write_text(path, page)
     return path
+
+
+def write_page(run_dir: Path, summary: dict, sections: list[tuple[str, str]]) -> Path:
+    """report.html: the summary, every PNG under plots/ inlined, extra (title, html) sections, the config."""
+    config = html.escape((run_dir / "config.yaml").read_text())
+    return write_html(run_dir / "report.html", run_dir.name, summary, run_dir / "plots",
+                      [*sections, ("Config", f"<pre>{config}</pre>")])
 
 
 def _plots_with_curves(run_dir: Path) -> Path:
