@@ -2,8 +2,8 @@
 AutoETS and AutoARIMA, and its seasonal naive), on 12 real series bundled with statsmodels, by rolling origin.
 
 Every method sees the same cleaned values (genforge's loader) and is scored by the same code
-(genforge.evaluate.forecast) on the same windows: the last 3 horizons of each series, horizon = one season (6 for
-yearly data). The recurrent models train once on what precedes the first window (no refit); statsforecast refits
+(genforge.evaluate.forecast_accuracy) on the same windows: the last 3 horizons of each series, horizon = one season
+(6 for yearly data). The recurrent models train once on what precedes the first window (no refit); statsforecast refits
 at every origin, as its cross_validation does by default. co2 is aggregated from weekly to monthly means: a
 seasonal ARIMA with a 52-week season ran past 10 minutes on this machine for one series.
 
@@ -25,9 +25,9 @@ from _common import record
 from genforge import rundir
 from genforge.config import load_config
 from genforge.data.series import SeriesOptions, load_series
-from genforge.evaluate.forecast import combine, mase_scale, window_metrics
+from genforge.evaluate.forecast_accuracy import combine, mase_scale, window_metrics
+from genforge.forecasting.windows import default_horizon, window_origins
 from genforge.rundir import read_json
-from genforge.tasks.forecast import default_horizon, window_origins
 from genforge.train.loop import train
 
 DATASETS = {  # bundled name -> series options

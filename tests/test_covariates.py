@@ -278,8 +278,8 @@ BAD_ENDS = [  # (end, what the message says): every one answered a 500, or a 200
 
 @pytest.mark.parametrize("end, message", BAD_ENDS, ids=range(len(BAD_ENDS)))
 def test_an_end_off_the_calendar_is_refused_with_what_is_accepted(calendar_app, end, message):
-    """The library, /v1 forecast and the v2 `end` share one check (tasks.forecast.place_end): a 422 that says the
-    accepted range, never a 500, never a forecast for another date."""
+    """The library, /v1 forecast and the v2 `end` share one check (forecasting.inference.place_end): a 422 that says
+    the accepted range, never a 500, never a forecast for another date."""
     client, name, run = calendar_app
     frame = promo_frame()
     history, promo = frame["sales"].dropna().to_numpy(), frame["promo"].to_numpy()

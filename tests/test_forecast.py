@@ -15,8 +15,9 @@ from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.data.series import load_series
 from genforge.errors import GenforgeError
-from genforge.evaluate.forecast import combine, mase_scale, window_metrics
-from genforge.tasks.forecast import TASK, window_origins
+from genforge.evaluate.forecast_accuracy import combine, mase_scale, window_metrics
+from genforge.forecasting.windows import window_origins
+from genforge.tasks.forecast import TASK
 from genforge.train.loop import train
 
 TINY = ["data.name=series:nile", "train.epochs=3", "model.hidden=8", "train.threads=1"]

@@ -496,7 +496,7 @@ def forecast(
                                                                    "column and value columns).")] = None,
 ):
     """Forecast the future of a run's series (or of a CSV's) with intervals: a table or a picture."""
-    from genforge.forecast import forecast_table, histories, plot_future
+    from genforge.forecasting.presentation import forecast_table, histories, plot_future
     from genforge.rundir import write_text
     from genforge.runs import load_run
 
@@ -531,7 +531,7 @@ def backtest(
     quiet: Quiet = False,
 ):
     """Rolling-origin backtest of a forecaster beside the naive, seasonal naive, drift and season-mean baselines."""
-    from genforge.forecast import backtest_preset, backtest_run
+    from genforge.backtest import backtest_preset, backtest_run
     from genforge.runs import load_run
     from genforge.tasks.forecast import TASK
 

@@ -60,11 +60,11 @@ class LoadedRun:
 
     def forecast(self, history, horizon: int | None = None, *, end=None, covariates: dict | None = None):
         """Quantile forecasts of `horizon` steps (default: the trained one) after a history (a sequence of numbers,
-        or N equal-length ones): a tasks.forecast.Forecast with .median, .interval(80|95) and .columns(). A model
+        or N equal-length ones): a forecasting.inference.Forecast with .median, .interval(80|95) and .columns(). A model
         that reads covariates (config.yaml's model.covariates) needs them: `end`, the time of the history's last
         value, for calendar features; `covariates`, {column: its values over the history and the horizon}."""
         self.require("forecast")
-        from genforge.tasks.forecast import as_history, covariates_for, forecast
+        from genforge.forecasting.inference import as_history, covariates_for, forecast
 
         x = as_history(self.model, history)
         c = covariates_for(self.model, self.config, self.meta.get("freq"), *x.shape, horizon, end, covariates)

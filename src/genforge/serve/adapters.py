@@ -251,7 +251,7 @@ class ServedModel:
     # forecast -----------------------------------------------------------------------------------------------
     @cached_property
     def minimum_history(self) -> int:
-        from genforge.tasks.forecast import minimum_history
+        from genforge.forecasting.inference import minimum_history
 
         return minimum_history(self.model)
 
@@ -266,7 +266,7 @@ class ServedModel:
                 "covariates": list(series_opts.covariates) if model.features else []}
 
     def forecast(self, history, horizon: int | None = None, end: str | None = None, covariates: dict | None = None):
-        """A history (L,) or (N, L) -> tasks.forecast.Forecast: quantiles (N, horizon, Q) at its levels, the same
+        """A history (L,) or (N, L) -> forecasting.inference.Forecast: quantiles (N, horizon, Q) at its levels, the same
         numbers as load_run(run).forecast; called from the one inference thread."""
         return self.run.forecast(history, horizon, end=end, covariates=covariates)
 

@@ -4,6 +4,8 @@ MASE (Hyndman and Koehler 2006) divides the mean absolute error by the in-sample
 naive forecast (lag = the data's season, 1 for non-seasonal data) over everything before the window's origin, so it
 is comparable across series and < 1 beats that naive forecast on average. The pinball loss is scaled the same way.
 sMAPE is M4's (0-200). Coverage counts the true values inside the 80% (q 0.1-0.9) and 95% (q 0.025-0.975) intervals.
+`backtest` scores forecasters (a model and the baselines) on the same windows; the forecasts come from
+forecasting.inference.forecast_windows.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-INTERVALS = {"80": (0.1, 0.9), "95": (0.025, 0.975)}
+from genforge.forecasting.inference import INTERVALS, forecast_windows
+
 METRICS = ("mase", "smape", "mae", "rmse", "pinball", "coverage_80", "coverage_95")
 
 
@@ -60,50 +62,6 @@ def overall(per_series: dict[str, dict]) -> dict:
     so their means mix scales; MASE, sMAPE, pinball and coverage do not)."""
     keys = [k for k in METRICS if all(k in m for m in per_series.values())]
     return {k: float(np.mean([m[k] for m in per_series.values()])) for k in keys}
-
-
-@torch.inference_mode()
-def forecast_windows(model, values: np.ndarray, origins: list[int], horizon: int,
-                     features: np.ndarray | None = None) -> np.ndarray:
-    """The model's quantiles (W, horizon, Q) for windows starting at each origin of one series. A model with a fixed
-    context reads the `context` values before each origin (batched); one that reads any history (a baseline) reads
-    everything before it. A horizon beyond the model's is reached by feeding its median back (recursive). features:
-    the series' covariates (T + known ahead, F), for a model that reads them."""
-    if getattr(model, "full_history", False):
-        return np.stack([recursive(model, torch.tensor(values[None, :o], dtype=torch.float32), horizon)[0].numpy()
-                         for o in origins])
-    c = model.context
-    history = torch.tensor(np.stack([values[o - c : o] for o in origins]), dtype=torch.float32)
-    covariates = None
-    if model.features:
-        f = torch.as_tensor(features, dtype=torch.float32)
-        covariates = torch.stack([f[o - c : o + horizon] for o in origins])  # (W, <= C + horizon, F)
-    return recursive(model, history, horizon, covariates).numpy()
-
-
-def recursive(model, history: torch.Tensor, horizon: int, covariates: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, L) history -> (N, horizon, Q): direct up to the model's horizon, then its median appended to the history
-    and the model run again (the intervals of later blocks are conditional on that median path: too narrow).
-    covariates (N, L + horizon, F), for a model that reads them: a block that reaches past them (the last one, when
-    the horizon is not a multiple of the model's) sees their last row repeated."""
-    from genforge.models.rnn import pack
-
-    if model.features:
-        need = history.shape[1] + -(-horizon // model.horizon) * model.horizon
-        covariates = torch.cat([covariates, covariates[:, -1:].expand(-1, need - covariates.shape[1], -1)], 1)
-    blocks, done = [], 0
-    while done < horizon:
-        if getattr(model, "full_history", False):
-            x = history
-        else:
-            p = history.shape[1]
-            x = pack(history[:, -model.context :],
-                     covariates[:, p - model.context : p + model.horizon] if model.features else None)
-        q = model(x)
-        blocks.append(q)
-        done += q.shape[1]
-        history = torch.cat([history, q[..., model.median]], 1)
-    return torch.cat(blocks, 1)[:, :horizon].float()
 
 
 def backtest(models: dict, series: list, season: int, origins_of, horizon: int, features_of=None) -> dict:
