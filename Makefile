@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install install-dev install-bench system-deps bench-deps quickstart test bench lint audit clean
+.PHONY: install install-dev install-bench system-deps bench-deps quickstart test bench lint audit architecture clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -77,6 +77,11 @@ bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<
 
 lint: install-dev
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
+
+# docs/img/import-graph.png, the picture of docs/architecture.md, from the code and the layer contract
+architecture: install-dev
+	$(PY) docs/import_graph.py
 
 # pip-audit over the installed environment where its advisory database answers; otherwise (as on this project's CI
 # machines) the recorded table of fixed versions in tests/test_dependencies.py
