@@ -11,6 +11,9 @@ from torch import nn
 
 from genforge.config import RunConfig
 from genforge.errors import GenforgeError
+from genforge.explain import Explainer
+from genforge.forecasting.inference import as_history, covariates_for, forecast
+from genforge.onnx.export import load_parts
 from genforge.registry import task_of
 from genforge.rundir import CHECKPOINT, WEIGHTS, read_config, read_json, rebuild_model, resolve_run
 
@@ -18,7 +21,6 @@ from genforge.rundir import CHECKPOINT, WEIGHTS, read_config, read_json, rebuild
 @dataclass
 class LoadedRun:
     """A run's model, rebuilt, with the notebook verbs of generators (sample, encode, decode)."""
-
     path: Path
     config: RunConfig
     model: nn.Module
@@ -64,7 +66,6 @@ class LoadedRun:
         that reads covariates (config.yaml's model.covariates) needs them: `end`, the time of the history's last
         value, for calendar features; `covariates`, {column: its values over the history and the horizon}."""
         self.require("forecast")
-        from genforge.forecasting.inference import as_history, covariates_for, forecast
 
         x = as_history(self.model, history)
         c = covariates_for(self.model, self.config, self.meta.get("freq"), *x.shape, horizon, end, covariates)
@@ -77,7 +78,6 @@ class LoadedRun:
             raise GenforgeError(f"{self.path.name} holds only ONNX models: explanations need the gradients of its "
                                 f"torch weights (explain its parent run)")
         if precision not in self._explainers:
-            from genforge.explain import Explainer
 
             # with onnxruntime the model's forward runs in ONNX Runtime, which gives no gradients: the torch weights
             model = self.model if self.backend == "torch" else load_run(self.path, backend="torch").model
@@ -140,7 +140,6 @@ def load_run(path: str | Path, checkpoint: bool = False, backend: str | None = N
     loaded = LoadedRun(run, cfg, model, meta, read_json(run / "summary.json"), backend,
                        read_json(run / "compression.json") or None)
     if backend == "onnxruntime":
-        from genforge.onnx.export import load_parts
 
         load_parts(loaded, run / "export", threads if threads is not None else loaded.task.onnx_threads())
     return loaded
