@@ -11,7 +11,7 @@ from genforge.evaluate import evaluate, measure_speed
 from genforge.evaluate.report import write_classifier_report
 from genforge.onnx.parts import Part
 from genforge.tasks.base import Task
-from genforge.train.steps import ClassifierStep
+from genforge.train import steps
 
 
 class ClassifyTask(Task):
@@ -24,7 +24,8 @@ class ClassifyTask(Task):
 
     def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
 
-        return ClassifierStep(model, cfg, steps_per_epoch, autocast=autocast, channels_last=channels_last)
+        # looked up on the module at each call, so that a test can swap in a step that misbehaves on purpose
+        return steps.ClassifierStep(model, cfg, steps_per_epoch, autocast=autocast, channels_last=channels_last)
 
     def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
 
