@@ -17,7 +17,7 @@ from genforge.data.series import load_series
 from genforge.errors import GenforgeError
 from genforge.evaluate.forecast import combine, mase_scale, window_metrics
 from genforge.tasks.forecast import TASK, window_origins
-from genforge.train.loop import train
+from genforge.training import train
 
 TINY = ["data.name=series:nile", "train.epochs=3", "model.hidden=8", "train.threads=1"]
 

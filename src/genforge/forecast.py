@@ -106,7 +106,7 @@ def backtest_preset(source: str, overrides: list[str], windows: int, horizon: in
     from genforge import rundir, runs
     from genforge.config import load_config
     from genforge.evaluate.forecast import combine, overall
-    from genforge.train.loop import train
+    from genforge.training import train
 
     extra = [*([f"model.horizon={horizon}"] if horizon else [])]
     if not refit:

@@ -563,7 +563,8 @@ def objective(plan: Plan, trial) -> float:
     """Train one trial's config into its run directory; the value is the metric of the weights the run keeps."""
     import optuna
 
-    from genforge.train.loop import Interrupted, Stop, train
+    from genforge.train.loop import Interrupted, Stop
+    from genforge.training import train
 
     params = {p.key: p.suggest(trial) for p in plan.space}
     base = plan.base()
