@@ -36,6 +36,8 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 class Journal:
+    """The run's metrics.jsonl, log lines, progress bar and trackers."""
+
     def __init__(self, run_dir: Path, quiet: bool, main: bool = True, tracking: track.Tracking | None = None):
         self.path, self.quiet, self.main = run_dir / "metrics.jsonl", quiet, main
         self.tracking = tracking or track.Tracking(run_dir, [])

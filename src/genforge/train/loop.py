@@ -138,7 +138,7 @@ def train(cfg: RunConfig, run_dir: Path, task, *, dataset=None, resume: bool = F
           on_step: Callable[[object, int, int], None] | None = None,
           on_epoch: Callable[[dict], None] | None = None, reports_per_epoch: int = 1) -> dict:
     """Train `cfg` into `run_dir` (created by rundir.create_run) the way `task` trains its kind, and return the
-    summary. The application (genforge.training.train) hands the task in: the loop does not look kinds up.
+    summary. The application (genforge.training.train) looks the task up and hands it over: the loop names no kind.
 
     dataset: the task's data for cfg, already loaded (task.dataset), or None to load it here.
     fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set.
@@ -199,7 +199,7 @@ def _train(run: Run, resume: bool, fold: tuple[int, int] | None, journal: Journa
     if fold is not None:
         accuracy = run.task.validate(model, run.data.x_val, run.data.y_val, run.ds, run.cfg)["acc"]
         return finish_fold(run.cfg, run.run_dir, model, accuracy, run.ds, state, fold)
-    fitted = {**run.task.after_training(model, run.data), **(run.privacy.summary() if run.privacy else {}),
+    fitted = {**run.task.after_training(model, run.data), **(run.privacy.summary() if run.privacy is not None else {}),
               **run.transfer.summary()}
     if run.privacy is not None:
         run.privacy.close()
@@ -355,10 +355,10 @@ def _setup(cfg: RunConfig, run_dir: Path, task, dataset, fold: tuple[int, int] |
                                                 "channels_last": channels_last})
         rundir.write_json(run_dir / "env.json", {**rundir.environment(device), "world_size": w.size,
                                                "backend": w.backend})
-    return _with_step(cfg, run_dir, task, data, device, w, model, transfer, bf16, channels_last, journal)
+    return _make_run(cfg, run_dir, task, data, device, w, model, transfer, bf16, channels_last, journal)
 
 
-def _with_step(cfg: RunConfig, run_dir: Path, task, data, device: torch.device, w: distributed.World, model,
+def _make_run(cfg: RunConfig, run_dir: Path, task, data, device: torch.device, w: distributed.World, model,
                transfer: Transfer, bf16: bool, channels_last: bool, journal: Journal) -> Run:
     """The batch size, the task's step function around the model, its parameter groups, DP-SGD's accountant."""
     tcfg = cfg.train
