@@ -14,7 +14,7 @@ import torch
 
 from genforge import rundir, runs
 from genforge.config import load_config
-from genforge.train.loop import train
+from genforge.training import train
 
 OUT = Path(__file__).resolve().parent / "out"
 

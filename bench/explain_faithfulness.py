@@ -24,7 +24,7 @@ from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.data import load_dataset
 from genforge.evaluate.faithfulness import faithfulness
-from genforge.train.loop import train
+from genforge.training import train
 
 
 def _percentiles(seconds: list[float]) -> dict:

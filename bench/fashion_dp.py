@@ -17,7 +17,7 @@ from _common import record
 from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.evaluate.privacy import audit_run
-from genforge.train.loop import train
+from genforge.training import train
 
 
 def _train(preset: str, overrides: list[str], parent: str):

@@ -28,7 +28,7 @@ from genforge.data.series import SeriesOptions, load_series
 from genforge.evaluate.forecast_accuracy import combine, mase_scale, window_metrics
 from genforge.forecasting.windows import default_horizon, window_origins
 from genforge.rundir import read_json
-from genforge.train.loop import train
+from genforge.training import train
 
 DATASETS = {  # bundled name -> series options
     "co2": {"resample": "MS"}, "elnino": {}, "elec_equip": {}, "sunspots": {}, "nile": {}, "macrodata": {},

@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from genforge.config import load_config
 from genforge.data import load_dataset
-from genforge.evaluate.features import load_evaluator
 from genforge.evaluate.generative import evaluate_generator
 from genforge.grids import save_images
+from genforge.training import load_or_train_evaluator as load_evaluator
 
 GENFORGE = ("fashion-dcgan", "fashion-cdcgan")  # the like-for-like row first, then the conditional one
 METRICS = ("fd", "kid", "precision", "recall", "conditional_accuracy")

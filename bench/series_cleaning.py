@@ -51,7 +51,7 @@ def median_seconds(fn, *args, repeats: int = REPEATS) -> float:
 
 def train_once(cfg) -> None:
     from genforge import rundir
-    from genforge.train.loop import train
+    from genforge.training import train
 
     with tempfile.TemporaryDirectory() as runs_dir:
         train(cfg, rundir.create_run(runs_dir, cfg.name, cfg), quiet=True)

@@ -24,7 +24,7 @@ from _common import record
 
 from genforge import rundir
 from genforge.config import load_config
-from genforge.train.loop import train
+from genforge.training import train
 
 PRESET = "fashion-cnn-fast"
 HALVES = ("data.classes=[0,1,2,3,4]", "data.classes=[5,6,7,8,9]")

@@ -31,7 +31,7 @@ from genforge.data import load_dataset
 from genforge.data.splits import labelled_subset
 from genforge.models.classifier import FastCNNConfig, build_fastcnn
 from genforge.train.augment import augment_batch
-from genforge.train.loop import train
+from genforge.training import train
 
 ARMS = ("fastcnn scratch", "encoder scratch", "encoder fine-tuned")
 

@@ -65,7 +65,7 @@ def evaluator_cache(tmp_path_factory, fashion_available):
     """A private cache holding a cheap Fashion-MNIST evaluator (1 epoch on 8k images), for every test and CLI call
     that scores a generator (pass it as GENFORGE_CACHE): the same lookup-by-checksum path as the full one."""
     from genforge.data import load_dataset
-    from genforge.evaluate.features import train_evaluator
+    from genforge.training import train_evaluator
 
     cache = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:

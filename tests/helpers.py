@@ -56,7 +56,7 @@ def train_run(parent: Path, preset: str, *overrides, cache=None) -> Path:
     library calls, without a subprocess's start-up): the run directory. cache: the GENFORGE_CACHE to train with."""
     from genforge import rundir
     from genforge.config import load_config
-    from genforge.train.loop import train
+    from genforge.training import train
 
     with pytest.MonkeyPatch.context() as mp:
         if cache:

@@ -12,7 +12,7 @@ from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.data.series import SeriesOptions, calendar_features, calendar_names, load_series
 from genforge.errors import GenforgeError
-from genforge.train.loop import train
+from genforge.training import train
 
 MONTHS, AHEAD = 240, 12
 FAST = ["train.threads=1", "train.epochs=100", "model.hidden=16", "train.lr=0.01", "train.batch_size=16"]

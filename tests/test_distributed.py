@@ -239,7 +239,7 @@ from pathlib import Path
 from genforge import rundir
 from genforge.config import load_config
 from genforge.train import distributed
-from genforge.train.loop import train
+from genforge.training import train
 
 with distributed.process_group() as world:
     if world.rank == 1 and sys.argv[2] == "raise":

@@ -18,7 +18,7 @@ from genforge.errors import GenforgeError
 from genforge.evaluate.forecast_accuracy import combine, mase_scale, window_metrics
 from genforge.forecasting.windows import window_origins
 from genforge.tasks.forecast import TASK
-from genforge.train.loop import train
+from genforge.training import train
 
 TINY = ["data.name=series:nile", "train.epochs=3", "model.hidden=8", "train.threads=1"]
 

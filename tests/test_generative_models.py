@@ -444,7 +444,7 @@ def test_save_then_load_gives_the_same_samples(make, tmp_path):
 def test_a_vae_on_tabular_data_is_refused_before_training(likelihood, tmp_path):
     from genforge import rundir
     from genforge.config import load_config
-    from genforge.train.loop import train
+    from genforge.training import train
 
     cfg = load_config("blobs-logreg", [f"model={{kind: vae, arch: mlp, likelihood: {likelihood}}}", "train.threads=1",
                                        "train.epochs=1"])

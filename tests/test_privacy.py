@@ -13,8 +13,8 @@ from test_resume import assert_same_tree, killed_and_uninterrupted
 from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.errors import GenforgeError
-from genforge.train.loop import train
 from genforge.train.privacy import default_delta
+from genforge.training import train
 
 pytestmark = pytest.mark.usefixtures("fashion_available")  # real Fashion-MNIST, never downloaded by a test
 

@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.train import steps
-from genforge.train.loop import Interrupted, train
+from genforge.train.loop import Interrupted
 from genforge.train.steps import ClassifierStep
+from genforge.training import train
 
 
 def new_run(tmp_path, *overrides, preset="blobs-logreg", name="run"):
@@ -44,7 +45,7 @@ def test_the_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
 
 
 def test_the_resume_truncation_of_metrics_is_atomic_and_drops_a_torn_line(tmp_path, monkeypatch):
-    from genforge.train.loop import _truncate_metrics
+    from genforge.train.journal import truncate_metrics as _truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "epoch": e}) for e, s in enumerate((10, 20, 30), 1)]

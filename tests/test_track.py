@@ -135,7 +135,8 @@ def test_a_resumed_run_logs_no_step_twice(runs_dir):
     """Interrupted in its second epoch, then resumed after losing track.json's cursor (as if killed right after
     logging): MLflow's history and TensorBoard's scalars still hold each step of metrics.jsonl once."""
     from genforge.config import load_config
-    from genforge.train.loop import Interrupted, train
+    from genforge.train.loop import Interrupted
+    from genforge.training import train
 
     cfg = load_config("blobs-logreg", [*QUICK, "track=[mlflow,tensorboard]", "name=resumed"])
     run = rundir.create_run(runs_dir, cfg.name, cfg)

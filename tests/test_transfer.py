@@ -17,8 +17,8 @@ from genforge.errors import GenforgeError
 from genforge.models.catalogue import build_model
 from genforge.registry import task_of
 from genforge.tasks.classify import ClassifyTask
-from genforge.train.loop import train
 from genforge.train.transfer import start_transfer
+from genforge.training import train
 
 pytestmark = pytest.mark.usefixtures("fashion_available")
 

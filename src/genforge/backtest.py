@@ -9,7 +9,7 @@ from pathlib import Path
 from genforge import rundir, runs
 from genforge.config import load_config
 from genforge.evaluate.forecast_accuracy import combine, overall
-from genforge.train.loop import train
+from genforge.training import train
 
 
 def backtest_run(loaded, windows: int, horizon: int | None) -> tuple[dict, str | None]:

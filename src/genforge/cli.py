@@ -31,7 +31,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines inst
 def _train_new(source: str, overrides: list[str], name: str | None, runs_dir: Path, quiet: bool) -> tuple[Path, dict]:
     from genforge import rundir, track
     from genforge.config import load_config
-    from genforge.train.loop import train
+    from genforge.training import train
 
     cfg = load_config(source, [*overrides, *([f"name={name}"] if name else [])])  # validated like any key
     track.require(cfg.track.names())  # before the run directory: a refused run leaves nothing behind
@@ -124,7 +124,7 @@ def _train_worker(cfg, run_dir: Path | None, runs_dir: Path, quiet: bool) -> tup
     checkpoint when there is one (a restarted group), train. Rank 0 returns the summary; the others None."""
     from genforge import rundir
     from genforge.train import distributed
-    from genforge.train.loop import train as train_loop
+    from genforge.training import train as train_loop
 
     with distributed.process_group(cfg.train.device) as world:
         if run_dir is None:
@@ -193,7 +193,7 @@ def train(
         elif resume is not None:
             from genforge import rundir
             from genforge.config import load_config
-            from genforge.train.loop import train as train_loop
+            from genforge.training import train as train_loop
 
             run_dir = rundir.resolve_run(resume)
             if config is not None or overrides or name is not None or track is not None:
@@ -565,7 +565,7 @@ def cv(
     """Stratified k-fold cross-validation on the training split: mean ± sd of the fold accuracies."""
     from genforge import rundir
     from genforge.config import load_config
-    from genforge.train.loop import train as train_loop
+    from genforge.training import train as train_loop
 
     cfg = load_config(config, overrides or [])
     parent = rundir.create_run(runs_dir, f"{cfg.name}-cv", cfg)

@@ -16,6 +16,7 @@ from genforge.forecasting.inference import as_history, covariates_for, forecast
 from genforge.onnx.export import load_parts
 from genforge.registry import task_of
 from genforge.rundir import CHECKPOINT, WEIGHTS, read_config, read_json, rebuild_model, resolve_run
+from genforge.training import scored
 
 
 @dataclass
@@ -33,8 +34,9 @@ class LoadedRun:
 
     @property
     def task(self):
-        """What the run's kind does (genforge.tasks): its evaluation, report, export parts, serving verbs."""
-        return task_of(self.config.model.kind)
+        """What the run's kind does (genforge.tasks): its evaluation, report, export parts, serving verbs; a
+        generator's evaluation trains its dataset's evaluator network first when the cache has none."""
+        return scored(task_of(self.config.model.kind))
 
     def require(self, verb: str) -> None:
         """A one-line error unless the model can do `verb` (its task's verbs; sample, encode, decode, reconstruct)."""

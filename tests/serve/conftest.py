@@ -56,7 +56,7 @@ def train_here(parent, preset: str, *overrides):
     """Train in this process (no CLI start-up): the run directory."""
     from genforge import rundir
     from genforge.config import load_config
-    from genforge.train.loop import train
+    from genforge.training import train
 
     cfg = load_config(preset, ["train.threads=1", *overrides])
     run_dir = rundir.create_run(parent, cfg.name, cfg)

@@ -107,7 +107,7 @@ def calendar_model(tmp_path_factory):
     from genforge import rundir
     from genforge.config import load_config
     from genforge.serve.adapters import load_models
-    from genforge.train.loop import train
+    from genforge.training import train
 
     parent = tmp_path_factory.mktemp("calendar")
     months = pd.date_range("2000-01-01", periods=120, freq="MS")

@@ -8,9 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
+from genforge.compress.child import COMPARISON, LINEAGE, create_child, finish_child
+from genforge.config import RunConfig, apply_override, load_config, validate
 from genforge.errors import GenforgeError
+from genforge.models.catalogue import build_model
+from genforge.onnx.export import part_inputs
+from genforge.rundir import WEIGHTS, read_json, save_weights
+from genforge.runs import load_run
+from genforge.training import train
 
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
@@ -126,8 +134,6 @@ def channel_prune(model: nn.Module, model_cfg, example: torch.Tensor, amount: fl
     """Remove `amount` of the channels (units) of every hidden layer, those with the smallest L2 norm (torch-pruning
     traces the layers that depend on each other, here conv -> norm -> next conv). The classifier head keeps its
     outputs. Returns (pruned model, its model config)."""
-    import torch_pruning as tp
-
     if model_cfg.kind not in WIDTHS:
         raise GenforgeError(f"structured pruning needs a model whose widths are config fields ({', '.join(WIDTHS)}); "
                             f"{model_cfg.kind} is not one: use unstructured pruning (drop --structured)")
@@ -146,17 +152,41 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
     fine-tuning, or ramp the sparsity up during the fine-tuning (GradualPruning). A classifier fine-tunes on its
     parent's softened outputs too (train.distill), without label smoothing and dropout, unless distill is False;
     `overrides` (key=value) change the fine-tuning config last."""
-    from genforge.compress.child import create_child, finish_child
-    from genforge.config import apply_override, validate
-    from genforge.onnx.export import part_inputs
-    from genforge.rundir import WEIGHTS, save_weights
-    from genforge.runs import load_run
-
     if not 0 < amount < 1:
         raise GenforgeError(f"--prune takes the fraction to remove, in (0, 1), got {amount}")
     if finetune_epochs < 0:
         raise GenforgeError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     parent = load_run(parent_path, backend="torch")
+    task = parent.task
+    model, cfg = _pruned(parent, parent_path, amount, structured, finetune_epochs, distill, overrides)
+    if threads:  # in config.yaml, so that a resumed fine-tuning runs with the same threads (the same arithmetic)
+        cfg.train.threads = threads
+    state = model.state_dict()
+    try:  # the child must rebuild from its config alone
+        zeros = torch.zeros(parent.meta["norm_shape"])
+        build_model(cfg.model, tuple(parent.meta["input_shape"]), len(parent.meta["classes"]), zeros,
+                    zeros + 1).load_state_dict(state)
+    except RuntimeError as e:
+        raise GenforgeError(f"the pruned model does not match its config ({str(e).splitlines()[0]})") from None
+    method = f"{'channel' if structured else 'magnitude'}-prune-{amount:g}"
+    child = create_child(parent, cfg, runs_dir, {"method": method, "amount": amount, "structured": structured,
+                                                 "finetune_epochs": finetune_epochs,
+                                                 "distilled": bool(cfg.train.distill), "backend": "torch",
+                                                 "threads": threads})
+    if finetune_epochs:
+        progress(f"fine-tuning for {finetune_epochs} epochs")
+        schedule = None if structured else GradualPruning(amount, task.inference_module)
+        train(cfg, child, quiet=quiet, init=lambda fresh: fresh.load_state_dict(state), on_step=schedule)
+    else:
+        save_weights(model, child / WEIGHTS)
+    comparison = finish_child(parent, child, threads=threads, progress=progress)
+    return child, comparison
+
+
+def _pruned(parent, parent_path: Path, amount: float, structured: bool, finetune_epochs: int, distill: bool,
+            overrides: list[str]) -> tuple[nn.Module, RunConfig]:
+    """A copy of the parent's model, its channels removed (structured) or its weights zeroed (unstructured, unless the
+    fine-tuning ramps the sparsity up), and the child's config: the model's, the fine-tuning's, then `overrides`."""
     task = parent.task
     model = copy.deepcopy(parent.model).float().eval()
     raw = parent.config.model_dump(mode="json")
@@ -183,45 +213,13 @@ def prune_run(parent_path: Path, amount: float, structured: bool = False, finetu
                 raw["model"]["dropout"] = 0.0
     for override in overrides:
         apply_override(raw, override)
-    cfg = validate(raw)
-    if threads:  # in config.yaml, so that a resumed fine-tuning runs with the same threads (the same arithmetic)
-        cfg.train.threads = threads
-    state = model.state_dict()
-    try:  # the child must rebuild from its config alone
-        from genforge.models.catalogue import build_model
-
-        zeros = torch.zeros(parent.meta["norm_shape"])
-        build_model(cfg.model, tuple(parent.meta["input_shape"]), len(parent.meta["classes"]), zeros,
-                    zeros + 1).load_state_dict(state)
-    except RuntimeError as e:
-        raise GenforgeError(f"the pruned model does not match its config ({str(e).splitlines()[0]})") from None
-    method = f"{'channel' if structured else 'magnitude'}-prune-{amount:g}"
-    child = create_child(parent, cfg, runs_dir, {"method": method, "amount": amount, "structured": structured,
-                                                 "finetune_epochs": finetune_epochs,
-                                                 "distilled": bool(cfg.train.distill), "backend": "torch",
-                                                 "threads": threads})
-    if finetune_epochs:
-        from genforge.train.loop import train
-
-        progress(f"fine-tuning for {finetune_epochs} epochs")
-        schedule = None if structured else GradualPruning(amount, task.inference_module)
-        train(cfg, child, quiet=quiet, init=lambda fresh: fresh.load_state_dict(state), on_step=schedule)
-    else:
-        save_weights(model, child / WEIGHTS)
-    comparison = finish_child(parent, child, threads=threads, progress=progress)
-    return child, comparison
+    return model, validate(raw)
 
 
 def resume_prune(child: Path, quiet: bool = False, progress=lambda _: None) -> tuple[Path, dict]:
     """Finish an interrupted `compress --prune --finetune-epochs` exactly as the uninterrupted command would have:
     the fine-tuning resumes from the child's checkpoint with its pruning schedule (the masks are in the checkpoint),
     then the child is compared with its parent. What `genforge train --resume CHILD` runs for a pruned child."""
-    from genforge.compress.child import COMPARISON, LINEAGE, finish_child
-    from genforge.config import load_config
-    from genforge.rundir import read_json
-    from genforge.runs import load_run
-    from genforge.train.loop import train
-
     lineage = read_json(child / LINEAGE)
     if not lineage.get("finetune_epochs"):
         raise GenforgeError(f"{child} is a compressed run ({lineage.get('method', 'unknown')}) without fine-tuning: "

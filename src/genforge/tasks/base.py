@@ -50,6 +50,7 @@ class Task:
     parts: tuple[Part, ...]  # the ONNX parts an export holds, the main one (classifier, generator, decoder) last
     divergence_hint = "lower train.lr or set train.grad_clip=1.0"  # said when training diverges
     cross_validation = False  # `genforge cv` scores its folds (by validation accuracy)
+    needs_evaluator = False  # scored in an evaluator network's features (generators: scored_by, evaluate/features.py)
     structured_pruning = False  # `compress --prune --structured` can remove whole channels
     tune_metric = ("val_loss", "min")  # what `genforge tune` ranks and prunes trials by: metrics.jsonl key, direction
 

@@ -1,52 +1,34 @@
-"""The one training loop. A model kind supplies its step function (train/steps.py); the loop does the rest:
-batching, progress, validation, early stopping, checkpoints, resume, interrupts and the non-finite guard.
-
-Every file of the run dir is written through rundir.write_bytes (temp file, fsync, rename, fsync of the folder),
-except metrics.jsonl, which gets one appended line per epoch: rewriting the whole log each epoch would cost O(epochs)
-per epoch for no gain, since a line torn by a crash is dropped when the run resumes (the atomic truncation)."""
+"""The one training loop, handed its task (tasks/: the data, the step function, validation, the test and the report)
+by the application (genforge.training). The loop does the rest: batching, validation, early stopping, interrupts and
+the time limit, read top to bottom in _loop. The checkpoint, the resume and the non-finite guard's rollback are in
+train/checkpoint.py; what the run says (metrics.jsonl, log lines, the progress bar, the trackers) in
+train/journal.py."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from genforge import rundir, track
-from genforge.config import RunConfig
+from genforge.config import RunConfig, TrainConfig
 from genforge.errors import GenforgeError
 from genforge.models.catalogue import build_model
-from genforge.registry import MODELS
 from genforge.train import distributed
-from genforge.train.device import (
-    pick_device,
-    restored_torch_settings,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    use_bf16,
-    use_channels_last,
-)
-from genforge.train.transfer import start_transfer
+from genforge.train.checkpoint import Checkpoint, Diverged, LoopState
+from genforge.train.device import pick_device, restored_torch_settings, seed_everything, use_bf16, use_channels_last
+from genforge.train.journal import Journal
+from genforge.train.privacy import Privacy, public_normalization
+from genforge.train.transfer import Transfer, start_transfer
 
 
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM: a checkpoint was written; the run can be resumed."""
-
-
-class Diverged(GenforgeError):
-    """Too many rollbacks: the run stops with its last good weights."""
-
-
-WITHIN_EPOCH_VAL = 1000  # validation items of a report within an epoch: a third of fashion-cnn-fast's split, a third
-# of the time (0.7 s for 3,000 on one thread); every trial reports on the same items at the same point
 
 
 class Stop(Exception):
@@ -56,6 +38,76 @@ class Stop(Exception):
     def __init__(self, status: str, message: str = ""):
         super().__init__(message or status)
         self.status = status
+
+
+WITHIN_EPOCH_VAL = 1000  # validation items of a report within an epoch: a third of fashion-cnn-fast's split, a third
+# of the time (0.7 s for 3,000 on one thread); every trial reports on the same items at the same point
+
+
+@dataclass
+class Run:
+    """What the loop trains with, built once by _setup."""
+
+    cfg: RunConfig  # as trained: with what the data decided (an image folder's size, a forecaster's horizon)
+    run_dir: Path
+    task: object  # tasks.base.Task
+    data: object  # tasks.base.Prepared: the training split on the device, the validation split
+    device: torch.device
+    world: distributed.World
+    step: object  # the step function (train/steps.py): it owns the model and its optimizers
+    transfer: Transfer
+    privacy: Privacy | None
+    epochs: int  # train.epochs, or the one epoch of a baseline that has nothing to train
+    batch_size: int  # the global batch
+    steps_per_epoch: int  # the ragged last batch is dropped: BatchNorm needs more than one sample
+    on_step: Callable[[object, int, int], None] | None = None
+    on_epoch: Callable[[dict], None] | None = None
+    reports_per_epoch: int = 1
+    within: dict[int, int] = field(default_factory=dict)  # batch -> k: after it, k R-ths of the epoch are done
+
+    @property
+    def ds(self):
+        return self.data.ds  # what validate, test and report read
+
+    @property
+    def shard(self) -> int:
+        return self.batch_size // self.world.size  # each rank's slice of every batch
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def keep_best(self) -> bool:
+        return self.cfg.train.early_stopping is not None and len(self.data.x_val) > 0
+
+
+@dataclass
+class _Epoch:
+    """The epoch under way: its metric sums (the train_* of its record are their means) and why it ended early."""
+
+    start: float  # perf_counter at its start, or at its last checkpoint: state.train_seconds holds the time before
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0  # applied updates
+    seen: int = 0  # training items, over every rank
+    out_of_time: bool = False  # train.max_seconds reached
+    spent: str | None = None  # the privacy budget is spent: why
+
+    def clock(self, state: LoopState) -> None:
+        """Add the time since `start` to state.train_seconds (before a checkpoint)."""
+        now = time.perf_counter()
+        state.train_seconds += now - self.start
+        self.start = now
+
+    def elapsed(self, state: LoopState) -> float:
+        return state.train_seconds + time.perf_counter() - self.start
+
+    def add(self, metrics: dict[str, float], items: int) -> float:
+        """Count an applied update of `items` training items; the items per second of the epoch so far."""
+        self.count, self.seen = self.count + 1, self.seen + items
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        return self.seen / max(time.perf_counter() - self.start, 1e-9)
 
 
 @contextmanager
@@ -81,46 +133,14 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-class _Log:
-    """metrics.jsonl and the plain log lines: rank 0's alone under torch.distributed."""
-
-    def __init__(self, path: Path, quiet: bool, main: bool = True):
-        self.path, self.quiet, self.main = path, quiet, main
-
-    def metrics(self, record: dict) -> None:
-        if not self.main:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())  # once per epoch: the line survives a crash of the machine, not just the process
-
-    def line(self, text: str) -> None:
-        if self.quiet and self.main:
-            print(text, file=sys.stderr, flush=True)
-
-
-def _logged_step(line: str) -> int | None:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):  # a line torn by a crash mid-append
-        return None
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop what the interrupted process logged after its last checkpoint (and a torn last line)."""
-    if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if (logged := _logged_step(line)) is not None
-                and logged <= step]
-        rundir.write_text(path, "".join(line + "\n" for line in keep))
-
-
-def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
+def train(cfg: RunConfig, run_dir: Path, task, *, dataset=None, resume: bool = False, quiet: bool = False,
           fold: tuple[int, int] | None = None, init: Callable[[torch.nn.Module], None] | None = None,
           on_step: Callable[[object, int, int], None] | None = None,
           on_epoch: Callable[[dict], None] | None = None, reports_per_epoch: int = 1) -> dict:
-    """Train `cfg` into `run_dir` (created by rundir.create_run) and return the summary.
+    """Train `cfg` into `run_dir` (created by rundir.create_run) the way `task` trains its kind, and return the
+    summary. The application (genforge.training.train) looks the task up and hands it over: the loop names no kind.
 
+    dataset: the task's data for cfg, already loaded (task.dataset), or None to load it here.
     fold=(k, folds): cross-validation; fold k of a stratified k-fold split of train is the validation set.
     init(model): called on the freshly built model before training (and before a resume restores it), to start
     from given weights; fine-tuning a pruned model uses it.
@@ -142,9 +162,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     w = distributed.world()
     # before the data: a missing package fails at once
     tracking = track.for_training(cfg, run_dir) if w.is_main else track.Tracking(run_dir, [])
+    journal = Journal(run_dir, quiet, w.is_main, tracking)
     try:
         with restored_torch_settings():
-            summary = _train(cfg, run_dir, resume, quiet, fold, init, on_step, on_epoch, tracking, reports_per_epoch)
+            run = _setup(cfg, run_dir, task, dataset, fold, init, resume, journal)
+            run.on_step, run.on_epoch, run.reports_per_epoch = on_step, on_epoch, reports_per_epoch
+            run.within = _within(run)
+            summary = _train(run, resume, fold, journal)
     except BaseException as e:
         tracking.close("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt, Stop)) else "FAILED")
         raise
@@ -152,51 +176,173 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     return summary
 
 
-def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple[int, int] | None,
-           init: Callable[[torch.nn.Module], None] | None, on_step: Callable[[object, int, int], None] | None,
-           on_epoch: Callable[[dict], None] | None, tracking: track.Tracking, reports_per_epoch: int = 1) -> dict:
-    tcfg = cfg.train
-    w = distributed.world()
+def _train(run: Run, resume: bool, fold: tuple[int, int] | None, journal: Journal) -> dict:
+    state = LoopState()
+    ckpt = Checkpoint(run.run_dir, run.step, state, run.cfg, run.privacy, run.on_step, run.task.divergence_hint,
+                      say=journal.line)
+    if resume:
+        _resume(ckpt, journal, run.run_dir)
+    else:
+        ckpt.save()  # the initial state is the first rollback target
+    try:
+        _loop(run, state, ckpt, journal)
+    except (Diverged, Stop) as e:  # the last good weights (after a rollback) or this epoch's: usable like any run's
+        if run.world.is_main:
+            _save_stopped(run, state, getattr(e, "status", "diverged"))
+        raise
+    distributed.leave()  # the test evaluation and report are rank 0's alone: no peer waits on it in a collective
+    if not run.world.is_main:
+        return _summary(run.cfg, run.ds, state)
+    model = run.step.eval_model()
+    if run.keep_best:  # early stopping keeps the best validation epoch, not the last one
+        ckpt.load_best(model)
+    if fold is not None:
+        accuracy = run.task.validate(model, run.data.x_val, run.data.y_val, run.ds, run.cfg)["acc"]
+        return finish_fold(run.cfg, run.run_dir, model, accuracy, run.ds, state, fold)
+    fitted = {**run.task.after_training(model, run.data), **(run.privacy.summary() if run.privacy is not None else {}),
+              **run.transfer.summary()}
+    if run.privacy is not None:
+        run.privacy.close()
+    return finish(run.cfg, run.run_dir, model, run.ds, run.task, state, fitted=fitted)
+
+
+def _resume(ckpt: Checkpoint, journal: Journal, run_dir: Path) -> None:
+    if not ckpt.exists():
+        raise GenforgeError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
+    ckpt.restore(ckpt.load(), with_rng=True)
+    state = ckpt.state
+    journal.resumed(state.step)
+    journal.line(f"resumed at epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
+
+
+def _loop(run: Run, state: LoopState, ckpt: Checkpoint, journal: Journal) -> None:
+    """Epochs of batches until train.epochs, early stopping, the time limit or the privacy budget ends the run."""
+    tcfg = run.cfg.train
+    with _interrupt_flag() as interrupt, journal.showing(run.total, state.step):
+        while state.epoch < run.epochs:
+            epoch = _Epoch(time.perf_counter())
+            run.transfer.epoch(run.step, state.epoch)  # train.unfreeze_epoch
+            order = _epoch_order(len(run.data.x), run.cfg.seed, state.epoch).to(run.device)
+            for b in range(state.batch, run.steps_per_epoch):
+                _train_batch(run, state, ckpt, journal, epoch, order, b)
+                if tcfg.checkpoint_every and state.step % tcfg.checkpoint_every == 0:
+                    epoch.clock(state)
+                    ckpt.save()
+                interrupted, epoch.out_of_time = distributed.any_rank(  # every rank stops at the same step
+                    interrupt["signal"] is not None,
+                    bool(tcfg.max_seconds and epoch.elapsed(state) >= tcfg.max_seconds))
+                if interrupted:
+                    epoch.clock(state)
+                    ckpt.save()
+                    raise Interrupted(f"interrupted at step {state.step}; resume with: "
+                                      f"genforge train --resume {run.run_dir}")
+                if epoch.out_of_time:
+                    break
+                if run.privacy is not None and (spent := run.privacy.exhausted()):
+                    epoch.spent = spent
+                    break
+                if (k := run.within.get(state.batch)) is not None:
+                    _report_within(run, state, k)
+            if _end_epoch(run, state, ckpt, journal, epoch):
+                break
+
+
+def _train_batch(run: Run, state: LoopState, ckpt: Checkpoint, journal: Journal, epoch: _Epoch,
+                 order: torch.Tensor, b: int) -> None:
+    """Batch b of the epoch's order: one step, then the non-finite guard, or the sums and the progress bar."""
+    start = b * run.batch_size + run.world.rank * run.shard  # rank r's contiguous slice of batch b of the same order
+    idx = (order[start : start + run.shard] if run.privacy is None
+           else run.privacy.draw(run.cfg.seed, state.epoch, b, run.device))  # DP-SGD: Poisson batches
+    metrics = run.step(run.data.x[idx], run.data.y[idx])
+    if run.privacy is not None:
+        run.privacy.spent_step()
+    state.batch, state.step = b + 1, state.step + 1
+    if metrics is None:  # the step refused a non-finite (or unhealthy) update
+        ckpt.bad_step()
+        return
+    state.nonfinite = 0
+    if run.on_step is not None:
+        run.on_step(run.step, state.step, run.total)
+    rate = epoch.add(metrics, len(idx) * run.world.size)
+    journal.step(f"epoch {state.epoch + 1}/{run.epochs}", metrics, rate)
+
+
+def _report_within(run: Run, state: LoopState, k: int) -> None:
+    """on_epoch within the epoch, k R-ths into it: the validation metrics on the first WITHIN_EPOCH_VAL items."""
+    distributed.average_buffers(run.step.model)
+    x_val, y_val = run.data.x_val[:WITHIN_EPOCH_VAL], run.data.y_val[:WITHIN_EPOCH_VAL]
+    val = run.task.validate(run.step.eval_model(), x_val, y_val, run.ds, run.cfg)
+    run.on_epoch({"step": state.step, "epoch": state.epoch + k / run.reports_per_epoch, "partial": True,
+                  **{f"val_{key}": v for key, v in val.items()}})
+
+
+def _end_epoch(run: Run, state: LoopState, ckpt: Checkpoint, journal: Journal, epoch: _Epoch) -> bool:
+    """Validate, log and checkpoint the epoch (the best weights too, with early stopping); True when the run stops
+    after it."""
+    tcfg = run.cfg.train
+    distributed.average_buffers(run.step.model)  # every rank validates the same model
+    sums, count = distributed.mean_over_ranks(epoch.sums, epoch.count)
+    val = run.task.validate(run.step.eval_model(), run.data.x_val, run.data.y_val, run.ds, run.cfg) \
+        if len(run.data.x_val) else {}
+    epoch.clock(state)
+    if run.world.is_main:
+        run.task.on_evaluation(run.step.eval_model(), run.run_dir, state.epoch + 1, run.cfg)
+    record = {"step": state.step, "epoch": state.epoch + 1, "train_seconds": state.train_seconds,
+              **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
+              **{f"val_{k}": v for k, v in val.items()}, "skipped_steps": state.skipped}
+    if run.privacy is not None:
+        record["epsilon"] = run.privacy.epsilon()
+        journal.describe(f"epoch {state.epoch + 1}/{run.epochs} ε {record['epsilon']:.2f}")
+    journal.epoch(record)
+    state.epoch, state.batch = state.epoch + 1, 0
+    stop = _early_stop(state, val, tcfg.early_stopping)
+    if run.keep_best and run.world.is_main and state.best_epoch == state.epoch:  # before the checkpoint
+        ckpt.save_best(run.step.eval_model())
+    ckpt.save()
+    journal.sync()
+    if run.on_epoch is not None:
+        run.on_epoch(record)
+    reason = (f"early stopping: no validation improvement for {tcfg.early_stopping} epochs" if stop
+              else f"time limit: stopped after {state.train_seconds:.1f} s (train.max_seconds)" if epoch.out_of_time
+              else epoch.spent)
+    if reason:
+        journal.line(reason)
+    return bool(reason)
+
+
+def _early_stop(state: LoopState, val: dict, patience: int | None) -> bool:
+    if "loss" not in val:  # nothing held out, or a generator's FD only: it ranks tune trials, not epochs
+        return False
+    if state.best_val is None or val["loss"] < state.best_val:
+        state.best_val, state.best_epoch, state.bad_epochs = val["loss"], state.epoch, 0
+    else:
+        state.bad_epochs += 1
+    return patience is not None and state.bad_epochs >= patience
+
+
+def _check_world(tcfg: TrainConfig, w: distributed.World) -> None:
     if w.size > 1 and tcfg.privacy is not None:
         raise GenforgeError(f"train.privacy under {w.size} processes: Opacus' distributed mode is not wired into "
                             f"genforge; train privately in one process (without --nproc or torchrun)")
     if w.size > 1 and tcfg.batch_size % w.size:
         raise GenforgeError(f"train.batch_size={tcfg.batch_size} is the global batch, split evenly over the "
                             f"{w.size} processes: make it a multiple of {w.size}")
+
+
+def _setup(cfg: RunConfig, run_dir: Path, task, dataset, fold: tuple[int, int] | None,
+           init: Callable[[torch.nn.Module], None] | None, resume: bool, journal: Journal) -> Run:
+    """The device, the seeds, the data and the model (from init's weights or train.init_from's), in the order a
+    resumed run rebuilds them; meta.json and env.json."""
+    tcfg, w = cfg.train, distributed.world()
+    _check_world(tcfg, w)
     device = distributed.device_of(pick_device(tcfg.device))
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
-    task = MODELS[cfg.model.kind].task
-
-    ds = task.dataset(cfg, quiet=quiet)
-    if fold is not None and not task.cross_validation:
-        scored = ", ".join(kind for kind, s in MODELS.items() if s.task.cross_validation)
-        raise GenforgeError(f"cross-validation scores each fold by its validation accuracy: it takes model.kind "
-                            f"{scored}, not {cfg.model.kind}")
-    data = task.prepare(cfg, ds, device, fold)
-    ds = data.ds
-    x, y, x_val, y_val = data.x, data.y, data.x_val, data.y_val  # the training split is on the device
-    given = cfg
-    chosen = getattr(ds, "found", {}).get("image_size")  # an image folder's most common size (series have no found)
-    if cfg.data.image_size is None and chosen:  # recorded, so that evaluate and predict on another folder resize it
-        # to the trained size, not to that folder's own most common one
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": tuple(chosen)})})
-    if data.model_config is not None and data.model_config != cfg.model:  # defaults the data decides (a horizon)
-        cfg = cfg.model_copy(update={"model": data.model_config})
-    if cfg != given and w.is_main:
-        rundir.write_config(run_dir, cfg)
-    mean, std = data.mean, data.std
-    if tcfg.privacy is not None:  # the training data's statistics would be released with the model, unprotected
-        from genforge.train.privacy import public_normalization
-
-        mean, std = public_normalization(mean, data.is_image)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, mean, std).to(device)
-    if init is not None:
-        init(model)
-    model = distributed.sync_batchnorm(model, device)
-    log = _Log(run_dir / "metrics.jsonl", quiet, w.is_main)
-    transfer = start_transfer(cfg, model, data.meta["classes"], run_dir, resume, say=log.line)  # init_from, freeze
+    ds = dataset if dataset is not None else task.dataset(cfg, quiet=journal.quiet)
+    cfg, data = _prepare(cfg, run_dir, task, ds, device, fold, w)
+    model = _build(cfg, data, device, init)
+    transfer = start_transfer(cfg, model, data.meta["classes"], run_dir, resume, say=journal.line)  # init_from, freeze
     channels_last = use_channels_last(tcfg, device, data.is_image)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -209,225 +355,88 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, fold: tuple
                                                 "channels_last": channels_last})
         rundir.write_json(run_dir / "env.json", {**rundir.environment(device), "world_size": w.size,
                                                "backend": w.backend})
+    return _make_run(cfg, run_dir, task, data, device, w, model, transfer, bf16, channels_last, journal)
 
-    bs = min(tcfg.batch_size, len(x))
+
+def _make_run(cfg: RunConfig, run_dir: Path, task, data, device: torch.device, w: distributed.World, model,
+               transfer: Transfer, bf16: bool, channels_last: bool, journal: Journal) -> Run:
+    """The batch size, the task's step function around the model, its parameter groups, DP-SGD's accountant."""
+    tcfg = cfg.train
+    bs = min(tcfg.batch_size, len(data.x))
     if w.size > 1 and bs % w.size:
-        raise GenforgeError(f"the {len(x)} training items make a batch of {bs}, which {w.size} processes cannot "
+        raise GenforgeError(f"the {len(data.x)} training items make a batch of {bs}, which {w.size} processes cannot "
                             f"split evenly: use fewer processes or more data")
-    shard = bs // w.size  # each rank's slice of every batch
-    steps_per_epoch = len(x) // bs  # drop the ragged last batch: BatchNorm needs more than one sample
+    steps_per_epoch = len(data.x) // bs
     step = task.step(model, cfg, steps_per_epoch, autocast=bf16, channels_last=channels_last)
-    if getattr(step, "epochs", None) is not None and tcfg.epochs > step.epochs:  # a baseline: epochs would repeat
-        log.line(f"nothing to train: {step.epochs} epoch instead of train.epochs={tcfg.epochs}")
-        tcfg = tcfg.model_copy(update={"epochs": step.epochs})
+    epochs = tcfg.epochs
+    if getattr(step, "epochs", None) is not None and epochs > step.epochs:  # a baseline: epochs would repeat
+        journal.line(f"nothing to train: {step.epochs} epoch instead of train.epochs={tcfg.epochs}")
+        epochs = step.epochs
     transfer.attach(step)  # parameter groups and frozen layers, before privacy wraps the optimizer
-    total = tcfg.epochs * steps_per_epoch
     privacy = None
     if tcfg.privacy is not None:  # DP-SGD: Poisson batches, per-sample clipping and noise, the accountant
-        from genforge.train.privacy import Privacy
+        privacy = Privacy(step, tcfg.privacy, len(data.x), bs, epochs * steps_per_epoch, cfg.model.kind)
+    return Run(cfg, run_dir, task, data, device, w, step, transfer, privacy, epochs, bs, steps_per_epoch)
 
-        privacy = Privacy(step, tcfg.privacy, len(x), bs, total, cfg.model.kind)
-    # nonfinite counts the bad steps in a row (a good step resets it): sporadic bad batches are skipped, a run of
-    # them rolls back. best_epoch: the epoch of best_val, whose weights rundir.BEST holds with early stopping
-    state = {"epoch": 0, "batch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
-             "nonfinite": 0, "skipped": 0, "rollbacks": 0, "train_seconds": 0.0}
-    ckpt_path, best_path = run_dir / rundir.CHECKPOINT, run_dir / rundir.BEST
-    keep_best = tcfg.early_stopping is not None and len(x_val) > 0
-    # batch -> k: after that batch, k R-ths of the epoch are done (a report within the epoch for on_epoch)
-    within = ({round(k * steps_per_epoch / reports_per_epoch): k for k in range(1, reports_per_epoch)}
-              if on_epoch is not None and len(x_val) else {})
-    within.pop(steps_per_epoch, None)
+
+def _prepare(cfg: RunConfig, run_dir: Path, task, ds, device: torch.device, fold: tuple[int, int] | None,
+             w: distributed.World):
+    """The task's data for the run (the training split on the device), and the config with what the data decided,
+    recorded in config.yaml."""
+    data = task.prepare(cfg, ds, device, fold)
+    given = cfg
+    chosen = getattr(data.ds, "found", {}).get("image_size")  # an image folder's most common size (series have none)
+    if cfg.data.image_size is None and chosen:  # recorded, so that evaluate and predict on another folder resize it
+        # to the trained size, not to that folder's own most common one
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": tuple(chosen)})})
+    if data.model_config is not None and data.model_config != cfg.model:  # defaults the data decides (a horizon)
+        cfg = cfg.model_copy(update={"model": data.model_config})
+    if cfg != given and w.is_main:
+        rundir.write_config(run_dir, cfg)
+    return cfg, data
+
+
+def _build(cfg: RunConfig, data, device: torch.device, init) -> torch.nn.Module:
+    mean, std = data.mean, data.std
+    if cfg.train.privacy is not None:  # the training data's statistics would be released with the model, unprotected
+        mean, std = public_normalization(mean, data.is_image)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, mean, std).to(device)
+    if init is not None:
+        init(model)
+    return distributed.sync_batchnorm(model, device)
+
+
+def _within(run: Run) -> dict[int, int]:
+    """batch -> k: after that batch, k R-ths of the epoch are done (a report within the epoch for on_epoch)."""
+    if run.on_epoch is None or not len(run.data.x_val):
+        return {}
+    spe, r = run.steps_per_epoch, run.reports_per_epoch
+    within = {round(k * spe / r): k for k in range(1, r)}
+    within.pop(spe, None)
     within.pop(0, None)
-    stateful_hook = hasattr(on_step, "state_dict") and hasattr(on_step, "load_state_dict")
-
-    def load_checkpoint() -> dict:  # read by rank 0, sent to every rank: no shared file system needed
-        return distributed.from_main(lambda: rundir.load_state(ckpt_path))
-
-    def save_checkpoint() -> None:
-        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never overwrite a good checkpoint with NaN
-            _rollback(state, tcfg, load_checkpoint, restore, log, task.divergence_hint)
-            return
-        distributed.average_buffers(step.model)
-        rngs = distributed.gather(rng_state())  # every rank's RNG, so a restarted group draws what it would have
-        checkpoint = {"step_fn": step.state_dict(), "loop": state, "rng": rngs[0]}
-        if w.size > 1:
-            checkpoint["rng_ranks"] = rngs
-        if privacy is not None:
-            checkpoint["privacy"] = privacy.state_dict()
-        if stateful_hook:
-            checkpoint["hook"] = on_step.state_dict()
-        if w.is_main:
-            rundir.save_state(ckpt_path, checkpoint)
-
-    def restore(checkpoint: dict, with_rng: bool) -> None:
-        step.load_state_dict(checkpoint["step_fn"])
-        if privacy is not None:
-            privacy.load_state_dict(checkpoint["privacy"])
-        if stateful_hook and "hook" in checkpoint:
-            on_step.load_state_dict(checkpoint["hook"])
-        if with_rng:
-            state.update(checkpoint["loop"])
-            ranks = checkpoint.get("rng_ranks", [checkpoint["rng"]])
-            set_rng_state(ranks[w.rank] if len(ranks) == w.size else checkpoint["rng"])
-            if len(ranks) != w.size and w.rank > 0:  # resumed with another number of processes
-                seed_everything(cfg.seed + 1_000_003 * w.rank + state["step"], cfg.deterministic)
-
-    if resume:
-        if not distributed.from_main(ckpt_path.is_file):
-            raise GenforgeError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
-        restore(load_checkpoint(), with_rng=True)
-        if w.is_main:
-            _truncate_metrics(log.path, state["step"])
-        log.line(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
-    else:
-        save_checkpoint()  # the initial state is the first rollback target
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet or not w.is_main, transient=False)
-    try:
-        with _interrupt_flag() as interrupt, progress:
-            bar = progress.add_task("train", total=total, completed=state["step"], stats="")
-            while state["epoch"] < tcfg.epochs:
-                t_epoch = time.perf_counter()
-                transfer.epoch(step, state["epoch"])  # train.unfreeze_epoch
-                order = _epoch_order(len(x), cfg.seed, state["epoch"]).to(device)
-                sums, count, seen, out_of_time, spent = {}, 0, 0, False, None
-                for b in range(state["batch"], steps_per_epoch):
-                    start = b * bs + w.rank * shard  # rank r's contiguous slice of batch b of the same order
-                    idx = (order[start : start + shard] if privacy is None
-                           else privacy.draw(cfg.seed, state["epoch"], b, device))
-                    metrics = step(x[idx], y[idx])
-                    if privacy is not None:
-                        privacy.spent_step()
-                    state["batch"], state["step"] = b + 1, state["step"] + 1
-                    if metrics is None:
-                        state["skipped"] += 1
-                        state["nonfinite"] += 1
-                        if state["nonfinite"] >= tcfg.max_nonfinite:
-                            _rollback(state, tcfg, load_checkpoint, restore, log, task.divergence_hint)
-                    else:
-                        state["nonfinite"] = 0
-                        if on_step is not None:
-                            on_step(step, state["step"], total)
-                        count, seen = count + 1, seen + len(idx) * w.size
-                        for k, v in metrics.items():
-                            sums[k] = sums.get(k, 0.0) + v
-                        rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
-                        shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "lr")
-                        progress.update(bar, advance=1, description=f"epoch {state['epoch'] + 1}/{tcfg.epochs}",
-                                        stats=f"{shown} {rate:,.0f} img/s")
-                    if tcfg.checkpoint_every and state["step"] % tcfg.checkpoint_every == 0:
-                        state["train_seconds"] += time.perf_counter() - t_epoch
-                        t_epoch = time.perf_counter()
-                        save_checkpoint()
-                    elapsed = state["train_seconds"] + time.perf_counter() - t_epoch
-                    interrupted, out_of_time = distributed.any_rank(  # every rank stops at the same step
-                        interrupt["signal"] is not None, bool(tcfg.max_seconds and elapsed >= tcfg.max_seconds))
-                    if interrupted:
-                        state["train_seconds"] += time.perf_counter() - t_epoch
-                        save_checkpoint()
-                        raise Interrupted(f"interrupted at step {state['step']}; resume with: "
-                                          f"genforge train --resume {run_dir}")
-                    if out_of_time:
-                        break
-                    if privacy is not None and (spent := privacy.exhausted()):
-                        break
-                    if (k := within.get(state["batch"])) is not None:
-                        distributed.average_buffers(step.model)
-                        val = task.validate(step.eval_model(), x_val[:WITHIN_EPOCH_VAL], y_val[:WITHIN_EPOCH_VAL], ds,
-                                            cfg)
-                        on_epoch({"step": state["step"], "epoch": state["epoch"] + k / reports_per_epoch,
-                                  "partial": True, **{f"val_{key}": v for key, v in val.items()}})
-                distributed.average_buffers(step.model)  # every rank validates the same model
-                sums, count = distributed.mean_over_ranks(sums, count)
-                val = task.validate(step.eval_model(), x_val, y_val, ds, cfg) if len(x_val) else {}
-                state["train_seconds"] += time.perf_counter() - t_epoch
-                if w.is_main:
-                    task.on_evaluation(step.eval_model(), run_dir, state["epoch"] + 1, cfg)
-                record = {"step": state["step"], "epoch": state["epoch"] + 1, "train_seconds": state["train_seconds"],
-                          **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
-                          **{f"val_{k}": v for k, v in val.items()}, "skipped_steps": state["skipped"]}
-                if privacy is not None:
-                    record["epsilon"] = privacy.epsilon()
-                    progress.update(bar, description=f"epoch {state['epoch'] + 1}/{tcfg.epochs} "
-                                                     f"ε {record['epsilon']:.2f}")
-                log.metrics(record)
-                log.line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-                state["epoch"], state["batch"] = state["epoch"] + 1, 0
-                stop = _early_stop(state, val, tcfg.early_stopping)
-                if keep_best and w.is_main and state["best_epoch"] == state["epoch"]:  # before the checkpoint
-                    rundir.save_weights(step.eval_model(), best_path)
-                save_checkpoint()
-                tracking.sync()  # after the checkpoint: a resume keeps every line a tracker was given
-                if on_epoch is not None:
-                    on_epoch(record)
-                if stop:
-                    log.line(f"early stopping: no validation improvement for {tcfg.early_stopping} epochs")
-                    break
-                if out_of_time:
-                    log.line(f"time limit: stopped after {state['train_seconds']:.1f} s (train.max_seconds)")
-                    break
-                if spent:
-                    log.line(spent)
-                    break
-    except (Diverged, Stop) as e:  # the last good weights (after a rollback) or this epoch's: usable like any run's
-        if not w.is_main:
-            raise
-        rundir.save_weights(step.eval_model(), run_dir / rundir.WEIGHTS)
-        rundir.write_json(run_dir / "summary.json", {"status": getattr(e, "status", "diverged"), "kind": cfg.model.kind,
-                                                   "dataset": ds.name, "epochs": state["epoch"],
-                                                   "steps": state["step"], "skipped_steps": state["skipped"],
-                                                   "rollbacks": state["rollbacks"]})
-        raise
-    distributed.leave()  # the test evaluation and report are rank 0's alone: no peer waits on it in a collective
-    if not w.is_main:
-        return _summary(cfg, ds, state)
-    model = step.eval_model()
-    if keep_best and best_path.is_file():  # early stopping keeps the best validation epoch, not the last one
-        rundir.load_weights(model, best_path)
-    if fold is not None:
-        return finish_fold(cfg, run_dir, model, task.validate(model, x_val, y_val, ds, cfg)["acc"], ds, state, fold)
-    fitted = {**task.after_training(model, data), **(privacy.summary() if privacy is not None else {}),
-              **transfer.summary()}
-    if privacy is not None:
-        privacy.close()
-    return finish(cfg, run_dir, model, ds, task, state, fitted=fitted)
+    return within
 
 
-def _early_stop(state: dict, val: dict, patience: int | None) -> bool:
-    if "loss" not in val:  # nothing held out, or a generator's FD only: it ranks tune trials, not epochs
-        return False
-    if state["best_val"] is None or val["loss"] < state["best_val"]:
-        state["best_val"], state["best_epoch"], state["bad_epochs"] = val["loss"], state["epoch"], 0
-    else:
-        state["bad_epochs"] += 1
-    return patience is not None and state["bad_epochs"] >= patience
+def _save_stopped(run: Run, state: LoopState, status: str) -> None:
+    """A run stopped early (diverged, or a pruned trial) keeps its weights and says why in summary.json."""
+    rundir.save_weights(run.step.eval_model(), run.run_dir / rundir.WEIGHTS)
+    rundir.write_json(run.run_dir / "summary.json", {"status": status, "kind": run.cfg.model.kind,
+                                                   "dataset": run.ds.name, "epochs": state.epoch, "steps": state.step,
+                                                   "skipped_steps": state.skipped, "rollbacks": state.rollbacks})
 
 
-def _rollback(state: dict, tcfg, load_checkpoint, restore, log: _Log, hint: str) -> None:
-    """Restore the last good weights and optimizer state, keep the data position: the bad batches are skipped."""
-    state["rollbacks"] += 1
-    state["nonfinite"] = 0
-    restore(load_checkpoint(), with_rng=False)
-    if state["rollbacks"] > tcfg.max_rollbacks:
-        raise Diverged(f"training diverged: {state['skipped']} bad steps and {tcfg.max_rollbacks} rollbacks; "
-                       f"the last good weights were kept; {hint}")
-    log.line(f"warning: {tcfg.max_nonfinite} bad steps (non-finite or unhealthy); rolled back to the last checkpoint "
-             f"(rollback {state['rollbacks']}/{tcfg.max_rollbacks})")
-
-
-def _summary(cfg: RunConfig, ds, state: dict) -> dict:
+def _summary(cfg: RunConfig, ds, state: LoopState) -> dict:
     summary = {"status": "complete", "kind": cfg.model.kind, "dataset": ds.name,
-               "train_seconds": round(state["train_seconds"], 2), "epochs": state["epoch"], "steps": state["step"],
-               "skipped_steps": state["skipped"], "rollbacks": state["rollbacks"]}
-    if state.get("best_epoch") is not None:  # the weights saved are the best epoch's with early stopping
+               "train_seconds": round(state.train_seconds, 2), "epochs": state.epoch, "steps": state.step,
+               "skipped_steps": state.skipped, "rollbacks": state.rollbacks}
+    if state.best_epoch is not None:  # the weights saved are the best epoch's with early stopping
         keep_best = cfg.train.early_stopping is not None
-        summary.update(best_epoch=state["best_epoch"], best_val_loss=state["best_val"],
-                       weights_epoch=state["best_epoch"] if keep_best else state["epoch"])
+        summary.update(best_epoch=state.best_epoch, best_val_loss=state.best_val,
+                       weights_epoch=state.best_epoch if keep_best else state.epoch)
     return summary
 
 
-def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict, fitted: dict | None = None) -> dict:
+def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: LoopState, fitted: dict | None = None) -> dict:
     """Final weights, the task's test evaluation, summary.json (with what the task fitted after training) and the
     report."""
     rundir.save_weights(model, run_dir / rundir.WEIGHTS)
@@ -440,7 +449,8 @@ def finish(cfg: RunConfig, run_dir: Path, model, ds, task, state: dict, fitted: 
     return summary
 
 
-def finish_fold(cfg: RunConfig, run_dir: Path, model, accuracy: float, ds, state: dict, fold: tuple[int, int]) -> dict:
+def finish_fold(cfg: RunConfig, run_dir: Path, model, accuracy: float, ds, state: LoopState,
+                fold: tuple[int, int]) -> dict:
     """A cross-validation fold ends with its validation score and its weights (a loadable run, e.g. to ensemble the
     folds): no test evaluation, speed measurement or report, which nobody reads for a fold."""
     rundir.save_weights(model, run_dir / rundir.WEIGHTS)

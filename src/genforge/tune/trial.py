@@ -15,7 +15,7 @@ import socket
 import traceback
 from pathlib import Path
 
-from genforge import rundir
+from genforge import rundir, training
 from genforge.config import RunConfig
 from genforge.errors import GenforgeError
 from genforge.evaluate.report import read_metrics
@@ -126,7 +126,7 @@ def _train(plan: Plan, trial, cfg: RunConfig, run_dir: Path) -> dict:
     with (run_dir / "log.txt").open("w") as log:  # the loop's epoch lines, warnings and any traceback
         try:
             with contextlib.redirect_stderr(log):
-                return loop.train(cfg, run_dir, quiet=True, on_epoch=_reporter(plan, trial, cfg),
+                return training.train(cfg, run_dir, quiet=True, on_epoch=_reporter(plan, trial, cfg),
                                   reports_per_epoch=plan.reports_per_epoch)
         except loop.Stop as e:
             _link(run_dir, trial, plan)
