@@ -79,18 +79,11 @@ def runs_track(
     names = [name.strip() for name in to.split(",") if name.strip()]
     if not names or set(names) - set(TrackConfig.model_fields):
         raise GenforgeError(f"--to {to}: give mlflow, tensorboard or mlflow,tensorboard")
+    given = {"mlflow": {"uri": uri, "experiment": experiment}, "tensorboard": {"log_dir": log_dir and str(log_dir)}}
     for path in run_paths:
         run = rundir.resolve_run(path)
         cfg = load_config(str(run / "config.yaml"))
-        given = {"mlflow": {"uri": uri, "experiment": experiment}, "tensorboard": {"log_dir": log_dir and str(log_dir)}}
-        settings = {n: {"name": cfg.name, **(getattr(cfg.track, n).model_dump() if getattr(cfg.track, n) else {}),
-                        **{k: v for k, v in given[n].items() if v is not None}} for n in names}
-        tracking = track.open_tracking(run, names, settings)
-        if rundir.read_json(run / "summary.json").get("status") is None:  # interrupted (or training): so far
-            tracking.sync()
-            tracking.close("KILLED")
-        else:
-            tracking.finish()
+        track.export_run(run, cfg, names, given)
         out.print(run.name, markup=False, highlight=False)
         for line in track.views(run):
             out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
