@@ -12,8 +12,8 @@ from genforge.cli.console import err, out, print_comparison
 from genforge.cli.options import Quiet, RunsDir
 from genforge.errors import GenforgeError
 
-# deferred: genforge's modules (errors aside) import torch: `genforge --help` took 11.4 s with these imports at the
-# top, 0.8 s with them in the commands (median of 5 starts, on 2 shared and busy cores)
+# deferred: genforge's modules (errors aside) import torch: `genforge --help` took 4.0 s with these imports at the
+# top, 0.28 s with them in the commands (median of 5 starts)
 
 
 def export(

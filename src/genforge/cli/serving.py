@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-# deferred: genforge.serve's server and limits import numpy and asyncio, 0.4 s of every start (measured beside
-# `genforge --help`'s 0.8 s); FastAPI and torch come when it serves
+# deferred: genforge.serve's server and limits import numpy and asyncio, 0.12 s of every start (`genforge --help`
+# takes 0.28 s); FastAPI and torch come when it serves
 
 
 def serve(

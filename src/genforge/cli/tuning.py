@@ -16,8 +16,8 @@ from genforge.cli.console import err, out
 from genforge.cli.options import RunsDir
 from genforge.errors import GenforgeError
 
-# deferred: genforge.tune imports torch (and Optuna only when a study runs): `genforge --help` took 11.4 s with
-# genforge's modules imported at the top, 0.8 s with them in the commands (median of 5 starts, 2 busy cores)
+# deferred: genforge.tune imports torch (and Optuna only when a study runs): `genforge --help` took 4.0 s with
+# genforge's modules imported at the top, 0.28 s with them in the commands (median of 5 starts)
 
 
 def tune(
