@@ -78,7 +78,8 @@ def tune(
         ran, lost = {"interrupted": False}, str(e)
     result = tuning.write_study_dir(plan)  # from the run directories where the storage is gone
     _print_study(plan, result, result["trials"] - before, time.perf_counter() - started)
-    _finish(plan, ran, result, lost or result.get("storage_error"), trials, bool(storage), runs_dir)
+    lost = lost or result.get("storage_error")  # --workers: the workers said why; this process says it once more
+    _finish(plan, ran, result, lost, trials, bool(storage), runs_dir)
 
 
 def _plan(config: str, overrides: list[str], space: Path | None, storage: str | None, study: str | None,
