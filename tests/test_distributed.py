@@ -18,6 +18,9 @@ from helpers import free_port, run_cli, train_run
 from safetensors.torch import load_file
 
 from genforge import rundir
+from genforge.config import load_config
+from genforge.errors import GenforgeError
+from genforge.train import launch, loop
 
 TIMEOUT = 120  # s for any launch: a hang fails the test instead of the CI job
 CONFIG = """name: ddp
@@ -276,3 +279,23 @@ def test_launch_mistakes_are_one_line(capsys, monkeypatch, tmp_path, args, messa
     code, _, err = run_cli(capsys, monkeypatch, "train", "fashion-cnn-fast", *args, "--runs-dir", tmp_path)
     assert code == 2 and message in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # refused before anything started
+
+
+def test_a_restarted_group_finds_its_run_directory_and_a_finished_run_is_not_resumed(tmp_path, monkeypatch):
+    """train/launch.py without torchrun: the first start of a launch creates the run directory, a restart of the same
+    launch (TORCHELASTIC_RESTART_COUNT > 0) finds it again, another launch gets its own; the worker, in one process,
+    trains into it, and refuses to resume it once it is complete."""
+    cfg = load_config("blobs-logreg", ["train.epochs=1"])
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "first")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    run_dir = launch.elastic_run_dir(tmp_path, cfg)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert launch.elastic_run_dir(tmp_path, cfg) == run_dir
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "second")
+    assert launch.elastic_run_dir(tmp_path, cfg) != run_dir
+    said = []
+    trained, summary = launch.train_worker(cfg, run_dir, tmp_path, True, loop.train, say=said.append)
+    assert trained == run_dir and summary["status"] == "complete"
+    assert said == [f"run directory: {run_dir} (1 processes, one process)"]
+    with pytest.raises(GenforgeError, match="finished training already"):
+        launch.train_worker(cfg, run_dir, tmp_path, True, loop.train, say=said.append)

@@ -364,3 +364,18 @@ def settings_of(cfg) -> tuple[list[str], dict[str, dict]]:
 def for_training(cfg, run_dir: Path) -> Tracking:
     """The trackers a run's config asks for (none: a Tracking that does nothing)."""
     return open_tracking(run_dir, *settings_of(cfg))
+
+
+def export_run(run_dir: Path, cfg, names: list[str], given: dict[str, dict]) -> None:
+    """Mirror a run directory into the named trackers after it ran (`genforge runs track`): the settings of its
+    config (cfg) for each, where `given` (per tracker; None: the config's) does not override them. A run without a
+    status (interrupted, or still training) is mirrored as far as it got and closed as KILLED; exporting again adds
+    only what is new."""
+    settings = {n: {"name": cfg.name, **(getattr(cfg.track, n).model_dump() if getattr(cfg.track, n) else {}),
+                    **{k: v for k, v in given.get(n, {}).items() if v is not None}} for n in names}
+    tracking = open_tracking(run_dir, names, settings)
+    if rundir.read_json(run_dir / "summary.json").get("status") is None:
+        tracking.sync()
+        tracking.close("KILLED")
+    else:
+        tracking.finish()

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from genforge.errors import GenforgeError
+from genforge.train.device import pick_device
 
 TIMEOUT_ENV = "GENFORGE_DIST_TIMEOUT"  # seconds a collective waits for a peer before failing (default 300)
 
@@ -63,8 +64,6 @@ def process_group(device: str = "auto") -> Iterator[World]:
     and leave it cleanly: a barrier before destroy_process_group, since destroying right after a collective killed a
     gloo rank in 4 of 12 runs (/work/shared/DEPENDENCIES.md). A peer that dies makes the others' next collective fail
     within timeout() instead of hanging."""
-    from genforge.train.device import pick_device
-
     if not launched() or int(os.environ["WORLD_SIZE"]) < 2:
         yield World()
         return
