@@ -16,7 +16,7 @@ from genforge.cli.console import err
 from genforge.errors import GenforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, evaluate, compress and serve image models.")
+                  help="Train, evaluate, explain, compress and serve models of images, tables and time series.")
 runs_app = typer.Typer(help="List and compare run directories.", invoke_without_command=True)
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
