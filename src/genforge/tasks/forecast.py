@@ -18,6 +18,7 @@ import torch
 from genforge.errors import GenforgeError
 from genforge.onnx.parts import Part
 from genforge.tasks.base import Prepared, Task
+from genforge.tasks.forecast_verbs import FORECAST
 
 BASELINES = ("naive", "seasonal-naive", "drift", "season-mean")
 
@@ -261,7 +262,7 @@ def minimum_history(model) -> int:
 
 class ForecastTask(Task):
     name = "forecast"
-    verbs = ("forecast",)
+    verbs = (FORECAST,)  # and its companion, series (tasks/forecast_verbs.py)
     parts = (Part("model", "forward", ("history",), ("quantiles",), labels=False),)
     divergence_hint = "lower train.lr, set train.grad_clip=1.0, or shorten model.context"
 
