@@ -1,15 +1,19 @@
-"""A Python client of `genforge serve`'s /v1 API: one method per verb, numpy arrays in and out, typed errors that
-carry the server's message, retries of 503 answers with exponential backoff, and timeouts.
+"""A Python client of `genforge serve`'s /v1 API: every verb the served models offer, numpy arrays in and out, typed
+errors that carry the server's message, retries of 503 answers with exponential backoff, and timeouts.
 
     from genforge.client import Client
     client = Client("http://127.0.0.1:8000", token=None)
     client.classify(images)            # images: uint8 (N, H, W) or (N, C, H, W); -> one prediction dict per image
     client.generate(n=8, label=3, seed=0)  # -> uint8 (8, C, H, W)
 
-The standard library's HTTP client (urllib) only: the client adds no dependency to the package."""
+The verbs are not written here: a method such as `client.classify` is `client.call("classify", ...)`, which reads the
+verb's definition from the model cards (their `requests`: its inputs in order, the answer's field), so that a verb
+the server adds is served here too, and every input is checked by the server with the same bounds and messages as
+any other request. The standard library's HTTP client (urllib) only: the client adds no dependency to the package."""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import time
@@ -85,42 +89,30 @@ class Client:
     def card(self, model: str) -> dict:
         return self._request("GET", f"/v1/models/{_quoted(model)}")
 
-    def classify(self, images, top_k: int = 3, model: str | None = None) -> list[dict]:
-        """Images (uint8 0-255, or floats 0-1), (N, H, W) or (N, C, H, W), or feature vectors (N, D) -> per input
-        {index, label, probabilities, top_k}."""
-        body = {"inputs": np.asarray(images).tolist(), "top_k": top_k}
-        return self._field(self._request("POST", f"/v1/models/{self._model('classify', model)}/classify", body),
-                           "predictions")
+    def call(self, verb: str, *args, model: str | None = None, **inputs) -> Any:
+        """Ask a served model (default: the only one that offers it) for `verb`, with its inputs: positional ones in
+        the order of the verb's definition (its bulk input first: images, a history), the others by name; an input
+        left out or None keeps its default. Numpy arrays may be given for lists. Returns the answer's field the
+        definition names (uint8 (N, C, H, W) for images), else the whole answer."""
+        name = self._model(verb, model)
+        request = self._request_of(verb, model)
+        if len(args) > len(request["inputs"]):
+            raise TypeError(f"{verb} takes at most {len(request['inputs'])} inputs by position "
+                            f"({', '.join(request['inputs'])}), got {len(args)}")
+        given = {**dict(zip(request["inputs"], args)), **inputs}
+        body = {**request.get("json", {}), **{k: _jsonable(v) for k, v in given.items() if v is not None}}
+        path = request["path"].replace("{name}", name)
+        answer = self._request(request["method"], path, body if request["method"] != "GET" else None)
+        if request.get("answer") is None:
+            return answer
+        field = self._field(answer, request["answer"])
+        return self._images(field) if request.get("images") else field
 
-    def generate(self, n: int = 16, label: int | None = None, seed: int = 0, truncation: float | None = None,
-                 model: str | None = None) -> np.ndarray:
-        """uint8 images (n, C, H, W); the same seed (and label) gives the same images."""
-        body = {"n": n, "label": label, "seed": seed, "truncation": truncation, "format": "array"}
-        answer = self._request("POST", f"/v1/models/{self._model('generate', model)}/generate", body)
-        try:
-            images = np.asarray(self._field(answer, "images"), dtype=np.uint8)
-        except (ValueError, TypeError, OverflowError):  # ragged lists, or values that are not 0-255 numbers
-            raise ServerError(200, f"the answer from {self.url} holds no uint8 image array") from None
-        if images.ndim not in (3, 4):
-            raise ServerError(200, f"the answer from {self.url} holds images of shape {images.shape}, not "
-                                   f"(N, [C,] H, W)")
-        return images[:, None] if images.ndim == 3 else images  # the server leaves out a single channel
-
-    def forecast(self, history, horizon: int | None = None, end: str | None = None,
-                 covariates: dict | None = None, model: str | None = None) -> dict:
-        """A history (L,) or N equally long ones (N, L) -> {forecast (median), lo_80, hi_80, lo_95, hi_95, quantiles,
-        levels, ...} as the server answers it."""
-        body = {"history": np.asarray(history, dtype=float).tolist(), "horizon": horizon, "end": end,
-                "covariates": covariates}
-        return self._request("POST", f"/v1/models/{self._model('forecast', model)}/forecast",
-                             {k: v for k, v in body.items() if v is not None})
-
-    def explain(self, images, method: str | None = None, target: int | str | None = None, steps: int | None = None,
-                model: str | None = None) -> list[dict]:
-        """A classifier's attributions: per input {index, label, probabilities, target, attributions}."""
-        body = {"inputs": np.asarray(images).tolist(), "method": method, "target": target, "steps": steps}
-        return self._field(self._request("POST", f"/v1/models/{self._model('explain', model)}/explain",
-                                         {k: v for k, v in body.items() if v is not None}), "explanations")
+    def __getattr__(self, verb: str):
+        """client.VERB(...): client.call("VERB", ...)."""
+        if verb.startswith("_"):
+            raise AttributeError(verb)
+        return functools.partial(self.call, verb)
 
     # the mechanics ------------------------------------------------------------------------------------------
     def _model(self, verb: str, model: str | None) -> str:
@@ -137,6 +129,30 @@ class Client:
             which = f"{', '.join(offering)} offer it" if offering else "none offers it"
             raise RequestRejected(None, f"give model=NAME for {verb}: {which}")
         return _quoted(offering[0])
+
+    def _request_of(self, verb: str, model: str | None) -> dict:
+        """How to call `verb`: from the card of the model asked for, else of any served model that offers it."""
+        cards = self._cards if self._cards is not None else self.models()
+        try:
+            named = [c for c in cards if c["name"] == (model or self.model)]
+            offering = [c["requests"][verb] for c in named + cards if verb in c.get("requests", {})]
+        except (KeyError, TypeError):
+            raise ServerError(200, f"the model cards from {self.url} have no name and requests: is it a genforge "
+                                   f"server?") from None
+        if not offering:
+            raise RequestRejected(None, f"no served model offers {verb}")
+        return offering[0]
+
+    def _images(self, value: Any) -> np.ndarray:
+        """uint8 images (N, C, H, W) from the answer's lists (the server leaves out a single channel)."""
+        try:
+            images = np.asarray(value, dtype=np.uint8)
+        except (ValueError, TypeError, OverflowError):  # ragged lists, or values that are not 0-255 numbers
+            raise ServerError(200, f"the answer from {self.url} holds no uint8 image array") from None
+        if images.ndim not in (3, 4):
+            raise ServerError(200, f"the answer from {self.url} holds images of shape {images.shape}, not "
+                                   f"(N, [C,] H, W)")
+        return images[:, None] if images.ndim == 3 else images
 
     def _field(self, answer: Any, key: str) -> Any:
         """answer[key], or a ServerError saying the answer is not the API's (another server behind the URL?)."""
@@ -221,6 +237,17 @@ def _base(url: str) -> str:
 def _quoted(name: str) -> str:
     """A model name as one path segment: a space, '/' or '?' in it would change the URL."""
     return urllib.parse.quote(name, safe="")
+
+
+def _jsonable(value: Any) -> Any:
+    """An input as JSON carries it: numpy arrays and scalars as lists and numbers, in dicts (covariates) too."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _reason(e: BaseException) -> str:

@@ -16,6 +16,7 @@ from genforge.forecasting.inference import as_history, covariates_for, forecast
 from genforge.onnx.export import load_parts
 from genforge.registry import task_of
 from genforge.rundir import CHECKPOINT, WEIGHTS, read_config, read_json, rebuild_model, resolve_run
+from genforge.tasks.classify import NoSuchClass, class_index
 from genforge.training import scored
 
 
@@ -96,15 +97,15 @@ class LoadedRun:
         return self.explainer(precision)(x, method, self.class_index(target), steps, smooth).attributions
 
     def class_index(self, target: int | str | None) -> int | None:
-        """A class given by index or label -> its index (None stays None)."""
+        """A class given by label or index -> its index (None stays None), by the rule the server reads a target by
+        (tasks.classify.class_index: a label first, else an index in the digits 0-9)."""
         classes = self.meta["classes"]
-        if isinstance(target, str) and not target.lstrip("-").isdigit():
-            if target not in classes:
-                raise GenforgeError(f"unknown class {target!r}; the classes are: {', '.join(classes)}")
-            return classes.index(target)
-        if target is not None and not 0 <= int(target) < len(classes):
-            raise GenforgeError(f"class {target} is out of range 0-{len(classes) - 1}")
-        return None if target is None else int(target)
+        try:
+            return class_index(classes, target)
+        except NoSuchClass as e:
+            if e.label:
+                raise GenforgeError(f"unknown class {target!r}; the classes are: {', '.join(classes)}") from None
+            raise GenforgeError(f"class {target} is out of range 0-{len(classes) - 1}") from None
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images, the mean of p(x|z) (a VAE)."""

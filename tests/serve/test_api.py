@@ -59,7 +59,7 @@ def test_classify_json_matches_the_model(client, names, served, fashion):
 def test_classify_fast_path_answers_like_the_route(client, names, fashion):
     """A plain JSON request takes the ASGI fast path; a query string sends the same request through FastAPI's
     route. Both must give the same answer, and the same message for the same mistake."""
-    from genforge.serve.app import ClassifyFastPath
+    from genforge.serve.middleware import FastPath as ClassifyFastPath
 
     fast_path = client.app.front.app.app.app.app  # ProtocolErrors, ErrorGuard, BodySizeLimit, Gate, then it
     assert isinstance(fast_path, ClassifyFastPath)

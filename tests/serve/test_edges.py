@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import error_of, png
 
-from genforge.serve import app as app_module
+from genforge.serve import v1 as app_module  # the /v1 codec decodes uploads
 from genforge.serve.adapters import load_models
 from genforge.serve.app import create_app
 from genforge.serve.limits import Limits

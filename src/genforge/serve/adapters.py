@@ -1,4 +1,5 @@
-"""A served model: a loaded run plus the verbs the API offers for its kind. No HTTP in here."""
+"""A served model: a loaded run as the server holds it (its backend, its explainer, a forecaster's own series) and
+the verbs its task offers (tasks/: each verb's definition). No HTTP in here."""
 
 from __future__ import annotations
 
@@ -10,33 +11,22 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from genforge.errors import GenforgeError
+from genforge.explain import Explainer
+from genforge.forecasting.inference import minimum_history
+from genforge.models.latent import interpolate
+from genforge.models.layers import sample_labels
+from genforge.onnx.export import EXPORT_DIR, is_stale, load_parts
 from genforge.rundir import WEIGHTS, read_json, resolve_run
 from genforge.runs import BACKENDS, LoadedRun, load_run
+from genforge.tasks.classify import NotExplainable
+from genforge.tasks.verb import Verb
 
 HEADLINE = ("test_accuracy", "test_macro_f1", "fd", "kid", "precision", "recall", "conditional_accuracy",
             "nll_iwae", "test_elbo", "test_mase", "test_smape", "test_coverage_80", "test_coverage_95",
             "test_mase_seasonal_naive", "latency_ms_b1", "train_seconds")
-SHOWN_SERIES = 8  # series of a forecaster's own data that GET /v1/models/{name}/series offers (the first ones)
-SHOWN_CONTEXTS = 10  # the last this many contexts of each: what the playground plots and forecasts from
-
-
-def ascii_int(text: str) -> int | None:
-    """The integer that `text` writes as JSON writes one, with the digits 0-9 and an optional minus (leading zeros
-    allowed, as HTTP's Content-Length allows them), else None: every integer a request writes as text (a header, a
-    form field, a query parameter, a JSON string, a class index) is read by this one rule. str.isdigit() also passes
-    '²', which int() refuses, and '٣' or '１２', which int() reads; int() also takes '+', spaces and underscores. At
-    most 100 digits: int() refuses over 4,300 (CPython's guard against quadratic parsing), and no count or index here
-    needs more."""
-    digits = text[1:] if text[:1] == "-" else text
-    return int(text) if 0 < len(digits) <= 100 and digits.isascii() and digits.isdigit() else None
-
-
-class NotExplainable(GenforgeError):
-    """The classifier, as served, cannot be explained (no torch weights to take gradients of): the route's 409."""
 
 
 @dataclass
@@ -44,7 +34,7 @@ class ServedModel:
     name: str
     run: LoadedRun
     stats: dict = field(default_factory=dict)
-    recent: dict | None = None  # a forecaster's own series, their last values (load_series, at start)
+    recent: dict | None = None  # a forecaster's own series, their last values (its series verb, at start)
     recent_error: str | None = None  # why they could not be loaded
     _explainer: object = field(default=None, init=False, repr=False)  # genforge.explain.Explainer, built on first use
     _explain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -80,11 +70,11 @@ class ServedModel:
         return bool(getattr(self.run.config.model, "conditional", False))  # classifiers' configs have no such key
 
     @cached_property  # read on every classify request
-    def _verbs(self) -> tuple[str, ...]:
-        verbs = self.task.verbs
-        return (*verbs, "explain") if "classify" in verbs and self.explain_refusal is None else verbs
+    def _verbs(self) -> tuple[Verb, ...]:
+        return tuple(verb for verb in self.task.verbs if verb.offered(self))
 
-    def verbs(self) -> tuple[str, ...]:
+    def verbs(self) -> tuple[Verb, ...]:
+        """The verbs its task offers that it answers as served (explain needs torch weights)."""
         return self._verbs
 
     def card(self) -> dict:
@@ -96,7 +86,7 @@ class ServedModel:
             "conditional": self.conditional, "run_id": self.run.path.name, "backend": self.backend,
             "metrics": {k: summary[k] for k in HEADLINE if isinstance(summary.get(k), (int, float))},
             "config": self.run.config.model_dump(mode="json"),
-            **({"forecast": self.forecast_card()} if "forecast" in self.verbs() else {}),
+            **{key: value for verb in self.verbs() for key, value in verb.card(self).items()},
             "tensors": self.tensors,  # what POST /v2/models/{name}/infer takes and answers
             **({"privacy": self.privacy_card()} if self.privacy_card() else {}),
         }
@@ -109,40 +99,43 @@ class ServedModel:
         return {"epsilon": privacy["epsilon"], "delta": privacy["delta"], "accountant": privacy["accountant"],
                 "mechanism": "DP-SGD (Opacus): per-sample clipping, Gaussian noise, Poisson sampling"}
 
-    # classify -----------------------------------------------------------------------------------------------
+    @cached_property
+    def tensor_verb(self) -> Verb | None:
+        """The verb the Open Inference Protocol (serve/v2.py) answers: the first it offers that has tensors."""
+        return next((verb for verb in self.verbs() if verb.tensors(self) is not None), None)
+
+    @cached_property
+    def tensors(self) -> dict[str, list[dict]]:
+        """The model's tensors in the Open Inference Protocol: inputs and outputs, each with its name, datatype,
+        shape (-1: any size) and what it holds; `optional` inputs may be left out."""
+        verb = self.tensor_verb
+        return verb.tensors(self) if verb is not None else {"inputs": [], "outputs": []}
+
+    def warm_up(self) -> float:
+        """One call of every verb on dummy data, so the first request pays no one-time costs (a forecaster also
+        reads its own series, for the playground). Returns seconds."""
+        t0 = time.perf_counter()
+        self.task.warm_up(self)
+        for verb in self.verbs():
+            for each in (verb, *verb.companions):
+                each.warm_up(self)
+        return time.perf_counter() - t0
+
+    # what the verbs call, on the inference threads -----------------------------------------------------------
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, *input_shape) raw inputs -> (N, K) probabilities; called from the one inference thread."""
+        """(N, *input_shape) raw inputs -> (N, K) probabilities."""
         model = self.run.model
         return model.probabilities(model(x)).float()
 
-    # explain ------------------------------------------------------------------------------------------------
     @cached_property
     def explain_refusal(self) -> str | None:
-        """Why this classifier cannot be explained as served (ONNX files only, as an int8 run), else None."""
-        if "classify" not in self.task.verbs or self.backend == "torch" or (self.run.path / WEIGHTS).is_file():
+        """Why the model cannot be explained as served (ONNX files only, as an int8 run), else None."""
+        if self.backend == "torch" or (self.run.path / WEIGHTS).is_file():
             return None
         parent = (self.run.lineage or {}).get("parent_name")
         return (f"{self.name} is served from ONNX files only (no {WEIGHTS}): explanations need the gradients of "
                 f"PyTorch weights; serve and explain {f'its parent run {parent}' if parent else 'a run that has them'}")
-
-    def class_index(self, target: int | str | None) -> int | None:
-        """A class given by index or by label (a string of the digits 0-9 is an index unless it is a label) -> its
-        index; None stays None."""
-        classes = self.classes
-        if isinstance(target, str):
-            if target in classes:
-                return classes.index(target)
-            index = ascii_int(target)
-            if index is None:
-                listed = ", ".join(classes) if len(classes) <= 20 else f"GET /v1/models/{self.name} lists them"
-                raise GenforgeError(f"target: no class labelled {target!r}; give a class index 0-{len(classes) - 1} "
-                                    f"(in the digits 0-9) or a label ({listed})")
-            target = index
-        if target is not None and not 0 <= target < len(classes):
-            raise GenforgeError(f"target: class {target} is out of range; {self.name} has {len(classes)} classes "
-                                f"(0-{len(classes) - 1})")
-        return target
 
     def explain(self, x: torch.Tensor, method: str, target: int | None, steps: int | None):
         """Raw inputs (N, *input_shape) -> genforge.explain.Explanation; called from the explain thread. One call at
@@ -158,86 +151,29 @@ class ServedModel:
     def _build_explainer(self):
         """The Explainer over the served weights. With onnxruntime the model's forward runs in ONNX Runtime, which
         gives no gradients: the run's torch weights are loaded again, once, if they are still the ones served."""
-        from genforge.explain import Explainer
-
         if self.explain_refusal:
             raise NotExplainable(self.explain_refusal)
         model = self.model
         if self.backend == "onnxruntime":
-            from genforge.onnx.export import is_stale
-
             if is_stale(self.run.path, read_json(self.run.onnx_dir / "export.json")):
                 raise NotExplainable(f"{self.run.path.name}'s weights changed since the server loaded its ONNX "
                                      f"export: restart the server to serve (and explain) the new ones")
             model = load_run(self.run.path, backend="torch").model
         return Explainer(model, self.input_shape)
 
-    # generate -----------------------------------------------------------------------------------------------
     def generate(self, n: int, label: int | None, seed: int, truncation: float | None) -> torch.Tensor:
         return self.run.sample(n, label=label, seed=seed, truncation=truncation)
 
     def render(self, z: torch.Tensor, label: int | None) -> torch.Tensor:
         """uint8 images (N, C, H, W) for given latents (N, latent_dim): what generate draws for a seed's latents. A
         conditional model draws class `label` (default: every class in turn, as generate)."""
-        from genforge.models.layers import sample_labels
-
         model = self.run.model
         if label is not None and not 0 <= label < len(self.classes):
             raise GenforgeError(f"label {label} is out of range 0-{len(self.classes) - 1}")
         labels = None if label is None else torch.full((len(z),), label, dtype=torch.long)
         return model.render(z, sample_labels(len(z), labels, len(self.classes), self.conditional, torch.device("cpu")))
 
-    @cached_property
-    def tensors(self) -> dict[str, list[dict]]:
-        """The model's tensors in the Open Inference Protocol (serve/v2.py): inputs and outputs, each with its
-        name, datatype, shape (-1: any size) and what it holds; `optional` inputs may be left out."""
-        shape, verbs = list(self.input_shape), self.verbs()
-        if "classify" in verbs:
-            k = len(self.classes)
-            x = ({"name": "input", "datatype": "UINT8", "shape": [-1, *shape], "description": "images, 0-255"}
-                 if len(shape) == 3 else
-                 {"name": "input", "datatype": "FP32", "shape": [-1, *shape], "description": "feature vectors"})
-            return {"inputs": [x], "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, k],
-                 "description": f"class probabilities, in the order of the card's classes ({k})"},
-                {"name": "top_k", "datatype": "INT64", "shape": [-1, -1],
-                 "description": "class indices, most probable first; the request parameter top_k (default 3) "
-                                "says how many"}]}
-        if "generate" in verbs:
-            latent = self.run.model.latent_dim
-            one = "a tensor of shape [1]"
-            return {"inputs": [
-                {"name": "n", "datatype": "INT64", "shape": [1], "description": f"images to draw ({one}); "
-                 "with seed and label, the same images as /v1 generate", "optional": True},
-                {"name": "seed", "datatype": "INT64", "shape": [1], "description": f"{one}; default 0",
-                 "optional": True},
-                {"name": "label", "datatype": "INT64", "shape": [1], "description": f"the class to draw ({one}), "
-                 "class-conditional models; default: every class in turn", "optional": True},
-                {"name": "latent", "datatype": "FP32", "shape": [-1, latent], "description": "latents z to render, "
-                 "instead of n and seed", "optional": True}],
-                "outputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, *shape], "description": "0-255"}]}
-        if "forecast" in verbs:
-            levels, card = len(self.model.cfg.quantiles), self.forecast_card()
-            reads = [  # what the verb needs beyond the history: the same checks as /v1 forecast's end and covariates
-                *([{"name": "end", "datatype": "BYTES", "shape": [1], "description": "the time of the histories' "
-                    f"last value (e.g. 2010-12-01), on the model's {card['freq']} grid: it places them on the "
-                    "calendar the model reads"}] if card["calendar"] else []),
-                *([{"name": "covariates", "datatype": "FP32", "shape": [-1, -1, len(card["covariates"])],
-                    "description": f"the covariate columns {', '.join(card['covariates'])} (in this order) over the "
-                    "history's steps and the horizon's: 1 row shared by every history, or one per history"}]
-                  if card["covariates"] else [])]
-            return {"inputs": [
-                {"name": "history", "datatype": "FP32", "shape": [-1, -1], "description": "N equally long "
-                 f"histories, oldest first, at least {self.minimum_history} values each"},
-                {"name": "horizon", "datatype": "INT64", "shape": [1], "description": "steps to forecast; default "
-                 "the trained horizon", "optional": True}, *reads],
-                "outputs": [{"name": "quantiles", "datatype": "FP32", "shape": [-1, -1, levels],
-                             "description": "per history and step, the quantiles at the card's forecast.levels"}]}
-        return {"inputs": [], "outputs": []}
-
     def interpolate(self, steps: int, seed: int, from_label: int | None, to_label: int | None) -> torch.Tensor:
-        from genforge.models.latent import interpolate
-
         return interpolate(self.run.model, steps, seed, from_label, to_label)
 
     def reconstruct(self, x: torch.Tensor, label: int | None) -> torch.Tensor:
@@ -248,62 +184,14 @@ class ServedModel:
             labels = torch.full((len(x),), label, dtype=torch.long)
         return self.run.model.reconstruct(x, labels)
 
-    # forecast -----------------------------------------------------------------------------------------------
     @cached_property
     def minimum_history(self) -> int:
-        from genforge.forecasting.inference import minimum_history
-
         return minimum_history(self.model)
-
-    def forecast_card(self) -> dict:
-        """What a forecaster reads and answers: its context, trained horizon and quantile levels."""
-        model, meta = self.model, self.run.meta
-        series_opts = self.run.config.data.series
-        return {"context": model.context, "horizon": model.horizon, "levels": [float(q) for q in model.cfg.quantiles],
-                "minimum_history": self.minimum_history, "season": meta.get("season"), "freq": meta.get("freq"),
-                "series": meta.get("series", []), "features": list(getattr(model.cfg, "covariates", [])),
-                "calendar": bool(model.features and series_opts.calendar),
-                "covariates": list(series_opts.covariates) if model.features else []}
 
     def forecast(self, history, horizon: int | None = None, end: str | None = None, covariates: dict | None = None):
         """A history (L,) or (N, L) -> forecasting.inference.Forecast: quantiles (N, horizon, Q) at its levels, the same
-        numbers as load_run(run).forecast; called from the one inference thread."""
+        numbers as load_run(run).forecast."""
         return self.run.forecast(history, horizon, end=end, covariates=covariates)
-
-    def load_series(self) -> None:
-        """The last SHOWN_CONTEXTS contexts of the first SHOWN_SERIES series the model trained on, read once at
-        start (the playground forecasts from them). Data that no longer loads (a CSV moved away) leaves the reason
-        in recent_error: the forecast route does not need it."""
-        if self.recent is not None or self.recent_error is not None:
-            return  # read at an earlier start of the app
-        try:
-            ds = self.task.dataset(self.run.config)
-        except Exception as e:  # noqa: BLE001 - any failure: the server still serves the model
-            why = (str(e).splitlines() or [type(e).__name__])[0]
-            self.recent_error = f"the series {self.name} trained on do not load here ({why})"
-            return
-        keep = max(SHOWN_CONTEXTS * self.model.context, self.minimum_history)
-
-        def covariates(s):  # the shown steps' covariate columns and their known future (the playground sends them)
-            if s.exog is None or not self.model.features:
-                return {}
-            start = max(0, len(s.values) - keep)
-            return {"covariates": {name: s.exog[start:, i].astype(float).tolist() for i, name in
-                                   enumerate(ds.covariates)}}
-
-        shown = [{"id": str(s.id), "length": len(s.values), "values": s.values[-keep:].astype(float).tolist(),
-                  "times": np.datetime_as_string(s.times[-keep:], unit="s").tolist(), **covariates(s)}
-                 for s in ds.series[:SHOWN_SERIES]]
-        self.recent = {"freq": ds.freq, "season": ds.season, "total_series": len(ds.series), "series": shown}
-
-    def warm_up(self) -> float:
-        """One call of every verb on dummy data, so the first request pays no one-time costs (a forecaster also
-        reads its own series, for the playground). Returns seconds."""
-        t0 = time.perf_counter()
-        self.task.warm_up(self)
-        if "forecast" in self.verbs():
-            self.load_series()
-        return time.perf_counter() - t0
 
 
 SERVE_BACKENDS = ("auto", *BACKENDS)
@@ -318,8 +206,6 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
     path = resolve_run(path)
     if backend == "torch":
         return load_run(path, backend="torch")
-    from genforge.onnx.export import EXPORT_DIR, is_stale, load_parts
-
     record = read_json(path / EXPORT_DIR / "export.json")
     if is_stale(path, record):
         print(f"{path / EXPORT_DIR} was exported from earlier weights: exporting again", flush=True)
@@ -386,8 +272,3 @@ def load_models(paths: list[str | Path], backend: str = "auto") -> dict[str, Ser
         models[name] = ServedModel(name, run)
     return models
 
-
-def as_array(images: torch.Tensor) -> list:
-    """uint8 (N, C, H, W) -> nested lists (N, H, W) for one channel, else (N, C, H, W)."""
-    array = images.numpy()
-    return (array[:, 0] if array.shape[1] == 1 else array).astype(np.uint8).tolist()

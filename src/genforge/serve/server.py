@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import ipaddress
+import multiprocessing
+import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+from concurrent.futures import wait
 from pathlib import Path
 
+import torch
+import uvicorn
+from prometheus_client import multiprocess
+
 from genforge.errors import GenforgeError
+from genforge.serve.adapters import load_models
+from genforge.serve.app import create_app
 from genforge.serve.limits import Limits
 
 
@@ -92,11 +104,6 @@ def serve(runs: list[Path], host: str = "127.0.0.1", port: int = 8000, token_fil
 
 
 def _app(runs: list[Path], token: str | None, limits: Limits, backend: str):
-    import torch
-
-    from genforge.serve.adapters import load_models
-    from genforge.serve.app import create_app
-
     torch.set_num_threads(1)  # one inference thread beside the event loop; two threads contend on small machines
     models = load_models(runs, backend)
     return create_app(models, token=token, limits=limits), models
@@ -107,11 +114,6 @@ def _run(app, sock: socket.socket, log_level: str, announce=None) -> None:
     its timeout (every request has had its answer, a 504 for that one): the process exits without waiting for it,
     since Python cannot stop a thread and the interpreter's exit would wait for it, forever for a job that never
     ends."""
-    import os
-    from concurrent.futures import wait
-
-    import uvicorn
-
     state = app.state.genforge
 
     class DrainingServer(uvicorn.Server):
@@ -143,14 +145,6 @@ def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token
     serving only once every worker is ready, so that any answer of /readyz speaks for all. SIGTERM (or SIGINT) drains
     every worker; a worker that dies stops the others (exit 1: a supervisor such as Kubernetes restarts the whole).
     /metrics adds up every worker's, through prometheus_client's multiprocess mode (docs/decisions.md)."""
-    import multiprocessing
-    import os
-    import shutil
-    import signal
-    import tempfile
-
-    from genforge.serve.adapters import load_models
-
     load_models(runs, backend)  # exports once, here; errors say what to fix before any worker starts
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     metrics_dir = tempfile.mkdtemp(prefix="genforge-metrics-")
@@ -177,14 +171,7 @@ def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token
             child.start()
         if not BALANCED:
             sock.close()  # the workers hold it now
-        ready = 0
-        while ready < workers and not draining:
-            try:
-                ready += bool(loaded.get(timeout=0.5))
-            except Exception:  # noqa: BLE001 - queue.Empty: check on the workers
-                pass
-            if any(c.exitcode not in (None, 0) for c in children):
-                drain(None, None)
+        _await_loaded(children, loaded, draining, drain)
         if BALANCED:
             sock.close()  # every worker has bound its own socket by now
         if not draining:
@@ -193,14 +180,24 @@ def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token
                   f"playground: /)", flush=True)
         failed = _wait(children, drain)
     finally:
-        from prometheus_client import multiprocess
-
         for child in children:
             if child.pid is not None:
                 multiprocess.mark_process_dead(child.pid, metrics_dir)
         shutil.rmtree(metrics_dir, ignore_errors=True)
     if failed:
         raise SystemExit(1)
+
+
+def _await_loaded(children, loaded, draining: list, drain) -> None:
+    """Until every worker has reported its models loaded, or a drain began (a signal, or a worker that failed)."""
+    ready = 0
+    while ready < len(children) and not draining:
+        try:
+            ready += bool(loaded.get(timeout=0.5))
+        except Exception:  # noqa: BLE001 - queue.Empty: check on the workers
+            pass
+        if any(c.exitcode not in (None, 0) for c in children):
+            drain(None, None)
 
 
 def _wait(children, drain) -> bool:
@@ -219,9 +216,6 @@ def _wait(children, drain) -> bool:
 def _worker(runs, sock, address, token, limits, log_level, backend, loaded, go, parent: int) -> None:
     """One worker: load and warm up, listen (sock None: on its own SO_REUSEPORT socket), report, wait for the others,
     then serve until SIGTERM. Connections that come before the others are ready wait in its backlog."""
-    import os
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns ^C into one SIGTERM per worker
     signal.signal(signal.SIGTERM, lambda sig, frame: os._exit(0))  # not serving yet: nothing to drain
     try:

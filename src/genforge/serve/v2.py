@@ -3,8 +3,10 @@ models, limits, token and metrics. Clients written for KServe, Triton or MLServe
 
 A request's tensors are JSON ({"name", "shape", "datatype", "data"}) or, with the binary tensor extension, raw
 little-endian bytes after the JSON header (its length in the Inference-Header-Content-Length header, each binary
-input's size in its parameters.binary_data_size). Each model's tensors are its card's `tensors`
-(ServedModel.tensors). Errors are the protocol's {"error": "message"}, with a 4xx for a client's mistake."""
+input's size in its parameters.binary_data_size). Each model's tensors are its card's `tensors`: those of the one
+verb it answers here (ServedModel.tensor_verb), whose inputs are then decoded and checked as /v1 decodes them.
+Errors are the protocol's {"error": "message"}, with a 4xx for a client's mistake. This module is the codec (the
+protocol's bodies, their tensors checked against the model's, the answer); serve/routes.py holds the routes."""
 
 from __future__ import annotations
 
@@ -13,14 +15,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-import torch
-from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from genforge import __version__
-from genforge.serve.adapters import ServedModel, ascii_int
-from genforge.serve.limits import Limits, RequestError
+from genforge.serve.adapters import ServedModel
+from genforge.tasks.verb import RequestError, ascii_int
 
 VERSION = "1"  # every served model has one version
 HEADER = "inference-header-content-length"
@@ -101,7 +100,7 @@ class ProtocolError(BaseModel):
     error: str
 
 
-def _errors(*codes: int) -> dict:
+def protocol_errors(*codes: int) -> dict:
     text = {400: "Invalid request; the message says what to fix", 401: "Missing or wrong bearer token",
             404: "No such model or version", 413: "Body too large", 415: "Unsupported content encoding",
             422: "Invalid value for the model", 503: "Overloaded or not ready; retry later",
@@ -125,7 +124,7 @@ def _inline(model: type[BaseModel]) -> dict:
     return resolve(schema)
 
 
-READY = {200: {"description": "Ready"}, **_errors(401, 404, 503)}
+READY = {200: {"description": "Ready"}, **protocol_errors(401, 404, 503)}
 INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": _inline(InferRequest)},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description":
@@ -134,167 +133,24 @@ INFER_BODY = {"requestBody": {"required": True, "content": {
 INFERRED = {200: {"content": {"application/json": {"schema": _inline(InferResponse)},
                               "application/octet-stream": {}},
                   "description": "The outputs; with binary outputs, their bytes follow the JSON header"},
-            **_errors(400, 401, 404, 413, 415, 422, 503, 504)}
+            **protocol_errors(400, 401, 404, 413, 415, 422, 503, 504)}
 
 
-def _json(content, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+def model_for(models: dict[str, ServedModel], name: str, version: str | None) -> ServedModel:
+    model = models.get(name)
+    if model is None:
+        raise RequestError(f"no model named {name!r}; served: {', '.join(models)}", 404)
+    if version is not None and version != VERSION:
+        raise RequestError(f"{name} has version {VERSION} only, not {version!r}", 404)
+    return model
 
 
-def mount(app: FastAPI, models: dict[str, ServedModel], state: dict, limits: Limits, classify, infer) -> None:
-    """Add the v2 routes to the app. `classify` and `infer` are the app's own (create_app): the classify
-    micro-batcher with its timeout, and the inference thread with its timeout."""
+def metadata(model: ServedModel) -> dict:
+    def strip(tensors):
+        return [{k: t[k] for k in ("name", "datatype", "shape")} for t in tensors]
 
-    def model_for(name: str, version: str | None) -> ServedModel:
-        model = models.get(name)
-        if model is None:
-            raise RequestError(f"no model named {name!r}; served: {', '.join(models)}", 404)
-        if version is not None and version != VERSION:
-            raise RequestError(f"{name} has version {VERSION} only, not {version!r}", 404)
-        return model
-
-    def metadata(model: ServedModel) -> dict:
-        strip = lambda tensors: [{k: t[k] for k in ("name", "datatype", "shape")} for t in tensors]  # noqa: E731
-        return {"name": model.name, "versions": [VERSION], "platform": f"genforge_{model.backend}",
-                "inputs": strip(model.tensors["inputs"]), "outputs": strip(model.tensors["outputs"])}
-
-    def ready_answer(name: str | None = None):
-        if not state["ready"]:
-            raise RequestError("not ready: models are loading or the server is shutting down", 503)
-        return {"name": name, "ready": True} if name else {"ready": True}
-
-    tags = ["open inference protocol (v2)"]
-
-    @app.get("/v2", tags=tags, summary="Server metadata", response_model=ServerMetadata,
-             responses=_errors(401))
-    async def server_metadata():
-        return {"name": "genforge", "version": __version__, "extensions": EXTENSIONS}
-
-    @app.get("/v2/health/live", tags=tags, summary="The process is up", responses=_errors(503))
-    async def live():
-        return {"live": True}
-
-    @app.get("/v2/health/ready", tags=tags, summary="Every model is loaded and warmed up (not while draining)",
-             responses=READY)
-    async def ready():
-        return ready_answer()
-
-    @app.get("/v2/models/{name}", tags=tags, summary="A model's inputs and outputs", response_model=ModelMetadata,
-             responses=_errors(401, 404))
-    async def model_metadata(name: str):
-        return metadata(model_for(name, None))
-
-    @app.get("/v2/models/{name}/versions/{version}", tags=tags, summary="A model's inputs and outputs",
-             response_model=ModelMetadata, responses=_errors(401, 404))
-    async def model_version_metadata(name: str, version: str):
-        return metadata(model_for(name, version))
-
-    @app.get("/v2/models/{name}/ready", tags=tags, summary="The model can answer", responses=READY)
-    async def model_ready(name: str):
-        return ready_answer(model_for(name, None).name)
-
-    @app.get("/v2/models/{name}/versions/{version}/ready", tags=tags, summary="The model can answer",
-             responses=READY)
-    async def model_version_ready(name: str, version: str):
-        return ready_answer(model_for(name, version).name)
-
-    async def answer(request: Request, name: str, version: str | None) -> Response:
-        model = model_for(name, version)
-        if request.headers.get("content-encoding", "identity").lower() != "identity":
-            raise RequestError("compressed requests are not accepted; send the body uncompressed", 415)
-        req, tensors = parse(await request.body(), request.headers.get(HEADER))
-        outputs = await run(model, tensors, req.parameters or {})
-        return encode(model.name, req, outputs)
-
-    async def run(model: ServedModel, tensors: dict[str, np.ndarray], parameters: dict) -> dict[str, np.ndarray]:
-        """The model's outputs for its checked inputs."""
-        inputs = check_inputs(model, tensors)
-        verbs = model.verbs()
-        if "classify" in verbs:
-            x = inputs["input"]
-            if len(x) > limits.max_batch:
-                raise RequestError(f"at most {limits.max_batch} inputs per request, got {len(x)}")
-            if x.dtype == np.float32 and not np.isfinite(x).all():
-                raise RequestError("input: values must be finite numbers (no NaN or infinity)")
-            top_k = parameters.get("top_k", 3)
-            if type(top_k) is not int or not 1 <= top_k <= 1000:
-                raise RequestError(f"parameters.top_k must be an integer from 1 to 1000, got {top_k!r}")
-            classes, k = len(model.classes), min(top_k, len(model.classes))
-            # zero rows: zero predictions, without a batch of none through the model (a backend may refuse it);
-            # the arrays are shaped explicitly, as the metadata says ([N, K] and [N, k]), even when N is 0
-            predictions = (await classify(model.name, model, np.ascontiguousarray(x), top_k, False))["predictions"] \
-                if len(x) else []
-            return {"probabilities": np.array([p["probabilities"] for p in predictions],
-                                              dtype=np.float32).reshape(len(x), classes),
-                    "top_k": np.array([[c["index"] for c in p["top_k"]] for p in predictions],
-                                      dtype=np.int64).reshape(len(x), k)}
-        if "generate" in verbs:
-            label = scalar(inputs, "label", None)
-            if "latent" in inputs:
-                if "n" in inputs or "seed" in inputs:
-                    raise RequestError("give either latent or n and seed, not both")
-                z = inputs["latent"]
-                if not 1 <= len(z) <= limits.max_n:
-                    raise RequestError(f"latent: 1 to {limits.max_n} rows, got {len(z)}")
-                if not np.isfinite(z).all():
-                    raise RequestError("latent: values must be finite numbers (no NaN or infinity)")
-                images = await infer(model.render, torch.from_numpy(np.array(z)), label)
-            else:
-                n, seed = scalar(inputs, "n", 16), scalar(inputs, "seed", 0)
-                if not 1 <= n <= limits.max_n:
-                    raise RequestError(f"n must be from 1 to {limits.max_n}, got {n}")
-                if not 0 <= seed < 2**31:
-                    raise RequestError(f"seed must be from 0 to {2**31 - 1}, got {seed}")
-                images = await infer(model.generate, n, label, seed, None)
-            return {"images": images.numpy().astype(np.uint8)}
-        if "forecast" in verbs:
-            history = inputs["history"]
-            horizon = scalar(inputs, "horizon", None)
-            if len(history) > limits.max_batch or max(history.size, history.shape[1]) > limits.max_history:
-                raise RequestError(f"at most {limits.max_batch} histories and {limits.max_history:,} values per "
-                                   f"request, got {history.shape[0]} x {history.shape[1]}")
-            if history.shape[1] < model.minimum_history:
-                raise RequestError(f"history: at least {model.minimum_history} values per series, got "
-                                   f"{history.shape[1]}")
-            if not np.isfinite(history).all():
-                raise RequestError("history: values must be finite numbers (no NaN or infinity)")
-            trained = model.model.horizon
-            if horizon is not None and not 1 <= horizon <= limits.max_horizons * trained:
-                raise RequestError(f"horizon must be from 1 to {limits.max_horizons * trained}, got {horizon}")
-            end = str(inputs["end"][0]) if "end" in inputs else None  # checked with /v1's end, by the forecast verb
-            result = await infer(model.forecast, np.array(history), horizon, end,
-                                 covariates(model, inputs, len(history)), fewer="or shorter histories")
-            if not np.isfinite(result.quantiles).all():
-                raise RequestError("the model's forecast of this history is not finite; send a history on the "
-                                   "scale of its training data")
-            return {"quantiles": np.asarray(result.quantiles, dtype=np.float32)}
-        raise RequestError(f"{model.name} offers {', '.join(verbs)}, which the v2 infer route does not serve; "
-                           f"use /v1", 400)
-
-    @app.post("/v2/models/{name}/infer", tags=tags, summary="Inference with JSON or binary tensors",
-              openapi_extra=INFER_BODY, responses=INFERRED)
-    async def model_infer(request: Request, name: str):
-        """The model's tensors are in its metadata (GET /v2/models/{name}) and card. Binary tensors: the JSON
-        header's length in the Inference-Header-Content-Length header, each binary input's size in its
-        parameters.binary_data_size; an output asked for with parameters.binary_data (or every output, with the
-        request parameter binary_data_output) comes back as bytes after the JSON header, likewise."""
-        return await answer(request, name, None)
-
-    @app.post("/v2/models/{name}/versions/{version}/infer", tags=tags, summary="Inference with JSON or binary "
-              "tensors", openapi_extra=INFER_BODY, responses=INFERRED)
-    async def model_version_infer(request: Request, name: str, version: str):
-        return await answer(request, name, version)
-
-
-def covariates(model: ServedModel, inputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray] | None:
-    """A forecaster's `covariates` input (rows, steps, columns) -> {column: (steps,) shared, or (n, steps)}, as the
-    forecast verb takes them; it checks the steps against the history and the horizon."""
-    if "covariates" not in inputs:
-        return None
-    c, names = inputs["covariates"], model.forecast_card()["covariates"]
-    if len(c) not in (1, n):
-        raise RequestError(f"covariates: 1 row (shared by every history) or one per history ({n}), got {len(c)}")
-    return {name: c[0, :, i] if len(c) == 1 else c[:, :, i] for i, name in enumerate(names)}
+    return {"name": model.name, "versions": [VERSION], "platform": f"genforge_{model.backend}",
+            "inputs": strip(model.tensors["inputs"]), "outputs": strip(model.tensors["outputs"])}
 
 
 def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
@@ -423,8 +279,10 @@ def check_inputs(model: ServedModel, tensors: dict[str, np.ndarray]) -> dict[str
     return {name: array.astype(array.dtype.newbyteorder("=")) for name, array in tensors.items()}
 
 
-def scalar(inputs: dict[str, np.ndarray], name: str, default):
-    return int(inputs[name][0]) if name in inputs else default
+def scalars(model: ServedModel, tensors: dict[str, np.ndarray]) -> dict:
+    """The tensors, each of shape [1] as its Python value (an integer, a string), as a JSON body would give it."""
+    shapes = {t["name"]: t["shape"] for t in model.tensors["inputs"]}
+    return {name: array.tolist()[0] if shapes[name] == [1] else array for name, array in tensors.items()}
 
 
 def encode(name: str, req: InferRequest, outputs: dict[str, np.ndarray]) -> Response:
@@ -454,39 +312,3 @@ def encode(name: str, req: InferRequest, outputs: dict[str, np.ndarray]) -> Resp
         return Response(header, media_type="application/json")
     return Response(b"".join([header, *chunks]), media_type="application/octet-stream",
                     headers={HEADER: str(len(header))})
-
-
-class ProtocolErrors:
-    """ASGI, outermost: a /v2 route's error answer, from whichever layer gave it (the token, the body size, the
-    concurrency limit, the route), in the protocol's shape {"error": "message"} instead of genforge's
-    {"error": {"status", "message"}}."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
-            return await self.app(scope, receive, send)
-        held = {}
-
-        async def reshaped(message):
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                held["start"], held["body"] = message, []
-                return
-            if "start" not in held:
-                return await send(message)
-            held["body"].append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            body = b"".join(held["body"])
-            try:
-                error = orjson.loads(body)["error"]
-                body = orjson.dumps({"error": error["message"] if isinstance(error, dict) else str(error)})
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                pass
-            start = held.pop("start")
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, reshaped)

@@ -30,12 +30,13 @@ from genforge.forecasting.windows import (
 )
 from genforge.onnx.parts import Part
 from genforge.tasks.base import Prepared, Task
+from genforge.tasks.forecast_verbs import FORECAST
 from genforge.train.steps import FixedStep, ModelLossStep
 
 
 class ForecastTask(Task):
     name = "forecast"
-    verbs = ("forecast",)
+    verbs = (FORECAST,)  # and its companion, series (tasks/forecast_verbs.py)
     parts = (Part("model", "forward", ("history",), ("quantiles",), labels=False),)
     divergence_hint = "lower train.lr, set train.grad_clip=1.0, or shorten model.context"
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from genforge.onnx.parts import Part
-from genforge.tasks.generative import GenerativeTask
+from genforge.tasks.generative import GENERATE, INTERPOLATE, GenerativeTask
 from genforge.train.steps import GANStep
 
 
 class GANTask(GenerativeTask):
     name = "gan"
-    verbs = ("generate", "interpolate")
+    verbs = (GENERATE, INTERPOLATE)
     tune_metric = ("val_fd", "min")  # no held-out loss: the FD against validation images (eval.val_samples)
     parts = (Part("generator", "generator", ("z",), ("images",)),)
     divergence_hint = ("lower train.d_lr (or train.lr), set train.grad_clip=1.0, or use model.loss=hinge with "

@@ -1,19 +1,130 @@
 """What GANs and VAEs share: a sample grid from fixed noise at each evaluation, sample quality at the end (FD, KID,
-precision/recall against the test images, scored by the dataset's evaluator network), and the generate verbs."""
+precision/recall against the test images, scored by the dataset's evaluator network), and the generate and
+interpolate verbs."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
+from pydantic import Field
 from rich.table import Table
 
 from genforge.evaluate.features import Evaluator, load_evaluator
 from genforge.evaluate.generative import evaluate_generator, frechet_distance, generate
 from genforge.evaluate.report import write_generator_report
-from genforge.grids import save_images
+from genforge.grids import png_bytes, save_images
 from genforge.tasks.base import Task
+from genforge.tasks.verb import Answer, Integer, IntegerOrNone, Limits, RequestError, Strict, Verb
+
+
+class GenerateRequest(Strict):
+    n: Integer = Field(16, ge=1, le=256, description="Number of images")
+    label: IntegerOrNone = Field(None, ge=0, le=100_000, description="Class to draw (class-conditional models)")
+    seed: Integer = Field(0, ge=0, le=2**31 - 1, description="The same seed gives the same images")
+    truncation: float | None = Field(None, gt=0, le=10, description="Redraw latent entries beyond ±T")
+    format: Literal["png", "array"] = "png"
+
+
+class InterpolateRequest(Strict):
+    steps: Integer = Field(10, ge=2, le=256)
+    seed: Integer = Field(0, ge=0, le=2**31 - 1)
+    from_label: IntegerOrNone = Field(None, ge=0, le=100_000)
+    to_label: IntegerOrNone = Field(None, ge=0, le=100_000)
+    format: Literal["png", "array"] = "array"
+
+
+def as_array(images: torch.Tensor) -> list:
+    """uint8 (N, C, H, W) -> nested lists (N, H, W) for one channel, else (N, C, H, W)."""
+    array = images.numpy()
+    return (array[:, 0] if array.shape[1] == 1 else array).astype(np.uint8).tolist()
+
+
+def images_answer(served, images: torch.Tensor, fmt: str, extra: dict, latency_ms: float,
+                  nrow: int | None = None) -> Answer:
+    """A PNG grid (zlib level 1: ~3x faster to encode than the default, for a ~17% larger file), or the uint8
+    arrays as JSON beside `extra`."""
+    facts = {"latency-ms": f"{latency_ms:.2f}", "backend": served.backend}
+    if fmt == "png":
+        scale = 2 if images.shape[-1] < 64 else 1
+        return Answer(png=functools.partial(png_bytes, images, nrow, scale, 1), facts=facts)
+    return Answer(body={**extra, "latency_ms": latency_ms, "backend": served.backend, "images": as_array(images)},
+                  facts=facts)
+
+
+class Generate(Verb):
+    """Samples; the Open Inference Protocol may also give the latents to render (its `latent` input)."""
+    summary = "Samples from a generator: a PNG grid or uint8 arrays; the same seed gives the same images"
+    request = GenerateRequest
+    answer_field, answer_images, json_answer = "images", True, {"format": "array"}
+    png = "A PNG grid or JSON arrays"
+
+    def decode(self, served, latent, fields: dict, limits: Limits) -> dict:
+        if latent is not None:
+            if not 1 <= len(latent) <= limits.max_n:
+                raise RequestError(f"latent: 1 to {limits.max_n} rows, got {len(latent)}")
+            if not np.isfinite(latent).all():
+                raise RequestError("latent: values must be finite numbers (no NaN or infinity)")
+        elif fields["n"] > limits.max_n:
+            raise RequestError(f"n must be at most {limits.max_n}")
+        return {**fields, "latent": latent}
+
+    def run(self, served, inputs: dict) -> torch.Tensor:
+        if inputs["latent"] is not None:
+            return served.render(torch.from_numpy(np.array(inputs["latent"])), inputs["label"])
+        return served.generate(inputs["n"], inputs["label"], inputs["seed"], inputs["truncation"])
+
+    def answer(self, served, inputs: dict, images: torch.Tensor, latency_ms: float) -> Answer:
+        extra = {"model": served.name, "n": inputs["n"], "seed": inputs["seed"], "label": inputs["label"]}
+        return images_answer(served, images, inputs["format"], extra, latency_ms)
+
+    def tensors(self, served) -> dict:
+        one = "a tensor of shape [1]"
+        return {"inputs": [
+            {"name": "n", "datatype": "INT64", "shape": [1], "description": f"images to draw ({one}); with seed and "
+             "label, the same images as /v1 generate", "optional": True},
+            {"name": "seed", "datatype": "INT64", "shape": [1], "description": f"{one}; default 0", "optional": True},
+            {"name": "label", "datatype": "INT64", "shape": [1], "description": f"the class to draw ({one}), "
+             "class-conditional models; default: every class in turn", "optional": True},
+            {"name": "latent", "datatype": "FP32", "shape": [-1, served.model.latent_dim], "description": "latents z "
+             "to render, instead of n and seed", "optional": True}],
+            "outputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, *served.input_shape],
+                         "description": "0-255"}]}
+
+    def from_tensors(self, served, tensors: dict, parameters: dict) -> tuple[np.ndarray | None, dict]:
+        latent = tensors.get("latent")
+        if latent is not None and ("n" in tensors or "seed" in tensors):
+            raise RequestError("give either latent or n and seed, not both")
+        return latent, {k: tensors[k] for k in ("n", "seed", "label") if k in tensors}
+
+    def outputs(self, served, inputs: dict, images: torch.Tensor) -> dict[str, np.ndarray]:
+        return {"images": images.numpy().astype(np.uint8)}
+
+
+class Interpolate(Verb):
+    summary = "A walk through latent space (spherical), from one class to another for conditional models"
+    request = InterpolateRequest
+    answer_field, answer_images, json_answer = "images", True, {"format": "array"}
+    png = "A PNG grid or JSON arrays"
+
+    def decode(self, served, array, fields: dict, limits: Limits) -> dict:
+        if fields["steps"] > limits.max_n:
+            raise RequestError(f"steps must be at most {limits.max_n}")
+        return fields
+
+    def run(self, served, inputs: dict) -> torch.Tensor:
+        return served.interpolate(inputs["steps"], inputs["seed"], inputs["from_label"], inputs["to_label"])
+
+    def answer(self, served, inputs: dict, images: torch.Tensor, latency_ms: float) -> Answer:
+        extra = {"model": served.name, "steps": inputs["steps"], "seed": inputs["seed"]}
+        return images_answer(served, images, inputs["format"], extra, latency_ms, nrow=inputs["steps"])
+
+
+GENERATE, INTERPOLATE = Generate("generate"), Interpolate("interpolate")
 
 BETTER = {"fd": "lower", "kid": "lower", "precision": "higher", "recall": "higher", "conditional_accuracy": "higher"}
 

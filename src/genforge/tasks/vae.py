@@ -1,22 +1,64 @@
-"""VAEs: the ELBO step, the validation ELBO, and the likelihood (ELBO and IWAE NLL) beside sample quality."""
+"""VAEs: the ELBO step, the validation ELBO, and the likelihood (ELBO and IWAE NLL) beside sample quality; the
+reconstruct verb beside the generators' two."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from genforge.evaluate.generative import elbo, likelihood_metrics
+from genforge.models.latent import reconstruction_errors
 from genforge.onnx.parts import Part
-from genforge.tasks.generative import GenerativeTask
+from genforge.tasks.generative import GENERATE, INTERPOLATE, GenerativeTask, as_array, images_answer
+from genforge.tasks.verb import Answer, Arrays, IntegerOrNone, Limits, PixelRange, Strict, Verb, array_inputs
 from genforge.train.steps import VAEStep
 
 # what the pixels above/left add to each logit: the likelihood of an autoregressive VAE needs it
 CONTEXT = Part("context", "context_logits", ("x",), ("logits",), labels=False, unit_range=True)
 
 
+class ReconstructOptions(Strict):
+    label: IntegerOrNone = Field(None, ge=0, le=100_000, description="The inputs' class (class-conditional VAEs)")
+    range: PixelRange = "auto"
+    format: Literal["png", "array"] = "array"
+
+
+class ReconstructRequest(ReconstructOptions):
+    inputs: Arrays = Field(min_length=1, max_length=256)
+
+
+class Reconstruct(Verb):
+    summary = "A VAE's reconstructions of images, with the mean absolute error per image (0-255)"
+    request, form, array = ReconstructRequest, ReconstructOptions, "inputs"
+    png = "A PNG grid or JSON arrays"
+
+    def decode(self, served, array, fields: dict, limits: Limits) -> dict:
+        return {"x": array_inputs(array, served.input_shape, fields["range"]), "label": fields["label"],
+                "format": fields["format"]}
+
+    def run(self, served, inputs: dict) -> tuple[torch.Tensor, list[float]]:
+        x = torch.from_numpy(inputs["x"])
+        recon = served.reconstruct(x, inputs["label"])
+        return recon, reconstruction_errors(x, recon)
+
+    def answer(self, served, inputs: dict, result: tuple, latency_ms: float) -> dict | Answer:
+        recon, errors = result
+        if inputs["format"] == "png":  # each input beside its reconstruction
+            pairs = torch.stack([torch.from_numpy(inputs["x"]), recon], 1).flatten(0, 1)
+            return images_answer(served, pairs, "png", {}, latency_ms, nrow=min(8, len(pairs)))
+        return {"model": served.name, "latency_ms": latency_ms, "backend": served.backend, "errors": errors,
+                "images": as_array(recon)}
+
+
+RECONSTRUCT = Reconstruct("reconstruct")
+
+
 class VAETask(GenerativeTask):
     name = "vae"
-    verbs = ("generate", "interpolate", "reconstruct")
+    verbs = (GENERATE, INTERPOLATE, RECONSTRUCT)
     parts = (Part("encoder", "encode", ("x",), ("mu", "logvar"), unit_range=True),
              Part("decoder", "decode", ("z",), ("params",)))
 

@@ -99,14 +99,29 @@ function renderCards() {
     const card = document.createElement("article");
     card.className = "card";
     const rows = Object.entries(m.metrics).map(([k, v]) => `<tr><th>${k}</th><td>${Number(v).toPrecision(4)}</td></tr>`).join("");
-    card.innerHTML = `<h3></h3><p class="muted"></p><table>${rows}</table><details><summary>Training config</summary><pre></pre></details>`;
+    card.innerHTML = `<h3></h3><p class="muted"></p><table>${rows}</table><details class="requests"><summary>Requests</summary><ul></ul></details><details><summary>Training config</summary><pre></pre></details>`;
     card.querySelector("h3").textContent = m.name;
+    for (const r of Object.values(m.requests || {})) {  // each verb as its definition says: inputs, bounds, defaults
+      const li = document.createElement("li");
+      li.textContent = `${r.method} ${r.path.replace("{name}", m.name)}` + (r.inputs.length ? `: ${r.inputs.map((n) => describeInput(n, r.schema)).join(", ")}` : "");
+      card.querySelector(".requests ul").append(li);
+    }
     const f = m.forecast, reads = f ? `context ${f.context} · horizon ${f.horizon} · levels ${f.levels.join(", ")}`
       : `input ${m.input_shape.join("×")}`;
     card.querySelector("p").textContent = `${m.kind} · ${m.task} · ${m.dataset} · ${reads} · run ${m.run_id} · backend ${m.backend}`;
     card.querySelector("pre").textContent = JSON.stringify(m.config, null, 2);
     list.append(card);
   }
+}
+
+function describeInput(name, schema) {
+  // an input of a verb's JSON schema: its name, then its choices, bounds and default (none for a required one)
+  const p = schema.properties[name], kind = (p.anyOf || [p]).find((k) => k.type !== "null") || {}, bits = [];
+  if (kind.enum) bits.push(kind.enum.join(" | "));
+  const low = kind.minimum ?? kind.exclusiveMinimum, high = kind.maximum;
+  if (low !== undefined || high !== undefined) bits.push(`${low ?? ""} to ${high ?? ""}`);
+  if (p.default !== undefined && p.default !== null) bits.push(`default ${p.default}`);
+  return bits.length ? `${name} (${bits.join("; ")})` : name;
 }
 
 // ---- classify: a drawing pad ----------------------------------------------------------------------------
