@@ -28,3 +28,10 @@ MODELS: dict[str, ModelSpec] = {kind: ModelSpec(**vars(spec), task=TASKS[kind]) 
 def task_of(kind: str) -> Task:
     """The task of a model kind (a run's: its config.model.kind)."""
     return TASKS[kind]
+
+
+def verb_of_command(command: str):
+    """The verb that the genforge command `command` runs (tasks.verb.Verb.command): the CLI reads its options'
+    bounds from it, so that a command and every protocol refuse the same values."""
+    verbs = {v for task in TASKS.values() for verb in task.verbs for v in (verb, *verb.companions)}
+    return next(verb for verb in verbs if verb.command == command)

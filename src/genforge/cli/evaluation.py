@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from genforge.cli.console import err, out
-from genforge.cli.options import AsJson
+from genforge.cli.options import AsJson, by_verb
 from genforge.errors import GenforgeError
 
 # deferred: genforge's modules (errors aside) import torch: `genforge --help` took 4.0 s with these imports at the
@@ -126,16 +126,18 @@ def _print_faithfulness(result: dict, run: str, dataset: str) -> None:
 def predict(
     run: Path,
     files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")],
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per input.")] = 3,
+    top_k: Annotated[int, typer.Option("--top-k", callback=by_verb("predict", "top_k"),
+                                       help="Classes to show per input.")] = 3,
     as_json: AsJson = False,
 ):
     """Classify images with a trained run."""
     from genforge.data.inputs import load_inputs
     from genforge.evaluate.classification import predict_proba
+    from genforge.registry import verb_of_command
     from genforge.runs import load_run
 
     loaded = load_run(run)
-    if "classify" not in loaded.task.verbs:
+    if verb_of_command("predict") not in loaded.task.verbs:
         raise GenforgeError(f"{run} is a {loaded.config.model.kind} model, not a classifier: predict classifies; "
                             f"use genforge sample (or reconstruct, for a VAE)")
     x = load_inputs(files, tuple(loaded.meta["input_shape"]), loaded.meta.get("light_background", False))
@@ -158,11 +160,12 @@ def explain(
     files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")],
     method: Annotated[str | None, typer.Option(help="integrated-gradients, saliency, gradient-shap, occlusion or "
                                                     "grad-cam (default: the most faithful; see docs).")] = None,
-    target: Annotated[str | None, typer.Option(help="Class to explain, by label or index (default: the "
+    target: Annotated[str | None, typer.Option(callback=by_verb("explain", "target"),
+                                               help="Class to explain, by label or index (default: the "
                                                     "predicted one).")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, max=256, help="Gradient evaluations per input "
-                                                                   "(integrated-gradients, gradient-shap; default "
-                                                                   "32).")] = None,
+    steps: Annotated[int | None, typer.Option(callback=by_verb("explain", "steps"),
+                                              help="Gradient evaluations per input (integrated-gradients, "
+                                                   "gradient-shap; default 32).")] = None,
     smooth: Annotated[bool, typer.Option(help="integrated-gradients of an image: gradients averaged over the "
                                               "paths to 8 noisy copies (SmoothGrad); --no-smooth: the path to the "
                                               "image alone, every step a point (complete).")] = True,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from genforge.cli.console import err, out
-from genforge.cli.options import AsJson, Quiet, RunsDir
+from genforge.cli.options import AsJson, Quiet, RunsDir, by_verb
 from genforge.errors import GenforgeError
 
 # deferred: genforge's modules (errors aside) import torch: `genforge --help` took 4.0 s with these imports at the
@@ -21,7 +21,8 @@ def forecast(
     run: Path,
     out_path: Annotated[Path, typer.Option("--out", help="forecast.csv (a table) or a .png (a picture).")],
     series: Annotated[list[str] | None, typer.Option("--series", help="Only this series (repeatable).")] = None,
-    horizon: Annotated[int | None, typer.Option(min=1, help="Steps ahead (default: the trained horizon; longer "
+    horizon: Annotated[int | None, typer.Option(callback=by_verb("forecast", "horizon"),
+                                                help="Steps ahead (default: the trained horizon; longer "
                                                            "ones feed the model its own forecasts).")] = None,
     input_csv: Annotated[Path | None, typer.Option("--input", help="Forecast this CSV's series instead (a time "
                                                                    "column and value columns).")] = None,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from genforge.cli.console import out
+from genforge.cli.options import by_verb
 from genforge.errors import GenforgeError
 
 # deferred: genforge's modules (errors aside) import torch: `genforge --help` took 4.0 s with these imports at the
@@ -18,10 +19,13 @@ OutFile = Annotated[Path, typer.Option("--out", help="A .png (image grid) or .np
 
 def sample(
     run: Path,
-    n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="Number of images (one batch).")] = 64,
-    label: Annotated[int | None, typer.Option(help="Class to draw (class-conditional models).")] = None,
-    seed: Annotated[int, typer.Option(help="The same seed gives the same images.")] = 0,
-    truncation: Annotated[float | None, typer.Option(min=0.01, help="Redraw latent entries beyond ±T.")] = None,
+    n: Annotated[int, typer.Option("-n", callback=by_verb("sample", "n"), help="Number of images (one batch).")] = 64,
+    label: Annotated[int | None, typer.Option(callback=by_verb("sample", "label"),
+                                             help="Class to draw (class-conditional models).")] = None,
+    seed: Annotated[int, typer.Option(callback=by_verb("sample", "seed"),
+                                      help="The same seed gives the same images.")] = 0,
+    truncation: Annotated[float | None, typer.Option(callback=by_verb("sample", "truncation"),
+                                                     help="Redraw latent entries beyond ±T.")] = None,
     out_file: OutFile = Path("samples.png"),
 ):
     """Draw images from a generator (GAN or VAE): a PNG grid or a uint8 .npy (N x H x W, or N x C x H x W)."""
@@ -34,10 +38,12 @@ def sample(
 
 def interpolate(
     run: Path,
-    steps: Annotated[int, typer.Option(min=2, max=256, help="Images along the walk.")] = 10,
-    from_label: Annotated[int | None, typer.Option(help="Class at the start (class-conditional models).")] = None,
-    to_label: Annotated[int | None, typer.Option(help="Class at the end (class-conditional models).")] = None,
-    seed: Annotated[int, typer.Option(help="Picks the two end points.")] = 0,
+    steps: Annotated[int, typer.Option(callback=by_verb("interpolate", "steps"), help="Images along the walk.")] = 10,
+    from_label: Annotated[int | None, typer.Option(callback=by_verb("interpolate", "from_label"),
+                                                  help="Class at the start (class-conditional models).")] = None,
+    to_label: Annotated[int | None, typer.Option(callback=by_verb("interpolate", "to_label"),
+                                                help="Class at the end (class-conditional models).")] = None,
+    seed: Annotated[int, typer.Option(callback=by_verb("interpolate", "seed"), help="Picks the two end points.")] = 0,
     out_file: OutFile = Path("interpolation.png"),
 ):
     """A walk through latent space between two random points (spherical: the prior is Gaussian)."""
@@ -54,7 +60,8 @@ def interpolate(
 def reconstruct(
     run: Path,
     files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) images.")],
-    label: Annotated[int | None, typer.Option(help="Class of the inputs (class-conditional VAEs).")] = None,
+    label: Annotated[int | None, typer.Option(callback=by_verb("reconstruct", "label"),
+                                             help="Class of the inputs (class-conditional VAEs).")] = None,
     out_file: OutFile = Path("reconstructions.png"),
 ):
     """A VAE's reconstructions: each input beside its reconstruction, with the error (mean |x - x'|, 0-255)."""

@@ -98,6 +98,7 @@ def classify_answer(served, x: np.ndarray, probs: torch.Tensor, k: int, echo_inp
 
 class Classify(Verb):
     """Class probabilities. Requests for one model share forward passes (serve/batching.py): `run` gets their rows."""
+    command = "predict"
     summary = "Class probabilities of images (PNG/JPEG upload or JSON arrays) or feature vectors"
     request, form, query, array = ClassifyRequest, ClassifyOptions, ClassifyQuery, "inputs"
     thread = "batched"
@@ -214,6 +215,7 @@ def target_index(served, target: int | str | None) -> int | None:
 
 
 class Explain(Verb):
+    command = "explain"
     summary = ("What a classifier looks at: attributions of its inputs (Captum) for the predicted or a chosen class, "
                "as arrays or overlays")
     description = """The inputs as classify takes them (a PNG/JPEG upload or JSON arrays, the same checks), at most

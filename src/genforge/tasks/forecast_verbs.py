@@ -108,6 +108,7 @@ def forecast_answer(served, forecast, one: bool, latency_ms: float) -> dict:
 
 
 class Forecast(Verb):
+    command = "forecast"
     summary = ("Quantile forecasts after one or more histories: the median, its 80% and 95% intervals, and every "
                "quantile the model predicts")
     request, array = ForecastRequest, "history"

@@ -58,6 +58,7 @@ def images_answer(served, images: torch.Tensor, fmt: str, extra: dict, latency_m
 
 class Generate(Verb):
     """Samples; the Open Inference Protocol may also give the latents to render (its `latent` input)."""
+    command = "sample"
     summary = "Samples from a generator: a PNG grid or uint8 arrays; the same seed gives the same images"
     request = GenerateRequest
     answer_field, answer_images, json_answer = "images", True, {"format": "array"}
@@ -106,6 +107,7 @@ class Generate(Verb):
 
 
 class Interpolate(Verb):
+    command = "interpolate"
     summary = "A walk through latent space (spherical), from one class to another for conditional models"
     request = InterpolateRequest
     answer_field, answer_images, json_answer = "images", True, {"format": "array"}

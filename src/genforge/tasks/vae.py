@@ -31,6 +31,7 @@ class ReconstructRequest(ReconstructOptions):
 
 
 class Reconstruct(Verb):
+    command = "reconstruct"
     summary = "A VAE's reconstructions of images, with the mean absolute error per image (0-255)"
     request, form, array = ReconstructRequest, ReconstructOptions, "inputs"
     png = "A PNG grid or JSON arrays"

@@ -130,6 +130,7 @@ class Verb(str):
     made with its name, e.g. CLASSIFY = Classify("classify")."""
 
     summary = ""  # one line: what it answers
+    command: str | None = None  # the genforge command that runs it on a run directory (its options: `request`'s)
     description: str | None = None  # more, for the API's documentation
     request: type[BaseModel] | None = None  # the inputs, as a JSON body carries them (None: the verb takes none)
     form: type[BaseModel] | None = None  # the fields beside an uploaded image (None: no upload)
