@@ -61,7 +61,7 @@ ROUTE = re.compile(rf"^\S*/({'|'.join(SERVING)})\b")  # a path that names a verb
 PROTOCOLS = ("serve", "client.py")  # the codecs over the verbs: no verb of their own
 # shared code that still asks for a verb by its name (a CLI command, a library call that needs a classifier), to be
 # moved behind the verbs' definitions with the CLI's package (issue 31); the check below keeps the list from growing
-ASKS_BY_NAME = ("cli", "runs.py", "forecast.py", "backtest.py", "evaluate/privacy.py", "compress/prune.py")
+ASKS_BY_NAME = ("cli", "runs.py", "evaluate/privacy.py", "compress/prune.py")
 
 
 def _strings(path: Path):

@@ -108,8 +108,7 @@ def histories(loaded, input_csv: Path | None, series: list[str] | None):
 
 def forecast_table(loaded, ds, horizon: int | None):
     """A DataFrame with series, time, forecast, lo_80, hi_80, lo_95, hi_95 and every quantile q_<level>, and the
-    Forecast of each series (for plots)."""
-    loaded.require("forecast")
+    Forecast of each series (for plots). `loaded` is a forecaster's run (the CLI's forecast checks that first)."""
     check_features(loaded.model, ds)
     frames, forecasts = [], {}
     need = minimum_history(loaded.model)
