@@ -57,8 +57,16 @@ system-deps:
 bench-deps:
 	$(call apt_or_stop,$(SUITE_PACKAGES) command -v wrk >/dev/null || missing="$$missing wrk";,bench)
 
+# The suite on TEST_WORKERS pytest-xdist workers: a test file's tests run on one worker, the longest files first, and
+# the trained fixtures are trained once and shared (tests/conftest.py). It prints its wall time at the end.
+TEST_WORKERS ?= 2
+PYTEST := OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+define timed
+@start=$$(date +%s); $(1); code=$$?; echo "make $(2): $$(($$(date +%s) - start)) s"; exit $$code
+endef
+
 test: install-dev system-deps
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
+	$(call timed,$(PYTEST),test)
 
 bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py
