@@ -47,7 +47,17 @@ LONGEST_FIRST = ["compress/test_compress.py", "test_distributed.py", "test_cli.p
                  "test_distill.py", "test_transfer.py", "serve/test_overrun.py", "test_covariates.py"]
 
 
+# A test that uses one of these fixtures trains on real data (or starts a browser, a database) for more than a few
+# seconds: it is marked slow, as are the tests marked so by hand, and `make test-fast` (-m "not slow") leaves them out
+SLOW_FIXTURES = {"evaluator_cache", "classifier_run", "gan_run", "vae_run", "pruned_run", "two_process_run",
+                 "private_run", "promo_runs", "postgres", "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the marks
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
     if hasattr(config, "workerinput"):  # an xdist worker: the controller hands out the files in this order
         rank = {f"tests/{name}": i for i, name in enumerate(LONGEST_FIRST)}
         items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order otherwise
