@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install install-dev install-bench system-deps bench-deps quickstart test bench lint audit architecture clean
+.PHONY: install install-dev install-bench system-deps bench-deps quickstart test test-fast bench lint audit architecture clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -57,8 +57,20 @@ system-deps:
 bench-deps:
 	$(call apt_or_stop,$(SUITE_PACKAGES) command -v wrk >/dev/null || missing="$$missing wrk";,bench)
 
+# The suite on TEST_WORKERS pytest-xdist workers: a test file's tests run on one worker, the longest files first, and
+# the trained fixtures are trained once and shared (tests/conftest.py). Each target prints its wall time at the end.
+# test-fast: the tests not marked slow (no trained fixture, no long training of their own), for before each commit.
+TEST_WORKERS ?= 2
+PYTEST := OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+define timed
+@start=$$(date +%s); $(1); code=$$?; echo "make $(2): $$(($$(date +%s) - start)) s"; exit $$code
+endef
+
 test: install-dev system-deps
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
+	$(call timed,$(PYTEST),test)
+
+test-fast: install-dev system-deps
+	$(call timed,$(PYTEST) -m "not slow",test-fast)
 
 bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<name>.json (see docs/benchmarks.md)
 	$(PY) bench/classifier_vs_reference.py

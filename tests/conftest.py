@@ -1,9 +1,11 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import PRUNE_FINETUNE, QUICK_GENERATOR, train_run
+from filelock import FileLock
+from helpers import PRUNE_FINETUNE, QUICK_GENERATOR, genforge_cli, train_run
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(1)  # two threads on two cores are fragile when pytest shares the machine
@@ -34,6 +36,33 @@ def pytest_make_collect_report(collector):
     _fail_skip(outcome.get_result())
 
 
+# With pytest-xdist (make test: 2 workers, --dist loadfile), the longest modules go first, so that the workers end
+# together (longest processing time first): the first needs the session's trained runs and the second none, so that
+# one worker trains them while the other works. Measured on the 2-core machine; a module not listed follows these, in
+# file order. A plain run keeps the file order.
+LONGEST_FIRST = ["compress/test_compress.py", "test_distributed.py", "test_cli.py", "test_privacy.py", "test_resume.py",
+                 "test_tune.py", "test_train.py", "test_forecast.py", "compress/test_export.py", "test_explain.py",
+                 "test_ci_strict.py", "serve/test_fuzz.py", "serve/test_client.py", "serve/test_browser.py",
+                 "serve/test_workers.py", "serve/test_shutdown.py", "serve/test_hostile.py", "test_track.py",
+                 "test_distill.py", "test_transfer.py", "serve/test_overrun.py", "test_covariates.py"]
+
+
+# A test that uses one of these fixtures trains on real data (or starts a browser, a database) for more than a few
+# seconds: it is marked slow, as are the tests marked so by hand, and `make test-fast` (-m "not slow") leaves them out
+SLOW_FIXTURES = {"evaluator_cache", "classifier_run", "gan_run", "vae_run", "pruned_run", "two_process_run",
+                 "private_run", "promo_runs", "postgres", "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller hands out the files in this order
+        rank = {f"tests/{name}": i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order otherwise
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """No test reads or writes the user's ~/.cache/genforge or GENFORGE_DATA: the session gets its own empty cache
@@ -60,48 +89,93 @@ def cache_dir(tmp_path, monkeypatch):
     return path
 
 
+def built_once(request, tmp_path_factory, name: str, build):
+    """What build(folder) returns (a path, or a tuple of paths), built once for the whole test run. Under
+    pytest-xdist each worker runs the session fixtures itself: the first worker to ask builds in the run's common
+    temporary folder while the others wait on its lock, and all of them then use that one result, so that no trained
+    fixture is trained twice. Without xdist it is an ordinary session fixture."""
+    root = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):  # an xdist worker: its basetemp is <the run's basetemp>/popen-gwN
+        root = root.parent
+    done = root / f"{name}.json"
+    with FileLock(root / f"{name}.lock"):
+        if not done.is_file():
+            folder = root / name
+            folder.mkdir()  # a build that failed left it behind: then this fails too, with the folder named
+            result = build(folder)
+            done.write_text(json.dumps([str(p) for p in result] if isinstance(result, tuple) else str(result)))
+    result = json.loads(done.read_text())
+    return tuple(map(Path, result)) if isinstance(result, list) else Path(result)
+
+
+def exported(run: Path) -> Path:
+    """The run after what `genforge serve` does on its first start with the default backend (auto): its export to
+    ONNX (`genforge export RUN --dynamic-batch`, in a child process). Done once while the fixture is built, so that
+    servers started by different xdist workers never export the same run at the same time."""
+    from genforge.serve.adapters import load_models
+
+    (model,) = load_models([run]).values()
+    assert model.backend == "onnxruntime", f"{run} could not be exported to ONNX"
+    return run
+
+
 @pytest.fixture(scope="session")
-def evaluator_cache(tmp_path_factory, fashion_available):
+def evaluator_cache(request, tmp_path_factory, fashion_available):
     """A private cache holding a cheap Fashion-MNIST evaluator (1 epoch on 8k images), for every test and CLI call
     that scores a generator (pass it as GENFORGE_CACHE): the same lookup-by-checksum path as the full one."""
     from genforge.data import load_dataset
     from genforge.training import train_evaluator
 
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GENFORGE_CACHE", str(cache))
-        train_evaluator(load_dataset("fashion-mnist", progress=False),
-                        overrides=["data.train_subset=8192", "train.epochs=1", "train.threads=1"])
-    return cache
+    def build(cache):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("GENFORGE_CACHE", str(cache))
+            train_evaluator(load_dataset("fashion-mnist", progress=False),
+                            overrides=["data.train_subset=8192", "train.epochs=1", "train.threads=1"])
+        return cache
+
+    return built_once(request, tmp_path_factory, "evaluator-cache", build)
 
 
 @pytest.fixture(scope="session")
-def gan_run(evaluator_cache, tmp_path_factory) -> Path:
-    """A class-conditional DCGAN, one epoch on 1,024 Fashion-MNIST images."""
-    return train_run(tmp_path_factory.mktemp("gan"), "fashion-cdcgan", *QUICK_GENERATOR, "model.width=16",
-                     cache=evaluator_cache)
+def gan_run(request, evaluator_cache, tmp_path_factory) -> Path:
+    """A class-conditional DCGAN, one epoch on 1,024 Fashion-MNIST images; exported to ONNX."""
+    return built_once(request, tmp_path_factory, "gan", lambda parent: exported(train_run(
+        parent, "fashion-cdcgan", *QUICK_GENERATOR, "model.width=16", cache=evaluator_cache)))
 
 
 @pytest.fixture(scope="session")
-def vae_run(evaluator_cache, tmp_path_factory) -> Path:
-    """A convolutional VAE, one epoch on 1,024 Fashion-MNIST images."""
-    return train_run(tmp_path_factory.mktemp("vae"), "fashion-vae", *QUICK_GENERATOR, "model.width=8",
-                     "eval.iwae_k=20", "eval.iwae_images=20", cache=evaluator_cache)
+def vae_run(request, evaluator_cache, tmp_path_factory) -> Path:
+    """A convolutional VAE, one epoch on 1,024 Fashion-MNIST images; exported to ONNX."""
+    return built_once(request, tmp_path_factory, "vae", lambda parent: exported(train_run(
+        parent, "fashion-vae", *QUICK_GENERATOR, "model.width=8", "eval.iwae_k=20", "eval.iwae_images=20",
+        cache=evaluator_cache)))
+
+
+CLASSIFIER = ["fashion-cnn-fast", "train.threads=1", "data.train_subset=8192", "train.epochs=2", "train.batch_size=128"]
 
 
 @pytest.fixture(scope="session")
-def classifier_run(tmp_path_factory, fashion_available) -> Path:
-    """The fast Fashion-MNIST CNN, two epochs on 8,192 images (~85% test accuracy)."""
-    return train_run(tmp_path_factory.mktemp("clf"), "fashion-cnn-fast", "train.threads=1", "data.train_subset=8192",
-                     "train.epochs=2", "train.batch_size=128")
+def classifier_run(request, tmp_path_factory, fashion_available) -> Path:
+    """The fast Fashion-MNIST CNN, two epochs on 8,192 images (~85% test accuracy), trained by the real command line
+    (`genforge train CLASSIFIER`, which test_train checks end to end); exported to ONNX."""
+    def build(parent):
+        trained = genforge_cli("train", *CLASSIFIER, "--runs-dir", str(parent), "--quiet")
+        assert trained.returncode == 0, trained.stderr
+        (run,) = parent.iterdir()
+        return exported(run)
+
+    return built_once(request, tmp_path_factory, "clf", build)
 
 
 @pytest.fixture(scope="session")
-def pruned_run(classifier_run, tmp_path_factory) -> Path:
+def pruned_run(request, classifier_run, tmp_path_factory) -> Path:
     """classifier_run with 80% of its weights pruned while it fine-tunes 2 epochs (helpers.PRUNE_FINETUNE): the
     child that `genforge compress RUN --prune 0.8 --finetune-epochs 2 PRUNE_FINETUNE` makes (~15 s)."""
     from genforge.compress.prune import prune_run
 
-    child, _ = prune_run(classifier_run, 0.8, finetune_epochs=2, overrides=PRUNE_FINETUNE,
-                         runs_dir=tmp_path_factory.mktemp("pruned"), quiet=True)
-    return child
+    def build(parent):
+        child, _ = prune_run(classifier_run, 0.8, finetune_epochs=2, overrides=PRUNE_FINETUNE, runs_dir=parent,
+                             quiet=True)
+        return child
+
+    return built_once(request, tmp_path_factory, "pruned", build)

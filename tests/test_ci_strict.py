@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test runs pytest again in a subprocess
 
 
 def pytest_run(tmp_path, *args, ci: bool, **env) -> subprocess.CompletedProcess:

@@ -142,8 +142,16 @@ def readme_commands() -> list[str]:
     return [line[2:].strip() for line in re.findall(r"^\$ genforge .*$", text, flags=re.M)]
 
 
+QUICK_LOOK = ["data.train_subset=512", "data.test_subset=1000", "train.epochs=1"]  # the README's quick look
+
+
+def test_the_readme_shows_the_quick_look_its_test_trains_with():
+    assert f"`{' '.join(QUICK_LOOK)}`" in (ROOT / "README.md").read_text()
+
+
 def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache, cli, monkeypatch):
-    """Every `$ genforge ...` line of the README, in order, in tmp_path; training runs get quick overrides."""
+    """Every `$ genforge ...` line of the README, in order, in tmp_path; training runs get the README's quick look
+    (QUICK_LOOK) and cheaper scores."""
     from PIL import Image
 
     from genforge.data import load_dataset
@@ -160,8 +168,8 @@ def test_readme_commands_run(tmp_path, fashion_available, evaluator_cache, cli, 
         # RUN alone, or as an override's value (train.init_from=RUN)
         args = [re.sub(r"(?<![^=])(RUN|RUN_A|RUN_B)$", lambda m, names=names: str(names[m[1]][0]), a) for a in args]
         if args[0] in ("train", "cv"):
-            args += ["data.train_subset=512", "train.epochs=1", "train.threads=1", "eval.samples=200",
-                     "eval.iwae_k=5", "eval.iwae_images=10", "--runs-dir", str(tmp_path / "r"), "--quiet"]
+            args += [*QUICK_LOOK, "train.threads=1", "eval.samples=200", "eval.iwae_k=5", "eval.iwae_images=10",
+                     "--runs-dir", str(tmp_path / "r"), "--quiet"]
         if args[0] == "evaluate" and "--seeds" in args:
             args += ["--samples", "200"]
         if args[0] == "evaluate" and "--explain" in args:

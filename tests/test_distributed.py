@@ -192,6 +192,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_the_run_resumes(two_process_run
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
+@pytest.mark.slow
 def test_two_nodes_rendezvous_over_c10d(tmp_path):
     """Acceptance 3: two torchrun agents as two nodes on 127.0.0.1 (c10d rendezvous), one process each."""
     port, runs_dir = free_port(), tmp_path / "runs"
@@ -223,6 +224,7 @@ with distributed.process_group() as world:
 """
 
 
+@pytest.mark.slow
 def test_leaving_the_group_ends_its_threads(tmp_path):
     """A rank that left the group (leave: barrier, then destroy) has none of gloo's threads left, even though train
     turned on deterministic algorithms inside the group. They used to live on into interpreter exit, where a rank
@@ -256,6 +258,7 @@ with distributed.process_group() as world:
 
 @pytest.mark.parametrize(("mode", "message"), [("raise", "rank 1 failed on purpose"),
                                              ("hang", "rank 0: the process group failed")])
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_launch(tmp_path, mode, message):
     """Acceptance 4: one rank raises (or hangs) while the other trains: the launch exits non-zero within a bounded
     time and shows the failing rank's message (or the waiting rank's, after GENFORGE_DIST_TIMEOUT)."""

@@ -149,6 +149,7 @@ def test_calibration_brings_the_intervals_to_their_coverage_on_the_held_out_wind
         assert nominal <= inside <= nominal + 0.02  # split conformal: at least nominal, by at most one point's share
 
 
+@pytest.mark.slow
 def test_cli_forecast_and_backtest_a_run(nile_run, tmp_path):
     run_dir, _ = nile_run
     out = tmp_path / "forecast.csv"
@@ -167,6 +168,7 @@ def test_cli_forecast_and_backtest_a_run(nile_run, tmp_path):
     assert report["methods"]["seasonal-naive"]["overall"]["mase"] > 0
 
 
+@pytest.mark.slow
 def test_cli_backtest_refits_a_preset_at_every_origin(tmp_path):
     result = genforge_cli("backtest", "series-lstm", *TINY, "train.epochs=1", "--windows", "2", "--refit", "--json",
                           "--runs-dir", str(tmp_path))
@@ -182,6 +184,7 @@ def test_cli_backtest_refits_a_preset_at_every_origin(tmp_path):
     (["data.name=series:nile", "model.context=90"], "series 'volume' has 100 values; it needs context 90"),
     (["data.name=series:nile", "model.kind=cnn"], "series:nile is a time series: forecast it with model.kind=rnn"),
 ])
+@pytest.mark.slow
 def test_bad_forecasting_configs_end_in_one_line(tmp_path, args, message):
     result = genforge_cli("train", "series-lstm", *args, "--runs-dir", str(tmp_path), "--quiet")
     assert result.returncode == 2 and message in result.stderr, result.stderr
@@ -198,6 +201,7 @@ def test_bad_forecasting_configs_are_refused_before_training(args, message):
         TASK.dataset(cfg)
 
 
+@pytest.mark.slow
 def test_a_killed_forecaster_resumes_to_the_same_weights(tmp_path):
     exact = [*TINY, "train.epochs=6", "train.batch_size=8", "train.checkpoint_every=3", "deterministic=true"]
     reference, run = killed_and_uninterrupted(tmp_path, "series-lstm", exact, 6)

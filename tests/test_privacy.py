@@ -110,6 +110,7 @@ def test_the_report_shows_and_explains_test_images_only(private_run, tmp_path, m
     assert len(rows) == 12 + 10 * 20 and all(bytes(row.numpy()) in test_images for row in rows)
 
 
+@pytest.mark.slow
 def test_a_fixed_noise_under_a_cap_stops_at_the_budget(tmp_path):
     run_dir, summary = _train(tmp_path, "train.privacy.noise_multiplier=1.0", "train.privacy.epsilon=2.5",
                               "train.epochs=10")
@@ -176,6 +177,7 @@ def test_a_budget_too_small_for_any_step_is_one_line(tmp_path):
         load_config("fashion-cnn-fast", ["train.privacy.max_grad_norm=1"])
 
 
+@pytest.mark.slow
 def test_a_killed_private_run_resumes_to_the_same_weights_and_epsilon(tmp_path):
     exact = [*SMALL, "train.privacy.epsilon=2", "train.epochs=3", "train.checkpoint_every=5", "deterministic=true"]
     reference, run = killed_and_uninterrupted(tmp_path, "fashion-cnn-fast", exact, 20)
@@ -195,6 +197,7 @@ def test_the_epsilon_bound_of_an_attack_follows_its_rates():
     assert roc_summary(rng.normal(10, 1, 100), rng.normal(size=100))["auc"] == 1.0
 
 
+@pytest.mark.slow
 def test_the_audit_finds_an_overfit_model_and_not_a_private_one(tmp_path, capsys, monkeypatch):
     from helpers import run_cli
 

@@ -113,6 +113,7 @@ def test_mlflow_reads_back_metrics_jsonl_params_tags_and_artifacts(tracked_run):
     assert not any(p.endswith(".safetensors") or p.startswith("checkpoints") for p in stored)
 
 
+@pytest.mark.slow
 def test_mlflow_telemetry_is_off(installed):
     """MLflow turns its telemetry off by itself under pytest and CI: a process with neither shows genforge's switch."""
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY",

@@ -55,6 +55,7 @@ def wait_for_step(proc, run_parent: Path, step: int, timeout: float = 300) -> Pa
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     reference = load_file(train_run(tmp_path / "a", "quickstart", *RESUMABLE) / "model.safetensors")  # uninterrupted
 
@@ -75,6 +76,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         assert torch.equal(reference[key], resumed[key]), key
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
     proc = genforge("train", "quickstart", *RESUMABLE, "--runs-dir", str(tmp_path), "--quiet")
     run = wait_for_step(proc, tmp_path, 16)
@@ -101,11 +103,10 @@ def test_divergence_rolls_back_then_stops_with_finite_weights(tmp_path, capsys, 
     assert runs.load_run(only_run(tmp_path)).model is not None  # the last good weights were saved
 
 
-def test_fast_preset_learns_on_real_data(tmp_path, capsys, monkeypatch):
-    code, out, err = run_cli(capsys, monkeypatch, "train", "fashion-cnn-fast", "train.threads=1",
-                             "data.train_subset=8192", "train.epochs=2", "--runs-dir", str(tmp_path), "--quiet")
-    assert code == 0, err
-    run = only_run(tmp_path)
+def test_fast_preset_learns_on_real_data(classifier_run):
+    """`genforge train fashion-cnn-fast` with 2 epochs on 8k images: conftest's classifier_run, which the command
+    line trained (exit code 0) once for the whole test run."""
+    run = classifier_run
     summary = rundir.read_json(run / "summary.json")
     assert summary["test_accuracy"] > 0.75  # 2 epochs on 8k images: far above chance (0.10)
     assert summary["train_seconds"] > 0

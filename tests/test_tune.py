@@ -77,6 +77,7 @@ def test_a_bad_space_is_one_line_before_any_trial(space, message, tmp_path, cli)
     assert not (tmp_path / "r").exists()  # no study, no trial
 
 
+@pytest.mark.slow
 def test_a_study_completes_writes_a_best_config_that_trains_and_resumes(tmp_path, cli):
     r = tmp_path / "r"
     code, out, err = cli("tune", "blobs-logreg", *QUICK, "--trials", "3", "--seed", "0", "--runs-dir", str(r))
@@ -208,6 +209,7 @@ def test_an_interrupted_trial_fails_and_stops_the_study(tmp_path, monkeypatch):
     assert trial.state.name == "FAIL" and trial.user_attrs["error"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_a_tracked_study_is_an_mlflow_run_with_its_trials_as_children(tmp_path, cli):
     pytest.importorskip("mlflow", reason="tracking needs the track extra: pip install -e '.[track]'")
     from genforge.track import mlflow_client_class
@@ -453,6 +455,7 @@ def test_a_plain_postgresql_url_uses_psycopg2(postgres, tmp_path):
     assert tune.open_study(plan).study_name == "plain"
 
 
+@pytest.mark.slow
 def test_a_storage_that_never_answers_fails_within_the_connect_timeout(tmp_path):
     """A listener that accepts and never answers (a server that hangs, a firewall that swallows): the command fails
     after the connect timeout (set to 1 s here) with one line, where a worker used to wait forever."""

@@ -35,6 +35,8 @@ class DataConfig(_Strict):
     data_dir: str | None = None  # where to look for / download files; else GENFORGE_DATA or the cache
     val_fraction: float = Field(0.1, ge=0, lt=1)  # share of train held out for validation
     train_subset: int | None = Field(None, ge=1)  # use only the first N training images (quick runs)
+    test_subset: int | None = Field(None, ge=1)  # score only the first N test images (quick runs; the test
+    # figures are then not comparable with a whole test split's)
     classes: list[int | str] | None = Field(None, min_length=2)  # only these classes (indices or labels), train and
     # test alike, relabelled 0..k-1 in this order (classifiers)
     labels_per_class: int | None = Field(None, ge=1)  # keep N labelled training images per class (stratified, seeded);

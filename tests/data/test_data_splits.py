@@ -39,3 +39,14 @@ def test_kfold_disjoint_covering_stratified():
         assert torch.bincount(LABELS[va]).tolist() == [50] * 4
     with pytest.raises(GenforgeError, match="folds"):
         stratified_kfold(LABELS, 1, 0)
+
+
+def test_test_subset_scores_the_first_test_examples_of_the_same_dataset():
+    from genforge.config import load_config
+    from genforge.registry import MODELS
+
+    cfg = load_config("blobs-logreg", ["data.test_subset=100"])
+    task = MODELS[cfg.model.kind].task
+    whole, few = task.dataset(load_config("blobs-logreg")), task.dataset(cfg)
+    assert torch.equal(few.test_x, whole.test_x[:100]) and torch.equal(few.test_y, whole.test_y[:100])
+    assert torch.equal(few.train_x, whole.train_x) and few.checksum == whole.checksum  # the dataset, fewer scored

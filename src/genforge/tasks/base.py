@@ -6,7 +6,7 @@ needs from the step functions, the evaluation or the reports, it imports when it
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,7 +60,11 @@ class Task:
         # the run's image size resizes any folder to what the model reads; a built-in dataset has its own fixed shape
         size = cfg.data.image_size if name.startswith("imagefolder:") else None
         ds = load_dataset(name, cfg.data.data_dir, seed=cfg.seed, progress=not quiet, image_size=size)
-        return select_classes(ds, cfg.data.classes) if cfg.data.classes else ds
+        ds = select_classes(ds, cfg.data.classes) if cfg.data.classes else ds
+        if cfg.data.test_subset:  # the same dataset (its checksum too), fewer of its test images
+            n = cfg.data.test_subset
+            ds = replace(ds, test_x=ds.test_x[:n], test_y=ds.test_y[:n])
+        return ds
 
     def prepare(self, cfg, ds, device: torch.device, fold: tuple[int, int] | None = None) -> Prepared:
         """Split the data (a validation share of train, or fold k of a stratified k-fold), put the training split on
