@@ -17,10 +17,10 @@ import torch
 from helpers import free_port, run_cli, train_run
 from safetensors.torch import load_file
 
-from genforge import rundir
+from genforge import rundir, training
 from genforge.config import load_config
 from genforge.errors import GenforgeError
-from genforge.train import launch, loop
+from genforge.train import launch
 
 TIMEOUT = 120  # s for any launch: a hang fails the test instead of the CI job
 CONFIG = """name: ddp
@@ -297,8 +297,8 @@ def test_a_restarted_group_finds_its_run_directory_and_a_finished_run_is_not_res
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "second")
     assert launch.elastic_run_dir(tmp_path, cfg) != run_dir
     said = []
-    trained, summary = launch.train_worker(cfg, run_dir, tmp_path, True, loop.train, say=said.append)
+    trained, summary = launch.train_worker(cfg, run_dir, tmp_path, True, training.train, say=said.append)
     assert trained == run_dir and summary["status"] == "complete"
     assert said == [f"run directory: {run_dir} (1 processes, one process)"]
     with pytest.raises(GenforgeError, match="finished training already"):
-        launch.train_worker(cfg, run_dir, tmp_path, True, loop.train, say=said.append)
+        launch.train_worker(cfg, run_dir, tmp_path, True, training.train, say=said.append)

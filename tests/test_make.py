@@ -37,6 +37,7 @@ def _bench_recipe() -> str:
 
 NOT_IN_MAKE_BENCH = {  # scripts that record under bench/out but `make bench` does not run yet: the maintainers decide
     "explain_faithfulness.py", "transfer_vae_encoder.py",
+    "serve_versions.py",  # compares two code versions (two source trees as arguments): run by hand for a refactor
 }
 
 
