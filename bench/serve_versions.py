@@ -9,7 +9,8 @@ per-round ratios new / old.
 
     python bench/serve_versions.py RUN OLD_SRC NEW_SRC [--rounds 4] [--seconds 5]
 
-OLD_SRC and NEW_SRC are `src` folders, e.g. of a `git worktree add /tmp/old COMMIT`.
+OLD_SRC and NEW_SRC are the `src` folders of two checkouts (e.g. `git worktree add /tmp/old COMMIT`); each round runs
+the bench/serve_load.py beside them.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import OUT, record
-
-HERE = Path(__file__).resolve().parent
+from _common import record
 
 
 def one_round(run: str, src: str, seconds: float) -> dict:
+    """One round against the version in `src`, driven by that version's own bench/serve_load.py (the benchmark's
+    helpers import genforge too), which records into that tree's bench/out."""
+    bench = Path(src).resolve().parent / "bench"
     env = {**os.environ, "PYTHONPATH": src}
-    subprocess.run([sys.executable, str(HERE / "serve_load.py"), run, "--peer", "none", "--rounds", "1",
+    subprocess.run([sys.executable, str(bench / "serve_load.py"), run, "--peer", "none", "--rounds", "1",
                     "--seconds", str(seconds)], env=env, check=True, stdout=subprocess.DEVNULL)
-    summary = json.loads((OUT / "serve_load.json").read_text())["summary"]
+    summary = json.loads((bench / "out" / "serve_load.json").read_text())["summary"]
     return {"req_s": summary["wrk_genforge_classify_req_s"], "p50_ms": summary["wrk_genforge_classify_p50_ms"],
             "p99_ms": summary["wrk_genforge_classify_p99_ms"], "own_p99_ms": summary["own_genforge_classify_p99_ms"],
             "overload_other_5xx": summary["overload_other_5xx"]}
