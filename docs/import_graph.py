@@ -8,12 +8,12 @@ contract lets import each other: the picture is what lint-imports checks."""
 from __future__ import annotations
 
 import sys
-import tomllib
 from collections import Counter
 from pathlib import Path
 
 import grimp
 import matplotlib
+import tomllib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
