@@ -91,6 +91,17 @@ def test_data_dir_wins_and_is_never_deleted(tmp_path, tiny_spec, cache_dir):
     assert (tmp_path / "mine" / TRAIN_IMAGES).exists()  # the user's file: reported, not deleted
 
 
+def test_a_dataset_read_again_is_not_parsed_again_until_its_files_change(tmp_path, tiny_spec, cache_dir):
+    tiny_spec([DEAD])
+    write_tiny_idx(tmp_path / "mine", n_train=20)
+    first = load_dataset(TINY, data_dir=tmp_path / "mine", progress=False)
+    again = load_dataset(TINY, data_dir=tmp_path / "mine", progress=False)
+    assert again is not first and again.train_x is first.train_x and again.checksum == first.checksum
+    write_tiny_idx(tmp_path / "mine", n_train=30)  # new files at the same paths: read anew
+    changed = load_dataset(TINY, data_dir=tmp_path / "mine", progress=False)
+    assert len(changed.train_y) == 30 and changed.checksum != first.checksum
+
+
 def _truncated(data: bytes) -> bytes:
     return data[: len(data) // 2]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
 
 from genforge.errors import GenforgeError
 
@@ -41,6 +40,8 @@ def stratified_kfold(labels: torch.Tensor, folds: int, seed: int) -> list[tuple[
     smallest = int(counts[counts > 0].min()) if len(y) else 0
     if not 2 <= folds <= smallest:  # every fold holds at least one sample of every class
         raise GenforgeError(f"folds={folds} must be between 2 and the size of the smallest class ({smallest})")
+    from sklearn.model_selection import StratifiedKFold  # deferred: 1.5 s of import that only cv pays
+
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [(torch.from_numpy(tr.astype(np.int64)), torch.from_numpy(va.astype(np.int64)))
             for tr, va in kfold.split(np.zeros(len(y)), y)]
