@@ -114,9 +114,9 @@ def test_fast_preset_learns_on_real_data(classifier_run):
                  "plots/curves.png", "plots/confusion.png", rundir.CHECKPOINT]:
         assert (run / name).is_file(), name
     loaded = runs.load_run(run)
-    from genforge.data import load_dataset
     from genforge.evaluate import evaluate
 
-    ds = load_dataset("fashion-mnist")
+    ds = loaded.task.dataset(loaded.config)  # the test images the run scored: the first 2,000 (data.test_subset)
+    assert len(ds.test_y) == 2000
     again = evaluate(loaded.model, ds.test_x, ds.test_y, ds.classes)
     assert again["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
