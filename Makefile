@@ -47,6 +47,8 @@ define apt_or_stop
 	fi
 endef
 SUITE_PACKAGES = [ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -d /usr/share/games/fortunes ] || missing="$$missing fortunes"; \
+	command -v zstd >/dev/null || missing="$$missing zstd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	set -- /usr/lib/postgresql/*/bin/initdb; [ -x "$$1" ] || missing="$$missing postgresql";

@@ -49,7 +49,7 @@ LONGEST_FIRST = ["compress/test_compress.py", "test_distributed.py", "test_cli.p
 
 # A test that uses one of these fixtures trains on real data (or starts a browser, a database) for more than a few
 # seconds: it is marked slow, as are the tests marked so by hand, and `make test-fast` (-m "not slow") leaves them out
-SLOW_FIXTURES = {"evaluator_cache", "classifier_run", "gan_run", "vae_run", "pruned_run", "two_process_run",
+SLOW_FIXTURES = {"evaluator_cache", "classifier_run", "gan_run", "vae_run", "pruned_run", "two_process_run", "text_run",
                  "private_run", "promo_runs", "postgres", "browser"}
 
 
@@ -77,6 +77,13 @@ def private_cache(tmp_path_factory):
 def fashion_available() -> bool:
     if not os.path.isdir(FASHION):
         pytest.skip("dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+    return True
+
+
+@pytest.fixture(scope="session")
+def fortunes_available() -> bool:
+    if not os.path.isdir("/usr/share/games/fortunes"):
+        pytest.skip("the fortunes corpus is not installed (apt-get install -y fortunes)")
     return True
 
 
@@ -149,6 +156,16 @@ def vae_run(request, evaluator_cache, tmp_path_factory) -> Path:
     return built_once(request, tmp_path_factory, "vae", lambda parent: exported(train_run(
         parent, "fashion-vae", *QUICK_GENERATOR, "model.width=8", "eval.iwae_k=20", "eval.iwae_images=20",
         cache=evaluator_cache)))
+
+
+TEXT = ["text-gpt", "model.layers=1", "model.width=32", "model.heads=2", "model.context=64", "train.epochs=1",
+        "train.batch_size=16", "data.train_subset=64", "data.test_subset=40", "train.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def text_run(request, tmp_path_factory, fortunes_available) -> Path:
+    """A tiny byte-level language model of the fortunes corpus: one epoch of 64 windows (seconds); exported to ONNX."""
+    return built_once(request, tmp_path_factory, "text", lambda parent: exported(train_run(parent, *TEXT)))
 
 
 CLASSIFIER = ["fashion-cnn-fast", "train.threads=1", "data.train_subset=8192", "data.test_subset=2000",

@@ -47,8 +47,8 @@ def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
 
 QUICK_GENERATOR = ["train.threads=1", "data.train_subset=1024", "train.epochs=1", "eval.samples=300", "eval.grid=16"]
 # `genforge compress RUN --prune 0.8 --finetune-epochs 2` with these: conftest's pruned_run, and test_resume interrupts
-# the same command; 64 steps (2 epochs of 32), each checkpointed every 8
-PRUNE_FINETUNE = ["deterministic=true", "data.train_subset=4096", "train.batch_size=128", "train.checkpoint_every=8"]
+# the same command; 32 steps (2 epochs of 16), each checkpointed every 4
+PRUNE_FINETUNE = ["deterministic=true", "data.train_subset=2048", "train.batch_size=128", "train.checkpoint_every=4"]
 
 
 def train_run(parent: Path, preset: str, *overrides, cache=None) -> Path:

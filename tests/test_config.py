@@ -28,7 +28,7 @@ def test_override_can_switch_model_kind():
         (["train.lrr=1"], "unknown config key 'train.lrr'"),
         (["train.epochs=many"], "config key 'train.epochs'"),
         (["train.optimizer=rmsprop"], "'adamw', 'adam', 'sgd' or 'adadelta'"),
-        (["model.kind=transformer"], "model.kind must be one of: " + ", ".join(MODELS)),
+        (["model.kind=diffusion"], "model.kind must be one of: " + ", ".join(MODELS)),
         (["model.channels=wide"], "config key 'model.channels'"),
         (["nonsense"], "must look like key=value"),
     ],

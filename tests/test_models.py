@@ -15,18 +15,21 @@ FEATURES = (2,)
 CLASSIFIERS = [k for k, s in MODELS.items() if "classify" in s.task.verbs]
 GENERATORS = [k for k, s in MODELS.items() if "generate" in s.task.verbs]
 FORECASTERS = [k for k, s in MODELS.items() if "forecast" in s.task.verbs]
+LANGUAGE = [k for k, s in MODELS.items() if "complete" in s.task.verbs]
 CONTEXT, HORIZON = 16, 4
 SMALL = {"gan": {"width": 16, "latent_dim": 8, "conditional": True}, "vae": {"width": 8, "latent_dim": 4},
          "rowrnn": {"hidden": 16}, "rnn": {"hidden": 8, "cell": "gru", "season": 4},
          **{k: {"context": CONTEXT, "horizon": HORIZON} for k in FORECASTERS}}
 SMALL["rnn"] = {**SMALL["rnn"], "context": CONTEXT, "horizon": HORIZON}
+SMALL |= {k: {"layers": 1, "heads": 2, "width": 16, "context": CONTEXT, "vocab_size": 256, "end_token": 30}
+          for k in LANGUAGE}
 for k in FORECASTERS:
     if k != "rnn":
         SMALL[k] = {**SMALL[k], "season": 4}
 
 
 def _shape(kind):
-    if kind in FORECASTERS:
+    if kind in FORECASTERS or kind in LANGUAGE:
         return (CONTEXT,)
     return IMAGE if MODELS[kind].image_only or kind in ("mlp", "vae") else FEATURES
 
@@ -34,6 +37,8 @@ def _shape(kind):
 def _targets(kind, n):
     if kind in FORECASTERS:
         return torch.randn(n, HORIZON) + 10
+    if kind in LANGUAGE:  # the next token at each position
+        return torch.randint(0, 256, (n, CONTEXT), dtype=torch.uint8)
     return torch.randint(0, 10, (n,))
 
 
@@ -126,7 +131,8 @@ def test_one_training_step_is_finite_and_changes_weights(kind):
     cfg = RunConfig.model_validate({"model": {"kind": kind, **SMALL.get(kind, {})}, "train": {"epochs": 1}})
     step = MODELS[kind].task.step(model, cfg, steps_per_epoch=4, autocast=False, channels_last=False)
     before = [p.detach().clone() for p in model.parameters()]
-    metrics = step(_inputs(shape, 16), _targets(kind, 16))
+    x = torch.randint(0, 256, (16, CONTEXT), dtype=torch.uint8) if kind in LANGUAGE else _inputs(shape, 16)
+    metrics = step(x, _targets(kind, 16))
     assert metrics is not None and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     if before:  # a baseline has nothing to train: its step only scores the batch
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -20,7 +20,7 @@ from genforge import rundir
 
 pytestmark = pytest.mark.usefixtures("fashion_available")
 
-EXACT = ["train.threads=1", "deterministic=true", "seed=5", "data.train_subset=2048", "train.batch_size=64",
+EXACT = ["train.threads=1", "deterministic=true", "seed=5", "data.train_subset=1024", "train.batch_size=64",
          "train.epochs=2", "train.checkpoint_every=4", "eval.samples=100", "eval.seeds=1", "eval.grid=4"]
 GAN = ["fashion-cdcgan", "model.width=8", "model.latent_dim=16"]  # two optimizers, an EMA of G (0.999)
 VAE = ["fashion-vae", "model.width=8", "model.latent_dim=8", "eval.iwae_k=5", "eval.iwae_images=10"]
@@ -104,7 +104,7 @@ def test_a_generator_killed_mid_epoch_resumes_bit_identical(preset, evaluator_ca
     reference = train_run(tmp_path / "a", *preset, *EXACT, cache=evaluator_cache)  # uninterrupted, in this process
 
     proc = genforge("train", *preset, *EXACT, "--runs-dir", tmp_path / "b", "--quiet", cache=evaluator_cache)
-    run = kill_mid_training(proc, tmp_path / "b", 36, 64)  # in the second epoch (32 steps an epoch)
+    run = kill_mid_training(proc, tmp_path / "b", 20, 32)  # in the second epoch (16 steps an epoch)
     assert "resumed at epoch 2" in finish(genforge("train", "--resume", run, "--quiet", cache=evaluator_cache))
 
     expected, resumed = load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS)
@@ -127,7 +127,7 @@ def test_an_interrupted_pruning_finetune_resumes_with_its_printed_command_and_en
     reference = pruned_run  # the same command, uninterrupted
     proc = genforge("compress", classifier_run, "--prune", "0.8", "--finetune-epochs", "2", *PRUNE_FINETUNE,
                     "--quiet", "--runs-dir", tmp_path / "b")
-    child = wait_for_step(proc, tmp_path / "b", 24)  # of 64 steps: the sparsity is still ramping up
+    child = wait_for_step(proc, tmp_path / "b", 12)  # of 32 steps: the sparsity is still ramping up
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr

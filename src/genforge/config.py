@@ -181,7 +181,7 @@ class RunConfig(_Strict):
         used = [key for key, value in (("train.init_from", t.init_from), ("train.freeze", t.freeze),
                                        ("data.classes", d.classes), ("data.labels_per_class", d.labels_per_class))
                 if value]
-        if used and not KINDS[self.model.kind].classifier:
+        if used and not KINDS[self.model.kind].transfer:
             raise ValueError(f"{used[0]} is for classifiers; model.kind={self.model.kind} cannot take it: remove it")
         if t.unfreeze_epoch is not None and not t.freeze:
             raise ValueError("train.unfreeze_epoch unfreezes what train.freeze froze: set train.freeze or remove it")

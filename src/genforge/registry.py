@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genforge.models.catalogue import KINDS, Kind
-from genforge.tasks import classify, forecast, gan, vae
+from genforge.tasks import classify, forecast, gan, language, vae
 from genforge.tasks.base import Task
 
 TASKS: dict[str, Task] = {
@@ -14,6 +14,7 @@ TASKS: dict[str, Task] = {
     "gan": gan.TASK,
     "vae": vae.TASK,
     **{kind: forecast.TASK for kind in ("rnn", "naive", "seasonal-naive", "drift", "season-mean")},
+    "transformer": language.TASK,
 }
 
 

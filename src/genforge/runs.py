@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from genforge.config import RunConfig
+from genforge.data.tokens import tokenizer_of
 from genforge.errors import GenforgeError
 from genforge.explain import Explainer
 from genforge.forecasting.inference import as_history, covariates_for, forecast
+from genforge.language.generation import Completion, complete
 from genforge.onnx.export import load_parts
 from genforge.registry import task_of
 from genforge.rundir import CHECKPOINT, WEIGHTS, read_config, read_json, rebuild_model, resolve_run
@@ -56,6 +58,16 @@ class LoadedRun:
                 raise GenforgeError(f"label {label} is out of range 0-{len(self.meta['classes']) - 1}")
             labels = torch.full((n,), label, dtype=torch.long)
         return self.model.sample(n, labels=labels, seed=seed, truncation=truncation)
+
+    def generate(self, prompt: str = "", max_tokens: int = 256, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, stop: list[str] = ()) -> Completion:
+        """A language model's continuation of `prompt`: an iterator of text pieces as they are sampled (its
+        finish_reason once spent); the same seed gives the same text. The end of an entry always stops it."""
+        if not self.meta.get("tokenizer") or self.meta.get("classes"):
+            raise GenforgeError(f"{self.path.name} is a {self.config.model.kind} model, not a language model: it "
+                                f"cannot generate text")
+        return complete(self.model, tokenizer_of(self.meta), prompt, max_tokens, temperature, top_k, top_p, seed,
+                        stop)
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar) of q(z|x) for raw uint8 images (a VAE)."""

@@ -19,6 +19,10 @@ FASHION_META = {"dataset": "fashion-mnist", "classes": [str(i) for i in range(10
 BLOBS_META = {"dataset": "blobs", "classes": ["below", "above"], "input_shape": [2], "norm_shape": [2]}
 NILE_META = {"dataset": "series:nile", "classes": [], "input_shape": [24], "norm_shape": [1]}
 SERIES = {"context": 24, "horizon": 6, "season": 4}
+BYTES = {"tokenizer": {"kind": "bytes", "vocab_size": 256}}
+LM_META = {"dataset": "fortunes", "classes": [], "input_shape": [32], "norm_shape": [1], **BYTES}
+TEXT_CLASSES_META = {**LM_META, "classes": ["art", "ascii-art", "computers"]}
+GPT = {"kind": "transformer", "layers": 1, "heads": 2, "width": 16, "context": 32, "vocab_size": 256, "end_token": 30}
 
 # every kind of the registry, with the variants whose graphs differ (conditioning, architecture)
 VARIANTS = {
@@ -39,6 +43,8 @@ VARIANTS = {
     "rnn": ({"kind": "rnn", "cell": "lstm", "hidden": 8, **SERIES}, NILE_META),
     "rnn-gru": ({"kind": "rnn", "cell": "gru", "hidden": 8, "layers": 1, **SERIES}, NILE_META),
     **{kind: ({"kind": kind, **SERIES}, NILE_META) for kind in ("naive", "seasonal-naive", "drift", "season-mean")},
+    "transformer": (GPT, LM_META),
+    "transformer-learned-classes": ({**GPT, "positions": "learned", "head": "classes"}, TEXT_CLASSES_META),
 }
 
 

@@ -83,6 +83,11 @@ def quick_logreg_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def text_served(text_run):
+    return load_models([text_run], backend="torch")
+
+
+@pytest.fixture(scope="session")
 def forecast_served(forecast_runs):
     return load_models(list(forecast_runs), backend="torch")
 

@@ -20,8 +20,8 @@ VERBS = {v.name: v for spec in MODELS.values() for verb in spec.task.verbs for v
 
 
 @pytest.fixture(scope="module")
-def every_kind(served, forecast_served):
-    return {**served, **forecast_served}
+def every_kind(served, forecast_served, text_served):
+    return {**served, **forecast_served, **text_served}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def app(every_kind):
 
 
 @pytest.fixture(scope="module")
-def client(classifier_run, gan_run, vae_run, forecast_runs):
-    proc, url = start_server([classifier_run, gan_run, vae_run, forecast_runs[0]], "--backend", "torch")
+def client(classifier_run, gan_run, vae_run, forecast_runs, text_run):
+    proc, url = start_server([classifier_run, gan_run, vae_run, forecast_runs[0], text_run], "--backend", "torch")
     yield Client(url, retries=0, timeout=60)
     proc.terminate()
     proc.wait(timeout=30)

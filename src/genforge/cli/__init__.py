@@ -1,9 +1,10 @@
 """genforge's command line: one command per lifecycle verb. Parse, call the library, print.
 
 The commands live by family: training.py (train, cv, quickstart, presets), evaluation.py (evaluate, predict,
-explain), generation.py (sample, interpolate, reconstruct), forecasting.py (forecast, backtest), compression.py
-(compress, export), serving.py (serve), tuning.py (tune), runs.py (runs, runs compare, runs track) and datasets.py
-(data info). console.py and options.py hold what they share; this module, the app and its one error handler."""
+explain), generation.py (sample, interpolate, reconstruct, generate), forecasting.py (forecast, backtest),
+compression.py (compress, export), serving.py (serve), tuning.py (tune), runs.py (runs, runs compare, runs track) and
+datasets.py (data info). console.py and options.py hold what they share; this module, the app and its one error
+handler."""
 
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from genforge.cli.console import err
 from genforge.errors import GenforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, evaluate, explain, compress and serve models of images, tables and time series.")
+                  help="Train, evaluate, explain, compress and serve models of images, tables, time series and text.")
 runs_app = typer.Typer(help="List and compare run directories.", invoke_without_command=True)
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(data_app, name="data")
 for command in (training.train, evaluation.evaluate, evaluation.predict, evaluation.explain, generation.sample,
-                generation.interpolate, generation.reconstruct, forecasting.forecast, forecasting.backtest,
-                training.cv, tuning.tune, serving.serve, compression.export, compression.compress, training.presets,
-                training.quickstart):  # in the order `genforge --help` lists them
+                generation.interpolate, generation.reconstruct, generation.generate, forecasting.forecast,
+                forecasting.backtest, training.cv, tuning.tune, serving.serve, compression.export, compression.compress,
+                training.presets, training.quickstart):  # in the order `genforge --help` lists them
     app.command()(command)
 runs_app.callback()(runs.runs_list)
 runs_app.command("compare")(runs.runs_compare)

@@ -28,13 +28,17 @@ def data_info_command(
     """Cleaning report. Images and tables: class counts, duplicates, constant images, pixel statistics; a CSV's
     label column; an image folder's sizes (height x width) and the one its images are resized to (image_size=[H,W]
     sets it). Series (series:NAME, csv-series:PATH): frequency, season, and per series gaps, missing values,
-    duplicates, outliers, seasonality."""
+    duplicates, outliers, seasonality. Text (fortunes, text:PATH, textfolder:PATH): entries, characters and tokens per
+    split, classes, duplicates, the longest entries."""
     from genforge.config import apply_override, validate
     from genforge.data import data_info, load_dataset
     from genforge.data.series import is_series, load_series, options_from
+    from genforge.data.text import is_text, load_text
 
     if is_series(name):
         info = load_series(name, options_from(options or [])).info()
+    elif is_text(name):
+        info = load_text(name).info()
     else:
         raw: dict = {}
         for pair in options or []:

@@ -1,13 +1,15 @@
-"""The commands of generators: sample (GAN or VAE), interpolate (a walk through latent space), reconstruct (a VAE)."""
+"""The commands of generators: sample (GAN or VAE), interpolate (a walk through latent space), reconstruct (a VAE),
+generate (a language model's continuation of a prompt, printed as it comes)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from genforge.cli.console import out
+from genforge.cli.console import err, out
 from genforge.cli.options import by_verb
 from genforge.errors import GenforgeError
 
@@ -86,3 +88,33 @@ def reconstruct(
     for i, error in enumerate(reconstruction_errors(x, recon)):
         out.print(f"{i}: mean abs error {error:.2f} / 255")
     out.print(f"wrote input | reconstruction pairs to {out_file}")
+
+
+def generate(
+    run: Path,
+    prompt: Annotated[str, typer.Option(callback=by_verb("generate", "prompt"),
+                                        help="The text to continue (default: a new entry).")] = "",
+    max_tokens: Annotated[int, typer.Option(callback=by_verb("generate", "max_tokens"),
+                                            help="Tokens to generate at most.")] = 256,
+    temperature: Annotated[float, typer.Option(callback=by_verb("generate", "temperature"),
+                                               help="Sampling temperature; 0 picks the likeliest token.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(callback=by_verb("generate", "top_k"),
+                                              help="Sample among the k likeliest tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(callback=by_verb("generate", "top_p"),
+                                                help="Sample among the fewest tokens whose probabilities reach p.")]
+    = None,
+    seed: Annotated[int, typer.Option(callback=by_verb("generate", "seed"),
+                                      help="The same seed gives the same text.")] = 0,
+    stop: Annotated[list[str] | None, typer.Option(callback=by_verb("generate", "stop"),
+                                                   help="A string that ends the text (repeatable, up to 4).")] = None,
+):
+    """Continue a prompt with a language model, printing the text as it is sampled."""
+    from genforge.runs import load_run
+
+    completion = load_run(run).generate(prompt, max_tokens, temperature, top_k, top_p, seed, stop or [])
+    sys.stdout.write(prompt)
+    for piece in completion:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    err.print(f"[dim]{completion.tokens} tokens, ended by {completion.finish_reason}[/]", highlight=False)

@@ -14,6 +14,7 @@ from torch import nn
 from genforge.models import classifier as clf
 from genforge.models import rnn, scattering
 from genforge.models.gan import GAN, GANConfig
+from genforge.models.transformer import TransformerConfig, build_transformer
 from genforge.models.vae import VAE, VAEConfig
 
 
@@ -22,12 +23,18 @@ class Kind:
     config: type[BaseModel]
     build: Callable[..., nn.Module]  # (config, input_shape, num_classes, mean, std) -> nn.Module
     image_only: bool  # needs (C, H, W) uint8 images: refused on tabular data before training starts
-    family: str  # classifier, generator or forecaster: what the kind is (the config's capability checks read it)
+    family: str  # classifier, generator, forecaster or language: what the kind is (config checks read it)
 
     @property
     def classifier(self) -> bool:
         """A class head: takes transfer (train.init_from, data.classes, ...) and trains under train.privacy."""
         return self.family == "classifier"
+
+    @property
+    def transfer(self) -> bool:
+        """Starts from another run's weights (train.init_from, train.freeze) and reads a labelled subset of the data
+        (data.classes, data.labels_per_class): classifiers, and language models fine-tuned into text classifiers."""
+        return self.family in ("classifier", "language")
 
 
 def _generator(cls: type[nn.Module]) -> Callable[..., nn.Module]:
@@ -51,6 +58,9 @@ KINDS: dict[str, Kind] = {
     # the classical baselines: run directories like any model's, so a user compares in the same tool
     **{kind: Kind(rnn.BaselineConfig, rnn.build_baseline, image_only=False, family="forecaster")
        for kind in ("naive", "seasonal-naive", "drift", "season-mean")},
+    # a language model (head=lm) or, fine-tuned from one, a classifier of entries (head=classes): its family is
+    # "language" so that the image classifiers' transfer and privacy options do not reach it (docs/decisions.md)
+    "transformer": Kind(TransformerConfig, build_transformer, image_only=False, family="language"),
 }
 
 

@@ -54,6 +54,10 @@ class Task:
     structured_pruning = False  # `compress --prune --structured` can remove whole channels
     tune_metric = ("val_loss", "min")  # what `genforge tune` ranks and prunes trials by: metrics.jsonl key, direction
 
+    def rate_unit(self, cfg) -> tuple[str, int]:
+        """What the progress bar counts a second (its unit, and how many of them one training item holds)."""
+        return "img", 1
+
     def dataset(self, cfg, name: str | None = None, quiet: bool = True):
         """The run's data (or the dataset `name`, e.g. `evaluate --data`), loaded and cleaned."""
         name = name or cfg.data.name

@@ -40,6 +40,9 @@ class ForecastTask(Task):
     parts = (Part("model", "forward", ("history",), ("quantiles",), labels=False),)
     divergence_hint = "lower train.lr, set train.grad_clip=1.0, or shorten model.context"
 
+    def rate_unit(self, cfg) -> tuple[str, int]:
+        return "windows", 1
+
     def dataset(self, cfg, name: str | None = None, quiet: bool = True):
         name = name or cfg.data.name
         if not is_series(name):

@@ -37,6 +37,8 @@ class Limits:
     max_n: int = 256  # images per generate request; steps per interpolation
     max_history: int = 100_000  # history values per forecast request, all its series together
     max_horizons: int = 20  # a forecast's horizon: at most this many trained horizons (one model call each)
+    max_prompt_chars: int = 100_000  # characters of a prompt to continue
+    max_tokens: int = 4096  # tokens generated per request
     max_concurrency: int = 32  # requests in flight at once (counted once the body is in); beyond that 503 at once
     timeout_s: float = 10.0  # inference time before 504
     body_timeout_s: float = 10.0  # from the headers to the body's last byte (1 MiB: >= 100 KiB/s) before 408

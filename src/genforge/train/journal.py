@@ -78,10 +78,11 @@ class Journal:
             self.bar = self.progress.add_task("train", total=total, completed=completed, stats="")
             yield
 
-    def step(self, description: str, metrics: dict[str, float], rate: float) -> None:
-        """One applied update: the bar advances and shows the step's metrics (the learning rate aside)."""
+    def step(self, description: str, metrics: dict[str, float], rate: float, unit: str = "img") -> None:
+        """One applied update: the bar advances and shows the step's metrics (the learning rate aside) and the rate in
+        the task's unit (images, windows, tokens a second)."""
         shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "lr")
-        self.progress.update(self.bar, advance=1, description=description, stats=f"{shown} {rate:,.0f} img/s")
+        self.progress.update(self.bar, advance=1, description=description, stats=f"{shown} {rate:,.0f} {unit}/s")
 
     def describe(self, description: str) -> None:
         self.progress.update(self.bar, description=description)

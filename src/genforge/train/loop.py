@@ -264,7 +264,8 @@ def _train_batch(run: Run, state: LoopState, ckpt: Checkpoint, journal: Journal,
     if run.on_step is not None:
         run.on_step(run.step, state.step, run.total)
     rate = epoch.add(metrics, len(idx) * run.world.size)
-    journal.step(f"epoch {state.epoch + 1}/{run.epochs}", metrics, rate)
+    unit, per_item = run.task.rate_unit(run.cfg)
+    journal.step(f"epoch {state.epoch + 1}/{run.epochs}", metrics, rate * per_item, unit)
 
 
 def _report_within(run: Run, state: LoopState, k: int) -> None:

@@ -123,8 +123,9 @@ def start_transfer(cfg: RunConfig, model: nn.Module, classes: list[str], run_dir
 
 
 def _head_prefix(model: nn.Module) -> str:
-    """The last layer of a classifier's network (what Classifier.features stops before)."""
-    return f"net.{len(model.net) - 1}."
+    """The class head: the model's own `head_prefix` (a Transformer's), else the last layer of a classifier's network
+    (what Classifier.features stops before)."""
+    return getattr(model, "head_prefix", None) or f"net.{len(model.net) - 1}."
 
 
 def _load(transfer: Transfer, path: str, model: nn.Module, classes: list[str]) -> None:
@@ -133,9 +134,10 @@ def _load(transfer: Transfer, path: str, model: nn.Module, classes: list[str]) -
         parent_cfg, parent_meta, parent_model = rundir.load_model(path)
     except GenforgeError as e:
         raise GenforgeError(f"{where}: {e}") from None
-    if not KINDS[parent_cfg.model.kind].classifier:
-        raise GenforgeError(f"{where} is a {parent_cfg.model.kind} run: fine-tuning starts from a classifier's "
-                            f"weights (a run of model.kind logreg, mlp, cnn, fastcnn, rowrnn or scatternet)")
+    if not KINDS[parent_cfg.model.kind].transfer:
+        kinds = ", ".join(kind for kind, spec in KINDS.items() if spec.transfer)
+        raise GenforgeError(f"{where} is a {parent_cfg.model.kind} run: fine-tuning starts from a classifier's weights "
+                            f"or a language model's (a run of model.kind {kinds})")
     theirs, own = parent_model.state_dict(), model.state_dict()
     head = _head_prefix(model)
     other_classes = list(parent_meta["classes"]) != list(classes)

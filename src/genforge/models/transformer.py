@@ -1,0 +1,207 @@
+"""A decoder-only Transformer (GPT-style): token embeddings, pre-norm blocks of causal self-attention (PyTorch's
+scaled_dot_product_attention) and an MLP, learned or rotary positions, the output layer tied to the embeddings. With
+head=lm it predicts the next token; with head=classes it pools its last hidden states over an entry's tokens into
+class logits, so a pretrained language model is fine-tuned into a classifier by loading its weights
+(train.init_from). generate() samples with a key/value cache."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+
+class TransformerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["transformer"] = "transformer"
+    layers: int = Field(4, ge=1, le=64)
+    heads: int = Field(4, ge=1, le=64)
+    width: int = Field(256, ge=8, le=8192)  # the residual stream; each head has width // heads
+    context: int = Field(256, ge=2, le=8192)  # tokens the model attends over
+    dropout: float = Field(0.1, ge=0, lt=1)  # on attention weights, after attention and after the MLP
+    positions: Literal["learned", "rotary"] = "rotary"
+    tie_weights: bool = True  # the output layer is the token embedding (fewer weights, a better small model)
+    tokenizer: Literal["bytes"] = "bytes"  # bytes: the UTF-8 bytes, 256 symbols (data/tokens.py)
+    head: Literal["lm", "classes"] = "lm"  # next-token logits (a language model), or one class per entry
+    vocab_size: int | None = Field(None, ge=2)  # set from the tokenizer when training starts
+    end_token: int | None = Field(None, ge=0)  # the id that ends an entry (and pads a batch of them): from the data
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} must be a multiple of heads={self.heads}")
+        if self.positions == "rotary" and (self.width // self.heads) % 2:
+            raise ValueError(f"rotary positions need an even head width; width // heads = {self.width // self.heads}")
+        return self
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021) of (B, H, T, D) queries or keys, in half-split form."""
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.heads, self.dropout = cfg.heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor, rope, cache: tuple | None) -> tuple[torch.Tensor, tuple]:
+        """x (B, T, W); cache: the keys and values of the positions before x, or None (x starts at position 0)."""
+        b, t, w = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        # a prompt attends causally; one new token after a cache attends to everything before it
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=cache is None and t > 1)
+        return self.proj(y.transpose(1, 2).reshape(b, t, w)), (k, v)
+
+
+class Block(nn.Module):
+    """Pre-norm: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.width), nn.LayerNorm(cfg.width)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.width, 4 * cfg.width), nn.GELU(), nn.Linear(4 * cfg.width, cfg.width))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, rope, cache: tuple | None) -> tuple[torch.Tensor, tuple]:
+        a, cache = self.attn(self.norm1(x), rope, cache)
+        x = x + self.drop(a)
+        return x + self.drop(self.mlp(self.norm2(x))), cache
+
+
+class Transformer(nn.Module):
+    head_prefix = "classes."  # the class head: new when a language model is fine-tuned into a classifier
+
+    def __init__(self, cfg: TransformerConfig, num_classes: int = 0):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("model.vocab_size is not set: it comes from the tokenizer when training starts")
+        if cfg.head == "classes" and num_classes < 2:
+            raise ValueError(f"head=classes needs at least 2 classes, got {num_classes}")
+        self.cfg, self.context = cfg, cfg.context
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.position = nn.Embedding(cfg.context, cfg.width) if cfg.positions == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.width)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.lm_head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        self.classes = nn.Linear(cfg.width, num_classes) if cfg.head == "classes" else None
+        if cfg.positions == "rotary":
+            d = cfg.width // cfg.heads
+            freq = 1.0 / 10_000 ** (torch.arange(0, d, 2).float() / d)
+            angles = torch.outer(torch.arange(cfg.context).float(), freq)  # (context, d/2)
+            self.register_buffer("cos", angles.cos(), persistent=False)
+            self.register_buffer("sin", angles.sin(), persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.layers))
+        if cfg.tie_weights:
+            self.lm_head.weight = self.embed.weight
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def hidden(self, tokens: torch.Tensor, caches: list | None = None, start: int = 0) -> tuple[torch.Tensor, list]:
+        """(B, T) token ids at positions start.. -> (B, T, W) final hidden states, and each block's keys and values."""
+        t = tokens.shape[1]
+        if start + t > self.context:
+            raise ValueError(f"{start + t} positions, more than the model's context of {self.context}")
+        x = self.embed(tokens.long())
+        rope = None
+        if self.position is not None:
+            x = x + self.position(torch.arange(start, start + t, device=tokens.device))
+        else:
+            rope = self.cos[start:start + t], self.sin[start:start + t]
+        x = self.drop(x)
+        new = []
+        for i, block in enumerate(self.blocks):
+            x, cache = block(x, rope, caches[i] if caches else None)
+            new.append(cache)
+        return self.norm(x), new
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> next-token logits (B, T, V), or with head=classes class logits (B, C)."""
+        h, _ = self.hidden(tokens)
+        if self.classes is None:
+            return self.lm_head(h)
+        return self.classes(self.pool(h, tokens))
+
+    def pool(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The mean hidden state over each entry's tokens: up to and including its first end token (the rest pads)."""
+        end = (tokens == self.cfg.end_token).long() if self.cfg.end_token is not None else torch.zeros_like(tokens)
+        keep = (end.cumsum(1) - end == 0).unsqueeze(-1).to(h.dtype)  # before the first end token, and the end token
+        return (h * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(-1)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy in nats: of each next token (y: x shifted by one), or of each entry's class."""
+        logits = self(x)
+        if self.classes is None:
+            return F.cross_entropy(logits.float().flatten(0, 1), y.long().flatten())
+        return F.cross_entropy(logits.float(), y.long())
+
+    @torch.inference_mode()
+    def generate(self, prompt: torch.Tensor, max_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> Iterator[int]:
+        """Token ids after `prompt` ((L,) ids, L >= 1), one at a time, with a key/value cache. temperature 0 is greedy;
+        top_k keeps the k likeliest tokens, top_p the fewest whose probabilities reach p; the same seed gives the same
+        tokens. Past the context, the cache is rebuilt from the last half-context of tokens."""
+        device = self.embed.weight.device
+        generator = torch.Generator(device=device).manual_seed(seed if seed is not None else torch.seed())
+        ids = prompt.long().to(device)[-self.context:]
+        logits, caches, length = self._prefill(ids)
+        for _ in range(max_tokens):
+            token = sample(logits, temperature, top_k, top_p, generator)
+            yield token
+            ids = torch.cat([ids, torch.tensor([token], device=device)])
+            if length == self.context:  # no position left: start again from the recent tokens
+                logits, caches, length = self._prefill(ids[-(self.context // 2):])
+                continue
+            h, caches = self.hidden(ids[-1:][None], caches, start=length)
+            logits, length = self.lm_head(h[0, -1]), length + 1
+
+    def _prefill(self, ids: torch.Tensor):
+        h, caches = self.hidden(ids[None])
+        return self.lm_head(h[0, -1]), caches, len(ids)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+           generator: torch.Generator) -> int:
+    """One token id from (V,) logits."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered, order = logits.sort(descending=True)
+        before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # the mass of the likelier tokens
+        logits = logits.scatter(0, order, ordered.masked_fill(before >= top_p, float("-inf")))
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+def build_transformer(cfg: TransformerConfig, input_shape, num_classes: int, mean, std) -> Transformer:
+    return Transformer(cfg, num_classes)

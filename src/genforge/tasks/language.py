@@ -1,0 +1,242 @@
+"""Language as a task: a Transformer (models/transformer.py) that is a language model (model.head=lm: next-token loss,
+scored in bits per character beside xz and zstd on the same test text, and the complete verb) or a text classifier
+(model.head=classes: one class per entry, scored as classifiers are). The data is a corpus of entries (data/text.py)
+tokenized (data/tokens.py); generation and scoring are in genforge.language."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from genforge import rundir
+from genforge.data import labelled_subset, split_validation
+from genforge.data.text import SEPARATOR, TextCorpus, is_text, load_text
+from genforge.data.tokens import make_tokenizer, token_dtype, tokenizer_of
+from genforge.errors import GenforgeError
+from genforge.evaluate import evaluate, measure_speed
+from genforge.evaluate.report import _plots_with_curves, write_page
+from genforge.language.generation import complete
+from genforge.language.scoring import bits_per_character, compressor_bits
+from genforge.onnx.parts import Part
+from genforge.tasks.base import Prepared, Task
+from genforge.tasks.language_verbs import COMPLETE
+from genforge.train.steps import ModelLossStep
+
+PROMPTS = ("", "The ", "A computer ")  # what the report continues after each epoch
+SAMPLE_TOKENS = 160
+
+
+def entry_tokens(tokenizer, entries: list[str], context: int, end: int) -> torch.Tensor:
+    """(N, context) ids: each entry's first context - 1 tokens, then the end token, padded with end tokens."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    out = torch.full((len(entries), context), end, dtype=dtype)
+    for i, entry in enumerate(entries):
+        ids = tokenizer.encode(entry)[: context - 1]
+        out[i, : len(ids)] = ids.to(dtype)
+    return out
+
+
+def stream_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A token stream cut into non-overlapping windows: inputs (N, context) and next tokens (N, context), views of
+    the one stream."""
+    n = (len(ids) - 1) // context
+    return ids[: n * context].view(n, context), ids[1 : n * context + 1].view(n, context)
+
+
+class LanguageTask(Task):
+    name = "language"
+    parts = (Part("model", "forward", ("tokens",), ("logits",), labels=False),)
+    divergence_hint = "lower train.lr, set train.grad_clip=1.0, or raise train.batch_size"
+
+    verbs = (COMPLETE,)
+
+    def rate_unit(self, cfg) -> tuple[str, int]:
+        return ("entries", 1) if cfg.model.head == "classes" else ("tok", cfg.model.context)
+
+    def dataset(self, cfg, name: str | None = None, quiet: bool = True) -> TextCorpus:
+        name = name or cfg.data.name
+        if not is_text(name):
+            raise GenforgeError(f"model.kind={cfg.model.kind} reads text: set data.name=fortunes, text:PATH or "
+                                f"textfolder:PATH, not {name!r}")
+        corpus = load_text(name)
+        if cfg.data.classes:
+            corpus = select_text_classes(corpus, cfg.data.classes)
+        if cfg.data.test_subset:
+            n = cfg.data.test_subset
+            corpus = replace(corpus, test=corpus.test[:n], test_labels=corpus.test_labels[:n])
+        return corpus
+
+    def prepare(self, cfg, ds: TextCorpus, device: torch.device, fold=None) -> Prepared:
+        if fold is not None:
+            raise GenforgeError("genforge cv scores image and feature classifiers; a text model is scored by evaluate")
+        tokenizer = make_tokenizer(cfg.model.tokenizer)
+        end = int(tokenizer.encode(SEPARATOR)[0])
+        model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size, "end_token": end})
+        labels = torch.tensor(ds.train_labels)
+        pool = torch.arange(len(labels))
+        if cfg.data.labels_per_class:
+            pool = labelled_subset(labels, cfg.data.labels_per_class, cfg.seed, ds.classes)
+        classes = cfg.model.head == "classes"
+        train_idx, val_idx = split_validation(len(pool), cfg.data.val_fraction, cfg.seed,
+                                              labels[pool] if classes else None)
+        train_idx, val_idx = pool[train_idx], pool[val_idx]
+        context = cfg.model.context
+        if classes:
+            x = entry_tokens(tokenizer, [ds.train[i] for i in train_idx], context, end)
+            xv = entry_tokens(tokenizer, [ds.train[i] for i in val_idx], context, end)
+            y, yv = labels[train_idx], labels[val_idx]
+        else:
+            def stream(idx):
+                return tokenizer.encode("".join(ds.train[i] + SEPARATOR for i in sorted(idx.tolist())))
+            x, y = stream_windows(stream(train_idx), context)
+            xv, yv = stream_windows(stream(val_idx), context)
+        if cfg.data.train_subset:
+            x, y = x[: cfg.data.train_subset], y[: cfg.data.train_subset]
+        if len(x) == 0:
+            raise GenforgeError(f"{ds.name}: its training text makes no window of model.context={context} tokens; "
+                                f"give more text or lower model.context")
+        meta = {"dataset": ds.name, "source": ds.source, "checksum": ds.checksum,
+                "classes": ds.classes if classes else [], "input_shape": [context], "norm_shape": [1],
+                "task": self.name, "tokenizer": tokenizer.state(), "head": cfg.model.head,
+                "n_train": len(train_idx), "n_val": len(val_idx), "train_tokens": int(x.numel())}
+        return Prepared(ds, x.to(device), y.to(device), xv, yv, (context,), len(ds.classes) if classes else 0,
+                        torch.zeros(1), torch.ones(1), meta, model_config=model_cfg)
+
+    def check_fits(self, ds, meta: dict) -> None:
+        if meta["classes"] and list(ds.classes) != list(meta["classes"]):
+            raise GenforgeError(f"{ds.name}'s classes ({', '.join(ds.classes[:5])}, ...) are not this model's")
+
+    def heldout(self, run, n: int, seed: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        ds, model = self.dataset(run.config), run.model
+        tokenizer = tokenizer_of(run.meta)
+        end = int(tokenizer.encode(SEPARATOR)[0])
+        entries, labels = (ds.test, ds.test_labels) if split == "test" else (ds.train, ds.train_labels)
+        if run.meta["classes"]:
+            x, y = entry_tokens(tokenizer, entries, model.context, end), torch.tensor(labels)
+        else:
+            x, y = stream_windows(tokenizer.encode("".join(e + SEPARATOR for e in entries)), model.context)
+        idx = torch.randint(0, len(x), (n,), generator=torch.Generator().manual_seed(seed))
+        return x[idx], y[idx]
+
+    def step(self, model, cfg, steps_per_epoch: int, autocast: bool, channels_last: bool):
+        return ModelLossStep(model, cfg, steps_per_epoch, autocast, channels_last)
+
+    @torch.inference_mode()
+    def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
+        model.eval()
+        device = next(model.parameters()).device
+        total, count, correct = 0.0, 0, 0
+        for i in range(0, len(x), 64):
+            xb, yb = x[i:i + 64].to(device), y[i:i + 64].to(device)
+            logits = model(xb).float()
+            if logits.ndim == 2:
+                correct += int((logits.argmax(1) == yb).sum())
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, -2), yb.long().flatten(),
+                                                             reduction="sum"))
+            count += yb.numel()
+        if not count:
+            return {}
+        out = {"loss": total / count}
+        if model.classes is None:
+            out["bits_per_token"] = out["loss"] / math.log(2)
+        else:
+            out["accuracy"] = correct / count
+        return out
+
+    def on_evaluation(self, model, run_dir: Path, epoch: int, cfg) -> None:
+        if model.classes is not None:
+            return
+        meta = rundir.read_json(run_dir / "meta.json") if (run_dir / "meta.json").is_file() else None
+        if meta is None:
+            return
+        path = run_dir / "samples.json"
+        samples = rundir.read_json(path).get("samples", []) if path.is_file() else []
+        samples = [s for s in samples if s["epoch"] < epoch]  # a resumed run writes its epoch again
+        tokenizer = tokenizer_of(meta)
+        for prompt in PROMPTS:
+            text = complete(model, tokenizer, prompt, SAMPLE_TOKENS, temperature=0.8, seed=0).text()
+            samples.append({"epoch": epoch, "prompt": prompt, "text": text})
+        rundir.write_json(path, {"samples": samples})
+
+    def test(self, model, ds: TextCorpus, cfg) -> dict:
+        tokenizer = make_tokenizer(cfg.model.tokenizer)
+        end = int(tokenizer.encode(SEPARATOR)[0])
+        if model.classes is not None:
+            x = entry_tokens(tokenizer, ds.test, model.context, end)
+            result = evaluate(model, x, torch.tensor(ds.test_labels), ds.classes)
+            return {**result, **measure_speed(model, x[:1])}
+        text = ds.stream("test")
+        x, _ = stream_windows(tokenizer.encode(text), model.context)
+        return {**bits_per_character(model, tokenizer, text), **compressor_bits(text), **measure_speed(model, x[:1])}
+
+    def headline(self, result: dict) -> dict:
+        if "accuracy" in result:
+            return {"test_accuracy": result["accuracy"], "test_macro_f1": result["macro_f1"],
+                    "latency_ms_b1": result["latency_ms_b1"]}
+        return {"test_bpc": result["bits_per_character"], "test_perplexity": result["perplexity"],
+                "xz_bpc": result["xz_bpc"], "zstd_bpc": result["zstd_bpc"], "latency_ms_b1": result["latency_ms_b1"]}
+
+    def report(self, run_dir: Path, model, ds, result: dict, summary: dict, extra=()) -> Path:
+        _plots_with_curves(run_dir)
+        path = run_dir / "samples.json"
+        samples = rundir.read_json(path).get("samples", []) if path.is_file() else []
+        rows = "".join(f"<tr><td>{s['epoch']}</td><td><pre>{html.escape(s['prompt'])}<b>"
+                       f"{html.escape(s['text'])}</b></pre></td></tr>" for s in samples)
+        sections = [("Samples after each epoch (temperature 0.8, seed 0; the prompt, then the continuation in bold)",
+                     f"<table><tr><th>epoch</th><th>text</th></tr>{rows}</table>")] if rows else []
+        return write_page(run_dir, summary, [*extra, *sections])
+
+    def print_evaluation(self, out, name: str, result: dict) -> None:
+        table = Table(title=f"{name}: test split")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        if "accuracy" in result:
+            rows = [("accuracy", f"{result['accuracy']:.4f}"), ("macro F1", f"{result['macro_f1']:.4f}"),
+                    ("entries", f"{result['n']:,}")]
+        else:
+            rows = [("bits per character", f"{result['bits_per_character']:.3f}"),
+                    ("xz -9", _bpc(result["xz_bpc"])), ("zstd --ultra -22", _bpc(result["zstd_bpc"])),
+                    ("perplexity (per token)", f"{result['perplexity']:.2f}"),
+                    ("characters", f"{result['characters']:,}")]
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+
+    def warm_up(self, served) -> None:
+        tokenizer = tokenizer_of(served.run.meta)
+        complete(served.model, tokenizer, "a", 4, seed=0).text()
+
+
+def _bpc(value: float | None) -> str:
+    return "not installed" if value is None else f"{value:.3f} bits per character"
+
+
+def select_text_classes(corpus: TextCorpus, classes: list[int | str]) -> TextCorpus:
+    """Only these classes (names or indices), relabelled 0..k-1 in this order."""
+    index = []
+    for c in classes:
+        if isinstance(c, str) and c in corpus.classes:
+            index.append(corpus.classes.index(c))
+        elif isinstance(c, int) and 0 <= c < len(corpus.classes):
+            index.append(c)
+        else:
+            raise GenforgeError(f"data.classes: {corpus.name} has no class {c!r}; its classes: "
+                                f"{', '.join(corpus.classes)}")
+    new = {old: i for i, old in enumerate(index)}
+
+    def keep(entries, labels):
+        pairs = [(e, new[label]) for e, label in zip(entries, labels) if label in new]
+        return [e for e, _ in pairs], [label for _, label in pairs]
+
+    train, train_labels = keep(corpus.train, corpus.train_labels)
+    test, test_labels = keep(corpus.test, corpus.test_labels)
+    return replace(corpus, classes=[corpus.classes[i] for i in index], train=train, train_labels=train_labels,
+                   test=test, test_labels=test_labels)
+
+
+TASK = LanguageTask()

@@ -1,0 +1,78 @@
+"""A language model's verb: complete (a prompt's continuation, as the text generation APIs answer it)."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from genforge.data.tokens import tokenizer_of
+from genforge.language.generation import complete
+from genforge.tasks.verb import Integer, IntegerOrNone, Limits, RequestError, Strict, Verb
+
+
+class CompleteRequest(Strict):
+    prompt: str = Field("", max_length=100_000, description="The text to continue; empty: a new entry")
+    max_tokens: Integer = Field(64, ge=1, le=4096, description="Tokens to generate at most")
+    temperature: float = Field(1.0, ge=0, le=10, description="Sampling temperature; 0 picks the likeliest token")
+    top_k: IntegerOrNone = Field(None, ge=1, le=1_000_000, description="Sample among the k likeliest tokens")
+    top_p: float | None = Field(None, gt=0, le=1, description="Sample among the fewest tokens whose probabilities "
+                                "reach p (nucleus sampling)")
+    seed: Integer = Field(0, ge=0, le=2**31 - 1, description="The same seed gives the same text")
+    stop: list[str] = Field(default_factory=list, max_length=4, description="Up to 4 strings that end the text "
+                            "(not included); the end of an entry always does")
+
+
+class Complete(Verb):
+    command = "generate"
+    summary = "Continues a prompt with a language model: the text, its token count and why it ended"
+    request = CompleteRequest
+    fewer = "tokens (max_tokens)"
+
+    def offered(self, served) -> bool:
+        return not served.run.meta.get("classes")
+
+    def refusal(self, served) -> str | None:
+        return "a text classifier does not generate text" if served.run.meta.get("classes") else None
+
+    def decode(self, served, array, fields: dict, limits: Limits) -> dict:
+        if len(fields["prompt"]) > limits.max_prompt_chars:
+            raise RequestError(f"prompt: at most {limits.max_prompt_chars:,} characters, got "
+                               f"{len(fields['prompt']):,}")
+        if fields["max_tokens"] > limits.max_tokens:
+            raise RequestError(f"max_tokens must be at most {limits.max_tokens}")
+        return fields
+
+    def run(self, served, inputs: dict) -> dict:
+        completion = complete(served.model, tokenizer_of(served.run.meta), inputs["prompt"], inputs["max_tokens"],
+                              inputs["temperature"], inputs["top_k"], inputs["top_p"], inputs["seed"], inputs["stop"])
+        text = completion.text()
+        return {"text": text, "tokens": completion.tokens, "prompt_tokens": completion.prompt_tokens,
+                "finish_reason": completion.finish_reason}
+
+    def answer(self, served, inputs: dict, result: dict, latency_ms: float) -> dict:
+        return {"model": served.name, "backend": served.backend, "latency_ms": latency_ms, **result}
+
+    def tensors(self, served) -> dict:
+        one = "a tensor of shape [1]"
+        return {"inputs": [
+            {"name": "prompt", "datatype": "BYTES", "shape": [1], "description": "UTF-8 text to continue; default: "
+             "none (a new entry)", "optional": True},
+            {"name": "max_tokens", "datatype": "INT64", "shape": [1], "description": f"{one}; default 64",
+             "optional": True},
+            {"name": "temperature", "datatype": "FP32", "shape": [1], "description": f"{one}; default 1",
+             "optional": True},
+            {"name": "seed", "datatype": "INT64", "shape": [1], "description": f"{one}; default 0", "optional": True}],
+            "outputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "description": "the continuation"}]}
+
+    def from_tensors(self, served, tensors: dict, parameters: dict) -> tuple[None, dict]:
+        values = {k: tensors[k] for k in ("prompt", "max_tokens", "temperature", "seed") if k in tensors}
+        for key in ("top_k", "top_p", "stop"):
+            if key in parameters:
+                values[key] = parameters[key]
+        return None, values
+
+    def outputs(self, served, inputs: dict, result: dict) -> dict:
+        return {"text": np.array([result["text"].encode()], dtype=object)}
+
+
+COMPLETE = Complete("complete")

@@ -1,0 +1,221 @@
+"""Text: the corpora (fortunes, text:PATH, textfolder:PATH) and their split, the byte tokenizer, the Transformer (its
+cache, its sampling, its pooling), generation with stop strings, and scoring in bits per character."""
+
+import lzma
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import run_cli
+
+from genforge import rundir, runs
+from genforge.data.text import FORTUNES_DIR, MAX_ENTRY, SEPARATOR, in_test, load_text
+from genforge.data.tokens import ByteTokenizer
+from genforge.errors import GenforgeError
+from genforge.language.generation import complete
+from genforge.language.scoring import bits_per_character, compressor_bits, token_losses
+from genforge.models.transformer import Transformer, TransformerConfig
+
+fortunes = pytest.mark.skipif(not FORTUNES_DIR.is_dir(), reason="needs Debian's fortunes (make test installs it)")
+
+
+def tiny(**kw) -> Transformer:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(**{"layers": 2, "heads": 2, "width": 32, "context": 16, "vocab_size": 256,
+                               "end_token": 30, "dropout": 0.0, **kw})
+    return Transformer(cfg, 5 if cfg.head == "classes" else 0).eval()
+
+
+@fortunes
+def test_fortunes_split_by_entry_the_same_every_run():
+    corpus = load_text("fortunes")
+    assert len(corpus.classes) >= 40 and {"computers", "science", "songs-poems"} <= set(corpus.classes)
+    entries = len(corpus.train) + len(corpus.test)
+    assert 14_000 < entries < 16_000
+    assert 0.08 < len(corpus.test) / entries < 0.12  # TEST_SHARE: 10% by hash
+    assert not set(corpus.train) & set(corpus.test)  # no entry (nor an exact duplicate of one) on both sides
+    assert all(in_test(e) for e in corpus.test) and not any(in_test(e) for e in corpus.train)
+    assert load_text("fortunes").checksum == corpus.checksum
+    text = corpus.stream("train")
+    assert "\x08" not in text and "\r" not in text  # overstriking and carriage returns cleaned
+    assert text.count(SEPARATOR) == len(corpus.train)
+
+
+def test_text_path_reads_paragraphs_of_a_file_or_a_folder(tmp_path):
+    paragraphs = [f"Paragraph number {i}.\nIt has two lines." for i in range(120)]
+    (tmp_path / "a.txt").write_text("\n\n".join(paragraphs[:70]) + "\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("\ufeff" + "\r\n\r\n".join(paragraphs[70:]))  # BOM, Windows lines
+    one = load_text(f"text:{tmp_path / 'a.txt'}")
+    assert sorted(one.train + one.test) == sorted(paragraphs[:70])
+    both = load_text(f"text:{tmp_path}")
+    assert sorted(both.train + both.test) == sorted(paragraphs)
+    assert both.test and both.train
+
+
+def test_one_long_line_is_cut_into_entries_at_spaces(tmp_path):
+    words = " ".join(f"word{i}" for i in range(200_000))  # 1.5 MB on one line
+    (tmp_path / "line.txt").write_text(words)
+    corpus = load_text(f"text:{tmp_path / 'line.txt'}")
+    entries = corpus.train + corpus.test
+    assert len(entries) > 10 and max(map(len, entries)) <= MAX_ENTRY
+    assert all(not e.startswith(" ") for e in entries)
+
+
+def test_utf16_with_its_mark_is_read(tmp_path):
+    text = "\n\n".join(f"Grüße Nummer {i}" for i in range(50))
+    (tmp_path / "u.txt").write_bytes(text.encode("utf-16"))
+    corpus = load_text(f"text:{tmp_path / 'u.txt'}")
+    assert "Grüße Nummer 7" in corpus.train + corpus.test
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "the text is empty"),
+    (b"\x00\x01\x02binary\x00" * 100, "is a binary file, not text"),
+    ("café\n\n".encode("latin-1") * 50, "is not UTF-8 text (byte 3"),
+])
+def test_unreadable_text_is_one_clear_line(tmp_path, content, words):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(GenforgeError, match=words.replace("(", r"\(")):
+        load_text(f"text:{path}")
+
+
+def test_a_2_gib_file_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.txt"
+    with path.open("wb") as f:
+        f.truncate(2 << 30)  # sparse: 2 GiB on paper, nothing on disk
+    with pytest.raises(GenforgeError, match=r"2\.0 GiB of text is more than the 1 GiB"):
+        load_text(f"text:{path}")
+
+
+def test_textfolder_labels_entries_by_subfolder(tmp_path):
+    for label in ("cats", "dogs"):
+        (tmp_path / label).mkdir()
+        for i in range(40):
+            (tmp_path / label / f"{i}.txt").write_text(f"a {label[:-1]} story, number {i}")
+    corpus = load_text(f"textfolder:{tmp_path}")
+    assert corpus.classes == ["cats", "dogs"]
+    for entries, labels in ((corpus.train, corpus.train_labels), (corpus.test, corpus.test_labels)):
+        assert all(("cat" in e) == (label == 0) for e, label in zip(entries, labels))
+    (tmp_path / "birds").mkdir()
+    with pytest.raises(GenforgeError, match="class folder 'birds' holds no text"):
+        load_text(f"textfolder:{tmp_path}")
+
+
+def test_bytes_round_trip_and_stream_whole_characters():
+    tok = ByteTokenizer()
+    text = "naïve café — 日本 🙂"
+    ids = tok.encode(text)
+    assert ids.dtype == torch.uint8 and len(ids) == len(text.encode())
+    assert tok.decode(ids) == text
+    pieces = list(tok.pieces(ids.tolist()))
+    assert "".join(pieces) == text and "🙂" in pieces  # a 4-byte character comes out whole, once
+    assert tok.decode([0xF0, 0x9F]) == "\ufffd"  # a cut character is a replacement, not an error
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_the_cache_gives_the_logits_of_the_whole_sequence(positions):
+    model = tiny(positions=positions)
+    x = torch.randint(0, 256, (1, 12))
+    whole = model(x)[0]
+    h, cache = model.hidden(x[:, :8])
+    steps = [model.lm_head(h[0, -1])]
+    for i in range(8, 12):
+        h, cache = model.hidden(x[:, i:i + 1], cache, start=i)
+        steps.append(model.lm_head(h[0, -1]))
+    torch.testing.assert_close(torch.stack(steps), whole[7:12], atol=1e-5, rtol=0)
+
+
+def test_sampling_is_seeded_greedy_at_zero_and_runs_past_the_context():
+    model, prompt = tiny(), torch.tensor([30, 72, 105])
+    first = list(model.generate(prompt, 40, temperature=1.0, top_k=50, top_p=0.9, seed=3))
+    assert len(first) == 40  # 43 positions: past the context of 16, the cache is rebuilt
+    assert first == list(model.generate(prompt, 40, temperature=1.0, top_k=50, top_p=0.9, seed=3))
+    assert first != list(model.generate(prompt, 40, temperature=1.0, top_k=50, top_p=0.9, seed=4))
+    greedy = list(model.generate(prompt, 5, temperature=0))
+    assert greedy == list(model.generate(prompt, 5, temperature=1.0, top_k=1, seed=9))
+    assert greedy[0] == int(model(prompt[None])[0, -1].argmax())
+
+
+def test_a_classifier_pools_only_the_tokens_of_its_entry():
+    model = tiny(head="classes")
+    a = torch.tensor([[65, 66, 67, 30, 30, 30, 30, 30]])
+    b = torch.tensor([[65, 66, 67, 30, 1, 2, 3, 4]])  # after the end token: padding, whatever it holds
+    torch.testing.assert_close(model(a), model(b))
+    assert model(a).shape == (1, 5)
+    assert not torch.allclose(model(a), model(torch.tensor([[65, 66, 68, 30, 30, 30, 30, 30]])))
+
+
+def test_a_stop_string_ends_the_text_before_it():
+    model, tok = tiny(), ByteTokenizer()
+    full = complete(model, tok, "ab", 60, temperature=1.0, seed=1)
+    text = full.text()
+    assert full.finish_reason in ("length", "stop") and full.tokens <= 60
+    if len(text) > 6:
+        stop = text[3:5]
+        cut = complete(model, tok, "ab", 60, temperature=1.0, seed=1, stop=[stop])
+        assert cut.text() == text[: text.find(stop)] and cut.finish_reason == "stop"
+
+
+def test_losses_score_every_token_once_with_the_most_context_a_window_gives():
+    model = tiny()
+    ids = torch.randint(0, 256, (15,))  # shorter than the context: one window, every next token scored
+    nats, n = token_losses(model, ids)
+    direct = F.cross_entropy(model(ids[None, :-1])[0], ids[1:], reduction="sum").detach()
+    assert n == 14 and nats == pytest.approx(direct.item(), rel=1e-5)
+    long = torch.randint(0, 256, (101,))
+    nats, n = token_losses(model, long)
+    assert n == 100  # overlapping windows, each token after the first scored once
+
+
+def test_compressors_and_the_model_in_the_same_unit():
+    text = "to be or not to be, that is the question. " * 200
+    bits = compressor_bits(text)
+    assert bits["xz_bpc"] == pytest.approx(8 * len(lzma.compress(text.encode(), preset=9)) / len(text), rel=0.02)
+    assert bits["zstd_bpc"] is None or bits["zstd_bpc"] < 1  # repetitive text compresses far below a bit per char
+    scored = bits_per_character(tiny(), ByteTokenizer(), text)
+    assert 7 < scored["bits_per_character"] < 9  # an untrained model: about log2(256) = 8 bits per byte
+    assert scored["perplexity"] == pytest.approx(2 ** (scored["bits_per_character"] * (len(text) - 1)
+                                                       / (scored["tokens"] - 1)), rel=1e-4)
+    assert math.isfinite(scored["perplexity"])
+
+
+# ---- a trained language model, end to end (conftest's text_run: `genforge train text-gpt`, tiny) ----
+
+def test_a_language_run_scores_itself_beside_the_compressors(text_run):
+    summary = rundir.read_json(text_run / "summary.json")
+    assert 0 < summary["test_bpc"] < 8.5 and summary["xz_bpc"] > 2  # 64 windows of training: little learnt yet
+    assert summary["zstd_bpc"] is None or summary["zstd_bpc"] > 2
+    samples = rundir.read_json(text_run / "samples.json")["samples"]
+    assert [s["prompt"] for s in samples] == ["", "The ", "A computer "] and all(s["epoch"] == 1 for s in samples)
+    page = (text_run / "report.html").read_text()
+    assert "Samples after each epoch" in page and "curves" in page
+    meta = rundir.read_json(text_run / "meta.json")
+    assert meta["tokenizer"] == {"kind": "bytes", "vocab_size": 256} and meta["classes"] == []
+    assert (text_run / "export" / "model.onnx").is_file()  # served once: exported, its parity checked
+
+
+def test_generate_in_python_and_on_the_command_line_give_the_same_text(text_run, capsys, monkeypatch):
+    loaded = runs.load_run(text_run)
+    first = loaded.generate("The ", max_tokens=40, temperature=0.9, seed=7)
+    pieces = list(first)
+    assert first.finish_reason in ("stop", "length") and 0 < first.tokens <= 40
+    again = loaded.generate("The ", max_tokens=40, temperature=0.9, seed=7).text()
+    assert "".join(pieces) == again
+    code, out, err = run_cli(capsys, monkeypatch, "generate", text_run, "--prompt", "The ", "--max-tokens", 40,
+                             "--temperature", 0.9, "--seed", 7)
+    assert code == 0, err
+    assert out == "The " + again + "\n" and f"{first.tokens} tokens, ended by {first.finish_reason}" in err
+
+
+def test_evaluate_prints_bits_per_character_beside_xz_and_zstd(text_run, capsys, monkeypatch):
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", text_run)
+    assert code == 0, err
+    assert "bits per character" in out and "xz -9" in out and "zstd --ultra -22" in out
+
+
+def test_a_model_that_is_not_a_language_model_cannot_generate(classifier_run, capsys, monkeypatch):
+    code, _, err = run_cli(capsys, monkeypatch, "generate", classifier_run, "--prompt", "hi")
+    assert code == 2 and "not a language model: it cannot generate text" in err
