@@ -38,6 +38,13 @@ class ByteTokenizer:
         if rest:
             yield rest
 
+    def token_bytes(self, i: int) -> bytes:
+        return bytes([int(i)])
+
+    def token_text(self, i: int) -> str:
+        """A token as text APIs list it: the character of an ASCII byte, else `bytes:\\xNN`."""
+        return chr(i) if i < 128 else f"bytes:\\x{i:02x}"
+
     def state(self) -> dict:
         """What tokenizer.json holds: enough to rebuild it (tokenizer_from_state)."""
         return {"kind": self.kind, "vocab_size": self.vocab_size}

@@ -77,6 +77,11 @@ class ServedModel:
         """The verbs its task offers that it answers as served (explain needs torch weights)."""
         return self._verbs
 
+    @property
+    def created(self) -> int:
+        """When the run was made (its config.yaml's time, seconds since 1970): OpenAI's model list shows it."""
+        return int((self.run.path / "config.yaml").stat().st_mtime)
+
     def card(self) -> dict:
         """What a client needs to call the model and judge it: kind, data, classes, shape, metrics, config."""
         summary = self.run.summary

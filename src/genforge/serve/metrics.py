@@ -7,8 +7,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/docs", "/openapi.json", "/v2", "/v2/health/live",
-                "/v2/health/ready"}
+PLAIN_ROUTES = {"/", "/livez", "/readyz", "/metrics", "/v1/models", "/v1/completions", "/docs", "/openapi.json", "/v2",
+                "/v2/health/live", "/v2/health/ready"}
 
 
 class Metrics:
@@ -28,6 +28,8 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.batch = Histogram("genforge_batch_size", "Rows per inference batch", ["model"], registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.tokens = Counter("genforge_generated_tokens", "Tokens sampled by language models (a stream a client "
+                              "left stops adding to it)", ["model"], registry=self.registry)
         self.ready = Gauge("genforge_ready", "1 when the models are loaded and warmed up", registry=self.registry,
                            multiprocess_mode="livemin")
         self.in_flight = Gauge("genforge_in_flight", "POST requests being answered", registry=self.registry,

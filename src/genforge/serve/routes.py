@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from genforge import __version__
-from genforge.serve import schemas, v1, v2
+from genforge.serve import openai, schemas, v1, v2
 from genforge.serve.runtime import Runtime
 from genforge.tasks.verb import RequestError, Verb
 
@@ -42,7 +42,11 @@ async def prometheus(request: Request):
 
 # /v1 ----------------------------------------------------------------------------------------------------------
 async def list_models(request: Request):
-    return {"models": [v1.card(m) for m in runtime(request).models.values()]}
+    """genforge's cards under `models`, and OpenAI's list (object, data) beside them, so that OpenAI's clients and
+    genforge's read the same answer."""
+    served = runtime(request).models.values()
+    return {"models": [v1.card(m) for m in served], "object": "list",
+            "data": [{"id": m.name, "object": "model", "created": m.created, "owned_by": "genforge"} for m in served]}
 
 
 async def model_card(request: Request, name: str = FastAPIPath(description="A served model's name")):
@@ -150,6 +154,10 @@ def add(app: FastAPI, verbs: dict[str, Verb]) -> None:
         app.add_api_route(f"/v1/models/{{name}}/{verb}", call_verb, methods=[verb.method], name=verb.name,
                           tags=models, summary=verb.summary, description=verb.description,
                           openapi_extra=schemas.openapi(verb), responses=schemas.responses(verb))
+    if any(verb.openai == openai.ROUTE for verb in verbs.values()):
+        app.add_api_route("/v1/completions", openai.completions, methods=["POST"], tags=["openai-compatible"],
+                          summary="OpenAI's completions API (whole, or streamed as server-sent events) for language "
+                                  "models", responses=schemas.ERRORS)
     add_v2(app, protocol)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_api_route("/", playground, include_in_schema=False)

@@ -6,13 +6,15 @@ import numpy as np
 from pydantic import Field
 
 from genforge.data.tokens import tokenizer_of
-from genforge.language.generation import complete
+from genforge.language.generation import TextStream, complete, prompt_ids
+from genforge.models.transformer import token_logprobs
 from genforge.tasks.verb import Integer, IntegerOrNone, Limits, RequestError, Strict, Verb
 
 
 class CompleteRequest(Strict):
     prompt: str = Field("", max_length=100_000, description="The text to continue; empty: a new entry")
-    max_tokens: Integer = Field(64, ge=1, le=4096, description="Tokens to generate at most")
+    max_tokens: Integer = Field(64, ge=0, le=4096, description="Tokens to generate at most (0: none, e.g. to score "
+                                "an echoed prompt)")
     temperature: float = Field(1.0, ge=0, le=10, description="Sampling temperature; 0 picks the likeliest token")
     top_k: IntegerOrNone = Field(None, ge=1, le=1_000_000, description="Sample among the k likeliest tokens")
     top_p: float | None = Field(None, gt=0, le=1, description="Sample among the fewest tokens whose probabilities "
@@ -20,12 +22,17 @@ class CompleteRequest(Strict):
     seed: Integer = Field(0, ge=0, le=2**31 - 1, description="The same seed gives the same text")
     stop: list[str] = Field(default_factory=list, max_length=4, description="Up to 4 strings that end the text "
                             "(not included); the end of an entry always does")
+    logprobs: IntegerOrNone = Field(None, ge=0, le=5, description="Also answer each token's log-probability and "
+                                    "those of this many likeliest alternatives")
+    echo: bool = Field(False, description="Answer the prompt before the continuation (with logprobs: its tokens' "
+                       "log-probabilities too, e.g. to score a text)")
 
 
 class Complete(Verb):
     command = "generate"
     summary = "Continues a prompt with a language model: the text, its token count and why it ended"
     request = CompleteRequest
+    openai = "completions"  # also POST /v1/completions, OpenAI's shape (serve/openai.py)
     fewer = "tokens (max_tokens)"
 
     def offered(self, served) -> bool:
@@ -42,12 +49,22 @@ class Complete(Verb):
             raise RequestError(f"max_tokens must be at most {limits.max_tokens}")
         return fields
 
+    def stream(self, served, inputs: dict) -> TextStream:
+        tokenizer, alternatives = tokenizer_of(served.run.meta), inputs["logprobs"]
+        completion = complete(served.model, tokenizer, inputs["prompt"], inputs["max_tokens"], inputs["temperature"],
+                              inputs["top_k"], inputs["top_p"], inputs["seed"], inputs["stop"], alternatives)
+        trace = []
+        if inputs["echo"] and alternatives is not None:
+            trace = token_logprobs(served.model, prompt_ids(tokenizer, inputs["prompt"]), alternatives)
+        return TextStream(completion, tokenizer, inputs["prompt"], inputs["echo"], alternatives, trace)
+
     def run(self, served, inputs: dict) -> dict:
-        completion = complete(served.model, tokenizer_of(served.run.meta), inputs["prompt"], inputs["max_tokens"],
-                              inputs["temperature"], inputs["top_k"], inputs["top_p"], inputs["seed"], inputs["stop"])
-        text = completion.text()
-        return {"text": text, "tokens": completion.tokens, "prompt_tokens": completion.prompt_tokens,
-                "finish_reason": completion.finish_reason}
+        streamed = self.stream(served, inputs)
+        for _ in streamed.pieces:
+            pass
+        return {"text": streamed.text, "tokens": streamed.completion.tokens,
+                "prompt_tokens": streamed.completion.prompt_tokens, "finish_reason": streamed.finish_reason,
+                "logprobs": streamed.logprobs()}
 
     def answer(self, served, inputs: dict, result: dict, latency_ms: float) -> dict:
         return {"model": served.name, "backend": served.backend, "latency_ms": latency_ms, **result}

@@ -149,6 +149,7 @@ class Verb(str):
     conflict: str | None = None  # why a model may refuse the verb as served (409)
     requires: Verb | None = None  # the verb a model must offer for this one (default: itself)
     companions: tuple[Verb, ...] = ()  # verbs served beside this one, for the models that offer it
+    openai: str | None = None  # the OpenAI-compatible route that serves it too ("completions": serve/openai.py)
 
     @property
     def name(self) -> str:
@@ -176,6 +177,10 @@ class Verb(str):
 
     def run(self, served, inputs):
         """The work, on the verb's thread; a batched verb gets the rows of several requests at once."""
+        raise NotImplementedError
+
+    def stream(self, served, inputs: dict):
+        """A verb with an OpenAI-compatible route: its answer as it is made (language.generation.TextStream)."""
         raise NotImplementedError
 
     def rows(self, inputs: dict):
