@@ -2,85 +2,93 @@
 /v1/completions, answered whole or streamed as server-sent events (`data: {chunk}` lines, then `data: [DONE]`), with
 logprobs and echo, so that the `openai` package and tools built for such servers (lm-evaluation-harness) use a genforge
 language model unchanged. Its fields are the verb's own (prompt, max_tokens, temperature, top_p, seed, stop, logprobs,
-echo), checked by the verb's definition with its bounds and words; OpenAI's other fields are accepted at their neutral
-values and refused otherwise. Generation runs on the inference thread a piece at a time, so that concurrent streams
+echo), with the verb's bounds and words; OpenAI's other fields are accepted at their neutral values only (the route's
+schema says so). Generation runs on the inference thread a piece at a time, so that concurrent streams
 take turns, a whole-request deadline (Limits.timeout_s) ends it, and a client that goes away stops it at once."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import json
 import time
 import uuid
+from typing import Annotated, Literal
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from genforge.serve.runtime import Runtime
-from genforge.tasks.verb import RequestError, Verb, validated_json
+from genforge.tasks.verb import Verb, validated_json
 
 ROUTE = "completions"
 
 
-class CompletionBody(BaseModel):
-    """OpenAI's completion request. The fields genforge reads are checked by the verb; the others must be neutral."""
+FROM_VERB = ("max_tokens", "temperature", "top_p", "seed", "logprobs", "echo")  # OpenAI's names, the verb's bounds
+Nothing = Annotated[float, Field(ge=0, le=0)]  # OpenAI's penalties: only their neutral value
+
+
+class OpenAIFields(BaseModel):
+    """OpenAI's completion fields that are not the verb's: the model, the prompt and stop in OpenAI's forms, streaming,
+    and the options genforge takes only at their neutral values (the schema says which)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(max_length=200)
-    prompt: str | list[str] = ""
-    max_tokens: int | None = 16
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    logprobs: int | None = None
-    echo: bool = False
-    stream: bool = False
-    n: int = 1
-    best_of: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict | None = None
-    suffix: str | None = None
-    user: str | None = Field(None, max_length=256)
+    model: str = Field(max_length=200, description="A served language model's name (GET /v1/models)")
+    stop: str | list[str] | None = Field(None, max_length=4, description="Up to 4 strings that end the text")
+    stream: bool = Field(False, description="Server-sent events: data: {chunk} lines, then data: [DONE]")
     stream_options: dict | None = None
+    n: Literal[1] = 1
+    best_of: Literal[1] | None = None
+    presence_penalty: Nothing = 0.0
+    frequency_penalty: Nothing = 0.0
+    logit_bias: dict[str, float] | None = Field(None, max_length=0)
+    suffix: str | None = Field(None, max_length=0)
+    user: str | None = Field(None, max_length=256)
 
 
-NEUTRAL = {"n": 1, "best_of": (None, 1), "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": (None, {}),
-           "suffix": (None, "")}
+@functools.cache
+def body_model(verb: Verb) -> type[BaseModel]:
+    """OpenAI's completion request over `verb`: its prompt (a text, or a list of one), the fields OpenAI and the verb
+    share with the verb's own bounds (max_tokens defaulting to OpenAI's 16), and OpenAIFields."""
+    own = verb.request.model_fields
+    prompt = own["prompt"]
+    fields = {"prompt": (str | Annotated[list[str], Field(min_length=1, max_length=1)],
+                         Field(prompt.default, description=prompt.description))}
+    for name in FROM_VERB:
+        field = copy.copy(own[name])
+        if name == "max_tokens":
+            field.default = 16
+        fields[name] = (own[name].annotation, field)
+    return create_model("CompletionBody", __base__=OpenAIFields, **fields)
+
+
+def body_schema(verb: Verb) -> dict:
+    """The route's openapi_extra: its JSON body."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": body_model(verb).model_json_schema()}}}}
 
 
 def verb_of(verbs: dict[str, Verb]) -> Verb:
     return next(v for v in verbs.values() if v.openai == ROUTE)
 
 
-def decode(runtime: Runtime, body: CompletionBody) -> tuple[Verb, object, dict]:
-    """The verb, the served model and its decoded inputs; a RequestError says what to change."""
-    for key, neutral in NEUTRAL.items():
-        value = getattr(body, key)
-        if value not in (neutral if isinstance(neutral, tuple) else (neutral,)):
-            raise RequestError(f"{key}: genforge does not support {key}={value!r}; leave it out")
-    prompt = body.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise RequestError(f"prompt: one prompt per request, got {len(prompt)}; send them one by one")
-        prompt = prompt[0]
-    verb = verb_of(runtime.verbs)
+def decode(runtime: Runtime, verb: Verb, body) -> tuple[object, dict]:
+    """The served model and the verb's decoded inputs; a RequestError says what to change."""
     model = runtime.model(body.model, verb)
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
-    values = {"prompt": prompt, "max_tokens": body.max_tokens if body.max_tokens is not None else 16, "stop": stop,
-              "echo": body.echo, "logprobs": body.logprobs,
-              **{k: getattr(body, k) for k in ("temperature", "top_p", "seed") if getattr(body, k) is not None}}
-    inputs = verb.decode(model, None, verb.fields(values), runtime.limits)
-    return verb, model, inputs
+    values = {"prompt": prompt, "stop": stop, **{k: getattr(body, k) for k in FROM_VERB}}
+    return model, verb.decode(model, None, verb.fields(values), runtime.limits)
 
 
 async def completions(request: Request):
     runtime: Runtime = request.app.state.runtime
-    body = validated_json(CompletionBody, await request.body())
-    verb, model, inputs = decode(runtime, body)
+    verb = verb_of(runtime.verbs)
+    body = validated_json(body_model(verb), await request.body())
+    model, inputs = decode(runtime, verb, body)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model.name}
     if body.stream:

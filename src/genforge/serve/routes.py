@@ -157,7 +157,7 @@ def add(app: FastAPI, verbs: dict[str, Verb]) -> None:
     if any(verb.openai == openai.ROUTE for verb in verbs.values()):
         app.add_api_route("/v1/completions", openai.completions, methods=["POST"], tags=["openai-compatible"],
                           summary="OpenAI's completions API (whole, or streamed as server-sent events) for language "
-                                  "models", responses=schemas.ERRORS)
+                                  "models", openapi_extra=openai.body_schema(openai.verb_of(verbs)))
     add_v2(app, protocol)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_api_route("/", playground, include_in_schema=False)
