@@ -88,6 +88,7 @@ bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<
 	$(PY) bench/tune_fashion.py
 	$(PY) bench/transfer_few_labels.py
 	$(PY) bench/ddp_throughput.py
+	$(PY) bench/text_gpt.py
 
 lint: install-dev
 	.venv/bin/ruff check .

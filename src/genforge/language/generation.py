@@ -5,6 +5,7 @@ limit."""
 from __future__ import annotations
 
 import codecs
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -176,3 +177,19 @@ class TextStream:
         name = self.tokenizer.token_text
         return {"tokens": [name(i) for i in ids], "token_logprobs": [lp for lp, _ in trace],
                 "top_logprobs": [{name(k): v for k, v in top.items()} for _, top in trace], "text_offset": offsets}
+
+
+def generation_speed(model, tokenizer, tokens: int = 64, repeats: int = 3) -> dict:
+    """Batch-1 generation as a server does it: the milliseconds to the first token after a short prompt, and the tokens
+    a second after it (median of `repeats`, greedy, the end of an entry ignored)."""
+    firsts, rates = [], []
+    ids = prompt_ids(tokenizer, "The ")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sampled = model.generate(ids, tokens, temperature=0)
+        next(sampled)
+        t1 = time.perf_counter()
+        n = sum(1 for _ in sampled)
+        firsts.append((t1 - t0) * 1000)
+        rates.append(n / max(time.perf_counter() - t1, 1e-9))
+    return {"first_token_ms": sorted(firsts)[len(firsts) // 2], "tokens_per_s": sorted(rates)[len(rates) // 2]}
