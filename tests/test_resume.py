@@ -143,3 +143,18 @@ def test_an_interrupted_pruning_finetune_resumes_with_its_printed_command_and_en
     assert without_timings(read(reference)) == without_timings(read(child))
     summary = rundir.read_json(child / "summary.json")
     assert summary["status"] == "complete" and summary["compressed_from"] == classifier_run.name
+
+
+# a language model small enough to train in seconds, slow enough per step to be killed mid-training: 16 steps an epoch
+TEXT_EXACT = ["model.layers=2", "model.width=96", "model.heads=2", "model.context=128", "train.threads=1",
+              "deterministic=true", "seed=3", "data.train_subset=128", "train.batch_size=8", "train.epochs=2",
+              "train.checkpoint_every=4", "data.test_subset=20"]
+
+
+def test_a_language_model_killed_mid_epoch_resumes_bit_identical(tmp_path, fortunes_available):
+    reference, run = killed_and_uninterrupted(tmp_path, "text-gpt", TEXT_EXACT, kill_at=20)
+    assert_same_tree(load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS))
+    assert_same_tree(rundir.load_state(reference / rundir.CHECKPOINT)["step_fn"],
+                     rundir.load_state(run / rundir.CHECKPOINT)["step_fn"])
+    # the samples written after each epoch are the uninterrupted run's too
+    assert rundir.read_json(reference / "samples.json") == rundir.read_json(run / "samples.json")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_cli
+from helpers import run_cli, train_run
 
 from genforge import rundir, runs
 from genforge.data.text import FORTUNES_DIR, MAX_ENTRY, SEPARATOR, in_test, load_text
@@ -219,3 +219,20 @@ def test_evaluate_prints_bits_per_character_beside_xz_and_zstd(text_run, capsys,
 def test_a_model_that_is_not_a_language_model_cannot_generate(classifier_run, capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, "generate", classifier_run, "--prompt", "hi")
     assert code == 2 and "not a language model: it cannot generate text" in err
+
+
+def test_a_language_model_is_fine_tuned_into_a_classifier_with_a_new_head(text_run, tmp_path):
+    tiny_model = ["model.layers=1", "model.width=32", "model.heads=2", "model.context=64"]  # conftest.TEXT's sizes
+    run = train_run(tmp_path, "fortunes-finetune", f"train.init_from={text_run}", *tiny_model, "train.epochs=1",
+                    "data.labels_per_class=5", "data.test_subset=30", "train.threads=1")
+    summary = rundir.read_json(run / "summary.json")
+    transfer = summary["transfer"]
+    assert transfer["init_from"] == str(text_run.resolve())
+    assert transfer["head"].startswith("new classes for 10 classes (people, definitions")
+    pretrained, tuned = runs.load_run(text_run).model, runs.load_run(run).model
+    names = [n for n, _ in tuned.named_parameters()]
+    assert transfer["loaded"] == f"{len(names) - 2} of {len(names)} parameter tensors"  # all but classes.{weight,bias}
+    assert not torch.equal(pretrained.embed.weight, tuned.embed.weight)  # fine-tuned, from the pretrained weights
+    assert 0 <= summary["test_accuracy"] <= 1 and tuned.classes.out_features == 10
+    meta = rundir.read_json(run / "meta.json")
+    assert meta["classes"][:2] == ["people", "definitions"] and meta["head"] == "classes"

@@ -155,8 +155,10 @@ def _load(transfer: Transfer, path: str, model: nn.Module, classes: list[str]) -
     transfer.pretrained = [n for n, _ in model.named_parameters() if n not in renew]
     transfer.new = [n for n, _ in model.named_parameters() if n in renew]
     if renew:
+        theirs_said = (f"{len(parent_meta['classes'])} ({', '.join(parent_meta['classes'])})" if parent_meta["classes"]
+                       else "none")
         transfer.head = (f"new {head[:-1]} for {len(classes)} classes ({', '.join(classes)}); the run had "
-                         f"{len(parent_meta['classes'])} ({', '.join(parent_meta['classes'])})")
+                         f"{theirs_said}")
 
 
 def _describe(key: str, theirs: dict, own: dict) -> str:

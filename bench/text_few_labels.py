@@ -1,0 +1,82 @@
+"""Issue 32's second acceptance figure: pretraining pays. With 50 labelled entries per class for the 10 largest
+fortunes files, `fortunes-finetune` (from a pretrained text-gpt run) against `fortunes-classify` (the same model from
+scratch), median of 3 seeds, beside the peers a competent user tries first, trained on the same 500 labelled entries
+in the same run: TF-IDF + logistic regression (scikit-learn; word unigrams and bigrams) and fastText (supervised,
+with its text-classification tutorial's settings for small data: lr 1.0, 25 epochs, word bigrams). All are scored
+on the test entries of those 10 classes. Writes bench/out/text_few_labels.json.
+
+Argument 1: a text-gpt run directory (default: the newest under bench/out/runs, which bench/text_gpt.py makes)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import fasttext
+import numpy as np
+import torch
+from _common import record, train_preset
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from genforge.config import load_config
+from genforge.data import labelled_subset
+from genforge.data.text import load_text
+from genforge.tasks.language import select_text_classes
+
+PER_CLASS = 50
+
+
+def labelled(seed: int):
+    """The same 50 entries per class the genforge runs draw (data.labels_per_class, seeded), all of them (the runs hold
+    a tenth of them out for validation; the peers get every label), and the test entries."""
+    cfg = load_config("fortunes-classify")
+    corpus = select_text_classes(load_text("fortunes"), cfg.data.classes)
+    idx = labelled_subset(torch.tensor(corpus.train_labels), PER_CLASS, seed, corpus.classes).tolist()
+    return ([corpus.train[i] for i in idx], [corpus.train_labels[i] for i in idx], corpus.test, corpus.test_labels)
+
+
+def tfidf_logreg(x, y, xt, yt) -> float:
+    model = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1),
+                          LogisticRegression(max_iter=2000, C=10))
+    model.fit(x, y)
+    return float((model.predict(xt) == yt).mean())
+
+
+def fasttext_accuracy(x, y, xt, yt, seed: int) -> float:
+    def line(text: str) -> str:
+        return " ".join(text.split())
+
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.writelines(f"__label__{label} {line(text)}\n" for text, label in zip(x, y))
+    model = fasttext.train_supervised(f.name, lr=1.0, epoch=25, wordNgrams=2, seed=seed, verbose=0, thread=1)
+    Path(f.name).unlink()
+    predicted = [int(model.predict(line(t))[0][0].removeprefix("__label__")) for t in xt]
+    return sum(p == t for p, t in zip(predicted, yt)) / len(yt)
+
+
+def main(pretrained: str | None = None, seeds: int = 3) -> None:
+    if pretrained is None:
+        pretrained = str(max(Path("bench/out/runs").glob("text-gpt-*/model.safetensors"),
+                             key=lambda p: p.stat().st_mtime).parent)
+    rows = {"finetune": [], "scratch": [], "tfidf_logreg": [], "fasttext": []}
+    for seed in range(seeds):
+        few = [f"seed={seed}", f"data.labels_per_class={PER_CLASS}"]
+        rows["finetune"].append(train_preset("fortunes-finetune", [*few, f"train.init_from={pretrained}"])
+                                ["test_accuracy"])
+        rows["scratch"].append(train_preset("fortunes-classify", few)["test_accuracy"])
+        x, y, xt, yt = labelled(seed)
+        rows["tfidf_logreg"].append(tfidf_logreg(x, y, xt, np.array(yt)))
+        rows["fasttext"].append(fasttext_accuracy(x, y, xt, yt, seed))
+        print(seed, {k: v[-1] for k, v in rows.items()}, flush=True)
+    medians = {k: statistics.median(v) for k, v in rows.items()}
+    record("text_few_labels", {"pretrained": pretrained, "per_class": PER_CLASS, "accuracy": rows, "median": medians,
+                               "finetune_minus_scratch": medians["finetune"] - medians["scratch"],
+                               "goal_met": medians["finetune"] - medians["scratch"] >= 0.05})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
