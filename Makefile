@@ -90,6 +90,7 @@ bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<
 	$(PY) bench/ddp_throughput.py
 	$(PY) bench/text_gpt.py
 	$(PY) bench/text_few_labels.py
+	$(PY) bench/text_serve.py
 
 lint: install-dev
 	.venv/bin/ruff check .
