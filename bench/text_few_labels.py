@@ -25,7 +25,6 @@ from sklearn.pipeline import make_pipeline
 from genforge.config import load_config
 from genforge.data import labelled_subset
 from genforge.data.text import load_text
-from genforge.tasks.language import select_text_classes
 
 PER_CLASS = 50
 
@@ -34,7 +33,7 @@ def labelled(seed: int):
     """The same 50 entries per class the genforge runs draw (data.labels_per_class, seeded), all of them (the runs hold
     a tenth of them out for validation; the peers get every label), and the test entries."""
     cfg = load_config("fortunes-classify")
-    corpus = select_text_classes(load_text("fortunes"), cfg.data.classes)
+    corpus = load_text("fortunes").select(cfg.data.classes)
     idx = labelled_subset(torch.tensor(corpus.train_labels), PER_CLASS, seed, corpus.classes).tolist()
     return ([corpus.train[i] for i in idx], [corpus.train_labels[i] for i in idx], corpus.test, corpus.test_labels)
 

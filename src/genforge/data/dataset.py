@@ -68,18 +68,25 @@ def make_dataset(name: str, train_x, train_y, test_x, test_y, classes, source: s
     return ds
 
 
+def class_indices(available: list[str], wanted: list[int | str], name: str) -> list[int]:
+    """data.classes (labels or indices) -> indices into `available`, in the order given; a class the data does not
+    have is an error that lists the ones it has."""
+    index = []
+    for c in wanted:
+        if isinstance(c, str) and c in available:
+            index.append(available.index(c))
+        elif isinstance(c, int) and 0 <= c < len(available):
+            index.append(c)
+        else:
+            named = ", ".join(f"{i}={label}" for i, label in enumerate(available))
+            raise GenforgeError(f"data.classes: {c!r} is not a class of {name}; give indices or labels of: {named}")
+    return index
+
+
 def select_classes(ds: Dataset, classes: list[int | str]) -> Dataset:
     """`ds` with only these classes (indices or labels), in train and test alike, relabelled 0..k-1 in the given
     order: pretrain on some classes, fine-tune on the others."""
-    index = []
-    for c in classes:
-        if isinstance(c, str) and c in ds.classes:
-            index.append(ds.classes.index(c))
-        elif isinstance(c, int) and 0 <= c < len(ds.classes):
-            index.append(c)
-        else:
-            named = ", ".join(f"{i}={name}" for i, name in enumerate(ds.classes))
-            raise GenforgeError(f"data.classes: {c!r} is not a class of {ds.name}; give indices or labels of: {named}")
+    index = class_indices(ds.classes, classes, ds.name)
     relabel = torch.full((len(ds.classes),), -1, dtype=torch.long)
     relabel[index] = torch.arange(len(index))
     train, test = relabel[ds.train_y] >= 0, relabel[ds.test_y] >= 0

@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from genforge.data.dataset import class_indices
 from genforge.errors import GenforgeError
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -42,6 +43,20 @@ class TextCorpus:
     @property
     def characters(self) -> int:
         return sum(len(e) + 1 for e in self.train) + sum(len(e) + 1 for e in self.test)
+
+    def select(self, classes: list[int | str]) -> TextCorpus:
+        """Only these classes (labels or indices, data.classes), relabelled 0..k-1 in this order."""
+        index = class_indices(self.classes, classes, self.name)
+        new = {old: i for i, old in enumerate(index)}
+
+        def keep(entries, labels):
+            pairs = [(e, new[label]) for e, label in zip(entries, labels) if label in new]
+            return [e for e, _ in pairs], [label for _, label in pairs]
+
+        train, train_labels = keep(self.train, self.train_labels)
+        test, test_labels = keep(self.test, self.test_labels)
+        return replace(self, classes=[self.classes[i] for i in index], train=train, train_labels=train_labels,
+                       test=test, test_labels=test_labels)
 
     def info(self, longest: int = 5) -> dict:
         """`genforge data info`: entries, characters and tokens per split, the classes and their sizes, duplicates

@@ -65,7 +65,7 @@ class LanguageTask(Task):
                                 f"textfolder:PATH, not {name!r}")
         corpus = load_text(name)
         if cfg.data.classes:
-            corpus = select_text_classes(corpus, cfg.data.classes)
+            corpus = corpus.select(cfg.data.classes)
         if cfg.data.test_subset:
             n = cfg.data.test_subset
             corpus = replace(corpus, test=corpus.test[:n], test_labels=corpus.test_labels[:n])
@@ -218,29 +218,6 @@ class LanguageTask(Task):
 
 def _bpc(value: float | None) -> str:
     return "not installed" if value is None else f"{value:.3f} bits per character"
-
-
-def select_text_classes(corpus: TextCorpus, classes: list[int | str]) -> TextCorpus:
-    """Only these classes (names or indices), relabelled 0..k-1 in this order."""
-    index = []
-    for c in classes:
-        if isinstance(c, str) and c in corpus.classes:
-            index.append(corpus.classes.index(c))
-        elif isinstance(c, int) and 0 <= c < len(corpus.classes):
-            index.append(c)
-        else:
-            raise GenforgeError(f"data.classes: {corpus.name} has no class {c!r}; its classes: "
-                                f"{', '.join(corpus.classes)}")
-    new = {old: i for i, old in enumerate(index)}
-
-    def keep(entries, labels):
-        pairs = [(e, new[label]) for e, label in zip(entries, labels) if label in new]
-        return [e for e, _ in pairs], [label for _, label in pairs]
-
-    train, train_labels = keep(corpus.train, corpus.train_labels)
-    test, test_labels = keep(corpus.test, corpus.test_labels)
-    return replace(corpus, classes=[corpus.classes[i] for i in index], train=train, train_labels=train_labels,
-                   test=test, test_labels=test_labels)
 
 
 TASK = LanguageTask()
