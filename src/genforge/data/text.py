@@ -37,8 +37,7 @@ class TextCorpus:
     def stream(self, split: str = "train") -> str:
         """The split as one text, each entry ended by SEPARATOR: what a language model reads and what the compressors
         it is compared with compress."""
-        entries = self.train if split == "train" else self.test
-        return "".join(entry + SEPARATOR for entry in entries)
+        return joined(self.train if split == "train" else self.test)
 
     @property
     def characters(self) -> int:
@@ -77,6 +76,11 @@ class TextCorpus:
                            "test_in_train": sum(1 for e in test if e in train)},
             "longest": [{"class": c, "characters": n, "begins": e[:60]} for n, c, e in ranked],
         }
+
+
+def joined(entries) -> str:
+    """Entries as one stream, each ended by SEPARATOR."""
+    return "".join(entry + SEPARATOR for entry in entries)
 
 
 def is_text(name: str) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from genforge.data.text import SEPARATOR
 from genforge.errors import GenforgeError
 
 
@@ -16,6 +17,7 @@ class ByteTokenizer:
 
     kind = "bytes"
     vocab_size = 256
+    end_id = ord(SEPARATOR)  # the id that ends an entry (and pads a batch of entries)
 
     def encode(self, text: str) -> torch.Tensor:
         """(L,) uint8 token ids."""

@@ -5,6 +5,7 @@ limit."""
 from __future__ import annotations
 
 import codecs
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -155,15 +156,15 @@ class TextStream:
         make the text)."""
         if self.alternatives is None:
             return None
-        prompt_ids = self.tokenizer.encode(self.prompt).tolist() if self.echo else []
-        if upto == 0:
-            return self._table(prompt_ids, self.prompt_trace, 0)
         if piece is not None:  # the next piece given out, made of the next spans[k] sampled tokens
             start = self.given
             self.given += self.completion.spans[self.pieces_given]
             self.pieces_given += 1
             return self._table(self.completion.ids[start:self.given], self.completion.trace[start:self.given],
                                len(self.text) - len(piece))
+        prompt_ids = self.tokenizer.encode(self.prompt).tolist() if self.echo else []
+        if upto == 0:
+            return self._table(prompt_ids, self.prompt_trace, 0)
         sampled = sum(self.completion.spans)
         return self._table(prompt_ids + self.completion.ids[:sampled],
                            self.prompt_trace + self.completion.trace[:sampled], 0)
@@ -192,4 +193,4 @@ def generation_speed(model, tokenizer, tokens: int = 64, repeats: int = 3) -> di
         n = sum(1 for _ in sampled)
         firsts.append((t1 - t0) * 1000)
         rates.append(n / max(time.perf_counter() - t1, 1e-9))
-    return {"first_token_ms": sorted(firsts)[len(firsts) // 2], "tokens_per_s": sorted(rates)[len(rates) // 2]}
+    return {"first_token_ms": statistics.median(firsts), "tokens_per_s": statistics.median(rates)}

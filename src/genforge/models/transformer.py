@@ -178,7 +178,7 @@ class Transformer(nn.Module):
         for _ in range(max_tokens):
             token = sample(logits, temperature, top_k, top_p, generator)
             if trace is not None:
-                trace.append(_logprobs(logits, token, alternatives))
+                trace.append(logprob_of(logits, token, alternatives))
             yield token
             ids = torch.cat([ids, torch.tensor([token], device=device)])
             if length == self.context:  # no position left: start again from the recent tokens
@@ -192,30 +192,11 @@ class Transformer(nn.Module):
         return self.lm_head(h[0, -1]), caches, len(ids)
 
 
-def _logprobs(logits: torch.Tensor, token: int, alternatives: int) -> tuple[float, dict[int, float]]:
+def logprob_of(logits: torch.Tensor, token: int, alternatives: int) -> tuple[float, dict[int, float]]:
     """A token's log-probability under (V,) logits, and the `alternatives` likeliest ids with theirs."""
     lp = logits.float().log_softmax(-1)
     top = lp.topk(alternatives) if alternatives else None
     return float(lp[token]), ({} if top is None else dict(zip(top.indices.tolist(), top.values.tolist())))
-
-
-def token_logprobs(model: Transformer, ids: torch.Tensor, alternatives: int = 0) -> list[tuple[float, dict]]:
-    """Each token of ids after the first: its log-probability given the tokens before it (up to a context of them:
-    windows overlapping by half past the context), and the `alternatives` likeliest ids there with theirs."""
-    out: list[tuple[float, dict]] = []
-    ids = ids.long().to(model.embed.weight.device)
-    length = min(model.context, len(ids) - 1)
-    start = 0
-    with torch.inference_mode():
-        while len(out) < len(ids) - 1:
-            begin = max(0, min(start, len(ids) - 1 - length))
-            # predicts ids[begin + 1 : begin + 1 + length]; through hidden and lm_head, not forward, which a served
-            # model may run in ONNX Runtime at its exported length
-            logits = model.lm_head(model.hidden(ids[begin:begin + length][None])[0])[0]
-            for j in range(len(out) - begin, length):
-                out.append(_logprobs(logits[j], int(ids[begin + j + 1]), alternatives))
-            start = begin + max(1, length // 2)
-    return out
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,

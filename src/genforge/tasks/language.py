@@ -15,13 +15,14 @@ from rich.table import Table
 
 from genforge import rundir
 from genforge.data import labelled_subset, split_validation
-from genforge.data.text import SEPARATOR, TextCorpus, is_text, load_text
+from genforge.data.text import TextCorpus, is_text, joined, load_text
 from genforge.data.tokens import make_tokenizer, token_dtype, tokenizer_of
 from genforge.errors import GenforgeError
 from genforge.evaluate import evaluate, measure_speed
 from genforge.evaluate.report import _plots_with_curves, write_page
 from genforge.language.generation import complete, generation_speed
 from genforge.language.scoring import bits_per_character, compressor_bits
+from genforge.models.layers import device_of
 from genforge.onnx.parts import Part
 from genforge.tasks.base import Prepared, Task
 from genforge.tasks.language_verbs import COMPLETE
@@ -31,10 +32,10 @@ PROMPTS = ("", "The ", "A computer ")  # what the report continues after each ep
 SAMPLE_TOKENS = 160
 
 
-def entry_tokens(tokenizer, entries: list[str], context: int, end: int) -> torch.Tensor:
+def entry_tokens(tokenizer, entries: list[str], context: int) -> torch.Tensor:
     """(N, context) ids: each entry's first context - 1 tokens, then the end token, padded with end tokens."""
     dtype = token_dtype(tokenizer.vocab_size)
-    out = torch.full((len(entries), context), end, dtype=dtype)
+    out = torch.full((len(entries), context), tokenizer.end_id, dtype=dtype)
     for i, entry in enumerate(entries):
         ids = tokenizer.encode(entry)[: context - 1]
         out[i, : len(ids)] = ids.to(dtype)
@@ -75,8 +76,7 @@ class LanguageTask(Task):
         if fold is not None:
             raise GenforgeError("genforge cv scores image and feature classifiers; a text model is scored by evaluate")
         tokenizer = make_tokenizer(cfg.model.tokenizer)
-        end = int(tokenizer.encode(SEPARATOR)[0])
-        model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size, "end_token": end})
+        model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size, "end_token": tokenizer.end_id})
         labels = torch.tensor(ds.train_labels)
         pool = torch.arange(len(labels))
         if cfg.data.labels_per_class:
@@ -87,12 +87,12 @@ class LanguageTask(Task):
         train_idx, val_idx = pool[train_idx], pool[val_idx]
         context = cfg.model.context
         if classes:
-            x = entry_tokens(tokenizer, [ds.train[i] for i in train_idx], context, end)
-            xv = entry_tokens(tokenizer, [ds.train[i] for i in val_idx], context, end)
+            x = entry_tokens(tokenizer, [ds.train[i] for i in train_idx], context)
+            xv = entry_tokens(tokenizer, [ds.train[i] for i in val_idx], context)
             y, yv = labels[train_idx], labels[val_idx]
         else:
             def stream(idx):
-                return tokenizer.encode("".join(ds.train[i] + SEPARATOR for i in sorted(idx.tolist())))
+                return tokenizer.encode(joined(ds.train[i] for i in sorted(idx.tolist())))
             x, y = stream_windows(stream(train_idx), context)
             xv, yv = stream_windows(stream(val_idx), context)
         if cfg.data.train_subset:
@@ -114,12 +114,11 @@ class LanguageTask(Task):
     def heldout(self, run, n: int, seed: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
         ds, model = self.dataset(run.config), run.model
         tokenizer = tokenizer_of(run.meta)
-        end = int(tokenizer.encode(SEPARATOR)[0])
         entries, labels = (ds.test, ds.test_labels) if split == "test" else (ds.train, ds.train_labels)
         if run.meta["classes"]:
-            x, y = entry_tokens(tokenizer, entries, model.context, end), torch.tensor(labels)
+            x, y = entry_tokens(tokenizer, entries, model.context), torch.tensor(labels)
         else:
-            x, y = stream_windows(tokenizer.encode("".join(e + SEPARATOR for e in entries)), model.context)
+            x, y = stream_windows(tokenizer.encode(joined(entries)), model.context)
         idx = torch.randint(0, len(x), (n,), generator=torch.Generator().manual_seed(seed))
         return x[idx], y[idx]
 
@@ -129,7 +128,7 @@ class LanguageTask(Task):
     @torch.inference_mode()
     def validate(self, model, x: torch.Tensor, y: torch.Tensor, ds, cfg) -> dict:
         model.eval()
-        device = next(model.parameters()).device
+        device = device_of(model)
         total, count, correct = 0.0, 0, 0
         for i in range(0, len(x), 64):
             xb, yb = x[i:i + 64].to(device), y[i:i + 64].to(device)
@@ -151,13 +150,10 @@ class LanguageTask(Task):
     def on_evaluation(self, model, run_dir: Path, epoch: int, cfg) -> None:
         if model.classes is not None:
             return
-        meta = rundir.read_json(run_dir / "meta.json") if (run_dir / "meta.json").is_file() else None
-        if meta is None:
-            return
         path = run_dir / "samples.json"
         samples = rundir.read_json(path).get("samples", []) if path.is_file() else []
         samples = [s for s in samples if s["epoch"] < epoch]  # a resumed run writes its epoch again
-        tokenizer = tokenizer_of(meta)
+        tokenizer = make_tokenizer(cfg.model.tokenizer)
         for prompt in PROMPTS:
             text = complete(model, tokenizer, prompt, SAMPLE_TOKENS, temperature=0.8, seed=0).text()
             samples.append({"epoch": epoch, "prompt": prompt, "text": text})
@@ -165,9 +161,8 @@ class LanguageTask(Task):
 
     def test(self, model, ds: TextCorpus, cfg) -> dict:
         tokenizer = make_tokenizer(cfg.model.tokenizer)
-        end = int(tokenizer.encode(SEPARATOR)[0])
         if model.classes is not None:
-            x = entry_tokens(tokenizer, ds.test, model.context, end)
+            x = entry_tokens(tokenizer, ds.test, model.context)
             result = evaluate(model, x, torch.tensor(ds.test_labels), ds.classes)
             return {**result, **measure_speed(model, x[:1, :64], repeats=10)}  # a 64-token entry, batch 1 and 256
         text = ds.stream("test")

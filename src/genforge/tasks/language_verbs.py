@@ -7,7 +7,7 @@ from pydantic import Field
 
 from genforge.data.tokens import tokenizer_of
 from genforge.language.generation import TextStream, complete, prompt_ids
-from genforge.models.transformer import token_logprobs
+from genforge.language.scoring import token_logprobs
 from genforge.tasks.verb import Integer, IntegerOrNone, Limits, RequestError, Strict, Verb
 
 
