@@ -17,9 +17,9 @@ from genforge import rundir, runs
 pytestmark = pytest.mark.usefixtures("fashion_available")
 
 QUICK = ["data.name=fashion-mnist", "train.threads=1"]
-RESUMABLE = QUICK + ["model={kind: fastcnn, channels: [8, 16]}", "data.train_subset=6144", "train.batch_size=64",
-                     "train.epochs=2", "train.checkpoint_every=16", "deterministic=true", "seed=3",
-                     "data.augment.rotation=10", "train.ema=0.9"]
+RESUMABLE = QUICK + ["model={kind: fastcnn, channels: [8, 16]}", "data.train_subset=3072", "data.test_subset=1000",
+                     "train.batch_size=64", "train.epochs=2", "train.checkpoint_every=16", "deterministic=true",
+                     "seed=3", "data.augment.rotation=10", "train.ema=0.9"]
 
 
 def genforge(*args, **kwargs) -> subprocess.Popen:
@@ -60,12 +60,12 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     reference = load_file(train_run(tmp_path / "a", "quickstart", *RESUMABLE) / "model.safetensors")  # uninterrupted
 
     proc = genforge("train", "quickstart", *RESUMABLE, "--runs-dir", str(tmp_path / "b"), "--quiet")
-    run = wait_for_step(proc, tmp_path / "b", 48)  # mid-epoch: an epoch is 96 steps
+    run = wait_for_step(proc, tmp_path / "b", 24)  # mid-epoch: an epoch is 48 steps
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "model.safetensors").exists()
     killed_at = checkpoint_step(run)
-    assert 0 < killed_at < 192
+    assert 0 < killed_at < 96
 
     code, _, err = run_to_end("train", "--resume", str(run), "--quiet")
     assert code == 0, err
