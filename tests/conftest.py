@@ -50,7 +50,7 @@ LONGEST_FIRST = ["compress/test_compress.py", "test_distributed.py", "test_cli.p
 # A test that uses one of these fixtures trains on real data (or starts a browser, a database) for more than a few
 # seconds: it is marked slow, as are the tests marked so by hand, and `make test-fast` (-m "not slow") leaves them out
 SLOW_FIXTURES = {"evaluator_cache", "classifier_run", "gan_run", "vae_run", "pruned_run", "two_process_run", "text_run",
-                 "private_run", "promo_runs", "postgres", "browser"}
+                 "text_classifier_run", "private_run", "promo_runs", "postgres", "browser"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by the marks
@@ -166,6 +166,17 @@ TEXT = ["text-gpt", "model.layers=1", "model.width=32", "model.heads=2", "model.
 def text_run(request, tmp_path_factory, fortunes_available) -> Path:
     """A tiny byte-level language model of the fortunes corpus: one epoch of 64 windows (seconds); exported to ONNX."""
     return built_once(request, tmp_path_factory, "text", lambda parent: exported(train_run(parent, *TEXT)))
+
+
+TEXT_CLASSIFIER = ["fortunes-finetune", "model.layers=1", "model.width=32", "model.heads=2", "model.context=64",
+                   "train.epochs=1", "data.labels_per_class=5", "data.test_subset=30", "train.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def text_classifier_run(request, tmp_path_factory, text_run) -> Path:
+    """text_run fine-tuned into a classifier of the 10 largest fortunes files (5 labels each, one epoch); exported."""
+    return built_once(request, tmp_path_factory, "text-classifier", lambda parent: exported(train_run(
+        parent, *TEXT_CLASSIFIER, f"train.init_from={text_run}")))
 
 
 CLASSIFIER = ["fashion-cnn-fast", "train.threads=1", "data.train_subset=8192", "data.test_subset=2000",

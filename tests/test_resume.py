@@ -1,6 +1,7 @@
 """Exact resume beyond classifiers: a GAN (two optimizers, an EMA of G) and a VAE killed mid-epoch (SIGKILL) end
 bit-identical to uninterrupted runs, and an interrupted pruning fine-tune resumed with the command it prints
-finishes exactly like an uninterrupted `genforge compress` (weights, zeros, comparison)."""
+finishes exactly like an uninterrupted `genforge compress` (weights, zeros, comparison); so do a language model and
+the text classifier fine-tuned from it."""
 
 import json
 import os
@@ -146,15 +147,36 @@ def test_an_interrupted_pruning_finetune_resumes_with_its_printed_command_and_en
 
 
 # a language model small enough to train in seconds, slow enough per step to be killed mid-training: 16 steps an epoch
-TEXT_EXACT = ["model.layers=2", "model.width=96", "model.heads=2", "model.context=128", "train.threads=1",
-              "deterministic=true", "seed=3", "data.train_subset=128", "train.batch_size=8", "train.epochs=2",
-              "train.checkpoint_every=4", "data.test_subset=20"]
+TEXT_SIZE = ["model.layers=2", "model.width=96", "model.heads=2", "model.context=128"]
+TEXT_EXACT = [*TEXT_SIZE, "train.threads=1", "deterministic=true", "seed=3", "data.train_subset=128",
+              "train.batch_size=8", "train.epochs=2", "train.checkpoint_every=4", "data.test_subset=20"]
 
 
-def test_a_language_model_killed_mid_epoch_resumes_bit_identical(tmp_path, fortunes_available):
-    reference, run = killed_and_uninterrupted(tmp_path, "text-gpt", TEXT_EXACT, kill_at=20)
+@pytest.fixture(scope="module")
+def language_model(tmp_path_factory, fortunes_available) -> tuple[Path, Path]:
+    """(uninterrupted, killed mid-epoch and resumed): the same TEXT_EXACT language model."""
+    return killed_and_uninterrupted(tmp_path_factory.mktemp("lm"), "text-gpt", TEXT_EXACT, kill_at=20)
+
+
+def test_a_language_model_killed_mid_epoch_resumes_bit_identical(language_model):
+    reference, run = language_model
     assert_same_tree(load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS))
     assert_same_tree(rundir.load_state(reference / rundir.CHECKPOINT)["step_fn"],
                      rundir.load_state(run / rundir.CHECKPOINT)["step_fn"])
     # the samples written after each epoch are the uninterrupted run's too
     assert rundir.read_json(reference / "samples.json") == rundir.read_json(run / "samples.json")
+
+
+def test_a_fine_tuned_text_classifier_killed_mid_epoch_resumes_bit_identical(language_model, tmp_path):
+    """fortunes-finetune from the language model: 10 classes x 16 labels, 17 steps an epoch, killed in the second."""
+    pretrained, _ = language_model
+    args = [f"train.init_from={pretrained}", *TEXT_SIZE, "train.threads=1", "deterministic=true", "seed=4",
+            "data.labels_per_class=16", "train.batch_size=8", "train.epochs=2", "train.checkpoint_every=4",
+            "data.test_subset=20"]
+    reference, run = killed_and_uninterrupted(tmp_path, "fortunes-finetune", args, kill_at=24)
+    assert rundir.read_json(run / "meta.json")["head"] == "classes"
+    assert_same_tree(load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS))
+    assert_same_tree(rundir.load_state(reference / rundir.CHECKPOINT)["step_fn"],
+                     rundir.load_state(run / rundir.CHECKPOINT)["step_fn"])
+    assert rundir.read_json(reference / "summary.json")["test_accuracy"] == \
+        rundir.read_json(run / "summary.json")["test_accuracy"]

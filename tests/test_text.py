@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_cli, train_run
+from helpers import run_cli
 
 from genforge import rundir, runs
 from genforge.data.text import FORTUNES_DIR, MAX_ENTRY, SEPARATOR, in_test, load_text
@@ -221,10 +221,8 @@ def test_a_model_that_is_not_a_language_model_cannot_generate(classifier_run, ca
     assert code == 2 and "not a language model: it cannot generate text" in err
 
 
-def test_a_language_model_is_fine_tuned_into_a_classifier_with_a_new_head(text_run, tmp_path):
-    tiny_model = ["model.layers=1", "model.width=32", "model.heads=2", "model.context=64"]  # conftest.TEXT's sizes
-    run = train_run(tmp_path, "fortunes-finetune", f"train.init_from={text_run}", *tiny_model, "train.epochs=1",
-                    "data.labels_per_class=5", "data.test_subset=30", "train.threads=1")
+def test_a_language_model_is_fine_tuned_into_a_classifier_with_a_new_head(text_run, text_classifier_run):
+    run = text_classifier_run  # conftest: fortunes-finetune train.init_from=text_run
     summary = rundir.read_json(run / "summary.json")
     transfer = summary["transfer"]
     assert transfer["init_from"] == str(text_run.resolve())

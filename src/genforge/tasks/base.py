@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +18,7 @@ from genforge.data.images import light_border
 from genforge.errors import GenforgeError
 from genforge.models.catalogue import KINDS
 from genforge.onnx.parts import Part
+from genforge.tasks.verb import array_inputs, input_tensor
 
 
 @dataclass
@@ -165,3 +167,12 @@ class Task:
     def warm_up(self, served) -> None:
         """One call of each serving verb on dummy data (served: serve.adapters.ServedModel)."""
         raise NotImplementedError
+
+    def request_inputs(self, served, values, fields: dict) -> np.ndarray:
+        """A classify request's inputs (JSON lists, or an array an upload or a tensor made) -> the (N, *input_shape)
+        rows the model reads, checked (RequestError): images or feature vectors here."""
+        return array_inputs(values, served.input_shape, fields["range"])
+
+    def input_tensor(self, served) -> dict:
+        """The classify input as an Open Inference Protocol tensor."""
+        return input_tensor(served)

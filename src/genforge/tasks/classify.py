@@ -32,7 +32,6 @@ from genforge.tasks.verb import (
     Verb,
     array_inputs,
     ascii_int,
-    input_tensor,
 )
 from genforge.train import steps
 
@@ -73,8 +72,8 @@ class ClassifyOptions(Strict):
 
 
 class ClassifyRequest(ClassifyOptions):
-    inputs: Arrays = Field(min_length=1, max_length=256, description="Images (H x W, C x H x W or flat) or feature "
-                                                                     "vectors")
+    inputs: Arrays | list[str] = Field(min_length=1, max_length=256, description="Images (H x W, C x H x W or "
+                                       "flat), feature vectors, or strings (a language model's classifier)")
 
 
 class ClassifyQuery(BaseModel):
@@ -99,13 +98,16 @@ def classify_answer(served, x: np.ndarray, probs: torch.Tensor, k: int, echo_inp
 class Classify(Verb):
     """Class probabilities. Requests for one model share forward passes (serve/batching.py): `run` gets their rows."""
     command = "predict"
-    summary = "Class probabilities of images (PNG/JPEG upload or JSON arrays) or feature vectors"
+    summary = "Class probabilities of images (PNG/JPEG upload or JSON arrays), feature vectors or strings"
     request, form, query, array = ClassifyRequest, ClassifyOptions, ClassifyQuery, "inputs"
     thread = "batched"
     answer_field = "predictions"
 
+    def offered(self, served) -> bool:
+        return bool(served.classes)  # a language model's task offers it to the classifiers it trains
+
     def decode(self, served, array, fields: dict, limits: Limits) -> dict:
-        x = array_inputs(array, served.input_shape, fields["range"])
+        x = served.task.request_inputs(served, array, fields)
         if len(x) > limits.max_batch:
             raise RequestError(f"at most {limits.max_batch} inputs per request, got {len(x)}")
         return {"x": x, "top_k": fields["top_k"], "echo_input": fields.get("echo_input", False)}
@@ -131,7 +133,7 @@ class Classify(Verb):
 
     def tensors(self, served) -> dict:
         k = len(served.classes)
-        return {"inputs": [input_tensor(served)], "outputs": [
+        return {"inputs": [served.task.input_tensor(served)], "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, k],
              "description": f"class probabilities, in the order of the card's classes ({k})"},
             {"name": "top_k", "datatype": "INT64", "shape": [-1, -1],

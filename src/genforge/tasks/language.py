@@ -10,6 +10,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.table import Table
 
@@ -25,7 +26,9 @@ from genforge.language.scoring import bits_per_character, compressor_bits
 from genforge.models.layers import device_of
 from genforge.onnx.parts import Part
 from genforge.tasks.base import Prepared, Task
+from genforge.tasks.classify import CLASSIFY
 from genforge.tasks.language_verbs import COMPLETE
+from genforge.tasks.verb import RequestError
 from genforge.train.steps import ModelLossStep
 
 PROMPTS = ("", "The ", "A computer ")  # what the report continues after each epoch
@@ -54,7 +57,7 @@ class LanguageTask(Task):
     parts = (Part("model", "forward", ("tokens",), ("logits",), labels=False),)
     divergence_hint = "lower train.lr, set train.grad_clip=1.0, or raise train.batch_size"
 
-    verbs = (COMPLETE,)
+    verbs = (COMPLETE, CLASSIFY)  # each offered to the runs it fits: language models, text classifiers
 
     def rate_unit(self, cfg) -> tuple[str, int]:
         return ("entries", 1) if cfg.model.head == "classes" else ("tok", cfg.model.context)
@@ -206,9 +209,22 @@ class LanguageTask(Task):
         out.print(table)
 
     def warm_up(self, served) -> None:
-        if served.model.classes is not None:
-            return  # a text classifier has no serving verb yet
-        complete(served.model, tokenizer_of(served.run.meta), "a", 4, seed=0).text()
+        if served.classes:
+            for n in (1, 16):
+                served.probabilities(torch.from_numpy(self.request_inputs(served, ["a"] * n, {})))
+        else:
+            complete(served.model, tokenizer_of(served.run.meta), "a", 4, seed=0).text()
+
+    def request_inputs(self, served, values, fields: dict) -> np.ndarray:
+        """Texts (JSON strings, or a BYTES tensor's) -> (N, context) token ids: each text's first context - 1 tokens
+        and the end token, padded (entry_tokens), as the classifier was trained and tested."""
+        texts = values.tolist() if isinstance(values, np.ndarray) else values
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise RequestError(f"{served.name} classifies texts: inputs must be a list of strings")
+        return entry_tokens(tokenizer_of(served.run.meta), texts, served.input_shape[0]).numpy()
+
+    def input_tensor(self, served) -> dict:
+        return {"name": "input", "datatype": "BYTES", "shape": [-1], "description": "texts, UTF-8"}
 
 
 def _bpc(value: float | None) -> str:
