@@ -152,7 +152,8 @@ def readme_sections() -> dict[str, list[str]]:
 
 QUICK_LOOK = ["data.train_subset=512", "data.test_subset=1000", "train.epochs=1"]  # the README's quick look
 # The text quick look trains 75 s and scores 1,000 entries (~160,000 characters) in 29 s on the 2-core machine; the
-# README test trains its text on fewer and scores 100 (26 s for the section, down from 102 s)
+# README test trains its text on 128 windows (train_subset counts a language model's windows) and scores 100 entries
+# (26 s for the section, down from 102 s)
 TEXT_LOOK = ["data.train_subset=128", "data.test_subset=100"]
 
 

@@ -1,6 +1,7 @@
 """Text: the corpora (fortunes, text:PATH, textfolder:PATH) and their split, the byte tokenizer, the Transformer (its
 cache, its sampling, its pooling), generation with stop strings, and scoring in bits per character."""
 
+import json
 import lzma
 import math
 
@@ -234,3 +235,38 @@ def test_a_language_model_is_fine_tuned_into_a_classifier_with_a_new_head(text_r
     assert 0 <= summary["test_accuracy"] <= 1 and tuned.classes.out_features == 10
     meta = rundir.read_json(run / "meta.json")
     assert meta["classes"][:2] == ["people", "definitions"] and meta["head"] == "classes"
+
+
+def test_explain_text_gives_each_character_an_attribution_that_adds_up(text_classifier_run, capsys, monkeypatch,
+                                                                       tmp_path):
+    text = "Love is blind; café!"  # é is two byte tokens: one character, one attribution
+    code, out, err = run_cli(capsys, monkeypatch, "explain", text_classifier_run, "--text", text, "--json")
+    assert code == 0, err
+    (e,) = json.loads(out)["explanations"]
+    assert e["characters"] == list(text) and len(e["attributions"]) == len(text)
+    assert e["target"] == e["predicted"] and 0 < e["target_probability"] <= 1
+    # completeness: the attributions add up to log p(class | text) - log p(class | baseline), up to the path's error
+    assert abs(e["delta"]) < 0.05 * abs(sum(e["attributions"])) + 1e-3, e
+    page = tmp_path / "why.html"
+    code, out, err = run_cli(capsys, monkeypatch, "explain", text_classifier_run, "--text", text, "--target", "1",
+                             "--out", page)
+    assert code == 0, err
+    second = rundir.read_json(text_classifier_run / "meta.json")["classes"][1]
+    assert f"explained {second} (" in " ".join(out.split())
+    assert page.read_text().count("<span") == len(text)
+
+
+def test_explain_text_refuses_an_image_classifier_and_a_text_classifier_without_text(text_classifier_run,
+                                                                                     classifier_run, capsys,
+                                                                                     monkeypatch):
+    code, _, err = run_cli(capsys, monkeypatch, "explain", classifier_run, "--text", "hello")
+    assert code == 2 and "give files to explain, not --text" in err
+    code, _, err = run_cli(capsys, monkeypatch, "explain", text_classifier_run)
+    assert code == 2 and "classifies texts: give --text" in err
+
+
+def test_int8_of_a_language_model_is_refused_in_one_line(text_run, capsys, monkeypatch, tmp_path):
+    """Its generation runs the PyTorch weights with a key/value cache, not the quantized ONNX forward."""
+    code, _, err = run_cli(capsys, monkeypatch, "compress", text_run, "--quantize", "int8", "--runs-dir", tmp_path)
+    assert code == 2 and "a language model generates with its PyTorch weights" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())

@@ -125,7 +125,9 @@ def _print_faithfulness(result: dict, run: str, dataset: str) -> None:
 
 def predict(
     run: Path,
-    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")],
+    files: Annotated[list[Path] | None, typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="A text to explain (a text classifier; may be "
+                                                                 "given several times).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", callback=by_verb("predict", "top_k"),
                                        help="Classes to show per input.")] = 3,
     as_json: AsJson = False,
@@ -157,7 +159,9 @@ def predict(
 
 def explain(
     run: Path,
-    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")],
+    files: Annotated[list[Path] | None, typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="A text to explain (a text classifier; may be "
+                                                                 "given several times).")] = None,
     method: Annotated[str | None, typer.Option(help="integrated-gradients, saliency, gradient-shap, occlusion or "
                                                     "grad-cam (default: the most faithful; see docs).")] = None,
     target: Annotated[str | None, typer.Option(callback=by_verb("explain", "target"),
@@ -185,7 +189,12 @@ def explain(
     from genforge.runs import load_run
 
     loaded = load_run(run)
+    if loaded.task.reads_strings or text:
+        _explain_texts(loaded, text or [], target, steps or 32, out_path, as_json)
+        return
     loaded.require("classify")
+    if not files:
+        raise GenforgeError("give the image files to explain")
     shape, light = tuple(loaded.meta["input_shape"]), loaded.meta.get("light_background", False)
     parts = [load_inputs([f], shape, light) for f in files]
     names = [f.name if len(p) == 1 else f"{f.name}[{i}]" for f, p in zip(files, parts) for i in range(len(p))]
@@ -206,3 +215,46 @@ def explain(
         out.print(f"{row['input']}: predicted [bold]{row['predicted']}[/] ({row['predicted_probability']:.3f}), "
                   f"explained {row['target']} ({row['target_probability']:.3f})")
     out.print(f"{result.describe()}, {result.precision}: wrote {out_path}")
+
+
+def _explain_texts(loaded, texts: list[str], target: int | None, steps: int, out_path: Path | None,
+                   as_json: bool) -> None:
+    """explain --text: each text's characters coloured by their attribution, and an HTML page (--out, default
+    explanations.html)."""
+    from rich.text import Text
+
+    from genforge.data.tokens import tokenizer_of
+    from genforge.language.attribution import colour, explain_texts, html_page
+    from genforge.runs import load_run
+
+    if not loaded.task.reads_strings:
+        raise GenforgeError(f"{loaded.path.name} classifies {loaded.meta.get('dataset', 'images')}: give files to "
+                            f"explain, not --text")
+    if not loaded.meta["classes"]:
+        raise GenforgeError(f"{loaded.path.name} is a language model: explain a text classifier (model.head=classes)")
+    target = loaded.class_index(target)
+    if not texts:
+        raise GenforgeError(f"{loaded.path.name} classifies texts: give --text \"...\"")
+    if len(texts) > 256:
+        raise GenforgeError(f"{len(texts)} texts: explain at most 256 at a time")
+    model = loaded.model if loaded.backend == "torch" else load_run(loaded.path, backend="torch").model
+    found = explain_texts(model, tokenizer_of(loaded.meta), texts, target, steps)
+    classes = loaded.meta["classes"]
+    if as_json:
+        print(json.dumps({"method": "integrated-gradients", "steps": steps, "explanations": [
+            {"text": e.text, "predicted": classes[e.predicted], "predicted_probability": e.predicted_probability,
+             "target": classes[e.target], "target_probability": e.target_probability, "delta": e.delta,
+             "characters": e.characters, "attributions": e.attributions} for e in found]}))
+        return
+    out_path = out_path or Path("explanations.html")
+    out_path.write_text(html_page(found, classes))
+    for e in found:
+        scale = max((abs(v) for v in e.attributions), default=0.0)
+        shown = Text()
+        for character, value in zip(e.characters, e.attributions):
+            shown.append(character, style="black on rgb({},{},{})".format(*colour(value, scale)))
+        out.print(f"predicted [bold]{classes[e.predicted]}[/] ({e.predicted_probability:.3f}), explained "
+                  f"{classes[e.target]} ({e.target_probability:.3f})")
+        out.print(shown)
+    out.print(f"integrated gradients on the embeddings, {steps} steps (red: towards the class, blue: away): wrote "
+              f"{out_path}")

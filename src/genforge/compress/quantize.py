@@ -100,6 +100,8 @@ def quantize_run(parent_path: Path, method: str = "static", calibration: int = 5
     if method not in METHODS:
         raise GenforgeError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     parent = load_run(parent_path, backend="torch")
+    if parent.task.int8_refusal:
+        raise GenforgeError(f"{parent.path.name} is a {parent.config.model.kind} model: {parent.task.int8_refusal}")
     with tempfile.TemporaryDirectory(prefix="genforge-fp32-") as tmp:
         fp32 = Path(tmp)
         export_run(parent, fp32, progress=progress)

@@ -71,7 +71,7 @@ class ServedModel:
 
     @cached_property  # read on every classify request
     def _verbs(self) -> tuple[Verb, ...]:
-        return tuple(verb for verb in self.task.verbs if verb.offered(self))
+        return self.task.served_verbs(self)
 
     def verbs(self) -> tuple[Verb, ...]:
         """The verbs its task offers that it answers as served (explain needs torch weights)."""

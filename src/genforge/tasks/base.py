@@ -54,7 +54,9 @@ class Task:
     cross_validation = False  # `genforge cv` scores its folds (by validation accuracy)
     needs_evaluator = False  # scored in an evaluator network's features (generators: scored_by, evaluate/features.py)
     structured_pruning = False  # `compress --prune --structured` can remove whole channels
+    int8_refusal: str | None = None  # why `compress --quantize int8` (its ONNX parts) cannot serve the kind, if not
     tune_metric = ("val_loss", "min")  # what `genforge tune` ranks and prunes trials by: metrics.jsonl key, direction
+    reads_strings = False  # its inputs are strings (`explain --text`), not arrays
 
     def rate_unit(self, cfg) -> tuple[str, int]:
         """What the progress bar counts a second (its unit, and how many of them one training item holds)."""
@@ -167,6 +169,10 @@ class Task:
     def warm_up(self, served) -> None:
         """One call of each serving verb on dummy data (served: serve.adapters.ServedModel)."""
         raise NotImplementedError
+
+    def served_verbs(self, served) -> tuple:
+        """The verbs a served run of this task answers: those of `verbs` it is offered (Verb.offered)."""
+        return tuple(verb for verb in self.verbs if verb.offered(served))
 
     def request_inputs(self, served, values, fields: dict) -> np.ndarray:
         """A classify request's inputs (JSON lists, or an array an upload or a tensor made) -> the (N, *input_shape)

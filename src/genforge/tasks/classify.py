@@ -103,9 +103,6 @@ class Classify(Verb):
     thread = "batched"
     answer_field = "predictions"
 
-    def offered(self, served) -> bool:
-        return bool(served.classes)  # a language model's task offers it to the classifiers it trains
-
     def decode(self, served, array, fields: dict, limits: Limits) -> dict:
         x = served.task.request_inputs(served, array, fields)
         if len(x) > limits.max_batch:

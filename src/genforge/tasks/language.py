@@ -57,7 +57,11 @@ class LanguageTask(Task):
     parts = (Part("model", "forward", ("tokens",), ("logits",), labels=False),)
     divergence_hint = "lower train.lr, set train.grad_clip=1.0, or raise train.batch_size"
 
-    verbs = (COMPLETE, CLASSIFY)  # each offered to the runs it fits: language models, text classifiers
+    verbs = (COMPLETE,)
+    reads_strings = True
+    int8_refusal = ("int8 quantizes the exported ONNX forward, and a language model generates with its PyTorch "
+                    "weights and a key/value cache, so its text would not come from the quantized model; prune it "
+                    "(--prune) instead")
 
     def rate_unit(self, cfg) -> tuple[str, int]:
         return ("entries", 1) if cfg.model.head == "classes" else ("tok", cfg.model.context)
@@ -214,6 +218,12 @@ class LanguageTask(Task):
                 served.probabilities(torch.from_numpy(self.request_inputs(served, ["a"] * n, {})))
         else:
             complete(served.model, tokenizer_of(served.run.meta), "a", 4, seed=0).text()
+
+    def served_verbs(self, served) -> tuple:
+        """A language model completes; a classifier trained from one answers the classifiers' verb (CLASSIFY), which
+        `verbs` does not list: what asks whether a task classifies (`"classify" in task.verbs`: the privacy audit,
+        distillation, explain's images) means images or vectors."""
+        return (CLASSIFY,) if served.classes else super().served_verbs(served)
 
     def request_inputs(self, served, values, fields: dict) -> np.ndarray:
         """Texts (JSON strings, or a BYTES tensor's) -> (N, context) token ids: each text's first context - 1 tokens
