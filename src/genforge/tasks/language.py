@@ -102,8 +102,9 @@ class LanguageTask(Task):
                 return tokenizer.encode(joined(ds.train[i] for i in sorted(idx.tolist())))
             x, y = stream_windows(stream(train_idx), context)
             xv, yv = stream_windows(stream(val_idx), context)
-        if cfg.data.train_subset:
+        if cfg.data.train_subset:  # a quick look: as many validation windows at most (each epoch scores them all)
             x, y = x[: cfg.data.train_subset], y[: cfg.data.train_subset]
+            xv, yv = xv[: cfg.data.train_subset], yv[: cfg.data.train_subset]
         if len(x) == 0:
             raise GenforgeError(f"{ds.name}: its training text makes no window of model.context={context} tokens; "
                                 f"give more text or lower model.context")
