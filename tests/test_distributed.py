@@ -31,7 +31,7 @@ model: {kind: mlp, hidden: [128], dropout: 0.0}
 train: {epochs: EPOCHS, batch_size: 64, optimizer: adamw, lr: 0.002, schedule: onecycle, precision: fp32,
         threads: 1}
 """
-EPOCHS = 4
+EPOCHS = 3
 RTOL = 1e-4  # relative, on the weights and the logged losses (measured: weights within 6e-8, losses 1e-7)
 
 
@@ -98,14 +98,14 @@ def test_two_processes_train_as_one(two_process_run, tmp_path):
     one = train_run(tmp_path, str(_config(tmp_path, EPOCHS)))
     _assert_close(load_file(two_process_run / "model.safetensors"), load_file(one / "model.safetensors"))
     two_lines, one_lines = _metrics(two_process_run), _metrics(one)
-    assert [r["step"] for r in two_lines] == [r["step"] for r in one_lines] == [56, 112, 168, 224]
+    assert [r["step"] for r in two_lines] == [r["step"] for r in one_lines] == [56, 112, 168]
     for r2, r1 in zip(two_lines, one_lines):
         for key in ("train_loss", "train_acc", "train_lr", "val_loss", "val_acc"):
             assert r2[key] == pytest.approx(r1[key], rel=RTOL), key
     env = json.loads((two_process_run / "env.json").read_text())
     assert (env["world_size"], env["backend"]) == (2, "gloo")
     summary = json.loads((two_process_run / "summary.json").read_text())
-    assert summary["status"] == "complete" and summary["steps"] == 224
+    assert summary["status"] == "complete" and summary["steps"] == 168
 
 
 def _descendants(pid: int) -> list[int]:
@@ -164,7 +164,7 @@ def test_a_killed_rank_restarts_the_group_and_it_resumes(two_process_run, tmp_pa
     assert code == 0, told[-3000:]
     assert "resumed at epoch" in err and err.count("run directory:") == 2  # the first start and the restart
     run = _only_run(runs_dir)
-    assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3]
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
     reference, resumed = load_file(two_process_run / "model.safetensors"), load_file(run / "model.safetensors")
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from genforge.serve.app import create_app
 from genforge.serve.limits import Limits
 
-EXAMPLES = 15  # per operation and encoding: about 20 s for the whole API on 2 cores
+EXAMPLES = 10  # per operation and encoding (the targeted tests below draw 300 each)
 
 
 def _model_for(path: str, names: tuple[str, str, str], forecaster: str) -> str | None:
@@ -94,7 +94,7 @@ def test_api_never_answers_5xx_and_keeps_its_schema(served, names, forecast_serv
     assert 404 not in statuses and statuses & {200, 422}, statuses
 
 
-# Hypothesis, beside the schema: the inputs a schema cannot make likely (15 examples of an integer field rarely
+# Hypothesis, beside the schema: the inputs a schema cannot make likely (10 examples of an integer field rarely
 # draw '²'), each class drawn on purpose: v2 shapes with zero and huge dimensions, integers written in digits of
 # every script in every integer field and header, and the forecast end of a model that reads the calendar.
 FUZZED = settings(max_examples=300, deadline=None, derandomize=True, database=None,
