@@ -266,7 +266,7 @@ def test_a_failing_rank_ends_the_launch(tmp_path, mode, message):
     script.write_text(FAILING_WORKER)
     start = time.monotonic()
     code, out, err = _finish(_torchrun("--standalone", "--nproc-per-node=2", script, tmp_path / "runs", mode,
-                                       env={**_env(), "GENFORGE_DIST_TIMEOUT": "8"}))
+                                       env={**_env(), "GENFORGE_DIST_TIMEOUT": "5"}))
     assert code != 0
     assert message in out + err
     assert time.monotonic() - start < 60
