@@ -1,5 +1,5 @@
 """Shared by the benchmarks: train a genforge preset in-process (its summary, or the summary and the model),
-describe the machine, and write bench/out/<name>.json."""
+wait for a server to be ready, describe the machine, and write bench/out/<name>.json."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import platform
 import subprocess
 import tempfile
+import time
 from datetime import date
 from pathlib import Path
 
@@ -17,6 +18,23 @@ from genforge.config import load_config
 from genforge.training import train
 
 OUT = Path(__file__).resolve().parent / "out"
+
+
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
+    """Until GET url answers 200 (a server's /readyz); an error if the server exits first or takes longer."""
+    import httpx  # the bench extra's; only the serving benchmarks need it
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} was not ready after {seconds:g} s")
 
 
 def train_preset(preset: str, overrides: list[str] = ()) -> dict:

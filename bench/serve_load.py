@@ -54,7 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import record
+from _common import record, wait_ready
 
 
 def _request_bytes(method: str, path: str, body: bytes, host: str) -> bytes:
@@ -186,22 +186,6 @@ def _train_runs(folder: Path) -> list[str]:
     return runs
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} was not ready after {seconds:g} s")
-
-
 def _start(command: list[str]) -> subprocess.Popen:
     """A server in a process group of its own, so that it can be paused and stopped whole (LitServe forks)."""
     return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", "ORT_DISABLE_TELEMETRY": "1"},
@@ -301,7 +285,7 @@ def main() -> None:
 
             server = _start([sys.executable, "-m", "genforge", "serve", *runs, "--port", str(args.port),
                              "--max-concurrency", str(args.max_concurrency), "--backend", args.backend])
-            _wait_ready(f"{base}/readyz", server)
+            wait_ready(f"{base}/readyz", server)
             models = httpx.get(f"{base}/v1/models").json()["models"]
             clf = next(m["name"] for m in models if m["task"] == "classify")
             gan = next((m["name"] for m in models if m["task"] != "classify"), None)
@@ -317,7 +301,7 @@ def main() -> None:
                                    "--port", str(args.port + 1), "--max-batch", str(args.peer_max_batch),
                                    "--batch-timeout", str(args.peer_batch_timeout)]
                                   + (["--fast-queue"] if args.peer_fast_queue else []))
-                    _wait_ready(f"{peer_base}/health", peer)
+                    wait_ready(f"{peer_base}/health", peer)
                     peer_answer = httpx.post(f"{peer_base}/predict", content=image,
                                              headers={"content-type": "application/json"}).json()
                 peer_info = {"server": "litserve", "version": importlib.metadata.version("litserve"),
@@ -413,7 +397,7 @@ def compare_workers(args) -> None:
                 servers[count] = _start([sys.executable, "-m", "genforge", "serve", clf_run, "--port",
                                          str(args.port + i), "--max-concurrency", str(args.max_concurrency),
                                          "--backend", args.backend, "--workers", str(count)])
-                _wait_ready(f"http://{host}:{args.port + i}/readyz", servers[count])
+                wait_ready(f"http://{host}:{args.port + i}/readyz", servers[count])
             name = httpx.get(f"http://{host}:{args.port}/v1/models").json()["models"][0]["name"]
             rounds: dict[int, list] = {c: [] for c in counts}
             for _ in range(args.rounds):

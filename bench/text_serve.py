@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import openai
-from _common import record
+from _common import record, wait_ready
 
 
 def free_port() -> int:
@@ -38,16 +38,10 @@ def free_port() -> int:
 def serve(run: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "genforge", "serve", run, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become ready")
+    wait_ready(f"{url}/readyz", proc)
+    return proc, url
 
 
 def timed_openai(client, model: str, seed: int) -> tuple[float, float, int]:

@@ -125,9 +125,7 @@ def _print_faithfulness(result: dict, run: str, dataset: str) -> None:
 
 def predict(
     run: Path,
-    files: Annotated[list[Path] | None, typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")] = None,
-    text: Annotated[list[str] | None, typer.Option("--text", help="A text to explain (a text classifier; may be "
-                                                                 "given several times).")] = None,
+    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")],
     top_k: Annotated[int, typer.Option("--top-k", callback=by_verb("predict", "top_k"),
                                        help="Classes to show per input.")] = 3,
     as_json: AsJson = False,

@@ -40,14 +40,6 @@ class ByteTokenizer:
         if rest:
             yield rest
 
-    def pieces_each(self, ids: Iterable[int]) -> Iterator[str]:
-        """Per token id, the characters it completes: '' while a multi-byte character still lacks bytes (an
-        incomplete one at the end completes as U+FFFD)."""
-        ids = [int(i) for i in ids]
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        for n, i in enumerate(ids, 1):
-            yield decoder.decode(bytes([i]), final=n == len(ids))
-
     def token_bytes(self, i: int) -> bytes:
         return bytes([int(i)])
 

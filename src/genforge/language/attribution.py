@@ -5,6 +5,7 @@ RUN --text` shows them in colour and writes them as HTML: red towards the explai
 
 from __future__ import annotations
 
+import codecs
 import html
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ def explain_texts(model, tokenizer, texts: list[str], target: int | None = None,
 
     model.eval()
     end = model.cfg.end_token
+    ig = LayerIntegratedGradients(_TargetLogProbability(model), model.embed)
     out = []
     for text in texts:
         ids = tokenizer.encode(text)[: model.context - 1].long()
@@ -49,7 +51,6 @@ def explain_texts(model, tokenizer, texts: list[str], target: int | None = None,
         with torch.no_grad():
             p = model.probabilities(model(x))[0]
         chosen = int(p.argmax()) if target is None else target
-        ig = LayerIntegratedGradients(_TargetLogProbability(model), model.embed)
         attributions, delta = ig.attribute(x, baselines=baseline, target=chosen, n_steps=steps,
                                            return_convergence_delta=True)
         per_token = attributions[0, : len(ids)].sum(-1).tolist()
@@ -60,14 +61,19 @@ def explain_texts(model, tokenizer, texts: list[str], target: int | None = None,
 
 
 def by_character(tokenizer, ids: list[int], values: list[float]) -> tuple[list[str], list[float]]:
-    """Token values -> (the characters they write, each with the sum of its tokens' values)."""
+    """Token values -> (the characters they write, each with the sum of its tokens' values): the tokens' bytes
+    decoded as they come, as a stream's logprobs are placed (language.generation.TextStream)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
     characters, summed, pending = [], [], 0.0
-    for piece, value in zip(tokenizer.pieces_each(ids), values):
+    for i, value in zip(ids, values):
         pending += value
-        if piece:
+        if piece := decoder.decode(tokenizer.token_bytes(i)):
             characters.append(piece)
             summed.append(pending)
             pending = 0.0
+    if rest := decoder.decode(b"", final=True):  # an incomplete character at the end: U+FFFD
+        characters.append(rest)
+        summed.append(pending)
     return characters, summed
 
 
