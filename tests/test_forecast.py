@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import genforge_cli
+from helpers import run_cli
 from test_resume import assert_same_tree, killed_and_uninterrupted
 
 from genforge import rundir, runs
@@ -21,6 +21,13 @@ from genforge.tasks.forecast import TASK
 from genforge.training import train
 
 TINY = ["data.name=series:nile", "train.epochs=3", "model.hidden=8", "train.threads=1"]
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """cli(*args) -> (exit code, stdout, stderr) of `genforge ARGS`, in this process (the same command line without
+    a subprocess's start-up, 3 to 4 s each)."""
+    return lambda *args: run_cli(capsys, monkeypatch, *args)
 
 
 def _train(tmp_path, *overrides, preset="series-lstm"):
@@ -150,30 +157,30 @@ def test_calibration_brings_the_intervals_to_their_coverage_on_the_held_out_wind
 
 
 @pytest.mark.slow
-def test_cli_forecast_and_backtest_a_run(nile_run, tmp_path):
+def test_cli_forecast_and_backtest_a_run(nile_run, tmp_path, cli):
     run_dir, _ = nile_run
     out = tmp_path / "forecast.csv"
-    result = genforge_cli("forecast", str(run_dir), "--out", str(out), "--horizon", "8")
-    assert result.returncode == 0, result.stderr
-    assert "exceed the trained horizon" in result.stderr
+    code, _, err = cli("forecast", str(run_dir), "--out", str(out), "--horizon", "8")
+    assert code == 0, err
+    assert "exceed the trained horizon" in err
     lines = out.read_text().splitlines()
     assert lines[0].startswith("series,time,forecast,lo_80,hi_80,lo_95,hi_95,q_0.025") and len(lines) == 9
     assert lines[1].split(",")[:2] == ["volume", "1971-01-01"]  # the year after the data ends
-    result = genforge_cli("forecast", str(run_dir), "--out", str(tmp_path / "f.png"))
-    assert result.returncode == 0 and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
-    result = genforge_cli("backtest", str(run_dir), "--windows", "5", "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["windows"] == 5 and "seen in training" in result.stderr
+    code, _, err = cli("forecast", str(run_dir), "--out", str(tmp_path / "f.png"))
+    assert code == 0 and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG", err
+    code, out, err = cli("backtest", str(run_dir), "--windows", "5", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["windows"] == 5 and "seen in training" in err
     assert report["methods"]["seasonal-naive"]["overall"]["mase"] > 0
 
 
 @pytest.mark.slow
-def test_cli_backtest_refits_a_preset_at_every_origin(tmp_path):
-    result = genforge_cli("backtest", "series-lstm", *TINY, "train.epochs=1", "--windows", "2", "--refit", "--json",
-                          "--runs-dir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+def test_cli_backtest_refits_a_preset_at_every_origin(tmp_path, cli):
+    code, out, err = cli("backtest", "series-lstm", *TINY, "train.epochs=1", "--windows", "2", "--refit", "--json",
+                         "--runs-dir", str(tmp_path))
+    assert code == 0, err
+    report = json.loads(out)
     assert report["refit"] and len(list(tmp_path.iterdir())) == 2  # one run per origin
     tests = [json.loads((run / "config.yaml").read_text().split("test_windows: ")[1].split("\n")[0])
              for run in sorted(tmp_path.iterdir())]
@@ -185,10 +192,10 @@ def test_cli_backtest_refits_a_preset_at_every_origin(tmp_path):
     (["data.name=series:nile", "model.kind=cnn"], "series:nile is a time series: forecast it with model.kind=rnn"),
 ])
 @pytest.mark.slow
-def test_bad_forecasting_configs_end_in_one_line(tmp_path, args, message):
-    result = genforge_cli("train", "series-lstm", *args, "--runs-dir", str(tmp_path), "--quiet")
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2  # the run directory line, then the error
+def test_bad_forecasting_configs_end_in_one_line(tmp_path, args, message, cli):
+    code, _, err = cli("train", "series-lstm", *args, "--runs-dir", str(tmp_path), "--quiet")
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) <= 2  # the run directory line, then the error
 
 
 @pytest.mark.parametrize("args, message", [

@@ -75,9 +75,7 @@ def kill_mid_training(proc, parent: Path, kill_at: int, steps: int) -> Path:
 def killed_and_uninterrupted(tmp_path: Path, preset: str, args: list[str], kill_at: int) -> tuple[Path, Path]:
     """The same training twice: uninterrupted, and SIGKILLed once a checkpoint reaches step kill_at (checked to be
     mid-training), then resumed. Returns (the uninterrupted run, the resumed run)."""
-    whole = tmp_path / "whole"
-    finish(genforge("train", preset, *args, "--runs-dir", whole, "--quiet"))
-    (reference,) = whole.iterdir()
+    reference = train_run(tmp_path / "whole", preset, *args)  # in this process: no start-up to pay
     steps = rundir.read_json(reference / "summary.json")["steps"]
     parent = tmp_path / "killed"
     run = kill_mid_training(genforge("train", preset, *args, "--runs-dir", parent, "--quiet"), parent, kill_at, steps)

@@ -311,10 +311,25 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+NETLOC_SECRET, QUERY_SECRET = "netloc-s3cret", "query-s3cret"
+
+
 def _genforge(*args, cwd: Path) -> subprocess.Popen:
     env = {**{k: v for k, v in os.environ.items() if k != tune.STORAGE_ENV}, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "genforge", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()  # after the command's name, which may hold ')'
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(Path(stat).parent.name))
+    return found
 
 
 def _trials(url: str, study: str) -> list:
@@ -329,13 +344,20 @@ def _trials(url: str, study: str) -> list:
         storage.engine.dispose()
 
 
-def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, tmp_path, cli):
+def test_two_workers_share_a_postgres_study_survive_a_killed_one_and_show_its_password_nowhere(postgres, tmp_path,
+                                                                                             cli):
+    """Two workers and a third process share a study on PostgreSQL while one worker is killed mid-trial. The storage
+    URL holds its password twice (user:password@ and ?password=, which wins in libpq): neither is in what the
+    commands print, in any file of the study directory (study.json, report.html, trials' summary.json, ...) or on
+    the command lines of the worker processes."""
     # each trial trains for 1 s (train.max_seconds), long enough to be killed in the middle of one; no pruner, so
     # every trial that is not killed completes
+    storage = (f"postgresql+psycopg2://genforge:{NETLOC_SECRET}@127.0.0.1:{postgres.port}/postgres"
+               f"?password={QUERY_SECRET}&application_name=genforge-test")
+    r = tmp_path / "r"
     args = ["tune", "blobs-logreg", "train.epochs=1000", "train.max_seconds=1", "train.threads=1", "--pruner", "none",
-            "--storage", postgres.url, "--study", "shared", "--heartbeat", "1", "--runs-dir", str(tmp_path / "r")]
+            "--storage", storage, "--study", "shared", "--heartbeat", "1", "--runs-dir", str(r)]
     parent = _genforge(*args, "--trials", "4", "--workers", "2", cwd=tmp_path)
-    storage = postgres.url
 
     def running():  # the first trial that is training (its run has an epoch logged): its worker is killed
         return next((t for t in _trials(storage, "shared") if t.state.name == "RUNNING" and "worker" in t.user_attrs
@@ -343,11 +365,15 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, t
 
     try:
         victim = until(running, "a trial training", 120)
+        command_lines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                         for pid in _children(parent.pid)]
     except AssertionError:
         parent.kill()
         raise AssertionError(parent.communicate()) from None
+    assert len(command_lines) == 2 and all(b"tune blobs-logreg" in line for line in command_lines), command_lines
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     out, err = parent.communicate(timeout=120)
+    printed = out + err
     assert parent.returncode == 1 and "exited with code -9" in err, err  # the other worker finished its trials
 
     # the killed trial is stale once its heartbeat is 3 heartbeats old (Optuna's own test of it, read-only, on a
@@ -358,6 +384,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, t
           or victim._trial_id in watch._get_stale_trial_ids(study_id), "the killed trial going stale", 60)
     code, out, err = cli(*args, "--trials", "1")  # in this process: a third worker
     assert code == 0, err
+    printed += out + err
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     states = {t.number: t.state.name for t in trials}
     assert set(states.values()) <= {"COMPLETE", "FAIL"} and states[victim.number] == "FAIL"
@@ -368,11 +395,17 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres, t
     assert len({t.user_attrs["run"] for t in completed}) == len(completed)  # and no run dir scored twice
     for t in completed:
         assert rundir.read_json(Path(t.user_attrs["run"]) / "summary.json")["tune"]["trial"] == t.number
-    table = (tmp_path / "r" / "tune-shared" / "trials.csv").read_text()
+    table = (r / "tune-shared" / "trials.csv").read_text()
     assert "its worker stopped without finishing it" in table
 
-
-NETLOC_SECRET, QUERY_SECRET = "netloc-s3cret", "query-s3cret"
+    for secret in (NETLOC_SECRET, QUERY_SECRET):
+        assert not [line for line in command_lines if secret.encode() in line]
+        assert secret not in printed
+        assert not [p for p in r.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    shown = rundir.read_json(r / "tune-shared" / "study.json")["storage"]
+    assert shown == f"postgresql+psycopg2://genforge:***@127.0.0.1:{postgres.port}/postgres?password=***" \
+                    f"&application_name=genforge-test"
+    assert shown in err and (r / "tune-shared" / "report.html").is_file()
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -405,45 +438,6 @@ def test_an_unreadable_storage_url_is_one_line_without_its_password(tmp_path, cl
                        "--storage", f"postgresql://genforge:{NETLOC_SECRET}@127.0.0.1:notaport/postgres")
     assert code == 2 and "cannot open the study storage" in one_line_error(err)
     assert NETLOC_SECRET not in err
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()  # after the command's name, which may hold ')'
-        except OSError:  # it ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(Path(stat).parent.name))
-    return found
-
-
-def test_a_password_in_the_url_is_written_and_shown_nowhere(postgres, tmp_path):
-    """The password twice (user:password@ and ?password=, which wins in libpq): not in what the command prints, not in
-    any file of the study directory (study.json, report.html, trials' summary.json, ...), not on the command lines of
-    the worker processes."""
-    url = (f"postgresql+psycopg2://genforge:{NETLOC_SECRET}@127.0.0.1:{postgres.port}/postgres?password={QUERY_SECRET}"
-           f"&application_name=genforge-test")
-    r = tmp_path / "r"
-    parent = _genforge("tune", "blobs-logreg", *QUICK, "--trials", "2", "--workers", "2", "--storage", url,
-                       "--study", "secret", "--runs-dir", str(r), cwd=tmp_path)
-    try:
-        workers = until(lambda: parent.poll() is not None or len(_children(parent.pid)) == 2 and _children(
-            parent.pid), "two workers", 60)
-        command_lines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in workers or []]
-    finally:
-        out, err = parent.communicate(timeout=300)
-    assert parent.returncode == 0 and command_lines, err
-    assert all(b"tune blobs-logreg" in line for line in command_lines), command_lines  # they are the workers
-    for secret in (NETLOC_SECRET, QUERY_SECRET):
-        assert not [line for line in command_lines if secret.encode() in line]
-        assert secret not in out and secret not in err
-        assert not [p for p in r.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-    shown = rundir.read_json(r / "tune-secret" / "study.json")["storage"]
-    assert shown == f"postgresql+psycopg2://genforge:***@127.0.0.1:{postgres.port}/postgres?password=***" \
-                    f"&application_name=genforge-test"
-    assert shown in err and (r / "tune-secret" / "report.html").is_file()
 
 
 def test_a_plain_postgresql_url_uses_psycopg2(postgres, tmp_path):

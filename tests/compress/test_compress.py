@@ -11,6 +11,7 @@ import torch
 from helpers import genforge_cli, run_cli, start_server
 
 from genforge.errors import GenforgeError
+from genforge.onnx.export import current_export
 from genforge.runs import load_run
 from genforge.serve.adapters import load_models
 
@@ -65,6 +66,22 @@ def test_int8_classifier_child_points_to_its_parent_and_compares(int8_classifier
     summary = json.loads((child / "summary.json").read_text())
     assert summary["compressed_from"] == classifier_run.name and summary["test_accuracy"] == int8["test_accuracy"]
     assert not (child / "model.safetensors").exists()  # the child is its int8 ONNX file
+
+
+def test_quantization_reads_the_parents_export_only_while_it_is_current(classifier_run, tmp_path):
+    """compress --quantize starts from the fp32 export that `genforge serve` or `export` already made of the same
+    weights, with the default opset and tolerance (the int8 fixture above used it); anything else is exported anew."""
+    run = shutil.copytree(classifier_run, tmp_path / classifier_run.name)
+    record_path = run / "export" / "export.json"
+    record = json.loads(record_path.read_text())
+    assert current_export(load_run(run)) == run / "export"
+    for change in ({"weights_sha256": "0" * 64}, {"weights_sha256": None}, {"tolerance": 1.0}, {"opset": 20},
+                   {"dynamic_batch": False}):
+        record_path.write_text(json.dumps({**record, **change}))
+        assert current_export(load_run(run)) is None, change
+    record_path.write_text(json.dumps(record))
+    (run / "export" / record["parts"]["model"]["file"]).unlink()
+    assert current_export(load_run(run)) is None
 
 
 def test_int8_child_round_trips_through_load_run_and_predict(int8_classifier, classifier_run, tmp_path, cli):

@@ -24,7 +24,16 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from genforge.compress.child import create_child, finish_child
 from genforge.errors import GenforgeError
-from genforge.onnx.export import EXPORT_DIR, export_run, part_inputs, parts_of, run_session, session, strip_metadata
+from genforge.onnx.export import (
+    EXPORT_DIR,
+    current_export,
+    export_run,
+    part_inputs,
+    parts_of,
+    run_session,
+    session,
+    strip_metadata,
+)
 from genforge.rundir import write_json
 from genforge.runs import load_run
 
@@ -95,16 +104,18 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
 
 def quantize_run(parent_path: Path, method: str = "static", calibration: int = 512, runs_dir: Path = Path("runs"),
                  threads: int = 1, progress=lambda _: None) -> tuple[Path, dict]:
-    """Export the parent's parts (fp32, verified), quantize them to int8 into a new child run, and compare the two.
-    Returns (child run dir, comparison)."""
+    """Export the parent's parts (fp32, verified; the parent's own export is read where it is current), quantize
+    them to int8 into a new child run, and compare the two. Returns (child run dir, comparison)."""
     if method not in METHODS:
         raise GenforgeError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     parent = load_run(parent_path, backend="torch")
     if parent.task.int8_refusal:
         raise GenforgeError(f"{parent.path.name} is a {parent.config.model.kind} model: {parent.task.int8_refusal}")
     with tempfile.TemporaryDirectory(prefix="genforge-fp32-") as tmp:
-        fp32 = Path(tmp)
-        export_run(parent, fp32, progress=progress)
+        fp32 = current_export(parent)  # what `genforge serve` or `export` made of these weights: read, not remade
+        if fp32 is None:
+            fp32 = Path(tmp)
+            export_run(parent, fp32, progress=progress)
         cfg = parent.config.model_copy(deep=True)
         cfg.name = f"{parent.config.name}-int8"
         child = create_child(parent, cfg, runs_dir, {"method": f"int8-{method}", "calibration": calibration,

@@ -214,6 +214,23 @@ def is_stale(run_dir: Path, record: dict) -> bool:
     return bool(made_from and now and made_from != now)
 
 
+def current_export(run) -> Path | None:
+    """The run's own export (RUN/export), if it is what export_run(run) would write now: the default opset and
+    tolerance, any batch, every part present, made from these weights. None otherwise."""
+    out_dir = run.path / EXPORT_DIR
+    try:
+        record = json.loads((out_dir / "export.json").read_text())
+    except (OSError, ValueError):
+        return None
+    made = record.get("parts", {})
+    if (record.get("opset") != DEFAULT_OPSET or not record.get("dynamic_batch") or record.get("tolerance") != TOLERANCE
+            or record.get("weights_sha256") != weights_digest(run.path) or record["weights_sha256"] is None):
+        return None
+    if not all(part.name in made and (out_dir / made[part.name]["file"]).is_file() for part in parts_of(run)):
+        return None
+    return out_dir
+
+
 def load_parts(run, onnx_dir: Path, threads: int = 1) -> None:
     """Run the parts exported in onnx_dir with ONNX Runtime in place of the eager ones."""
     record_path = onnx_dir / "export.json"
