@@ -17,6 +17,7 @@ from genforge.errors import GenforgeError
 from genforge.language.generation import complete
 from genforge.language.scoring import bits_per_character, compressor_bits, token_losses
 from genforge.models.transformer import Transformer, TransformerConfig
+from genforge.onnx.export import OnnxPart
 
 fortunes = pytest.mark.skipif(not FORTUNES_DIR.is_dir(), reason="needs Debian's fortunes (make test installs it)")
 
@@ -265,8 +266,22 @@ def test_explain_text_refuses_an_image_classifier_and_a_text_classifier_without_
     assert code == 2 and "classifies texts: give --text" in err
 
 
-def test_int8_of_a_language_model_is_refused_in_one_line(text_run, capsys, monkeypatch, tmp_path):
-    """Its generation runs the PyTorch weights with a key/value cache, not the quantized ONNX forward."""
-    code, _, err = run_cli(capsys, monkeypatch, "compress", text_run, "--quantize", "int8", "--runs-dir", tmp_path)
-    assert code == 2 and "a language model generates with its PyTorch weights" in err and "Traceback" not in err
-    assert not list(tmp_path.iterdir())
+def test_int8_of_a_language_model_generates_and_compares_its_bits_per_character(text_run, capsys, monkeypatch,
+                                                                                tmp_path):
+    """Dynamic int8 (the default for language models) of both exported parts, the forward and the decoder with its
+    cache: the child scores and generates in ONNX Runtime, and its comparison has both models' bits per character
+    and tokens/s."""
+    code, out, err = run_cli(capsys, monkeypatch, "compress", text_run, "--quantize", "int8", "--runs-dir", tmp_path)
+    assert code == 0, err
+    (child,) = tmp_path.iterdir()
+    assert json.loads((child / "compression.json").read_text())["method"] == "int8-dynamic"
+    comparison = json.loads((child / "comparison.json").read_text())
+    parent, int8 = comparison["rows"]["parent"], comparison["rows"]["compressed"]
+    assert parent["backend"] == "torch" and int8["backend"] == "onnxruntime"
+    assert all(row["test_bpc"] > 0 and row["tokens_per_s"] > 0 for row in (parent, int8))
+    assert abs(comparison["change"]["test_bpc"]) < 0.05 * parent["test_bpc"]  # int8 weights barely move the scores
+    assert int8["file_bytes"] < 0.5 * comparison["rows"]["parent (onnxruntime fp32)"]["file_bytes"]
+    assert int8["parameters"] < 1.2 * parent["parameters"]  # the weights both parts hold count once
+    loaded = runs.load_run(child)
+    assert loaded.backend == "onnxruntime" and isinstance(loaded.model.step, OnnxPart)
+    assert len(list(loaded.model.generate(torch.tensor([10, 84]), 20, temperature=0))) == 20

@@ -44,6 +44,7 @@ VARIANTS = {
     "rnn-gru": ({"kind": "rnn", "cell": "gru", "hidden": 8, "layers": 1, **SERIES}, NILE_META),
     **{kind: ({"kind": kind, **SERIES}, NILE_META) for kind in ("naive", "seasonal-naive", "drift", "season-mean")},
     "transformer": (GPT, LM_META),
+    "transformer-learned": ({**GPT, "positions": "learned"}, LM_META),  # its decoder adds positions past the cache
     "transformer-learned-classes": ({**GPT, "positions": "learned", "head": "classes"}, TEXT_CLASSES_META),
 }
 
@@ -90,7 +91,7 @@ def test_every_part_matches_pytorch_in_onnxruntime(variant, tmp_path, fashion_av
     for part in parts_of(run):
         assert isinstance(getattr(run.model, part.seam), OnnxPart)  # the comparison below is not eager vs eager
         inputs = part_inputs(eager, part, 5, seed=9)
-        if len(inputs) == 2:
+        if len(inputs) == 2 and part.labels:
             inputs = (inputs[0], inputs[1].argmax(1))  # class indices, as the model's callers pass them
         with torch.inference_mode():
             expected = getattr(eager.model, part.seam)(*inputs)
@@ -98,6 +99,24 @@ def test_every_part_matches_pytorch_in_onnxruntime(variant, tmp_path, fashion_av
         for a, b in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else
                         (got,)):
             torch.testing.assert_close(b, a, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+@pytest.mark.parametrize("variant", ["transformer", "transformer-learned"])
+def test_a_language_model_generates_through_its_exported_decoder_with_its_cache(variant, tmp_path):
+    """The decoder takes any number of new tokens after any number of cached positions (none: a prompt), so ONNX
+    Runtime runs all of generation: the same greedy tokens as PyTorch, across the rebuild past the context (32)."""
+    run = loaded(tmp_path, variant)
+    record = export_run(run, tmp_path / "export")
+    assert set(record["parts"]) == {"model", "decoder"}
+    eager = loaded(tmp_path, variant)
+    load_parts(run, tmp_path / "export")
+    assert isinstance(run.model.step, OnnxPart)
+    for prompt in ([30], [30, 72, 101, 108, 108, 111]):
+        ids = torch.tensor(prompt)
+        assert list(run.model.generate(ids, 48, temperature=0)) == list(eager.model.generate(ids, 48, temperature=0))
+    logits, past = run.model.step(torch.tensor([[30, 72, 101]]), eager.model.empty_past())
+    assert logits.shape == (1, 3, 256) and past.shape == (1, 2, 1, 2, 3, 8)
+    torch.testing.assert_close(logits, eager.model(torch.tensor([[30, 72, 101]])), atol=TOLERANCE, rtol=TOLERANCE)
 
 
 def test_a_static_export_has_its_batch_size_and_cannot_be_served(tmp_path, fashion_available):

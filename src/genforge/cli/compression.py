@@ -48,8 +48,8 @@ def compress(
     run: Path,
     overrides: Annotated[list[str] | None, typer.Argument(help="Fine-tuning config, e.g. train.lr=1e-3")] = None,
     quantize: Annotated[str | None, typer.Option(help="int8: post-training quantization (ONNX Runtime).")] = None,
-    method: Annotated[str | None, typer.Option(help="static (calibrated, the default) or dynamic quantization.")]
-    = None,
+    method: Annotated[str | None, typer.Option(help="static (calibrated; the default) or dynamic (the default for "
+                                                             "language models).")] = None,
     calibration: Annotated[int | None, typer.Option(min=1, help="Training inputs that calibrate static ranges "
                                                                 "(default 512).")] = None,
     prune: Annotated[float | None, typer.Option(help="Fraction of weights (or channels) to remove, e.g. 0.8.")]
@@ -74,7 +74,7 @@ def compress(
             raise GenforgeError(f"--quantize {quantize} is not supported; use int8")
         if overrides or structured or finetune_epochs or not distill:
             raise GenforgeError("--structured, --finetune-epochs, --no-distill and config overrides go with --prune")
-        child, comparison = quantize_run(run, method or "static", calibration or 512, runs_dir, threads,
+        child, comparison = quantize_run(run, method, calibration or 512, runs_dir, threads,
                                          progress=err.print)
     else:
         from genforge.compress.prune import prune_run

@@ -7,6 +7,7 @@ and the quality metrics of the kind (the task's own test evaluation, the functio
 
 from __future__ import annotations
 
+import hashlib
 import html
 import statistics
 import time
@@ -37,19 +38,23 @@ def create_child(parent, cfg: RunConfig, runs_dir: Path, lineage: dict) -> Path:
 
 def count_parameters(run) -> tuple[int, int]:
     """(parameters, non-zero parameters) of what the run runs: its PyTorch weights, or the weights in its ONNX
-    files (quantized int8 tensors included; scales, zero points and shape constants are not parameters)."""
+    files (quantized int8 tensors included; scales, zero points and shape constants are not parameters; a tensor that
+    two parts hold counts once)."""
     if run.backend == "torch":
         params = list(run.task.inference_module(run.model).parameters())
         return sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params)
 
     total = nonzero = 0
+    seen = set()  # a weight two parts both hold (a language model's forward and decoder) counts once
     for part in parts_of(run):
         graph = onnx.load(str(run.onnx_dir / f"{part.name}.onnx")).graph
         for init in graph.initializer:
             if init.name.endswith(("_scale", "_zero_point")) or init.data_type == onnx.TensorProto.INT64:
                 continue
             array = numpy_helper.to_array(init)
-            if array.ndim and array.size > 1 and np.issubdtype(array.dtype, np.number):
+            key = (array.shape, array.dtype.str, hashlib.sha256(array.tobytes()).digest())
+            if array.ndim and array.size > 1 and np.issubdtype(array.dtype, np.number) and key not in seen:
+                seen.add(key)
                 total, nonzero = total + array.size, nonzero + int(np.count_nonzero(array))
     return total, nonzero
 

@@ -102,15 +102,14 @@ def quantize_parts(run, src_dir: Path, dst_dir: Path, method: str, calibration: 
     return record
 
 
-def quantize_run(parent_path: Path, method: str = "static", calibration: int = 512, runs_dir: Path = Path("runs"),
+def quantize_run(parent_path: Path, method: str | None = None, calibration: int = 512, runs_dir: Path = Path("runs"),
                  threads: int = 1, progress=lambda _: None) -> tuple[Path, dict]:
     """Export the parent's parts (fp32, verified; the parent's own export is read where it is current), quantize
     them to int8 into a new child run, and compare the two. Returns (child run dir, comparison)."""
+    parent = load_run(parent_path, backend="torch")
+    method = method or parent.task.int8_method
     if method not in METHODS:
         raise GenforgeError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    parent = load_run(parent_path, backend="torch")
-    if parent.task.int8_refusal:
-        raise GenforgeError(f"{parent.path.name} is a {parent.config.model.kind} model: {parent.task.int8_refusal}")
     with tempfile.TemporaryDirectory(prefix="genforge-fp32-") as tmp:
         fp32 = current_export(parent)  # what `genforge serve` or `export` made of these weights: read, not remade
         if fp32 is None:

@@ -54,17 +54,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.width)
 
-    def forward(self, x: torch.Tensor, rope, cache: tuple | None) -> tuple[torch.Tensor, tuple]:
-        """x (B, T, W); cache: the keys and values of the positions before x, or None (x starts at position 0)."""
+    def forward(self, x: torch.Tensor, rope, cache: tuple | None, masked: bool = False) -> tuple[torch.Tensor, tuple]:
+        """x (B, T, W); cache: the keys and values of the positions before x, or None (x starts at position 0).
+        masked: T new tokens after a cache of any length (none included) attend causally through an explicit mask,
+        one graph for every T (the exported decoder); otherwise a prompt attends causally and one new token after a
+        cache to everything before it."""
         b, t, w = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = _rotate(q, *rope), _rotate(k, *rope)
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        # a prompt attends causally; one new token after a cache attends to everything before it
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=cache is None and t > 1)
+        dropout = self.dropout if self.training else 0.0
+        if masked:
+            seen = k.shape[2]  # new token i (at position seen - t + i) sees the keys up to its own
+            mask = torch.arange(seen, device=x.device)[None] <= torch.arange(t, device=x.device)[:, None] + (seen - t)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=cache is None and t > 1)
         return self.proj(y.transpose(1, 2).reshape(b, t, w)), (k, v)
 
 
@@ -78,8 +85,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.width, 4 * cfg.width), nn.GELU(), nn.Linear(4 * cfg.width, cfg.width))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope, cache: tuple | None) -> tuple[torch.Tensor, tuple]:
-        a, cache = self.attn(self.norm1(x), rope, cache)
+    def forward(self, x: torch.Tensor, rope, cache: tuple | None, masked: bool = False) -> tuple[torch.Tensor, tuple]:
+        a, cache = self.attn(self.norm1(x), rope, cache, masked)
         x = x + self.drop(a)
         return x + self.drop(self.mlp(self.norm2(x))), cache
 
@@ -123,9 +130,12 @@ class Transformer(nn.Module):
 
     def hidden(self, tokens: torch.Tensor, caches: list | None = None, start: int = 0) -> tuple[torch.Tensor, list]:
         """(B, T) token ids at positions start.. -> (B, T, W) final hidden states, and each block's keys and values."""
+        if start + tokens.shape[1] > self.context:
+            raise ValueError(f"{start + tokens.shape[1]} positions, more than the model's context of {self.context}")
+        return self._blocks(tokens, caches, start, masked=False)
+
+    def _blocks(self, tokens: torch.Tensor, caches: list | None, start, masked: bool) -> tuple[torch.Tensor, list]:
         t = tokens.shape[1]
-        if start + t > self.context:
-            raise ValueError(f"{start + t} positions, more than the model's context of {self.context}")
         x = self.embed(tokens.long())
         rope = None
         if self.position is not None:
@@ -135,9 +145,23 @@ class Transformer(nn.Module):
         x = self.drop(x)
         new = []
         for i, block in enumerate(self.blocks):
-            x, cache = block(x, rope, caches[i] if caches else None)
+            x, cache = block(x, rope, caches[i] if caches else None, masked)
             new.append(cache)
         return self.norm(x), new
+
+    def step(self, tokens: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generation's step as one function of tensors, the decoder an ONNX export holds: (B, T) new token ids after
+        `past`, the (layers, 2, B, heads, P, head width) keys and values of P earlier positions (P = 0: none) ->
+        (B, T, V) next-token logits and the keys and values of all P + T positions. The caller keeps P + T within
+        the context (generate starts again from the recent tokens past it)."""
+        caches = [(past[i, 0], past[i, 1]) for i in range(len(self.blocks))]
+        h, caches = self._blocks(tokens, caches, past.shape[4], masked=True)
+        return self.lm_head(h), torch.stack([torch.stack(kv) for kv in caches])
+
+    def empty_past(self, batch: int = 1) -> torch.Tensor:
+        """The keys and values of no position, as step() takes them."""
+        cfg = self.cfg
+        return torch.zeros(cfg.layers, 2, batch, cfg.heads, 0, cfg.width // cfg.heads, device=self.embed.weight.device)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> next-token logits (B, T, V), or with head=classes class logits (B, C)."""
@@ -184,12 +208,28 @@ class Transformer(nn.Module):
             if length == self.context:  # no position left: start again from the recent tokens
                 logits, caches, length = self._prefill(ids[-(self.context // 2):])
                 continue
-            h, caches = self.hidden(ids[-1:][None], caches, start=length)
-            logits, length = self.lm_head(h[0, -1]), length + 1
+            logits, caches = self._next(ids[-1:], caches, length)
+            length += 1
+
+    def _stepped(self) -> bool:
+        """Whether step() runs elsewhere: ONNX Runtime's decoder put in its place (onnx/export.py, attach)."""
+        return isinstance(self.step, nn.Module)
 
     def _prefill(self, ids: torch.Tensor):
+        if self._stepped():
+            logits, past = self.step(ids[None], self.empty_past())
+            return logits[0, -1], past, len(ids)
         h, caches = self.hidden(ids[None])
         return self.lm_head(h[0, -1]), caches, len(ids)
+
+    def _next(self, token: torch.Tensor, caches, length: int):
+        """The logits after one more token, and the caches with it: the per-layer keys and values in PyTorch (no
+        copy of the whole cache per token), the one past tensor through a decoder run elsewhere."""
+        if self._stepped():
+            logits, past = self.step(token[None], caches)
+            return logits[0, -1], past
+        h, caches = self.hidden(token[None], caches, start=length)
+        return self.lm_head(h[0, -1]), caches
 
 
 def logprob_of(logits: torch.Tensor, token: int, alternatives: int) -> tuple[float, dict[int, float]]:

@@ -8,6 +8,10 @@ A part is one callable of the model with natural inputs, so an exported file is 
               decoder.onnx    z (N, latent) [, classes]                        -> params (N, *input_shape)
               context.onnx    x (N, *input_shape) binary or means in [0, 1]    -> logits (N, *input_shape)
                               (autoregressive VAEs only: what the pixels above/left add to each logit)
+    language  model.onnx      tokens (N, T) ids                                -> logits (N, T, V), or (N, K)
+              decoder.onnx    tokens (N, T) new ids, past (layers, 2, N, heads, P, head width) keys and values of
+                              P earlier positions (P >= 0)                     -> logits (N, T, V), present (P + T)
+                              (language models only: generation's step, so ONNX Runtime runs all of it)
 
 Conditional parts take class weights rather than indices: a one-hot row picks a class, a mixed row walks
 between classes (interpolate), and the graph needs no Gather on user-given indices.
@@ -41,6 +45,10 @@ TOLERANCE = 1e-4  # max |onnxruntime - eager| / max(1, |eager|) accepted on a he
 DEFAULT_OPSET = 18  # the first opset of the dynamo exporter
 
 
+class MissingPart(GenforgeError):
+    """An export without a part the run's model has now (a language model's decoder, exported since)."""
+
+
 def parts_of(run) -> tuple[Part, ...]:
     """The parts a run's model exports (its task's), the main one (classifier, generator, decoder) last."""
     return run.task.export_parts(run.model)
@@ -65,6 +73,8 @@ class _Exported(nn.Module):
 def part_inputs(run, part: Part, n: int, seed: int, split: str = "test") -> tuple[torch.Tensor, ...]:
     """A batch of n inputs for `part`: real images of the run's dataset (`split`) for parts that read images,
     fixed-seed noise for parts that read latents; one-hot class weights when the model is conditional."""
+    if (own := run.task.part_example(run, part, n, seed, split)) is not None:
+        return own
     g = torch.Generator().manual_seed(seed)
     model, classes = run.model, len(run.meta["classes"])
     if part.inputs[0] == "z":
@@ -94,8 +104,15 @@ def session(path: Path, threads: int = 1):
         raise GenforgeError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") from None
 
 
+INTEGER_INPUTS = {"tensor(uint8)": torch.uint8, "tensor(uint16)": torch.uint16, "tensor(int32)": torch.int32,
+                  "tensor(int64)": torch.int64}
+
+
 def run_session(sess, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    feeds = {i.name: t.detach().cpu().contiguous().numpy() for i, t in zip(sess.get_inputs(), inputs)}
+    """Integer inputs are given in the type the graph was exported with (token ids: uint8 from a byte corpus, int64
+    from generation)."""
+    feeds = {i.name: (t if t.is_floating_point() or i.type not in INTEGER_INPUTS else t.to(INTEGER_INPUTS[i.type]))
+             .detach().cpu().contiguous().numpy() for i, t in zip(sess.get_inputs(), inputs)}
     return [torch.from_numpy(o) for o in sess.run(None, feeds)]
 
 
@@ -115,6 +132,8 @@ class OnnxPart(nn.Module):
             check_labels(labels, x.shape[0], True)
             weights = labels.float() if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
             inputs += (weights,)
+        elif len(self.part.inputs) > 1:  # a second input of the part's own (a decoder's keys and values)
+            inputs += (labels,)
         outputs = [o.to(x.device) for o in run_session(self.session, inputs)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -125,13 +144,27 @@ def attach(model: nn.Module, part: Part, runtime: OnnxPart) -> None:
     model.__dict__[part.seam] = runtime
 
 
+def dynamic_axes(part: Part, inputs: int, dynamic_batch: bool) -> tuple[dict, ...] | None:
+    """torch.export's dynamic shapes of a part's inputs: the batch (axis 0, unless the part names its "batch" axis
+    elsewhere) where dynamic_batch, and the part's own axes of any size always."""
+    dims: dict[str, Dim] = {"batch": Dim("batch", min=1)}
+    shapes = []
+    for i in range(inputs):
+        own = part.axes[i] if i < len(part.axes) else ()
+        named = {axis: dims.setdefault(name, Dim(name, min=least)) for axis, name, least in own}
+        if dynamic_batch and "batch" not in [name for _, name, _ in own]:
+            named[0] = dims["batch"]
+        shapes.append({axis: dim for axis, dim in named.items() if dynamic_batch or dim is not dims["batch"]})
+    return tuple(shapes) if any(shapes) else None
+
+
 def export_part(model: nn.Module, part: Part, example: tuple[torch.Tensor, ...], path: Path, opset: int,
                 dynamic_batch: bool) -> Path:
     """Write `part` of `model` to path (one self-contained file, weights inside)."""
 
     wrapper = _Exported(model, part.seam).eval()
     names = part.inputs + (("classes",) if len(example) > len(part.inputs) else ())
-    dynamic = tuple({0: Dim("batch", min=1)} for _ in example) if dynamic_batch else None
+    dynamic = dynamic_axes(part, len(example), dynamic_batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -244,6 +277,9 @@ def load_parts(run, onnx_dir: Path, threads: int = 1) -> None:
         raise GenforgeError(f"{onnx_dir} was exported for batch {record.get('batch_size')} only; serving needs any "
                             f"batch: genforge export {run.path} --dynamic-batch")
     for part in parts_of(run):
+        if part.name not in record["parts"]:
+            raise MissingPart(f"{onnx_dir} holds no {part.name} (an export by an earlier genforge); export it "
+                              f"again: genforge export {run.path} --dynamic-batch")
         path = onnx_dir / record["parts"][part.name]["file"]
         runtime = OnnxPart(session(path, threads), part, len(run.meta["classes"]),
                            is_conditional(run.model) and part.labels, path)

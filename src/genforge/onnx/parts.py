@@ -13,3 +13,6 @@ class Part:
     outputs: tuple[str, ...]
     labels: bool = True  # takes the one-hot classes too when the model is conditional
     unit_range: bool = False  # reads images scaled to [0, 1] (model space), not the raw uint8 pixels
+    # per input, its axes of any size other than the batch (axis 0): (axis, name, smallest size). A name shared by
+    # two inputs is one size. The batch is an input's axis 0, or the axis named "batch" here
+    axes: tuple[tuple[tuple[int, str, int], ...], ...] = ()

@@ -18,7 +18,7 @@ from genforge.explain import Explainer
 from genforge.forecasting.inference import minimum_history
 from genforge.models.latent import interpolate
 from genforge.models.layers import sample_labels
-from genforge.onnx.export import EXPORT_DIR, is_stale, load_parts
+from genforge.onnx.export import EXPORT_DIR, MissingPart, is_stale, load_parts
 from genforge.rundir import WEIGHTS, read_json, resolve_run
 from genforge.runs import BACKENDS, LoadedRun, load_run
 from genforge.tasks.classify import NotExplainable
@@ -216,8 +216,15 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
         print(f"{path / EXPORT_DIR} was exported from earlier weights: exporting again", flush=True)
         record = {}
     if record.get("dynamic_batch") or record and backend == "onnxruntime":  # a batch-fixed export raises there
-        run = load_run(path, backend="onnxruntime", threads=None)  # the threads its task serves with
-        return load_run(path, backend="torch") if _any_length(run, backend) else run
+        try:
+            run = load_run(path, backend="onnxruntime", threads=None)  # the threads its task serves with
+        except MissingPart as e:
+            if not (path / WEIGHTS).is_file():
+                raise
+            print(f"{str(e).split(';')[0]}: exporting again", flush=True)
+            record = {}
+        else:
+            return load_run(path, backend="torch") if _any_length(run, backend) else run
     if record:  # auto, and the export serves one batch size only
         print(f"serving {path} with torch: its ONNX export is for batch {record.get('batch_size')} only "
               f"(`genforge export {path} --dynamic-batch` lets onnxruntime serve it)", flush=True)

@@ -54,7 +54,7 @@ class Task:
     cross_validation = False  # `genforge cv` scores its folds (by validation accuracy)
     needs_evaluator = False  # scored in an evaluator network's features (generators: scored_by, evaluate/features.py)
     structured_pruning = False  # `compress --prune --structured` can remove whole channels
-    int8_refusal: str | None = None  # why `compress --quantize int8` (its ONNX parts) cannot serve the kind, if not
+    int8_method = "static"  # what `compress --quantize int8` does without --method: calibrated activation ranges
     tune_metric = ("val_loss", "min")  # what `genforge tune` ranks and prunes trials by: metrics.jsonl key, direction
     reads_strings = False  # its inputs are strings (`explain --text`), not arrays
 
@@ -149,6 +149,11 @@ class Task:
     def print_evaluation(self, out, name: str, result: dict) -> None:
         """`genforge evaluate`'s console view of `test`'s result (out: a rich Console)."""
         raise NotImplementedError
+
+    def part_example(self, run, part: Part, n: int, seed: int, split: str) -> tuple[torch.Tensor, ...] | None:
+        """n inputs of an exported part whose inputs are the task's own (onnx/export.part_inputs), or None for the
+        usual ones: held-out data (heldout), or noise for latents."""
+        return None
 
     def export_parts(self, model: nn.Module) -> tuple[Part, ...]:
         """The parts this model exports (a model's options may add one)."""

@@ -55,13 +55,30 @@ def stream_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torch
 class LanguageTask(Task):
     name = "language"
     parts = (Part("model", "forward", ("tokens",), ("logits",), labels=False),)
+    # a language model also exports the step of generation with its key/value cache (Transformer.step): what a
+    # model served from its ONNX files (an int8 one) generates with
+    decoder = Part("decoder", "step", ("tokens", "past"), ("logits", "present"), labels=False,
+                   axes=(((1, "new", 1),), ((2, "batch", 1), (4, "past", 0))))
     divergence_hint = "lower train.lr, set train.grad_clip=1.0, or raise train.batch_size"
 
     verbs = (COMPLETE,)
     reads_strings = True
-    int8_refusal = ("int8 quantizes the exported ONNX forward, and a language model generates with its PyTorch "
-                    "weights and a key/value cache, so its text would not come from the quantized model; prune it "
-                    "(--prune) instead")
+    int8_method = "dynamic"  # its matrix products quantized as they run: what int8 language models use
+
+    def export_parts(self, model) -> tuple[Part, ...]:
+        return self.parts if model.classes is not None else (*self.parts, self.decoder)
+
+    def part_example(self, run, part: Part, n: int, seed: int, split: str) -> tuple[torch.Tensor, ...] | None:
+        """The decoder's inputs: two tokens of held-out windows after the keys and values of the half context
+        before them, as PyTorch computes them."""
+        if part.name != self.decoder.name:
+            return None
+        x, _ = self.heldout(run, n, seed, split)
+        before = max(2, run.model.context // 2)
+        with torch.inference_mode():
+            _, caches = run.model.hidden(x[:, :before])
+        past = torch.stack([torch.stack(kv) for kv in caches])
+        return x[:, before:before + 2].long(), past  # ids as generation has them (int64)
 
     def rate_unit(self, cfg) -> tuple[str, int]:
         return ("entries", 1) if cfg.model.head == "classes" else ("tok", cfg.model.context)
