@@ -1,15 +1,19 @@
 """Compressed runs, end to end through the command line on real Fashion-MNIST runs: int8 quantization and pruning
 write a child run that points to its parent, compares itself with it, loads with load_run, predicts and serves."""
 
+import contextlib
+import io
 import json
 import shutil
+import sys
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import genforge_cli, run_cli, start_server
+from helpers import run_cli, start_server
 
+from genforge.cli import main
 from genforge.errors import GenforgeError
 from genforge.onnx.export import current_export
 from genforge.runs import load_run
@@ -31,10 +35,20 @@ def compress(cli, parent, tmp_path, *args):
     return child, stdout
 
 
-def in_subprocess(*args):
-    """For module-scoped fixtures, which cannot capture in this process: (exit code, stdout, stderr)."""
-    result = genforge_cli(*args)
-    return result.returncode, result.stdout, result.stderr
+def in_this_process(*args):
+    """For module-scoped fixtures, which cannot use capsys: (exit code, stdout, stderr) of the command line, run in
+    this process with its output redirected (a subprocess would add its start-up)."""
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setattr(sys, "argv", ["genforge", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        finally:
+            torch.set_num_threads(threads)
+    return code, out.getvalue(), err.getvalue()
 
 
 def unexported_copy(run, tmp_path):
@@ -44,7 +58,7 @@ def unexported_copy(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_classifier(classifier_run, tmp_path_factory):
-    return compress(in_subprocess, classifier_run, tmp_path_factory.mktemp("int8"), "--quantize", "int8",
+    return compress(in_this_process, classifier_run, tmp_path_factory.mktemp("int8"), "--quantize", "int8",
                     "--calibration", "256")
 
 

@@ -99,24 +99,23 @@ def test_every_part_matches_pytorch_in_onnxruntime(variant, tmp_path, fashion_av
         for a, b in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else
                         (got,)):
             torch.testing.assert_close(b, a, atol=TOLERANCE, rtol=TOLERANCE)
+    assert ("decoder" in record["parts"]) == (variant in ("transformer", "transformer-learned"))  # language models
+    if "decoder" in record["parts"]:
+        generates_as_pytorch(run, eager)
 
 
-@pytest.mark.parametrize("variant", ["transformer", "transformer-learned"])
-def test_a_language_model_generates_through_its_exported_decoder_with_its_cache(variant, tmp_path):
-    """The decoder takes any number of new tokens after any number of cached positions (none: a prompt), so ONNX
-    Runtime runs all of generation: the same greedy tokens as PyTorch, across the rebuild past the context (32)."""
-    run = loaded(tmp_path, variant)
-    record = export_run(run, tmp_path / "export")
-    assert set(record["parts"]) == {"model", "decoder"}
-    eager = loaded(tmp_path, variant)
-    load_parts(run, tmp_path / "export")
+def generates_as_pytorch(run: LoadedRun, eager: LoadedRun) -> None:
+    """A language model's decoder takes any number of new tokens after any number of cached positions (none: a
+    prompt), so ONNX Runtime runs all of generation: the same greedy tokens as PyTorch, across the rebuild past the
+    context (32 here)."""
     assert isinstance(run.model.step, OnnxPart)
     for prompt in ([30], [30, 72, 101, 108, 108, 111]):
         ids = torch.tensor(prompt)
         assert list(run.model.generate(ids, 48, temperature=0)) == list(eager.model.generate(ids, 48, temperature=0))
-    logits, past = run.model.step(torch.tensor([[30, 72, 101]]), eager.model.empty_past())
+    tokens = torch.tensor([[30, 72, 101]])
+    logits, past = run.model.step(tokens, eager.model.empty_past())
     assert logits.shape == (1, 3, 256) and past.shape == (1, 2, 1, 2, 3, 8)
-    torch.testing.assert_close(logits, eager.model(torch.tensor([[30, 72, 101]])), atol=TOLERANCE, rtol=TOLERANCE)
+    torch.testing.assert_close(logits, eager.model(tokens), atol=TOLERANCE, rtol=TOLERANCE)
 
 
 def test_a_static_export_has_its_batch_size_and_cannot_be_served(tmp_path, fashion_available):
