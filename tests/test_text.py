@@ -268,7 +268,7 @@ def test_explain_text_refuses_an_image_classifier_and_a_text_classifier_without_
 
 def test_int8_of_a_language_model_generates_and_compares_its_bits_per_character(text_run, capsys, monkeypatch,
                                                                                 tmp_path):
-    """Dynamic int8 (the default for language models) of both exported parts, the forward and the decoder with its
+    """Dynamic int8 (the default for language models) of both exported parts, the forward and the step with its
     cache: the child scores and generates in ONNX Runtime, and its comparison has both models' bits per character
     and tokens/s."""
     code, out, err = run_cli(capsys, monkeypatch, "compress", text_run, "--quantize", "int8", "--runs-dir", tmp_path)
@@ -281,7 +281,8 @@ def test_int8_of_a_language_model_generates_and_compares_its_bits_per_character(
     assert all(row["test_bpc"] > 0 and row["tokens_per_s"] > 0 for row in (parent, int8))
     assert abs(comparison["change"]["test_bpc"]) < 0.05 * parent["test_bpc"]  # int8 weights barely move the scores
     assert int8["file_bytes"] < 0.5 * comparison["rows"]["parent (onnxruntime fp32)"]["file_bytes"]
-    assert int8["parameters"] < 1.2 * parent["parameters"]  # the weights both parts hold count once
+    # the weights both parts hold count once (twice would be 2x); the int8 output layer is a copy of the tied embedding
+    assert int8["parameters"] < 1.6 * parent["parameters"]
     loaded = runs.load_run(child)
     assert loaded.backend == "onnxruntime" and isinstance(loaded.model.step, OnnxPart)
     assert len(list(loaded.model.generate(torch.tensor([10, 84]), 20, temperature=0))) == 20

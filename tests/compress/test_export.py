@@ -44,7 +44,7 @@ VARIANTS = {
     "rnn-gru": ({"kind": "rnn", "cell": "gru", "hidden": 8, "layers": 1, **SERIES}, NILE_META),
     **{kind: ({"kind": kind, **SERIES}, NILE_META) for kind in ("naive", "seasonal-naive", "drift", "season-mean")},
     "transformer": (GPT, LM_META),
-    "transformer-learned": ({**GPT, "positions": "learned"}, LM_META),  # its decoder adds positions past the cache
+    "transformer-learned": ({**GPT, "positions": "learned"}, LM_META),  # its step adds positions past the cache
     "transformer-learned-classes": ({**GPT, "positions": "learned", "head": "classes"}, TEXT_CLASSES_META),
 }
 
@@ -99,13 +99,13 @@ def test_every_part_matches_pytorch_in_onnxruntime(variant, tmp_path, fashion_av
         for a, b in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else
                         (got,)):
             torch.testing.assert_close(b, a, atol=TOLERANCE, rtol=TOLERANCE)
-    assert ("decoder" in record["parts"]) == (variant in ("transformer", "transformer-learned"))  # language models
-    if "decoder" in record["parts"]:
+    assert ("step" in record["parts"]) == (variant in ("transformer", "transformer-learned"))  # language models
+    if "step" in record["parts"]:
         generates_as_pytorch(run, eager)
 
 
 def generates_as_pytorch(run: LoadedRun, eager: LoadedRun) -> None:
-    """A language model's decoder takes any number of new tokens after any number of cached positions (none: a
+    """A language model's step (step.onnx) takes any number of new tokens after any number of cached positions (none: a
     prompt), so ONNX Runtime runs all of generation: the same greedy tokens as PyTorch, across the rebuild past the
     context (32 here)."""
     assert isinstance(run.model.step, OnnxPart)

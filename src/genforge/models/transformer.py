@@ -57,7 +57,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope, cache: tuple | None, masked: bool = False) -> tuple[torch.Tensor, tuple]:
         """x (B, T, W); cache: the keys and values of the positions before x, or None (x starts at position 0).
         masked: T new tokens after a cache of any length (none included) attend causally through an explicit mask,
-        one graph for every T (the exported decoder); otherwise a prompt attends causally and one new token after a
+        one graph for every T (the exported step); otherwise a prompt attends causally and one new token after a
         cache to everything before it."""
         b, t, w = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
@@ -150,7 +150,7 @@ class Transformer(nn.Module):
         return self.norm(x), new
 
     def step(self, tokens: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generation's step as one function of tensors, the decoder an ONNX export holds: (B, T) new token ids after
+        """Generation's step as one function of tensors, step.onnx of an ONNX export: (B, T) new token ids after
         `past`, the (layers, 2, B, heads, P, head width) keys and values of P earlier positions (P = 0: none) ->
         (B, T, V) next-token logits and the keys and values of all P + T positions. The caller keeps P + T within
         the context (generate starts again from the recent tokens past it)."""
@@ -212,7 +212,7 @@ class Transformer(nn.Module):
             length += 1
 
     def _stepped(self) -> bool:
-        """Whether step() runs elsewhere: ONNX Runtime's decoder put in its place (onnx/export.py, attach)."""
+        """Whether step() runs elsewhere: ONNX Runtime's step.onnx put in its place (onnx/export.py, attach)."""
         return isinstance(self.step, nn.Module)
 
     def _prefill(self, ids: torch.Tensor):
@@ -224,7 +224,7 @@ class Transformer(nn.Module):
 
     def _next(self, token: torch.Tensor, caches, length: int):
         """The logits after one more token, and the caches with it: the per-layer keys and values in PyTorch (no
-        copy of the whole cache per token), the one past tensor through a decoder run elsewhere."""
+        copy of the whole cache per token), the one past tensor through a step run elsewhere."""
         if self._stepped():
             logits, past = self.step(token[None], caches)
             return logits[0, -1], past

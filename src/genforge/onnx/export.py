@@ -9,7 +9,7 @@ A part is one callable of the model with natural inputs, so an exported file is 
               context.onnx    x (N, *input_shape) binary or means in [0, 1]    -> logits (N, *input_shape)
                               (autoregressive VAEs only: what the pixels above/left add to each logit)
     language  model.onnx      tokens (N, T) ids                                -> logits (N, T, V), or (N, K)
-              decoder.onnx    tokens (N, T) new ids, past (layers, 2, N, heads, P, head width) keys and values of
+              step.onnx       tokens (N, T) new ids, past (layers, 2, N, heads, P, head width) keys and values of
                               P earlier positions (P >= 0)                     -> logits (N, T, V), present (P + T)
                               (language models only: generation's step, so ONNX Runtime runs all of it)
 
@@ -46,7 +46,7 @@ DEFAULT_OPSET = 18  # the first opset of the dynamo exporter
 
 
 class MissingPart(GenforgeError):
-    """An export without a part the run's model has now (a language model's decoder, exported since)."""
+    """An export without a part the run's model has now (a language model's step, exported since)."""
 
 
 def parts_of(run) -> tuple[Part, ...]:
@@ -132,7 +132,7 @@ class OnnxPart(nn.Module):
             check_labels(labels, x.shape[0], True)
             weights = labels.float() if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
             inputs += (weights,)
-        elif len(self.part.inputs) > 1:  # a second input of the part's own (a decoder's keys and values)
+        elif len(self.part.inputs) > 1:  # a second input of the part's own (a language model's keys and values)
             inputs += (labels,)
         outputs = [o.to(x.device) for o in run_session(self.session, inputs)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -57,7 +57,7 @@ class LanguageTask(Task):
     parts = (Part("model", "forward", ("tokens",), ("logits",), labels=False),)
     # a language model also exports the step of generation with its key/value cache (Transformer.step): what a
     # model served from its ONNX files (an int8 one) generates with
-    decoder = Part("decoder", "step", ("tokens", "past"), ("logits", "present"), labels=False,
+    generation_step = Part("step", "step", ("tokens", "past"), ("logits", "present"), labels=False,
                    axes=(((1, "new", 1),), ((2, "batch", 1), (4, "past", 0))))
     divergence_hint = "lower train.lr, set train.grad_clip=1.0, or raise train.batch_size"
 
@@ -66,12 +66,12 @@ class LanguageTask(Task):
     int8_method = "dynamic"  # its matrix products quantized as they run: what int8 language models use
 
     def export_parts(self, model) -> tuple[Part, ...]:
-        return self.parts if model.classes is not None else (*self.parts, self.decoder)
+        return self.parts if model.classes is not None else (*self.parts, self.generation_step)
 
     def part_example(self, run, part: Part, n: int, seed: int, split: str) -> tuple[torch.Tensor, ...] | None:
-        """The decoder's inputs: two tokens of held-out windows after the keys and values of the half context
+        """The step's inputs: two tokens of held-out windows after the keys and values of the half context
         before them, as PyTorch computes them."""
-        if part.name != self.decoder.name:
+        if part.name != self.generation_step.name:
             return None
         x, _ = self.heldout(run, n, seed, split)
         before = max(2, run.model.context // 2)
