@@ -3,6 +3,7 @@ this process (helpers.run_cli); only the server's runs in a subprocess."""
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -152,9 +153,9 @@ def readme_sections() -> dict[str, list[str]]:
 
 QUICK_LOOK = ["data.train_subset=512", "data.test_subset=1000", "train.epochs=1"]  # the README's quick look
 # The text quick look trains 75 s and scores 1,000 entries (~160,000 characters) in 29 s on the 2-core machine; the
-# README test trains its text on 64 windows (train_subset counts a language model's windows: 2 steps) and scores 100
-# entries (about 20 s for the section, down from 102 s)
-TEXT_LOOK = ["data.train_subset=64", "data.test_subset=100"]
+# README test trains its text on 32 windows (train_subset counts a language model's windows: one step), fine-tunes
+# on 32 entries and scores 100 entries
+TEXT_LOOK = ["data.train_subset=32", "data.test_subset=100"]
 
 
 def test_the_readme_shows_the_quick_look_its_test_trains_with():
@@ -180,14 +181,14 @@ def test_readme_commands_run(section, tmp_path, fashion_available, evaluator_cac
     monkeypatch.setenv("GENFORGE_CACHE", str(evaluator_cache))
     made = []  # the runs made so far; RUN is the latest, RUN_A and RUN_B the two latest
     for command in commands:
-        args = command.split()[1:]
+        args = shlex.split(command)[1:]  # as a shell reads it: a quoted --text is one argument
         names = {"RUN": made[-1:], "RUN_A": made[-2:-1], "RUN_B": made[-1:]}
         # RUN alone, or as an override's value (train.init_from=RUN)
         args = [re.sub(r"(?<![^=])(RUN|RUN_A|RUN_B)$", lambda m, names=names: str(names[m[1]][0]), a) for a in args]
         if args[0] in ("train", "cv"):
             args += [*QUICK_LOOK, "train.threads=1", "eval.samples=200", "eval.iwae_k=5", "eval.iwae_images=10",
                      "--runs-dir", str(tmp_path / "r"), "--quiet"]
-            if args[1].startswith("text-"):
+            if args[1].startswith(("text-", "fortunes-")):  # the text presets
                 args += TEXT_LOOK
         if args[0] == "evaluate" and "--seeds" in args:
             args += ["--samples", "200"]
