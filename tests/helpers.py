@@ -21,25 +21,32 @@ def genforge_cli(*args, cache=None, cwd=None) -> subprocess.CompletedProcess:
                           env=env, timeout=600)
 
 
+def call_main(*args) -> int:
+    """`genforge ARGS` in this process: its exit code. The torch thread count a command sets is put back, so later
+    tests run as they would have."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["genforge", *map(str, args)])
+        try:
+            main()
+            return 0
+        except SystemExit as e:
+            return e.code or 0
+        finally:
+            torch.set_num_threads(threads)
+
+
 def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
     """The real command line, in process: (exit code, stdout, stderr). For what a command prints and returns; a
     subprocess costs ~2.5 s of start-up and is for process behaviour (signals, kills, servers, the environment).
     stderr ends with the warnings a user's terminal would show (pytest's filters would only collect them), and the
     torch thread count a command sets is put back, so later tests run as they would have."""
-    monkeypatch.setattr(sys, "argv", ["genforge", *map(str, args)])
-    threads = torch.get_num_threads()
     with warnings.catch_warnings(record=True) as shown:
         warnings.resetwarnings()  # Python's default filters (the warnings module's docs), not pytest's
         warnings.simplefilter("default")
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
             warnings.filterwarnings("ignore", category=category)
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        finally:
-            torch.set_num_threads(threads)
+        code = call_main(*args)
     captured = capsys.readouterr()
     printed = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in shown)
     return code, captured.out, captured.err + printed

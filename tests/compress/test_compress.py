@@ -5,15 +5,13 @@ import contextlib
 import io
 import json
 import shutil
-import sys
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli, start_server
+from helpers import call_main, run_cli, start_server
 
-from genforge.cli import main
 from genforge.errors import GenforgeError
 from genforge.onnx.export import current_export
 from genforge.runs import load_run
@@ -38,16 +36,9 @@ def compress(cli, parent, tmp_path, *args):
 def in_this_process(*args):
     """For module-scoped fixtures, which cannot use capsys: (exit code, stdout, stderr) of the command line, run in
     this process with its output redirected (a subprocess would add its start-up)."""
-    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", ["genforge", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        finally:
-            torch.set_num_threads(threads)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = call_main(*args)
     return code, out.getvalue(), err.getvalue()
 
 
