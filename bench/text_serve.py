@@ -131,11 +131,10 @@ def main() -> None:
     median = lambda rows, client, key: statistics.median(r[client][key] for r in rows)  # noqa: E731
     summary = {b: {f"{client}_{key}": median(rows, client, key) for client in ("openai_client", "httpx_sse")
                    for key in ("first_token_ms", "tokens_per_s")} for b, rows in rounds.items()}
-    first = rounds[backends[0]][0]
-    main_rows = summary[backends[0]]
-    record("text_serve", {"run": args.run, **first, "backends": summary, "rounds": rounds,
-                          "goal_met": main_rows["openai_client_first_token_ms"] <= 50
-                          and main_rows["openai_client_tokens_per_s"] >= 500})
+    judged = summary[backends[0]]  # medians over the rounds, as the goal is read
+    record("text_serve", {"run": args.run, "backends": summary, "rounds": rounds,
+                          "goal_met": judged["openai_client_first_token_ms"] <= 50
+                          and judged["openai_client_tokens_per_s"] >= 500})
 
 
 if __name__ == "__main__":

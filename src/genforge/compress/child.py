@@ -45,7 +45,7 @@ def count_parameters(run) -> tuple[int, int]:
         return sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params)
 
     total = nonzero = 0
-    seen = set()  # a weight two parts both hold (a language model's forward and decoder) counts once
+    seen = set()  # a weight two parts both hold (a language model's forward and step) counts once
     for part in parts_of(run):
         graph = onnx.load(str(run.onnx_dir / f"{part.name}.onnx")).graph
         for init in graph.initializer:

@@ -151,10 +151,11 @@ def dynamic_axes(part: Part, inputs: int, dynamic_batch: bool) -> tuple[dict, ..
     shapes = []
     for i in range(inputs):
         own = part.axes[i] if i < len(part.axes) else ()
-        named = {axis: dims.setdefault(name, Dim(name, min=least)) for axis, name, least in own}
-        if dynamic_batch and "batch" not in [name for _, name, _ in own]:
-            named[0] = dims["batch"]
-        shapes.append({axis: dim for axis, dim in named.items() if dynamic_batch or dim is not dims["batch"]})
+        shape = {axis: dims.setdefault(name, Dim(name, min=least)) for axis, name, least in own
+                 if dynamic_batch or name != "batch"}
+        if dynamic_batch and all(name != "batch" for _, name, _ in own):
+            shape[0] = dims["batch"]
+        shapes.append(shape)
     return tuple(shapes) if any(shapes) else None
 
 
@@ -255,9 +256,9 @@ def current_export(run) -> Path | None:
         record = json.loads((out_dir / "export.json").read_text())
     except (OSError, ValueError):
         return None
-    made = record.get("parts", {})
+    made, made_from = record.get("parts", {}), record.get("weights_sha256")
     if (record.get("opset") != DEFAULT_OPSET or not record.get("dynamic_batch") or record.get("tolerance") != TOLERANCE
-            or record.get("weights_sha256") != weights_digest(run.path) or record["weights_sha256"] is None):
+            or made_from is None or made_from != weights_digest(run.path)):
         return None
     if not all(part.name in made and (out_dir / made[part.name]["file"]).is_file() for part in parts_of(run)):
         return None

@@ -218,10 +218,10 @@ def _load(path: str | Path, backend: str) -> LoadedRun:
     if record.get("dynamic_batch") or record and backend == "onnxruntime":  # a batch-fixed export raises there
         try:
             run = load_run(path, backend="onnxruntime", threads=None)  # the threads its task serves with
-        except MissingPart as e:
+        except MissingPart:
             if not (path / WEIGHTS).is_file():
                 raise
-            print(f"{str(e).split(';')[0]}: exporting again", flush=True)
+            print(f"{path / EXPORT_DIR} lacks a part this model exports now: exporting again", flush=True)
             record = {}
         else:
             return load_run(path, backend="torch") if _any_length(run, backend) else run

@@ -58,7 +58,7 @@ class LanguageTask(Task):
     # a language model also exports the step of generation with its key/value cache (Transformer.step): what a
     # model served from its ONNX files (an int8 one) generates with
     generation_step = Part("step", "step", ("tokens", "past"), ("logits", "present"), labels=False,
-                   axes=(((1, "new", 1),), ((2, "batch", 1), (4, "past", 0))))
+                           axes=(((1, "new", 1),), ((2, "batch", 1), (4, "past", 0))))
     divergence_hint = "lower train.lr, set train.grad_clip=1.0, or raise train.batch_size"
 
     verbs = (COMPLETE,)
@@ -70,15 +70,14 @@ class LanguageTask(Task):
 
     def part_example(self, run, part: Part, n: int, seed: int, split: str) -> tuple[torch.Tensor, ...] | None:
         """The step's inputs: two tokens of held-out windows after the keys and values of the half context
-        before them, as PyTorch computes them."""
+        before them, as the model's own step computes them from none."""
         if part.name != self.generation_step.name:
             return None
         x, _ = self.heldout(run, n, seed, split)
-        before = max(2, run.model.context // 2)
+        x, before = x.long(), max(2, run.model.context // 2)  # ids as generation has them (int64)
         with torch.inference_mode():
-            _, caches = run.model.hidden(x[:, :before])
-        past = torch.stack([torch.stack(kv) for kv in caches])
-        return x[:, before:before + 2].long(), past  # ids as generation has them (int64)
+            _, past = run.model.step(x[:, :before], run.model.empty_past(n))
+        return x[:, before:before + 2], past
 
     def rate_unit(self, cfg) -> tuple[str, int]:
         return ("entries", 1) if cfg.model.head == "classes" else ("tok", cfg.model.context)
