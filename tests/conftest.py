@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
-from helpers import PRUNE_FINETUNE, QUICK_GENERATOR, genforge_cli, train_run
+from helpers import PRUNE_FINETUNE, QUICK_GENERATOR, call_main, train_run
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(1)  # two threads on two cores are fragile when pytest shares the machine
@@ -117,12 +117,14 @@ def built_once(request, tmp_path_factory, name: str, build):
 
 def exported(run: Path) -> Path:
     """The run after what `genforge serve` does on its first start with the default backend (auto): its export to
-    ONNX (`genforge export RUN --dynamic-batch`, in a child process). Done once while the fixture is built, so that
-    servers started by different xdist workers never export the same run at the same time."""
+    ONNX (`genforge export RUN --dynamic-batch`, which serve runs in a child process; here in this one, which has
+    paid the imports already). Done once while the fixture is built, so that servers started by different xdist
+    workers never export the same run at the same time; serve then finds the export current and loads it."""
     from genforge.serve.adapters import load_models
 
+    assert call_main("export", run, "--dynamic-batch") == 0, f"{run} could not be exported to ONNX"
     (model,) = load_models([run]).values()
-    assert model.backend == "onnxruntime", f"{run} could not be exported to ONNX"
+    assert model.backend == "onnxruntime", f"{run} was exported but serve does not load its export"
     return run
 
 
@@ -183,16 +185,16 @@ def text_classifier_run(request, tmp_path_factory, text_run) -> Path:
 
 
 CLASSIFIER = ["fashion-cnn-fast", "train.threads=1", "data.train_subset=8192", "data.test_subset=2000",
-              "train.epochs=2", "train.batch_size=128"]
+              "train.epochs=1", "train.batch_size=128"]
 
 
 @pytest.fixture(scope="session")
 def classifier_run(request, tmp_path_factory, fashion_available) -> Path:
-    """The fast Fashion-MNIST CNN, two epochs on 8,192 images (~85% accuracy on the first 2,000 test images), trained
-    by the real command line (`genforge train CLASSIFIER`, which test_train checks end to end); exported to ONNX."""
+    """The fast Fashion-MNIST CNN, one epoch on 8,192 images (~83% accuracy on the first 2,000 test images), trained
+    by the real command line (`genforge train CLASSIFIER`, in this process; test_train checks it end to end);
+    exported to ONNX."""
     def build(parent):
-        trained = genforge_cli("train", *CLASSIFIER, "--runs-dir", str(parent), "--quiet")
-        assert trained.returncode == 0, trained.stderr
+        assert call_main("train", *CLASSIFIER, "--runs-dir", str(parent), "--quiet") == 0
         (run,) = parent.iterdir()
         return exported(run)
 

@@ -3,6 +3,8 @@ bit-identical to uninterrupted runs, and an interrupted pruning fine-tune resume
 finishes exactly like an uninterrupted `genforge compress` (weights, zeros, comparison); so do a language model and
 the text classifier fine-tuned from it."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PRUNE_FINETUNE, train_run
+from helpers import PRUNE_FINETUNE, call_main, train_run
 from safetensors.torch import load_file
 
 from genforge import rundir
@@ -33,10 +35,15 @@ def genforge(*args, cache=None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc) -> str:
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr
-    return stderr
+def resume(*command: str, cache=None) -> str:
+    """`genforge COMMAND` (a resume, as the killed run prints it) in this process, which shares nothing with the
+    killed one but the run directory (and saves a subprocess's start-up): what it printed on stderr."""
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(io.StringIO()) as stderr:
+        if cache:
+            mp.setenv("GENFORGE_CACHE", str(cache))
+        code = call_main(*command)
+    assert code == 0, stderr.getvalue()
+    return stderr.getvalue()
 
 
 def checkpoint_step(run: Path) -> int:
@@ -79,7 +86,7 @@ def killed_and_uninterrupted(tmp_path: Path, preset: str, args: list[str], kill_
     steps = rundir.read_json(reference / "summary.json")["steps"]
     parent = tmp_path / "killed"
     run = kill_mid_training(genforge("train", preset, *args, "--runs-dir", parent, "--quiet"), parent, kill_at, steps)
-    assert "resumed at" in finish(genforge("train", "--resume", run, "--quiet"))
+    assert "resumed at" in resume("train", "--resume", run, "--quiet")
     return reference, run
 
 
@@ -104,7 +111,7 @@ def test_a_generator_killed_mid_epoch_resumes_bit_identical(preset, evaluator_ca
 
     proc = genforge("train", *preset, *EXACT, "--runs-dir", tmp_path / "b", "--quiet", cache=evaluator_cache)
     run = kill_mid_training(proc, tmp_path / "b", 20, 32)  # in the second epoch (16 steps an epoch)
-    assert "resumed at epoch 2" in finish(genforge("train", "--resume", run, "--quiet", cache=evaluator_cache))
+    assert "resumed at epoch 2" in resume("train", "--resume", run, "--quiet", cache=evaluator_cache)
 
     expected, resumed = load_file(reference / rundir.WEIGHTS), load_file(run / rundir.WEIGHTS)
     assert_same_tree(expected, resumed)
@@ -132,7 +139,7 @@ def test_an_interrupted_pruning_finetune_resumes_with_its_printed_command_and_en
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     hint = re.search(r"resume with: (genforge .*)$", stderr, flags=re.M).group(1)
     assert hint == f"genforge train --resume {child}"
-    finish(genforge(*hint.split()[1:]))
+    resume(*hint.split()[1:])
 
     expected, resumed = load_file(reference / rundir.WEIGHTS), load_file(child / rundir.WEIGHTS)
     assert_same_tree(expected, resumed)  # the same weights, so the same zeros
