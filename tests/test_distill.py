@@ -33,7 +33,8 @@ def test_a_student_learns_from_the_teacher_without_labels(classifier_run, tmp_pa
                     "data.train_subset=4096", "train.epochs=2", f"train.distill.teacher={classifier_run}",
                     "train.distill.weight=1.0", "train.label_smoothing=0")
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["test_accuracy"] > 0.7  # chance is 0.1
+    teacher = json.loads((classifier_run / "summary.json").read_text())["test_accuracy"]  # ~0.83 (one epoch)
+    assert summary["test_accuracy"] > 0.6 and summary["test_accuracy"] > teacher - 0.25  # chance is 0.1
     assert load_run(run).config.train.distill.teacher == str(classifier_run)  # the resolved config says so
 
 
