@@ -30,12 +30,15 @@ from genforge.data.text import load_text
 PER_CLASS = 50
 
 
-def labelled(seed: int):
+def labelled(seed: int, per_class: int | None = PER_CLASS):
     """The same 50 entries per class the genforge runs draw (data.labels_per_class, seeded), all of them (the runs hold
-    a tenth of them out for validation; the peers get every label), and the test entries."""
+    a tenth of them out for validation; the peers get every label), and the test entries. per_class=None: every
+    training entry of the 10 classes."""
     cfg = load_config("fortunes-classify")
     corpus = load_text("fortunes").select(cfg.data.classes)
-    idx = labelled_subset(torch.tensor(corpus.train_labels), PER_CLASS, seed, corpus.classes).tolist()
+    if per_class is None:
+        return corpus.train, corpus.train_labels, corpus.test, corpus.test_labels
+    idx = labelled_subset(torch.tensor(corpus.train_labels), per_class, seed, corpus.classes).tolist()
     return ([corpus.train[i] for i in idx], [corpus.train_labels[i] for i in idx], corpus.test, corpus.test_labels)
 
 
@@ -78,5 +81,22 @@ def main(pretrained: str | None = None, seeds: int = 3) -> None:
                                "goal_met": medians["finetune"] - medians["scratch"] >= 0.05})
 
 
+def all_labels(pretrained: str, epochs: int = 2) -> None:
+    """The same comparison with every training entry of the 10 classes labelled (7,704, 521-1,149 a class; one seed, and
+    `epochs` epochs for both Transformers: the presets' 10 are for 45 entries a class). Writes
+    bench/out/text_all_labels.json."""
+    budget = [f"train.epochs={epochs}"]
+    rows = {"finetune": train_preset("fortunes-finetune", [*budget, f"train.init_from={pretrained}"])["test_accuracy"],
+            "scratch": train_preset("fortunes-classify", budget)["test_accuracy"]}
+    x, y, xt, yt = labelled(0, per_class=None)
+    rows.update(tfidf_logreg=tfidf_logreg(x, y, xt, np.array(yt)), fasttext=fasttext_accuracy(x, y, xt, yt, 0),
+                labelled=len(x))
+    record("text_all_labels", {"pretrained": pretrained, "epochs": epochs, "accuracy": rows,
+                               "finetune_minus_scratch": rows["finetune"] - rows["scratch"]})
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    if "--all-labels" in sys.argv:  # python bench/text_few_labels.py RUN --all-labels
+        all_labels(sys.argv[1])
+    else:
+        main(*sys.argv[1:2])
