@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_cli
+from helpers import run_cli, train_run
 
 from genforge import rundir, runs
 from genforge.data.text import FORTUNES_DIR, MAX_ENTRY, SEPARATOR, in_test, load_text
-from genforge.data.tokens import ByteTokenizer
+from genforge.data.tokens import ByteTokenizer, tokenizer_from_state, train_bpe
 from genforge.errors import GenforgeError
 from genforge.language.generation import complete
 from genforge.language.scoring import bits_per_character, compressor_bits, token_losses
@@ -115,6 +115,66 @@ def test_bytes_round_trip_and_stream_whole_characters():
     pieces = list(tok.pieces(ids.tolist()))
     assert "".join(pieces) == text and "🙂" in pieces  # a 4-byte character comes out whole, once
     assert tok.decode([0xF0, 0x9F]) == "\ufffd"  # a cut character is a replacement, not an error
+
+
+@pytest.fixture(scope="module")
+def fortunes_bpe(fortunes_available):
+    return train_bpe(load_text("fortunes").train, 2048)
+
+
+def test_a_bpe_trained_on_fortunes_round_trips_any_text_and_compresses_english(fortunes_bpe):
+    tok = fortunes_bpe
+    assert tok.vocab_size == 2048 and tok.token_bytes(tok.end_id) == SEPARATOR.encode()
+    for text in ["naïve café — 日本 🙂", f"two{SEPARATOR}entries\n\tand tabs", "\x00\x7f control", "", "ǅ" * 300]:
+        ids = tok.encode(text)
+        assert ids.dtype == torch.int16 and (len(ids) == 0 or int(ids.max()) < 2048)
+        assert tok.decode(ids) == text  # nothing is unknown: every byte is a symbol
+        assert "".join(tok.pieces(ids.tolist())) == text
+        assert b"".join(tok.token_bytes(i) for i in ids.tolist()) == text.encode()
+    assert tok.encode(f"a{SEPARATOR}b").tolist().count(tok.end_id) == 1  # the separator is one token of its own
+    test = SEPARATOR.join(load_text("fortunes").test)
+    assert len(tok.encode(test)) < 0.45 * len(test)  # measured 0.39 tokens a character on the test split
+    assert tok.decode([tok.encode("🙂").tolist()[0]]) in ("\ufffd", "🙂")  # a cut character is a replacement
+
+
+def test_data_info_counts_entries_characters_and_tokens_of_each_tokenizer(capsys, monkeypatch, fortunes_available):
+    code, out, err = run_cli(capsys, monkeypatch, "data", "info", "fortunes", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    corpus = load_text("fortunes")
+    assert info["entries"] == {"train": len(corpus.train), "test": len(corpus.test)}
+    chars, tokens = info["characters"], info["tokens"]
+    assert tokens["bytes"]["test"] >= chars["test"]  # a byte a token: at least one per character
+    assert 0.3 * chars["test"] < tokens["bpe 2048"]["test"] < 0.45 * chars["test"]  # measured 0.375
+    assert set(info["duplicates"]) == {"within_train", "test_in_train"} and len(info["longest"]) == 5
+
+
+def test_a_bpe_is_the_same_when_trained_again_and_rebuilt_from_its_state(fortunes_bpe):
+    entries = load_text("fortunes").train[:3000]
+    assert train_bpe(entries, 512).definition == train_bpe(entries, 512).definition
+    rebuilt = tokenizer_from_state(json.loads(json.dumps(fortunes_bpe.state())))  # as meta.json holds it
+    text = "A computer is a state of mind."
+    assert rebuilt.encode(text).tolist() == fortunes_bpe.encode(text).tolist()
+
+
+def test_a_bpe_language_model_trains_generates_and_is_fine_tuned_with_its_tokenizer(tmp_path, capsys, monkeypatch,
+                                                                                   fortunes_available):
+    small = ["model.layers=1", "model.width=32", "model.heads=2", "model.context=64", "train.epochs=1",
+             "train.threads=1", "data.test_subset=20", "model.bpe_vocab=512"]
+    lm = train_run(tmp_path, "text-gpt-bpe", *small, "data.train_subset=16")
+    meta = rundir.read_json(lm / "meta.json")
+    assert meta["tokenizer"]["kind"] == "bpe" and meta["tokenizer"]["vocab_size"] == 512
+    loaded = runs.load_run(lm)
+    assert loaded.model.embed.num_embeddings == 512
+    text = "".join(loaded.generate("Love is", max_tokens=20, seed=1))
+    assert text == "".join(loaded.generate("Love is", max_tokens=20, seed=1))
+    assert rundir.read_json(lm / "summary.json")["test_bpc"] > 0
+    tuned = train_run(tmp_path, "fortunes-finetune", *small, "model.tokenizer=bpe", "data.labels_per_class=3",
+                      f"train.init_from={lm}")
+    assert rundir.read_json(tuned / "meta.json")["tokenizer"] == meta["tokenizer"]  # the pretrained run's ids
+    code, _, err = run_cli(capsys, monkeypatch, "train", "fortunes-finetune", *small, "data.labels_per_class=3",
+                           f"train.init_from={lm}", "--runs-dir", tmp_path / "bytes")
+    assert code == 2 and "reads bpe tokens; set model.tokenizer=bpe" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("positions", ["learned", "rotary"])

@@ -34,11 +34,15 @@ def data_info_command(
     from genforge.data import data_info, load_dataset
     from genforge.data.series import is_series, load_series, options_from
     from genforge.data.text import is_text, load_text
+    from genforge.data.tokens import train_bpe
+    from genforge.models.transformer import TransformerConfig
 
     if is_series(name):
         info = load_series(name, options_from(options or [])).info()
     elif is_text(name):
-        info = load_text(name).info()
+        corpus = load_text(name)  # and the default BPE a run would train on it (about a second for fortunes)
+        vocab = TransformerConfig.model_fields["bpe_vocab"].default
+        info = corpus.info(tokenizers={f"bpe {vocab}": train_bpe(corpus.train, vocab)})
     else:
         raw: dict = {}
         for pair in options or []:

@@ -57,9 +57,10 @@ class TextCorpus:
         return replace(self, classes=[self.classes[i] for i in index], train=train, train_labels=train_labels,
                        test=test, test_labels=test_labels)
 
-    def info(self, longest: int = 5) -> dict:
-        """`genforge data info`: entries, characters and tokens per split, the classes and their sizes, duplicates
-        (within train, and test entries also in train), the longest entries."""
+    def info(self, longest: int = 5, tokenizers: dict | None = None) -> dict:
+        """`genforge data info`: entries, characters and tokens per split (UTF-8 bytes, and for each of `tokenizers`,
+        name -> an object with encode(text)), the classes and their sizes, duplicates (within train, and test entries
+        also in train), the longest entries."""
         train, test = Counter(self.train), set(self.test)
         sizes = {split: Counter(labels) for split, labels in (("train", self.train_labels), ("test", self.test_labels))}
         ranked = sorted(((len(e), self.classes[label], e) for e, label in zip(self.train + self.test,
@@ -69,7 +70,9 @@ class TextCorpus:
             "name": self.name, "source": self.source, "checksum": self.checksum,
             "entries": {"train": len(self.train), "test": len(self.test)},
             "characters": {split: len(self.stream(split)) for split in ("train", "test")},
-            "tokens": {"bytes": {split: len(self.stream(split).encode()) for split in ("train", "test")}},
+            "tokens": {"bytes": {split: len(self.stream(split).encode()) for split in ("train", "test")},
+                       **{name: {split: len(t.encode(self.stream(split))) for split in ("train", "test")}
+                          for name, t in (tokenizers or {}).items()}},
             "split": f"by entry: sha256 of its text, {TEST_SHARE}% to test (the same text always on the same side)",
             "classes": {c: {"train": sizes["train"][i], "test": sizes["test"][i]} for i, c in enumerate(self.classes)},
             "duplicates": {"within_train": sum(n - 1 for n in train.values()),

@@ -1,5 +1,7 @@
 """Tokenizers: text <-> token ids. `bytes` is the UTF-8 bytes themselves (256 symbols: nothing to train, nothing
-unknown); a tokenized corpus is one flat tensor of the smallest integer type that holds its vocabulary."""
+unknown); `bpe` is a byte-level BPE (Hugging Face `tokenizers`, GPT-2's scheme) trained on the training split: its
+256 byte symbols leave nothing unknown either, and its merges make a token about 2.5 characters of English. A
+tokenized corpus is one flat tensor of the smallest integer type that holds its vocabulary."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import codecs
 from collections.abc import Iterable, Iterator
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from genforge.data.text import SEPARATOR
 from genforge.errors import GenforgeError
@@ -29,16 +32,7 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids).decode("utf-8", "replace")
 
     def pieces(self, ids: Iterable[int]) -> Iterator[str]:
-        """Token ids as they come -> text pieces as soon as they are whole characters (a multi-byte character is held
-        back until its last byte): what streaming generation prints."""
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        for i in ids:
-            piece = decoder.decode(bytes([int(i)]))
-            if piece:
-                yield piece
-        rest = decoder.decode(b"", final=True)
-        if rest:
-            yield rest
+        return pieces(self, ids)
 
     def token_bytes(self, i: int) -> bytes:
         return bytes([int(i)])
@@ -48,25 +42,98 @@ class ByteTokenizer:
         return chr(i) if i < 128 else f"bytes:\\x{i:02x}"
 
     def state(self) -> dict:
-        """What tokenizer.json holds: enough to rebuild it (tokenizer_from_state)."""
+        """What the run's meta.json holds of it: enough to rebuild it (tokenizer_from_state)."""
         return {"kind": self.kind, "vocab_size": self.vocab_size}
 
 
-def tokenizer_from_state(state: dict) -> ByteTokenizer:
+def pieces(tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    """Token ids as they come -> text pieces as soon as they are whole characters (a character split over tokens is
+    held back until its last byte): what streaming generation prints."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    for i in ids:
+        piece = decoder.decode(tokenizer.token_bytes(i))
+        if piece:
+            yield piece
+    rest = decoder.decode(b"", final=True)
+    if rest:
+        yield rest
+
+
+def _byte_symbols() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, symbol -> byte: printable bytes stand for themselves, the others for the
+    characters from U+0100 on, in order (what `tokenizers`' ByteLevel pre-tokenizer writes a byte as)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+class BpeTokenizer:
+    """A byte-level BPE: the text's UTF-8 bytes merged into the vocabulary's tokens (encoding by `tokenizers`), the
+    entry separator a token of its own. Decoding goes through each token's bytes, so any ids decode, and any text
+    round-trips exactly."""
+
+    kind = "bpe"
+
+    def __init__(self, definition: str):
+        self.definition = definition  # the `tokenizers` JSON (Tokenizer.from_str reads it)
+        self._tokenizer = Tokenizer.from_str(definition)
+        self.vocab_size = self._tokenizer.get_vocab_size()
+        self.end_id = self._tokenizer.token_to_id(SEPARATOR)
+        if self.end_id is None:
+            raise GenforgeError("this BPE tokenizer has no token for the entry separator; train it with genforge")
+        symbols = _byte_symbols()
+        self._bytes = [b""] * self.vocab_size
+        for token, i in self._tokenizer.get_vocab().items():
+            self._bytes[i] = token.encode() if i == self.end_id else bytes(symbols[c] for c in token)
+
+    def encode(self, text: str) -> torch.Tensor:
+        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        return torch.tensor(ids, dtype=token_dtype(self.vocab_size))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return b"".join(self._bytes[int(i)] for i in ids).decode("utf-8", "replace")
+
+    def pieces(self, ids: Iterable[int]) -> Iterator[str]:
+        return pieces(self, ids)
+
+    def token_bytes(self, i: int) -> bytes:
+        return self._bytes[int(i)]
+
+    def token_text(self, i: int) -> str:
+        """A token as text APIs list it: its text when its bytes are whole UTF-8, else `bytes:` and the escapes."""
+        data = self._bytes[int(i)]
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "definition": self.definition}
+
+
+def train_bpe(entries: Iterable[str], vocab_size: int) -> BpeTokenizer:
+    """A byte-level BPE of vocab_size tokens (the 256 bytes, the separator, merges) trained on the entries; the same
+    entries give the same tokenizer."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[SEPARATOR], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(entries, trainer=trainer)
+    return BpeTokenizer(tokenizer.to_str())
+
+
+def tokenizer_from_state(state: dict) -> ByteTokenizer | BpeTokenizer:
     if state.get("kind") == "bytes":
         return ByteTokenizer()
-    raise GenforgeError(f"unknown tokenizer {state.get('kind')!r} in tokenizer.json; this genforge reads: bytes")
+    if state.get("kind") == "bpe" and isinstance(state.get("definition"), str):
+        return BpeTokenizer(state["definition"])
+    raise GenforgeError(f"unknown tokenizer {state.get('kind')!r} in the run's meta.json; this genforge reads: bytes, "
+                        f"bpe")
 
 
-def tokenizer_of(meta: dict) -> ByteTokenizer:
+def tokenizer_of(meta: dict) -> ByteTokenizer | BpeTokenizer:
     """A run's tokenizer, from its meta.json."""
     return tokenizer_from_state(meta["tokenizer"])
-
-
-def make_tokenizer(kind: str) -> ByteTokenizer:
-    if kind == "bytes":
-        return ByteTokenizer()
-    raise GenforgeError(f"unknown tokenizer {kind!r}; tokenizers: bytes")
 
 
 def token_dtype(vocab_size: int) -> torch.dtype:

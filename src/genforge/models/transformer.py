@@ -27,7 +27,9 @@ class TransformerConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)  # on attention weights, after attention and after the MLP
     positions: Literal["learned", "rotary"] = "rotary"
     tie_weights: bool = True  # the output layer is the token embedding (fewer weights, a better small model)
-    tokenizer: Literal["bytes"] = "bytes"  # bytes: the UTF-8 bytes, 256 symbols (data/tokens.py)
+    tokenizer: Literal["bytes", "bpe"] = "bytes"  # bytes: the UTF-8 bytes, 256 symbols; bpe: a byte-level BPE trained
+    # on the training split, of bpe_vocab tokens (data/tokens.py)
+    bpe_vocab: int = Field(2048, ge=300, le=32768)  # tokens of the BPE: 256 bytes, the separator, merges
     head: Literal["lm", "classes"] = "lm"  # next-token logits (a language model), or one class per entry
     vocab_size: int | None = Field(None, ge=2)  # set from the tokenizer when training starts
     end_token: int | None = Field(None, ge=0)  # the id that ends an entry (and pads a batch of them): from the data

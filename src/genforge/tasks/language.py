@@ -17,7 +17,7 @@ from rich.table import Table
 from genforge import rundir
 from genforge.data import labelled_subset, split_validation
 from genforge.data.text import TextCorpus, is_text, joined, load_text
-from genforge.data.tokens import make_tokenizer, token_dtype, tokenizer_of
+from genforge.data.tokens import BpeTokenizer, ByteTokenizer, token_dtype, tokenizer_of, train_bpe
 from genforge.errors import GenforgeError
 from genforge.evaluate import evaluate, measure_speed
 from genforge.evaluate.report import _plots_with_curves, write_page
@@ -33,6 +33,29 @@ from genforge.train.steps import ModelLossStep
 
 PROMPTS = ("", "The ", "A computer ")  # what the report continues after each epoch
 SAMPLE_TOKENS = 160
+
+
+_TRAINED: dict[tuple, BpeTokenizer] = {}  # this process's BPE tokenizers by corpus and size: train, test and the
+# per-epoch samples of a run use one (training one again gives the same, in about a second for fortunes)
+
+
+def tokenizer_for(cfg, ds: TextCorpus) -> ByteTokenizer | BpeTokenizer:
+    """The tokenizer a run trains with: bytes; the init_from run's own (its ids are what its weights learnt); or a
+    byte-level BPE of model.bpe_vocab tokens trained on the corpus's training split (every entry the run may see)."""
+    kind = cfg.model.tokenizer
+    if cfg.train.init_from:
+        meta = rundir.read_json(Path(cfg.train.init_from) / "meta.json")
+        tokenizer = tokenizer_of(meta)
+        if tokenizer.kind != kind:
+            raise GenforgeError(f"train.init_from={cfg.train.init_from} reads {tokenizer.kind} tokens; set "
+                                f"model.tokenizer={tokenizer.kind}")
+        return tokenizer
+    if kind == "bytes":
+        return ByteTokenizer()
+    key = (ds.name, ds.checksum, tuple(ds.classes), len(ds.train), cfg.model.bpe_vocab)
+    if key not in _TRAINED:
+        _TRAINED[key] = train_bpe(ds.train, cfg.model.bpe_vocab)
+    return _TRAINED[key]
 
 
 def entry_tokens(tokenizer, entries: list[str], context: int) -> torch.Tensor:
@@ -98,7 +121,7 @@ class LanguageTask(Task):
     def prepare(self, cfg, ds: TextCorpus, device: torch.device, fold=None) -> Prepared:
         if fold is not None:
             raise GenforgeError("genforge cv scores image and feature classifiers; a text model is scored by evaluate")
-        tokenizer = make_tokenizer(cfg.model.tokenizer)
+        tokenizer = tokenizer_for(cfg, ds)
         model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size, "end_token": tokenizer.end_id})
         labels = torch.tensor(ds.train_labels)
         pool = torch.arange(len(labels))
@@ -177,14 +200,14 @@ class LanguageTask(Task):
         path = run_dir / "samples.json"
         samples = rundir.read_json(path).get("samples", []) if path.is_file() else []
         samples = [s for s in samples if s["epoch"] < epoch]  # a resumed run writes its epoch again
-        tokenizer = make_tokenizer(cfg.model.tokenizer)
+        tokenizer = tokenizer_of(rundir.read_json(run_dir / "meta.json"))
         for prompt in PROMPTS:
             text = complete(model, tokenizer, prompt, SAMPLE_TOKENS, temperature=0.8, seed=0).text()
             samples.append({"epoch": epoch, "prompt": prompt, "text": text})
         rundir.write_json(path, {"samples": samples})
 
     def test(self, model, ds: TextCorpus, cfg) -> dict:
-        tokenizer = make_tokenizer(cfg.model.tokenizer)
+        tokenizer = tokenizer_for(cfg, ds)
         if model.classes is not None:
             x = entry_tokens(tokenizer, ds.test, model.context)
             result = evaluate(model, x, torch.tensor(ds.test_labels), ds.classes)
