@@ -6,6 +6,7 @@ tokenized corpus is one flat tensor of the smallest integer type that holds its 
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -122,11 +123,18 @@ def train_bpe(entries: Iterable[str], vocab_size: int) -> BpeTokenizer:
     return BpeTokenizer(tokenizer.to_str())
 
 
+@functools.lru_cache(maxsize=8)
+def _bpe(definition: str) -> BpeTokenizer:
+    """One BpeTokenizer per definition: a served run reads its tokenizer for every request, and building one (parsing
+    its JSON, the table of each token's bytes) takes milliseconds."""
+    return BpeTokenizer(definition)
+
+
 def tokenizer_from_state(state: dict) -> ByteTokenizer | BpeTokenizer:
     if state.get("kind") == "bytes":
         return ByteTokenizer()
     if state.get("kind") == "bpe" and isinstance(state.get("definition"), str):
-        return BpeTokenizer(state["definition"])
+        return _bpe(state["definition"])
     raise GenforgeError(f"unknown tokenizer {state.get('kind')!r} in the run's meta.json; this genforge reads: bytes, "
                         f"bpe")
 
