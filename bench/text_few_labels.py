@@ -61,24 +61,27 @@ def fasttext_accuracy(x, y, xt, yt, seed: int) -> float:
     return sum(p == t for p, t in zip(predicted, yt)) / len(yt)
 
 
-def main(pretrained: str | None = None, seeds: int = 3) -> None:
+def main(pretrained: str | None = None, seeds: int = 3, extra: tuple[str, ...] = ()) -> None:
+    """extra: overrides for both Transformers (model.tokenizer=bpe with a text-gpt-bpe run: the record gets that
+    tokenizer's name)."""
     if pretrained is None:
         pretrained = str(max(Path("bench/out/runs").glob("text-gpt-*/model.safetensors"),
                              key=lambda p: p.stat().st_mtime).parent)
     rows = {"finetune": [], "scratch": [], "tfidf_logreg": [], "fasttext": []}
     for seed in range(seeds):
         few = [f"seed={seed}", f"data.labels_per_class={PER_CLASS}"]
-        rows["finetune"].append(train_preset("fortunes-finetune", [*few, f"train.init_from={pretrained}"])
+        rows["finetune"].append(train_preset("fortunes-finetune", [*few, *extra, f"train.init_from={pretrained}"])
                                 ["test_accuracy"])
-        rows["scratch"].append(train_preset("fortunes-classify", few)["test_accuracy"])
+        rows["scratch"].append(train_preset("fortunes-classify", [*few, *extra])["test_accuracy"])
         x, y, xt, yt = labelled(seed)
         rows["tfidf_logreg"].append(tfidf_logreg(x, y, xt, np.array(yt)))
         rows["fasttext"].append(fasttext_accuracy(x, y, xt, yt, seed))
         print(seed, {k: v[-1] for k, v in rows.items()}, flush=True)
     medians = {k: statistics.median(v) for k, v in rows.items()}
-    record("text_few_labels", {"pretrained": pretrained, "per_class": PER_CLASS, "accuracy": rows, "median": medians,
-                               "finetune_minus_scratch": medians["finetune"] - medians["scratch"],
-                               "goal_met": medians["finetune"] - medians["scratch"] >= 0.05})
+    name = "text_few_labels" + "".join(f"_{o.split('=')[1]}" for o in extra if o.startswith("model.tokenizer="))
+    record(name, {"pretrained": pretrained, "per_class": PER_CLASS, "overrides": list(extra), "accuracy": rows,
+                  "median": medians, "finetune_minus_scratch": medians["finetune"] - medians["scratch"],
+                  "goal_met": medians["finetune"] - medians["scratch"] >= 0.05})
 
 
 def all_labels(pretrained: str, epochs: int = 2) -> None:
@@ -98,5 +101,5 @@ def all_labels(pretrained: str, epochs: int = 2) -> None:
 if __name__ == "__main__":
     if "--all-labels" in sys.argv:  # python bench/text_few_labels.py RUN --all-labels
         all_labels(sys.argv[1])
-    else:
-        main(*sys.argv[1:2])
+    else:  # python bench/text_few_labels.py [RUN] [OVERRIDE ...], e.g. RUN model.tokenizer=bpe
+        main(*sys.argv[1:2], extra=tuple(sys.argv[2:]))
