@@ -18,6 +18,7 @@ from genforge.language.generation import complete
 from genforge.language.scoring import bits_per_character, compressor_bits, token_losses
 from genforge.models.transformer import Transformer, TransformerConfig
 from genforge.onnx.export import OnnxPart
+from genforge.tasks import language
 
 fortunes = pytest.mark.skipif(not FORTUNES_DIR.is_dir(), reason="needs Debian's fortunes (make test installs it)")
 
@@ -169,6 +170,13 @@ def test_a_bpe_language_model_trains_generates_and_is_fine_tuned_with_its_tokeni
     text = "".join(loaded.generate("Love is", max_tokens=20, seed=1))
     assert text == "".join(loaded.generate("Love is", max_tokens=20, seed=1))
     assert rundir.read_json(lm / "summary.json")["test_bpc"] > 0
+    monkeypatch.setattr(language, "_TRAINED", {})  # as a new process: evaluate trains the BPE again
+    code, out, err = run_cli(capsys, monkeypatch, "evaluate", lm)
+    assert code == 0 and "bits per character" in out, err
+    config = lm / "config.yaml"
+    config.write_text(config.read_text().replace("tokenizer_digest: ", "tokenizer_digest: 0000"))
+    code, _, err = run_cli(capsys, monkeypatch, "evaluate", lm)  # as if another `tokenizers` had trained it
+    assert code != 0 and "is not the one this run trained with" in err and "Traceback" not in err
     tuned = train_run(tmp_path, "fortunes-finetune", *small, "model.tokenizer=bpe", "data.labels_per_class=3",
                       f"train.init_from={lm}")
     assert rundir.read_json(tuned / "meta.json")["tokenizer"] == meta["tokenizer"]  # the pretrained run's ids

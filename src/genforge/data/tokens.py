@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import hashlib
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -77,6 +78,7 @@ class BpeTokenizer:
 
     def __init__(self, definition: str):
         self.definition = definition  # the `tokenizers` JSON (Tokenizer.from_str reads it)
+        self.digest = hashlib.sha256(definition.encode()).hexdigest()[:16]
         self._tokenizer = Tokenizer.from_str(definition)
         self.vocab_size = self._tokenizer.get_vocab_size()
         self.end_id = self._tokenizer.token_to_id(SEPARATOR)

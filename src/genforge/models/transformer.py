@@ -32,6 +32,8 @@ class TransformerConfig(BaseModel):
     bpe_vocab: int = Field(2048, ge=300, le=32768)  # tokens of the BPE: 256 bytes, the separator, merges
     head: Literal["lm", "classes"] = "lm"  # next-token logits (a language model), or one class per entry
     vocab_size: int | None = Field(None, ge=2)  # set from the tokenizer when training starts
+    tokenizer_digest: str | None = None  # a BPE's sha256 (first 16 hex digits), set when training starts: a BPE trained
+    # again from the run's data (evaluate, compress) must be this one
     end_token: int | None = Field(None, ge=0)  # the id that ends an entry (and pads a batch of them): from the data
 
     @model_validator(mode="after")

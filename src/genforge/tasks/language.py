@@ -55,7 +55,12 @@ def tokenizer_for(cfg, ds: TextCorpus) -> ByteTokenizer | BpeTokenizer:
     key = (ds.name, ds.checksum, tuple(ds.classes), len(ds.train), cfg.model.bpe_vocab)
     if key not in _TRAINED:
         _TRAINED[key] = train_bpe(ds.train, cfg.model.bpe_vocab)
-    return _TRAINED[key]
+    tokenizer = _TRAINED[key]
+    if cfg.model.tokenizer_digest not in (None, tokenizer.digest):
+        raise GenforgeError(f"the BPE tokenizer trained again on {ds.name} is not the one this run trained with (its "
+                            f"sha256 {tokenizer.digest}, the run's {cfg.model.tokenizer_digest}): another version of "
+                            f"the `tokenizers` package, or other data")
+    return tokenizer
 
 
 def entry_tokens(tokenizer, entries: list[str], context: int) -> torch.Tensor:
@@ -122,7 +127,8 @@ class LanguageTask(Task):
         if fold is not None:
             raise GenforgeError("genforge cv scores image and feature classifiers; a text model is scored by evaluate")
         tokenizer = tokenizer_for(cfg, ds)
-        model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size, "end_token": tokenizer.end_id})
+        model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size, "end_token": tokenizer.end_id,
+                                                 "tokenizer_digest": getattr(tokenizer, "digest", None)})
         labels = torch.tensor(ds.train_labels)
         pool = torch.arange(len(labels))
         if cfg.data.labels_per_class:
