@@ -1,5 +1,7 @@
 """Shared by the tests: the real command line (in process, or in a subprocess), and quick training runs."""
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -34,6 +36,15 @@ def call_main(*args) -> int:
             return e.code or 0
         finally:
             torch.set_num_threads(threads)
+
+
+def in_this_process(*args) -> tuple[int, str, str]:
+    """For fixtures, which cannot use capsys: (exit code, stdout, stderr) of the command line, run in this process
+    with its output redirected (a subprocess would add its start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = call_main(*args)
+    return code, out.getvalue(), err.getvalue()
 
 
 def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
@@ -108,8 +119,6 @@ def start_server(runs, *extra):
 
 def png(array) -> bytes:
     """A uint8 (H, W) or (H, W, C) array as PNG bytes: an upload for the serving tests."""
-    import io
-
     from PIL import Image
 
     buffer = io.BytesIO()

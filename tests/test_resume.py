@@ -3,8 +3,6 @@ bit-identical to uninterrupted runs, and an interrupted pruning fine-tune resume
 finishes exactly like an uninterrupted `genforge compress` (weights, zeros, comparison); so do a language model and
 the text classifier fine-tuned from it."""
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PRUNE_FINETUNE, call_main, train_run
+from helpers import PRUNE_FINETUNE, in_this_process, train_run
 from safetensors.torch import load_file
 
 from genforge import rundir
@@ -38,12 +36,12 @@ def genforge(*args, cache=None) -> subprocess.Popen:
 def resume(*command: str, cache=None) -> str:
     """`genforge COMMAND` (a resume, as the killed run prints it) in this process, which shares nothing with the
     killed one but the run directory (and saves a subprocess's start-up): what it printed on stderr."""
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(io.StringIO()) as stderr:
+    with pytest.MonkeyPatch.context() as mp:
         if cache:
             mp.setenv("GENFORGE_CACHE", str(cache))
-        code = call_main(*command)
-    assert code == 0, stderr.getvalue()
-    return stderr.getvalue()
+        code, _, stderr = in_this_process(*command)
+    assert code == 0, stderr
+    return stderr
 
 
 def checkpoint_step(run: Path) -> int:

@@ -1,8 +1,6 @@
 """Compressed runs, end to end through the command line on real Fashion-MNIST runs: int8 quantization and pruning
 write a child run that points to its parent, compares itself with it, loads with load_run, predicts and serves."""
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -10,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import call_main, run_cli, start_server
+from helpers import in_this_process, run_cli, start_server
 
 from genforge.errors import GenforgeError
 from genforge.onnx.export import current_export
@@ -31,15 +29,6 @@ def compress(cli, parent, tmp_path, *args):
     assert code == 0, err
     (child,) = out.iterdir()
     return child, stdout
-
-
-def in_this_process(*args):
-    """For module-scoped fixtures, which cannot use capsys: (exit code, stdout, stderr) of the command line, run in
-    this process with its output redirected (a subprocess would add its start-up)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = call_main(*args)
-    return code, out.getvalue(), err.getvalue()
 
 
 def unexported_copy(run, tmp_path):

@@ -62,6 +62,7 @@ class TextCorpus:
         name -> an object with encode(text)), the classes and their sizes, duplicates (within train, and test entries
         also in train), the longest entries."""
         train, test = Counter(self.train), set(self.test)
+        streams = {split: self.stream(split) for split in ("train", "test")}
         sizes = {split: Counter(labels) for split, labels in (("train", self.train_labels), ("test", self.test_labels))}
         ranked = sorted(((len(e), self.classes[label], e) for e, label in zip(self.train + self.test,
                                                                                 self.train_labels + self.test_labels)),
@@ -69,9 +70,9 @@ class TextCorpus:
         return {
             "name": self.name, "source": self.source, "checksum": self.checksum,
             "entries": {"train": len(self.train), "test": len(self.test)},
-            "characters": {split: len(self.stream(split)) for split in ("train", "test")},
-            "tokens": {"bytes": {split: len(self.stream(split).encode()) for split in ("train", "test")},
-                       **{name: {split: len(t.encode(self.stream(split))) for split in ("train", "test")}
+            "characters": {split: len(text) for split, text in streams.items()},
+            "tokens": {"bytes": {split: len(text.encode()) for split, text in streams.items()},
+                       **{name: {split: len(t.encode(text)) for split, text in streams.items()}
                           for name, t in (tokenizers or {}).items()}},
             "split": f"by entry: sha256 of its text, {TEST_SHARE}% to test (the same text always on the same side)",
             "classes": {c: {"train": sizes["train"][i], "test": sizes["test"][i]} for i, c in enumerate(self.classes)},

@@ -17,7 +17,28 @@ from genforge.data.text import SEPARATOR
 from genforge.errors import GenforgeError
 
 
-class ByteTokenizer:
+class _Tokenizer:
+    """What both tokenizers share: streaming decode through each token's bytes."""
+
+    digest: str | None = None  # a trained tokenizer's sha256 (first 16 hex digits): what a run records of it
+
+    def token_bytes(self, i: int) -> bytes:
+        raise NotImplementedError
+
+    def pieces(self, ids: Iterable[int]) -> Iterator[str]:
+        """Token ids as they come -> text pieces as soon as they are whole characters (a character split over tokens
+        is held back until its last byte): what streaming generation prints."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for i in ids:
+            piece = decoder.decode(self.token_bytes(i))
+            if piece:
+                yield piece
+        rest = decoder.decode(b"", final=True)
+        if rest:
+            yield rest
+
+
+class ByteTokenizer(_Tokenizer):
     """UTF-8 bytes as tokens."""
 
     kind = "bytes"
@@ -33,9 +54,6 @@ class ByteTokenizer:
         """Token ids -> text; an incomplete or invalid UTF-8 sequence (a model may sample one) becomes U+FFFD."""
         return bytes(int(i) for i in ids).decode("utf-8", "replace")
 
-    def pieces(self, ids: Iterable[int]) -> Iterator[str]:
-        return pieces(self, ids)
-
     def token_bytes(self, i: int) -> bytes:
         return bytes([int(i)])
 
@@ -48,19 +66,6 @@ class ByteTokenizer:
         return {"kind": self.kind, "vocab_size": self.vocab_size}
 
 
-def pieces(tokenizer, ids: Iterable[int]) -> Iterator[str]:
-    """Token ids as they come -> text pieces as soon as they are whole characters (a character split over tokens is
-    held back until its last byte): what streaming generation prints."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    for i in ids:
-        piece = decoder.decode(tokenizer.token_bytes(i))
-        if piece:
-            yield piece
-    rest = decoder.decode(b"", final=True)
-    if rest:
-        yield rest
-
-
 def _byte_symbols() -> dict[str, int]:
     """GPT-2's byte-level alphabet, symbol -> byte: printable bytes stand for themselves, the others for the
     characters from U+0100 on, in order (what `tokenizers`' ByteLevel pre-tokenizer writes a byte as)."""
@@ -69,7 +74,7 @@ def _byte_symbols() -> dict[str, int]:
     return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
 
 
-class BpeTokenizer:
+class BpeTokenizer(_Tokenizer):
     """A byte-level BPE: the text's UTF-8 bytes merged into the vocabulary's tokens (encoding by `tokenizers`), the
     entry separator a token of its own. Decoding goes through each token's bytes, so any ids decode, and any text
     round-trips exactly."""
@@ -95,9 +100,6 @@ class BpeTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self._bytes[int(i)] for i in ids).decode("utf-8", "replace")
-
-    def pieces(self, ids: Iterable[int]) -> Iterator[str]:
-        return pieces(self, ids)
 
     def token_bytes(self, i: int) -> bytes:
         return self._bytes[int(i)]

@@ -128,7 +128,7 @@ class LanguageTask(Task):
             raise GenforgeError("genforge cv scores image and feature classifiers; a text model is scored by evaluate")
         tokenizer = tokenizer_for(cfg, ds)
         model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size, "end_token": tokenizer.end_id,
-                                                 "tokenizer_digest": getattr(tokenizer, "digest", None)})
+                                                 "tokenizer_digest": tokenizer.digest})
         labels = torch.tensor(ds.train_labels)
         pool = torch.arange(len(labels))
         if cfg.data.labels_per_class:
