@@ -1,11 +1,14 @@
 """Text corpora: Debian's fortunes (human-written English in 40 labelled files), text:PATH (a file or a folder of .txt
-files) and textfolder:PATH (one subfolder per class, one file per example). A corpus is a list of entries, each with
+files) and textfolder:PATH (one subfolder per class, one file per example; or a CSV file with a text and a label column).
+A corpus is a list of entries, each with
 its label (the file or folder it came from); the split is by entry, fixed by each entry's own text (docs/decisions.md),
 so that no entry, and no exact duplicate of one, is on both sides, and the same every run."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -107,9 +110,10 @@ def load_text(name: str) -> TextCorpus:
     if prefix == "text" and path:
         return _plain(name, Path(path).expanduser())
     if prefix == "textfolder" and path:
-        return _folder(name, Path(path).expanduser())
+        path = Path(path).expanduser()
+        return _table(name, path) if path.suffix.lower() == ".csv" else _folder(name, path)
     raise GenforgeError(f"unknown text dataset {name!r}; use fortunes, text:PATH (a .txt file or a folder of them) "
-                        f"or textfolder:PATH (one subfolder per class)")
+                        f"or textfolder:PATH (one subfolder per class, or a .csv file with text and label columns)")
 
 
 def _fortunes() -> TextCorpus:
@@ -151,6 +155,35 @@ def _folder(name: str, path: Path) -> TextCorpus:
     if empty:
         raise GenforgeError(f"{name}: class folder {empty[0]!r} holds no text")
     return _split(name, str(path), groups)
+
+
+def _table(name: str, path: Path) -> TextCorpus:
+    """A CSV file with a header: each row one example, its `text` column the entry and its `label` column the class
+    (the column names in any case; other columns are ignored). Classes are the labels in sorted order."""
+    if not path.is_file():
+        raise GenforgeError(f"{name}: {path} does not exist")
+    _check_size(name, [path])
+    rows = csv.reader(io.StringIO(read_text(path), newline=""))
+    header = [h.strip().lower() for h in next(rows, [])]
+    if "text" not in header or "label" not in header:
+        raise GenforgeError(f"{name}: {path} needs a header with a 'text' and a 'label' column; its columns are "
+                            f"{header or 'none'}")
+    text_at, label_at = header.index("text"), header.index("label")
+    groups: dict[str, list[str]] = {}
+    try:
+        for row in rows:
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line
+            if len(row) <= max(text_at, label_at) or not row[label_at].strip():
+                raise GenforgeError(f"{name}: {path} line {rows.line_num} has no label: {row!r:.80}")
+            entry = _clean(row[text_at])
+            if entry:
+                groups.setdefault(row[label_at].strip(), []).extend(_cut(entry))
+    except csv.Error as e:
+        raise GenforgeError(f"{name}: {path} line {rows.line_num} is not valid CSV: {e}") from None
+    if len(groups) < 2:
+        raise GenforgeError(f"{name}: {path} needs at least two labels, found {len(groups)}")
+    return _split(name, str(path), {label: groups[label] for label in sorted(groups)})
 
 
 def _split(name: str, source: str, groups: dict[str, list[str]]) -> TextCorpus:
