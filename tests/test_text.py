@@ -1,6 +1,7 @@
 """Text: the corpora (fortunes, text:PATH, textfolder:PATH) and their split, the byte tokenizer, the Transformer (its
 cache, its sampling, its pooling), generation with stop strings, and scoring in bits per character."""
 
+import csv
 import json
 import lzma
 import math
@@ -14,6 +15,7 @@ from genforge import rundir, runs
 from genforge.data.text import FORTUNES_DIR, MAX_ENTRY, SEPARATOR, in_test, load_text
 from genforge.data.tokens import ByteTokenizer, tokenizer_from_state, train_bpe
 from genforge.errors import GenforgeError
+from genforge.language.attribution import attention_rollout
 from genforge.language.generation import complete
 from genforge.language.scoring import bits_per_character, compressor_bits, token_losses
 from genforge.models.transformer import Transformer, TransformerConfig
@@ -105,6 +107,27 @@ def test_textfolder_labels_entries_by_subfolder(tmp_path):
     (tmp_path / "birds").mkdir()
     with pytest.raises(GenforgeError, match="class folder 'birds' holds no text"):
         load_text(f"textfolder:{tmp_path}")
+
+
+def test_textfolder_reads_a_csv_of_text_and_label_columns(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "reviews.csv"
+    rows = [["id", "Label", "Text"]] + [[str(i), "good" if i % 2 else "bad",
+                                          f'a {"fine" if i % 2 else "poor"}, "quoted"\nreview {i}'] for i in range(60)]
+    with path.open("w", newline="", encoding="utf-8-sig") as f:  # with a byte-order mark, as spreadsheets write it
+        csv.writer(f).writerows([*rows[:5], [], *rows[5:]])
+    corpus = load_text(f"textfolder:{path}")
+    assert corpus.classes == ["bad", "good"] and len(corpus.train) + len(corpus.test) == 60
+    assert 'a fine, "quoted"\nreview 1' in corpus.train + corpus.test  # quoting and line breaks kept
+    for entries, labels in ((corpus.train, corpus.train_labels), (corpus.test, corpus.test_labels)):
+        assert all(("fine" in e) == (label == 1) for e, label in zip(entries, labels))
+    code, out, _ = run_cli(capsys, monkeypatch, "data", "info", f"textfolder:{path}")
+    assert code == 0 and "good" in out and "bad" in out
+    path.write_text("text,kind\nhello,a\n")
+    with pytest.raises(GenforgeError, match=r"needs a header with a 'text' and a 'label' column; .*\['text', 'kind'\]"):
+        load_text(f"textfolder:{path}")
+    path.write_text("text,label\nhello,a\nworld\n")
+    with pytest.raises(GenforgeError, match=r"line 3 has no label"):
+        load_text(f"textfolder:{path}")
 
 
 def test_bytes_round_trip_and_stream_whole_characters():
@@ -218,6 +241,19 @@ def test_a_classifier_pools_only_the_tokens_of_its_entry():
     assert not torch.allclose(model(a), model(torch.tensor([[65, 66, 68, 30, 30, 30, 30, 30]])))
 
 
+def test_the_auxiliary_next_token_loss_counts_the_entry_and_only_in_training():
+    model = tiny(head="classes", lm_weight=0.5).eval()
+    x, y = torch.tensor([[65, 66, 67, 30, 1, 2, 3, 4]]), torch.tensor([2])
+    plain = model.loss(x, y)
+    torch.testing.assert_close(plain, F.cross_entropy(model(x), y))  # scoring: the class loss alone
+    model.train()  # no dropout in tiny(): training differs from scoring by the auxiliary loss only
+    logits = model.lm_head(model.hidden(x)[0])[0]
+    lm = F.cross_entropy(logits[:3], x[0, 1:4])  # 66, 67 and the end token; not what pads after it
+    torch.testing.assert_close(model.loss(x, y), plain + 0.5 * lm)
+    padded = torch.tensor([[65, 66, 67, 30, 9, 9, 9, 9]])
+    torch.testing.assert_close(model.loss(padded, y), model.loss(x, y))
+
+
 def test_a_stop_string_ends_the_text_before_it():
     model, tok = tiny(), ByteTokenizer()
     full = complete(model, tok, "ab", 60, temperature=1.0, seed=1)
@@ -304,6 +340,9 @@ def test_a_language_model_is_fine_tuned_into_a_classifier_with_a_new_head(text_r
     assert 0 <= summary["test_accuracy"] <= 1 and tuned.classes.out_features == 10
     meta = rundir.read_json(run / "meta.json")
     assert meta["classes"][:2] == ["people", "definitions"] and meta["head"] == "classes"
+    page = (run / "report.html").read_text()  # the mistakes, each entry coloured twice
+    assert "The 8 test entries with the highest loss" in page and page.count("attention rollout</p>") == 8
+    assert page.count("<p>true <b>") == 8
 
 
 def test_explain_text_gives_each_character_an_attribution_that_adds_up(text_classifier_run, capsys, monkeypatch,
@@ -321,8 +360,27 @@ def test_explain_text_gives_each_character_an_attribution_that_adds_up(text_clas
                              "--out", page)
     assert code == 0, err
     second = rundir.read_json(text_classifier_run / "meta.json")["classes"][1]
-    assert f"explained {second} (" in " ".join(out.split())
-    assert page.read_text().count("<span") == len(text)
+    assert f"explained {second} (" in " ".join(out.split()) and "attention rollout" in out
+    assert page.read_text().count("<span") == 2 * len(text)  # integrated gradients, then attention rollout
+    assert len(e["rollout"]) == len(text) and min(e["rollout"]) > 0
+    assert sum(e["rollout"]) < 1  # the end token, which the classifier pools too, holds the rest
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_attention_weights_are_what_the_model_attends_with_and_rollout_shares_sum_to_one(positions):
+    model = tiny(positions=positions, head="classes")
+    x = torch.tensor([[65, 66, 67, 68, 30, 30]])
+    maps = model.attention_weights(x)  # (layers, B, heads, T, T)
+    assert maps.shape == (2, 1, 2, 6, 6)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 1, 2, 6))
+    assert (maps.triu(1) == 0).all()  # causal
+    block, (h, rope) = model.blocks[0], model._embed(x, 0)
+    v = block.attn.qkv(block.norm1(h)).view(1, 6, 3, 2, 16)[:, :, 2].transpose(1, 2)  # (B, heads, T, head width)
+    by_hand = block.attn.proj((maps[0] @ v).transpose(1, 2).reshape(1, 6, 32))
+    torch.testing.assert_close(by_hand, block.attn(block.norm1(h), rope, None)[0], atol=1e-5, rtol=0)
+    shares = attention_rollout(model, x)
+    torch.testing.assert_close(shares.sum(), torch.tensor(1.0))
+    assert shares[5] == 0  # padding after the entry's end token: no pooled position sees it
 
 
 def test_explain_text_refuses_an_image_classifier_and_a_text_classifier_without_text(text_classifier_run,

@@ -242,17 +242,21 @@ def _explain_texts(loaded, texts: list[str], target: int | None, steps: int, out
         print(json.dumps({"method": "integrated-gradients", "steps": steps, "explanations": [
             {"text": e.text, "predicted": classes[e.predicted], "predicted_probability": e.predicted_probability,
              "target": classes[e.target], "target_probability": e.target_probability, "delta": e.delta,
-             "characters": e.characters, "attributions": e.attributions} for e in found]}))
+             "characters": e.characters, "attributions": e.attributions, "rollout": e.rollout} for e in found]}))
         return
     out_path = out_path or Path("explanations.html")
     out_path.write_text(html_page(found, classes))
-    for e in found:
-        scale = max((abs(v) for v in e.attributions), default=0.0)
+    def coloured(characters: list[str], values: list[float]) -> Text:
+        scale = max((abs(v) for v in values), default=0.0)
         shown = Text()
-        for character, value in zip(e.characters, e.attributions):
+        for character, value in zip(characters, values):
             shown.append(character, style="black on rgb({},{},{})".format(*colour(value, scale)))
+        return shown
+
+    for e in found:
         out.print(f"predicted [bold]{classes[e.predicted]}[/] ({e.predicted_probability:.3f}), explained "
                   f"{classes[e.target]} ({e.target_probability:.3f})")
-        out.print(shown)
-    out.print(f"integrated gradients on the embeddings, {steps} steps (red: towards the class, blue: away): wrote "
-              f"{out_path}")
+        out.print("integrated gradients: ", coloured(e.characters, e.attributions))
+        out.print("attention rollout:    ", coloured(e.characters, e.rollout))
+    out.print(f"integrated gradients on the embeddings, {steps} steps (red: towards the class, blue: away); attention "
+              f"rollout (the share of attention): wrote {out_path}")

@@ -1,8 +1,8 @@
 """Text corpora: Debian's fortunes (human-written English in 40 labelled files), text:PATH (a file or a folder of .txt
-files) and textfolder:PATH (one subfolder per class, one file per example; or a CSV file with a text and a label column).
-A corpus is a list of entries, each with
-its label (the file or folder it came from); the split is by entry, fixed by each entry's own text (docs/decisions.md),
-so that no entry, and no exact duplicate of one, is on both sides, and the same every run."""
+files) and textfolder:PATH (one subfolder per class, one file per example; or a CSV file with a text and a label
+column). A corpus is a list of entries, each with its label (the file, folder or label it came from); the split is by
+entry, fixed by each entry's own text (docs/decisions.md), so that no entry, and no exact duplicate of one, is on both
+sides, and the same every run."""
 
 from __future__ import annotations
 

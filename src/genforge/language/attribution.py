@@ -1,7 +1,8 @@
 """Which tokens a text classifier's answer rests on: integrated gradients on the embeddings (Captum's
 LayerIntegratedGradients), from a baseline that writes the end token at every position of the entry, summed over the
-embedding's width, then per character (a character of several bytes gets the sum of its tokens'). `genforge explain
-RUN --text` shows them in colour and writes them as HTML: red towards the explained class, blue away from it."""
+embedding's width, then per character (a character of several bytes gets the sum of its tokens'); and attention
+rollout (Abnar & Zuidema 2020), which follows the attention alone and has no sign or class. `genforge explain RUN
+--text` shows both in colour and writes them as HTML: red towards the explained class, blue away from it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class TextExplanation:
     target_probability: float
     delta: float  # integrated gradients' completeness gap: attributions' sum - (log p(x) - log p(baseline))
     steps: int
+    rollout: list[float]  # per entry of `characters`: its share of the attention that reaches the pooled positions
 
 
 class _TargetLogProbability(nn.Module):
@@ -55,9 +57,23 @@ def explain_texts(model, tokenizer, texts: list[str], target: int | None = None,
                                            return_convergence_delta=True)
         per_token = attributions[0, : len(ids)].sum(-1).tolist()
         characters, values = by_character(tokenizer, ids.tolist(), per_token)
+        _, shares = by_character(tokenizer, ids.tolist(), attention_rollout(model, x)[: len(ids)].tolist())
         out.append(TextExplanation(text, characters, values, int(p.argmax()), float(p.max()), chosen,
-                                   float(p[chosen]), float(delta), steps))
+                                   float(p[chosen]), float(delta), steps, shares))
     return out
+
+
+def attention_rollout(model, x: torch.Tensor) -> torch.Tensor:
+    """(1, T) ids of an entry and its end token -> (T,) each token's share of the attention that flows into the
+    positions the classifier pools (Abnar & Zuidema 2020, eq. 1: each layer's heads averaged, the residual added as
+    0.5 A + 0.5 I, the layers multiplied from the first; then the mean over the pooled positions). Shares sum to 1.
+    A causal model's early tokens are seen by more positions, so they get more of it whatever they say."""
+    maps = model.attention_weights(x)[:, 0].float().mean(1)  # (layers, T, T), rows sum to 1
+    eye = torch.eye(x.shape[1])
+    rollout = eye
+    for a in maps:
+        rollout = (0.5 * a + 0.5 * eye) @ rollout
+    return rollout[model.entry_mask(x)[0]].mean(0)
 
 
 def by_character(tokenizer, ids: list[int], values: list[float]) -> tuple[list[str], list[float]]:
@@ -84,15 +100,31 @@ def colour(value: float, scale: float) -> tuple[int, int, int]:
     return (255, fade, fade) if value >= 0 else (fade, fade, 255)
 
 
-def html_page(explanations: list[TextExplanation], classes: list[str]) -> str:
+def html_explanations(explanations: list[TextExplanation], classes: list[str], truths: list[int] | None = None) -> str:
+    """Each explanation's text twice, its characters coloured by integrated gradients, then by attention rollout;
+    truths: the true class of each (a report's mistakes)."""
+    def coloured(characters: list[str], values: list[float]) -> str:
+        scale = max((abs(v) for v in values), default=0.0)
+        return "".join(f'<span title="{v:+.4f}" style="background: rgb{colour(v, scale)}">{html.escape(c)}</span>'
+                       for c, v in zip(characters, values))
+
     rows = []
-    for e in explanations:
-        scale = max((abs(v) for v in e.attributions), default=0.0)
-        spans = "".join(f'<span title="{v:+.4f}" style="background: rgb{colour(v, scale)}">{html.escape(c)}</span>'
-                        for c, v in zip(e.characters, e.attributions))
-        rows.append(f"<p>predicted <b>{html.escape(classes[e.predicted])}</b> ({e.predicted_probability:.3f}), "
+    for i, e in enumerate(explanations):
+        truth = f"true <b>{html.escape(classes[truths[i]])}</b>, " if truths is not None else ""
+        rows.append(f"<p>{truth}predicted <b>{html.escape(classes[e.predicted])}</b> ({e.predicted_probability:.3f}), "
                     f"explained <b>{html.escape(classes[e.target])}</b> ({e.target_probability:.3f})</p>"
-                    f"<pre style='white-space: pre-wrap'>{spans}</pre>")
-    legend = ("<p>Integrated gradients on the embeddings, from the end token at every position: red towards the "
-              "explained class, blue away from it (hover for the value).</p>")
-    return f"<!doctype html><meta charset='utf-8'><title>Token attributions</title>{legend}{''.join(rows)}"
+                    f"<p>integrated gradients</p><pre style='white-space: pre-wrap'>"
+                    f"{coloured(e.characters, e.attributions)}</pre>"
+                    f"<p>attention rollout</p><pre style='white-space: pre-wrap'>"
+                    f"{coloured(e.characters, e.rollout)}</pre>")
+    return "".join(rows)
+
+
+LEGEND = ("Integrated gradients on the embeddings, from the end token at every position: red towards the explained "
+          "class, blue away from it. Attention rollout: each character's share of the attention that reaches the "
+          "pooled positions (no sign, no class). Hover for the value.")
+
+
+def html_page(explanations: list[TextExplanation], classes: list[str]) -> str:
+    return (f"<!doctype html><meta charset='utf-8'><title>Token attributions</title><p>{LEGEND}</p>"
+            f"{html_explanations(explanations, classes)}")

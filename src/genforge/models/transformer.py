@@ -31,6 +31,8 @@ class TransformerConfig(BaseModel):
     # on the training split, of bpe_vocab tokens (data/tokens.py)
     bpe_vocab: int = Field(2048, ge=300, le=32768)  # tokens of the BPE: 256 bytes, the separator, merges
     head: Literal["lm", "classes"] = "lm"  # next-token logits (a language model), or one class per entry
+    lm_weight: float = Field(0.0, ge=0, le=10)  # head=classes: in training, this weight times the next-token loss of
+    # the entry's own tokens is added to the class loss (GPT-1's auxiliary objective, Radford et al. 2018 eq. 5)
     vocab_size: int | None = Field(None, ge=2)  # set from the tokenizer when training starts
     tokenizer_digest: str | None = None  # a BPE's sha256 (first 16 hex digits), set when training starts: a BPE trained
     # again from the run's data (evaluate, compress) must be this one
@@ -77,6 +79,17 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=cache is None and t > 1)
         return self.proj(y.transpose(1, 2).reshape(b, t, w)), (k, v)
+
+    def weights(self, x: torch.Tensor, rope) -> torch.Tensor:
+        """x (B, T, W) from position 0 -> (B, heads, T, T) causal attention probabilities, what forward's
+        scaled_dot_product_attention computes without dropout (written out: that function does not return them)."""
+        b, t, w = x.shape
+        q, k, _ = self.qkv(x).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, heads, T, T)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(-1)
 
 
 class Block(nn.Module):
@@ -138,20 +151,32 @@ class Transformer(nn.Module):
             raise ValueError(f"{start + tokens.shape[1]} positions, more than the model's context of {self.context}")
         return self._blocks(tokens, caches, start, masked=False)
 
-    def _blocks(self, tokens: torch.Tensor, caches: list | None, start, masked: bool) -> tuple[torch.Tensor, list]:
+    def _embed(self, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, tuple | None]:
+        """(B, T) ids at positions start.. -> their embeddings (with learned positions added), and the rotary angles."""
         t = tokens.shape[1]
         x = self.embed(tokens.long())
-        rope = None
         if self.position is not None:
-            x = x + self.position(torch.arange(start, start + t, device=tokens.device))
-        else:
-            rope = self.cos[start:start + t], self.sin[start:start + t]
+            return x + self.position(torch.arange(start, start + t, device=tokens.device)), None
+        return x, (self.cos[start:start + t], self.sin[start:start + t])
+
+    def _blocks(self, tokens: torch.Tensor, caches: list | None, start, masked: bool) -> tuple[torch.Tensor, list]:
+        x, rope = self._embed(tokens, start)
         x = self.drop(x)
         new = []
         for i, block in enumerate(self.blocks):
             x, cache = block(x, rope, caches[i] if caches else None, masked)
             new.append(cache)
         return self.norm(x), new
+
+    @torch.no_grad()
+    def attention_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids from position 0 -> (layers, B, heads, T, T): each block's attention probabilities (eval mode)."""
+        x, rope = self._embed(tokens, 0)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.weights(block.norm1(x), rope))
+            x, _ = block(x, rope, None)
+        return torch.stack(maps)
 
     def step(self, tokens: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Generation's step as one function of tensors, step.onnx of an ONNX export: (B, T) new token ids after
@@ -176,19 +201,30 @@ class Transformer(nn.Module):
 
     def pool(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The mean hidden state over each entry's tokens: up to and including its first end token (the rest pads)."""
-        end = (tokens == self.cfg.end_token).long() if self.cfg.end_token is not None else torch.zeros_like(tokens)
-        keep = (end.cumsum(1) - end == 0).unsqueeze(-1).to(h.dtype)  # before the first end token, and the end token
+        keep = self.entry_mask(tokens).unsqueeze(-1).to(h.dtype)
         return (h * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+    def entry_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: each entry's tokens up to and including its first end token (the rest pads)."""
+        end = (tokens == self.cfg.end_token).long() if self.cfg.end_token is not None else torch.zeros_like(tokens)
+        return end.cumsum(1) - end == 0
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(-1)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy in nats: of each next token (y: x shifted by one), or of each entry's class."""
-        logits = self(x)
+        """Mean cross-entropy in nats: of each next token (y: x shifted by one), or of each entry's class (in training,
+        plus lm_weight times the next-token loss within the entries)."""
+        h, _ = self.hidden(x)
         if self.classes is None:
-            return F.cross_entropy(logits.float().flatten(0, 1), y.long().flatten())
-        return F.cross_entropy(logits.float(), y.long())
+            return F.cross_entropy(self.lm_head(h).float().flatten(0, 1), y.long().flatten())
+        loss = F.cross_entropy(self.classes(self.pool(h, x)).float(), y.long())
+        if self.training and self.cfg.lm_weight > 0:
+            targets = x[:, 1:].long()
+            keep = self.entry_mask(x)[:, 1:]  # the entry's tokens after its first, and its end token; not the padding
+            lm = F.cross_entropy(self.lm_head(h[:, :-1]).float()[keep], targets[keep])
+            loss = loss + self.cfg.lm_weight * lm
+        return loss
 
     @torch.inference_mode()
     def generate(self, prompt: torch.Tensor, max_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -33,6 +33,7 @@ from genforge.train.steps import ModelLossStep
 
 PROMPTS = ("", "The ", "A computer ")  # what the report continues after each epoch
 SAMPLE_TOKENS = 160
+MISTAKES = 8  # test entries with the highest loss that a classifier's report explains
 
 
 _TRAINED: dict[tuple, BpeTokenizer] = {}  # this process's BPE tokenizers by corpus and size: train, test and the
@@ -238,6 +239,8 @@ class LanguageTask(Task):
                        f"{html.escape(s['text'])}</b></pre></td></tr>" for s in samples)
         sections = [("Samples after each epoch (temperature 0.8, seed 0; the prompt, then the continuation in bold)",
                      f"<table><tr><th>epoch</th><th>text</th></tr>{rows}</table>")] if rows else []
+        if model.classes is not None and result.get("highest_loss"):
+            sections.append(_mistakes(run_dir, model, ds, result["highest_loss"]["index"]))
         return write_page(run_dir, summary, [*extra, *sections])
 
     def print_evaluation(self, out, name: str, result: dict) -> None:
@@ -281,6 +284,16 @@ class LanguageTask(Task):
 
     def input_tensor(self, served) -> dict:
         return {"name": "input", "datatype": "BYTES", "shape": [-1], "description": "texts, UTF-8"}
+
+
+def _mistakes(run_dir: Path, model, ds: TextCorpus, worst: list[int]) -> tuple[str, str]:
+    """The report's section of the test entries with the highest loss, each coloured by what its answer rests on."""
+    from genforge.language.attribution import LEGEND, explain_texts, html_explanations  # deferred: captum
+
+    index = worst[:MISTAKES]
+    found = explain_texts(model, tokenizer_of(rundir.read_json(run_dir / "meta.json")), [ds.test[i] for i in index])
+    return (f"The {len(index)} test entries with the highest loss, explained towards the predicted class",
+            f"<p>{LEGEND}</p>{html_explanations(found, ds.classes, [ds.test_labels[i] for i in index])}")
 
 
 def _bpc(value: float | None) -> str:
