@@ -1,5 +1,6 @@
 """The playground in real headless Chromium (Debian's), driven by selenium: draw a stroke and see probabilities,
-turn on explain and see the overlay (for a chosen class and method), click generate and see the grid load.
+turn on explain and see the overlay (for a chosen class and method), click generate and see the grid load, watch a
+language model's completion stream and a text classifier's answer with its coloured characters.
 Screenshots are kept in build/test-artifacts/."""
 
 import shutil
@@ -150,3 +151,51 @@ def test_the_forecast_panel_plots_a_series_and_its_forecast(browser, forecast_se
     assert "context 24 · horizon 6" in browser.find_element(By.ID, "card-list").text
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "playground-forecast.png"))
+
+
+@pytest.fixture(scope="module")
+def text_server(text_run, text_classifier_run):
+    """`genforge serve` with a language model and a text classifier (torch: no ONNX export at start)."""
+    from helpers import start_server
+
+    proc, url = start_server([text_run, text_classifier_run], "--backend", "torch")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_the_text_panel_streams_a_completion_and_colours_a_classified_sentence(browser, text_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(text_server + "/")
+    models = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#text-model option"))
+    assert [o.text.split(" (")[1] for o in models] == ["language model)", "text classifier)"]
+    assert browser.find_element(By.ID, "classify").get_attribute("hidden") is not None  # no image classifier
+    browser.find_element(By.ID, "max-tokens").clear()
+    browser.find_element(By.ID, "max-tokens").send_keys("40")
+    browser.find_element(By.ID, "text-go").click()
+    wait.until(lambda d: d.find_element(By.ID, "completion").get_attribute("data-done") == "1")
+    added = browser.find_element(By.CSS_SELECTOR, "#completion b").text
+    assert browser.find_element(By.ID, "completion").text.startswith("A computer") and added
+    info = browser.find_element(By.ID, "text-info").text
+    assert " pieces in " in info and "the first after" in info, info
+
+    Select(browser.find_element(By.ID, "text-model")).select_by_index(1)
+    assert browser.find_element(By.ID, "text-go").text == "Classify"
+    assert not browser.find_element(By.ID, "temperature").is_displayed()  # generation's options are hidden
+    sentence = "Love is blind."
+    browser.find_element(By.ID, "prompt").clear()
+    browser.find_element(By.ID, "prompt").send_keys(sentence)
+    browser.find_element(By.ID, "text-go").click()
+    wait.until(lambda d: d.find_element(By.ID, "why").get_attribute("data-answers") == "1")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#text-bars li")) == 10
+    for part in ("why-ig", "why-rollout"):
+        spans = browser.find_elements(By.CSS_SELECTOR, f"#{part} span")
+        assert "".join(s.text or " " for s in spans) == sentence  # a space's span has no visible text
+        assert len({s.get_attribute("style") for s in spans}) > 1  # coloured by value, not all alike
+    assert "explained " in browser.find_element(By.ID, "text-info").text
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "playground-text.png"))

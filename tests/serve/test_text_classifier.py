@@ -1,6 +1,6 @@
 """A text classifier served: /v1 classify takes strings and the Open Inference Protocol a BYTES tensor, both answer
 what the model itself gives for the same entries, and a language model and a text classifier each offer only their
-own verb."""
+own verbs; explain takes texts for a text classifier at the route of the image classifiers' explain."""
 
 import pytest
 import torch
@@ -33,7 +33,8 @@ def expected(text_classifier_run) -> torch.Tensor:
 
 def test_v1_classifies_strings_as_the_model_does(client, expected):
     (card,) = [m for m in client.get("/v1/models").json()["models"] if m["task"] == "language" and m["classes"]]
-    assert card["verbs"] == ["classify"] and card["tensors"]["inputs"][0]["datatype"] == "BYTES"
+    assert card["verbs"] == ["classify", "explain"] and card["tensors"]["inputs"][0]["datatype"] == "BYTES"
+    assert card["requests"]["explain"]["inputs"] == ["target", "inputs", "steps"]  # texts, not images
     answer = client.post(f"/v1/models/{card['name']}/classify", json={"inputs": TEXTS, "top_k": 2})
     assert answer.status_code == 200, answer.text
     predictions = answer.json()["predictions"]
@@ -72,3 +73,34 @@ def test_each_model_offers_only_its_own_verb(client):
     assert answer.status_code == 422 and "offers complete, not classify" in answer.json()["error"]["message"]
     answer = client.post(f"/v1/models/{classifier}/complete", json={"prompt": "hello"})
     assert answer.status_code == 409 and "does not generate text" in answer.json()["error"]["message"]
+
+
+def test_explain_answers_each_character_of_each_text_as_the_command_line_does(client, text_classifier_run):
+    from genforge.language.attribution import explain_texts
+
+    name = next(m["name"] for m in client.get("/v1/models").json()["models"] if m["classes"])
+    texts = ["Love is blind; café!", "A computer"]
+    answer = client.post(f"/v1/models/{name}/explain", json={"inputs": texts, "target": 1, "steps": 16})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["backend"] == "torch" and body["steps"] == 16
+    run = load_run(text_classifier_run)
+    for text, got, want in zip(texts, body["explanations"], explain_texts(run.model, tokenizer_of(run.meta), texts, 1,
+                                                                          16)):
+        assert got["characters"] == list(text) and got["target"]["index"] == 1
+        torch.testing.assert_close(torch.tensor(got["attributions"]), torch.tensor(want.attributions), atol=1e-4,
+                                   rtol=1e-3)
+        torch.testing.assert_close(torch.tensor(got["rollout"]), torch.tensor(want.rollout), atol=1e-5, rtol=1e-4)
+        assert got["label"] == run.meta["classes"][want.predicted]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"inputs": ["x"] * 17}, 422, "at most 16 texts per explain request"),
+    ({"inputs": ["x"], "steps": 65}, 422, "steps must be at most 64 on this server"),
+    ({"inputs": ["x"], "target": "nonsense"}, 422, "no class labelled 'nonsense'"),
+    ({"inputs": [[0.5, 0.5]]}, 422, "inputs.0: Input should be a valid string"),
+])
+def test_explain_refuses_bad_texts_in_one_line(client, body, status, message):
+    name = next(m["name"] for m in client.get("/v1/models").json()["models"] if m["classes"])
+    answer = client.post(f"/v1/models/{name}/explain", json=body)
+    assert answer.status_code == status and message in answer.json()["error"]["message"], answer.text

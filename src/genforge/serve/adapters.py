@@ -3,6 +3,7 @@ the verbs its task offers (tasks/: each verb's definition). No HTTP in here."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ class ServedModel:
     recent: dict | None = None  # a forecaster's own series, their last values (its series verb, at start)
     recent_error: str | None = None  # why they could not be loaded
     _explainer: object = field(default=None, init=False, repr=False)  # genforge.explain.Explainer, built on first use
+    _gradient_model: object = field(default=None, init=False, repr=False)  # with_gradients's copy, built on first use
     _explain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @cached_property  # read on every classify request
@@ -76,6 +78,11 @@ class ServedModel:
     def verbs(self) -> tuple[Verb, ...]:
         """The verbs its task offers that it answers as served (explain needs torch weights)."""
         return self._verbs
+
+    def own(self, verb: Verb) -> Verb:
+        """Its own verb of that name: the route's verb, unless its task answers that route with a verb of its own
+        (another request for the same answer, as tasks/language_verbs.py's explain)."""
+        return next((v for v in self._verbs if v == verb), verb)
 
     @property
     def created(self) -> int:
@@ -153,9 +160,22 @@ class ServedModel:
                                     f"ask for method integrated-gradients")
             return self._explainer(x, method, target, steps)
 
+    def with_gradients(self, work):
+        """work(model) on a torch copy of the served model, built once, one call at a time (the explain lock): for a
+        task's own attributions, of inputs that genforge.explain.Explainer does not take. A copy, so that the hooks an
+        attribution method puts on it never touch the model that classify runs."""
+        with self._explain_lock:
+            if self._gradient_model is None:
+                model = self._torch_model()
+                self._gradient_model = copy.deepcopy(model) if model is self.model else model
+            return work(self._gradient_model)
+
     def _build_explainer(self):
-        """The Explainer over the served weights. With onnxruntime the model's forward runs in ONNX Runtime, which
-        gives no gradients: the run's torch weights are loaded again, once, if they are still the ones served."""
+        return Explainer(self._torch_model(), self.input_shape)  # it keeps its own copy
+
+    def _torch_model(self) -> torch.nn.Module:
+        """The served weights as a torch model. With onnxruntime the model's forward runs in ONNX Runtime, which
+        gives no gradients: the run's torch weights are loaded again if they are still the ones served."""
         if self.explain_refusal:
             raise NotExplainable(self.explain_refusal)
         model = self.model
@@ -164,7 +184,7 @@ class ServedModel:
                 raise NotExplainable(f"{self.run.path.name}'s weights changed since the server loaded its ONNX "
                                      f"export: restart the server to serve (and explain) the new ones")
             model = load_run(self.run.path, backend="torch").model
-        return Explainer(model, self.input_shape)
+        return model
 
     def generate(self, n: int, label: int | None, seed: int, truncation: float | None) -> torch.Tensor:
         return self.run.sample(n, label=label, seed=seed, truncation=truncation)

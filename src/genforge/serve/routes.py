@@ -63,6 +63,7 @@ async def call_verb(request: Request) -> Response:
     verb = serving.verbs[request.scope["route"].name]
     query = v1.query_fields(verb, request)
     model = serving.model(request.path_params["name"], verb)
+    verb = model.own(verb)
     array, fields = await v1.read(request, verb, model, serving.state)
     inputs = verb.decode(model, array, fields | query, serving.limits)
     result, latency = await serving.call(verb, model, inputs)

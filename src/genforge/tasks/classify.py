@@ -147,19 +147,11 @@ class Classify(Verb):
         return {"probabilities": p, "top_k": np.argsort(-p, axis=1, kind="stable")[:, :k].astype(np.int64)}
 
 
-class ExplainOptions(Strict):
-    method: Literal[METHODS] = Field(DEFAULT_METHOD, description="The attribution method (docs/decisions.md)")
+class ClassTarget(Strict):
     target: str | int | None = Field(None, description="The class to explain, by index or label; default: each "
                                      "input's predicted one", json_schema_extra={"anyOf": [
                                          {"type": "string", "minLength": 1, "maxLength": 200},
                                          {"type": "integer", "minimum": 0}, {"type": "null"}]})
-    steps: IntegerOrNone = Field(None, ge=1, le=MAX_STEPS, description=f"Gradient evaluations per input (integrated-"
-                              f"gradients: noisy copies of an image x path points; gradient-shap: samples); at most "
-                              f"the server's max_explain_steps ({Limits.max_explain_steps} by default); default "
-                              f"{DEFAULT_STEPS['integrated-gradients']}")
-    range: PixelRange = Field("auto", description="Pixel scale; auto: 0-1 if every value <= 1")
-    format: Literal["array", "png"] = Field("array", description="array: JSON with the attributions; png: the "
-                                            "overlays (one input: its overlay; several: a grid, 8 per row)")
 
     @field_validator("target", mode="before")
     @classmethod
@@ -167,6 +159,17 @@ class ExplainOptions(Strict):
         if value is None or isinstance(value, str) and 0 < len(value) <= 200 or type(value) is int and value >= 0:
             return value
         raise ValueError("give a class index (an integer from 0) or a class label")
+
+
+class ExplainOptions(ClassTarget):
+    method: Literal[METHODS] = Field(DEFAULT_METHOD, description="The attribution method (docs/decisions.md)")
+    steps: IntegerOrNone = Field(None, ge=1, le=MAX_STEPS, description=f"Gradient evaluations per input (integrated-"
+                              f"gradients: noisy copies of an image x path points; gradient-shap: samples); at most "
+                              f"the server's max_explain_steps ({Limits.max_explain_steps} by default); default "
+                              f"{DEFAULT_STEPS['integrated-gradients']}")
+    range: PixelRange = Field("auto", description="Pixel scale; auto: 0-1 if every value <= 1")
+    format: Literal["array", "png"] = Field("array", description="array: JSON with the attributions; png: the "
+                                            "overlays (one input: its overlay; several: a grid, 8 per row)")
 
 
 class ExplainRequest(ExplainOptions):

@@ -27,7 +27,7 @@ from genforge.models.layers import device_of
 from genforge.onnx.parts import Part
 from genforge.tasks.base import Prepared, Task
 from genforge.tasks.classify import CLASSIFY
-from genforge.tasks.language_verbs import COMPLETE
+from genforge.tasks.language_verbs import COMPLETE, EXPLAIN_TEXT
 from genforge.tasks.verb import RequestError
 from genforge.train.steps import ModelLossStep
 
@@ -269,10 +269,12 @@ class LanguageTask(Task):
             complete(served.model, tokenizer_of(served.run.meta), "a", 4, seed=0).text()
 
     def served_verbs(self, served) -> tuple:
-        """A language model completes; a classifier trained from one answers the classifiers' verb (CLASSIFY), which
-        `verbs` does not list: what asks whether a task classifies (`"classify" in task.verbs`: the privacy audit,
-        distillation, explain's images) means images or vectors."""
-        return (CLASSIFY,) if served.classes else super().served_verbs(served)
+        """A language model completes; a classifier trained from one answers the classifiers' verb (CLASSIFY) and an
+        explain of texts (EXPLAIN_TEXT), which `verbs` does not list: what asks whether a task classifies
+        (`"classify" in task.verbs`: the privacy audit, distillation, explain's images) means images or vectors."""
+        if served.classes:
+            return tuple(verb for verb in (CLASSIFY, EXPLAIN_TEXT) if verb.offered(served))
+        return super().served_verbs(served)
 
     def request_inputs(self, served, values, fields: dict) -> np.ndarray:
         """Texts (JSON strings, or a BYTES tensor's) -> (N, context) token ids: each text's first context - 1 tokens

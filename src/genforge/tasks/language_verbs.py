@@ -1,4 +1,5 @@
-"""A language model's verb: complete (a prompt's continuation, as the text generation APIs answer it)."""
+"""A language model's verb, complete (a prompt's continuation, as the text generation APIs answer it), and a text
+classifier's explain (which characters its answer rests on)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pydantic import Field
 from genforge.data.tokens import tokenizer_of
 from genforge.language.generation import TextStream, complete, prompt_ids
 from genforge.language.scoring import token_logprobs
+from genforge.tasks.classify import EXPLAIN, ClassTarget, NotExplainable, target_index
 from genforge.tasks.verb import Integer, IntegerOrNone, Limits, RequestError, Strict, Verb
+
+MAX_EXPLAIN_STEPS = 256  # integrated gradients' path points per text, before the server's max_explain_steps
 
 
 class CompleteRequest(Strict):
@@ -93,3 +97,65 @@ class Complete(Verb):
 
 
 COMPLETE = Complete("complete")
+
+
+class ExplainTextRequest(ClassTarget):
+    inputs: list[str] = Field(min_length=1, max_length=256, description="Texts to explain; at most the server's "
+                              f"max_explain_batch ({Limits.max_explain_batch} by default)")
+    steps: IntegerOrNone = Field(None, ge=1, le=MAX_EXPLAIN_STEPS, description="Integrated gradients' path points "
+                                 f"per text; at most the server's max_explain_steps ({Limits.max_explain_steps} by "
+                                 f"default); default 32")
+
+
+class ExplainText(Verb):
+    """A text classifier's explain, at the route of the image classifiers' (the same name, its own inputs)."""
+
+    summary = EXPLAIN.summary
+    description = """A text classifier's texts (strings) instead of images: for each, the predicted class with its
+probability, and each character's integrated gradients on the embeddings (towards the `target` class, default the
+predicted one; they add up to log p(class | text) - log p(class | the end token everywhere), `delta` is the gap) and
+its attention rollout (its share of the attention that reaches the pooled positions). On a thread of its own, one
+explanation at a time per model, with the run's PyTorch weights (an ONNX-only run gets a 409)."""
+    request, thread, fewer, answer_field, conflict = ExplainTextRequest, "gradients", "texts or steps", \
+        "explanations", EXPLAIN.conflict
+
+    def offered(self, served) -> bool:
+        return served.explain_refusal is None
+
+    def refusal(self, served) -> str | None:
+        return served.explain_refusal
+
+    def decode(self, served, array, fields: dict, limits: Limits) -> dict:
+        texts, steps = fields["inputs"], fields["steps"]
+        if len(texts) > limits.max_explain_batch:
+            raise RequestError(f"at most {limits.max_explain_batch} texts per explain request, got {len(texts)}; send "
+                               f"the others in further requests")
+        if steps is not None and steps > limits.max_explain_steps:
+            raise RequestError(f"steps must be at most {limits.max_explain_steps} on this server, got {steps}")
+        too_long = next((i for i, t in enumerate(texts) if len(t) > limits.max_prompt_chars), None)
+        if too_long is not None:
+            raise RequestError(f"inputs[{too_long}]: at most {limits.max_prompt_chars:,} characters, got "
+                               f"{len(texts[too_long]):,}")
+        return {"texts": texts, "target": target_index(served, fields["target"]), "steps": steps or 32}
+
+    def run(self, served, inputs: dict):
+        from genforge.language.attribution import explain_texts  # deferred: captum takes a second to import
+
+        tokenizer = tokenizer_of(served.run.meta)
+        try:
+            return served.with_gradients(
+                lambda model: explain_texts(model, tokenizer, inputs["texts"], inputs["target"], inputs["steps"]))
+        except NotExplainable as e:
+            raise RequestError(str(e), 409) from None
+
+    def answer(self, served, inputs: dict, result, latency_ms: float) -> dict:
+        classes = served.classes
+        return {"model": served.name, "backend": "torch", "latency_ms": latency_ms, "method": "integrated-gradients",
+                "steps": inputs["steps"], "explanations": [
+                    {"index": e.predicted, "label": classes[e.predicted], "probability": e.predicted_probability,
+                     "target": {"index": e.target, "label": classes[e.target], "probability": e.target_probability},
+                     "characters": e.characters, "attributions": e.attributions, "rollout": e.rollout,
+                     "delta": e.delta} for e in result]}
+
+
+EXPLAIN_TEXT = ExplainText("explain")

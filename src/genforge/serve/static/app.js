@@ -60,16 +60,20 @@ async function loadModels() {
   try {
     state.models = (await api("/v1/models")).models;
   } catch (e) { showError(e.message); return; }
-  const clf = $("classifier"), gen = $("generator"), fc = $("forecaster");
-  clf.replaceChildren(); gen.replaceChildren(); fc.replaceChildren();
+  const clf = $("classifier"), gen = $("generator"), fc = $("forecaster"), txt = $("text-model");
+  clf.replaceChildren(); gen.replaceChildren(); fc.replaceChildren(); txt.replaceChildren();
   for (const m of state.models) {
     if (m.verbs.includes("classify") && m.input_shape.length === 3 && m.input_shape[0] === 1) option(clf, m.name, m.name);
     if (m.verbs.includes("generate")) option(gen, m.name, `${m.name} (${m.kind})`);
     if (m.verbs.includes("forecast")) option(fc, m.name, `${m.name} (${m.kind})`);
+    if (m.verbs.includes("complete")) option(txt, m.name, `${m.name} (language model)`);
+    if (m.verbs.includes("classify") && readsText(m)) option(txt, m.name, `${m.name} (text classifier)`);
   }
   $("classify").hidden = !clf.options.length;
   $("generate").hidden = !gen.options.length;
   $("forecast").hidden = !fc.options.length;
+  $("text").hidden = !txt.options.length;
+  fillTextControls();
   fillLabels();
   fillExplainTargets();
   renderCards();
@@ -164,8 +168,7 @@ function padPixels() {
   return Array.from({ length: 28 }, (_, y) => Array.from({ length: 28 }, (_, x) => data[4 * (28 * y + x)]));
 }
 
-function showProbabilities(prediction, classes) {
-  const bars = $("bars");
+function showProbabilities(prediction, classes, bars = $("bars")) {
   bars.replaceChildren();
   prediction.probabilities.forEach((p, i) => {
     const li = document.createElement("li");
@@ -200,6 +203,110 @@ async function classify(fromPad = true, file = null) {
     explain();
   } catch (e) { showError(e.message); }
 }
+
+// ---- text: a prompt's continuation as it streams, or a sentence's class and what it rests on ------------------
+function readsText(m) {
+  const input = (m.tensors.inputs || [])[0];
+  return Boolean(input && input.datatype === "BYTES" && m.classes.length);
+}
+
+function fillTextControls() {
+  const m = model($("text-model").value), classifier = Boolean(m && m.classes.length);
+  for (const label of document.querySelectorAll("#text .generation")) label.hidden = classifier;
+  $("text-go").textContent = classifier ? "Classify" : "Complete";
+  $("completion").hidden = classifier;
+  $("text-bars").hidden = $("why").hidden = !classifier;
+  $("text-info").textContent = "";
+}
+
+function shade(value, scale) {
+  // an attribution's background, as `genforge explain --text` colours it: white to red (towards) or blue (away)
+  const fade = Math.round(255 * (1 - 0.75 * (scale > 0 ? Math.min(1, Math.abs(value) / scale) : 0)));
+  return value >= 0 ? `rgb(255,${fade},${fade})` : `rgb(${fade},${fade},255)`;
+}
+
+function colourCharacters(target, characters, values) {
+  const scale = Math.max(0, ...values.map(Math.abs));
+  target.replaceChildren(...characters.map((c, i) => {
+    const span = document.createElement("span");
+    span.textContent = c;
+    span.style.background = shade(values[i], scale);
+    span.title = values[i].toFixed(4);
+    return span;
+  }));
+}
+
+async function streamCompletion(name) {
+  const prompt = $("prompt").value, out = $("completion"), added = document.createElement("b");
+  out.replaceChildren(prompt, added);
+  const headers = { "Content-Type": "application/json" };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  const request = { model: name, prompt, stream: true, max_tokens: Number($("max-tokens").value),
+    temperature: Number($("temperature").value), seed: Number($("text-seed").value) };
+  const t0 = performance.now();
+  const response = await fetch("/v1/completions", { method: "POST", headers, body: JSON.stringify(request) });
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error.message; } catch (e) { /* not JSON */ }
+    if (response.status === 401) $("token-row").hidden = false;
+    throw new Error(message);
+  }
+  showError("");
+  const reader = response.body.getReader(), decoder = new TextDecoder();
+  let buffer = "", pieces = 0, first = null, reason = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {  // one server-sent event: "data: {json}" or "data: [DONE]"
+      const data = buffer.slice(0, cut).split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("");
+      buffer = buffer.slice(cut + 2);
+      if (!data || data === "[DONE]") continue;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      const choice = chunk.choices[0];
+      if (choice.text) {
+        added.textContent += choice.text;
+        pieces += 1;
+        if (first === null) first = performance.now() - t0;
+      }
+      if (choice.finish_reason) reason = choice.finish_reason;
+    }
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  out.dataset.done = String(Number(out.dataset.done || 0) + 1);
+  $("text-info").textContent = `${pieces} pieces in ${seconds.toFixed(2)} s, the first after ${(first ?? 0).toFixed(0)} ms (finished: ${reason || "?"})`;
+}
+
+async function classifyText(name, m) {
+  const texts = [$("prompt").value];
+  const body = await api(`/v1/models/${encodeURIComponent(name)}/classify`, { inputs: texts, top_k: m.classes.length });
+  showProbabilities(body.predictions[0], m.classes, $("text-bars"));
+  $("text-info").textContent = `answered by ${body.backend} in ${body.latency_ms.toFixed(1)} ms`;
+  if (!m.verbs.includes("explain")) return;
+  const why = await api(`/v1/models/${encodeURIComponent(name)}/explain`, { inputs: texts });
+  const e = why.explanations[0];
+  colourCharacters($("why-ig"), e.characters, e.attributions);
+  colourCharacters($("why-rollout"), e.characters, e.rollout);
+  $("why").hidden = false;
+  $("why").dataset.answers = String(Number($("why").dataset.answers || 0) + 1);
+  $("text-info").textContent += `; explained ${e.target.label} in ${why.latency_ms.toFixed(0)} ms`;
+}
+
+async function runText() {
+  const name = $("text-model").value, m = model(name), button = $("text-go");
+  if (!m) return;
+  button.disabled = true;
+  try {
+    if (m.classes.length) await classifyText(name, m);
+    else await streamCompletion(name);
+  } catch (e) { showError(e.message); }
+  finally { button.disabled = false; }
+}
+
+$("text-model").addEventListener("change", fillTextControls);
+$("text-go").addEventListener("click", runText);
 
 // ---- explain: the attributions of the predicted (or a chosen) class over what the model saw ----------------
 const explaining = { busy: false, again: false };
