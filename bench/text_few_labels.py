@@ -23,6 +23,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.pipeline import make_pipeline
 
+from genforge import rundir
 from genforge.config import load_config
 from genforge.data import labelled_subset
 from genforge.data.text import load_text
@@ -79,9 +80,16 @@ def main(pretrained: str | None = None, seeds: int = 3, extra: tuple[str, ...] =
         print(seed, {k: v[-1] for k, v in rows.items()}, flush=True)
     medians = {k: statistics.median(v) for k, v in rows.items()}
     name = "text_few_labels" + "".join(f"_{o.split('=')[1]}" for o in extra if o.startswith("model.tokenizer="))
-    record(name, {"pretrained": pretrained, "per_class": PER_CLASS, "overrides": list(extra), "accuracy": rows,
+    record(name, {"pretrained": pretraining(pretrained), "per_class": PER_CLASS, "overrides": list(extra), "accuracy": rows,
                   "median": medians, "finetune_minus_scratch": medians["finetune"] - medians["scratch"],
                   "goal_met": medians["finetune"] - medians["scratch"] >= 0.05})
+
+
+def pretraining(run: str) -> dict:
+    """What the pretrained run was: its epochs, training seconds and test bits per character."""
+    summary = rundir.read_json(Path(run) / "summary.json")
+    return {"run": run, "epochs": load_config(str(Path(run) / "config.yaml")).train.epochs,
+            "train_seconds": summary.get("train_seconds"), "test_bpc": summary.get("test_bpc")}
 
 
 def all_labels(pretrained: str, epochs: int = 2) -> None:
@@ -94,7 +102,7 @@ def all_labels(pretrained: str, epochs: int = 2) -> None:
     x, y, xt, yt = labelled(0, per_class=None)
     rows.update(tfidf_logreg=tfidf_logreg(x, y, xt, np.array(yt)), fasttext=fasttext_accuracy(x, y, xt, yt, 0),
                 labelled=len(x))
-    record("text_all_labels", {"pretrained": pretrained, "epochs": epochs, "accuracy": rows,
+    record("text_all_labels", {"pretrained": pretraining(pretrained), "epochs": epochs, "accuracy": rows,
                                "finetune_minus_scratch": rows["finetune"] - rows["scratch"]})
 
 

@@ -4,6 +4,7 @@ language model's completion stream and a text classifier's answer with its colou
 Screenshots are kept in build/test-artifacts/."""
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -121,15 +122,23 @@ def test_the_page_shows_the_servers_error_messages(browser, live_server):
     assert "n" in error.text and "256" in error.text
 
 
-@pytest.fixture(scope="module")
-def forecast_server(forecast_runs):
-    """`genforge serve` with the two forecasters only (torch: no ONNX export at start)."""
+@contextmanager
+def torch_server(runs):
+    """`genforge serve` of these runs alone (torch: no ONNX export at start); its URL."""
     from helpers import start_server
 
-    proc, url = start_server(forecast_runs, "--backend", "torch")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    proc, url = start_server(runs, "--backend", "torch")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def forecast_server(forecast_runs):
+    with torch_server(forecast_runs) as url:  # the two forecasters only
+        yield url
 
 
 def test_the_forecast_panel_plots_a_series_and_its_forecast(browser, forecast_server):
@@ -155,13 +164,8 @@ def test_the_forecast_panel_plots_a_series_and_its_forecast(browser, forecast_se
 
 @pytest.fixture(scope="module")
 def text_server(text_run, text_classifier_run):
-    """`genforge serve` with a language model and a text classifier (torch: no ONNX export at start)."""
-    from helpers import start_server
-
-    proc, url = start_server([text_run, text_classifier_run], "--backend", "torch")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with torch_server([text_run, text_classifier_run]) as url:  # a language model and a text classifier
+        yield url
 
 
 def test_the_text_panel_streams_a_completion_and_colours_a_classified_sentence(browser, text_server):

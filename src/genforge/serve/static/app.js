@@ -9,7 +9,8 @@ function showError(message) {
   box.hidden = !message;
 }
 
-async function api(path, body, { binary = false, form = null } = {}) {
+async function api(path, body, { binary = false, form = null, raw = false } = {}) {
+  // raw: the response itself, once it is known to be ok (a stream of server-sent events to read as it comes)
   const headers = {};
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   const init = { method: body || form ? "POST" : "GET", headers };
@@ -23,6 +24,7 @@ async function api(path, body, { binary = false, form = null } = {}) {
     throw new Error(message);
   }
   showError("");
+  if (raw) return response;
   if (!binary) return response.json();
   const blob = await response.blob();
   blob.headers = response.headers;
@@ -239,19 +241,10 @@ function colourCharacters(target, characters, values) {
 async function streamCompletion(name) {
   const prompt = $("prompt").value, out = $("completion"), added = document.createElement("b");
   out.replaceChildren(prompt, added);
-  const headers = { "Content-Type": "application/json" };
-  if (state.token) headers.Authorization = `Bearer ${state.token}`;
   const request = { model: name, prompt, stream: true, max_tokens: Number($("max-tokens").value),
     temperature: Number($("temperature").value), seed: Number($("text-seed").value) };
   const t0 = performance.now();
-  const response = await fetch("/v1/completions", { method: "POST", headers, body: JSON.stringify(request) });
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try { message = (await response.json()).error.message; } catch (e) { /* not JSON */ }
-    if (response.status === 401) $("token-row").hidden = false;
-    throw new Error(message);
-  }
-  showError("");
+  const response = await api("/v1/completions", request, { raw: true });
   const reader = response.body.getReader(), decoder = new TextDecoder();
   let buffer = "", pieces = 0, first = null, reason = "";
   for (;;) {
