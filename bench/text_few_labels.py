@@ -80,8 +80,9 @@ def main(pretrained: str | None = None, seeds: int = 3, extra: tuple[str, ...] =
         print(seed, {k: v[-1] for k, v in rows.items()}, flush=True)
     medians = {k: statistics.median(v) for k, v in rows.items()}
     name = "text_few_labels" + "".join(f"_{o.split('=')[1]}" for o in extra if o.startswith("model.tokenizer="))
-    record(name, {"pretrained": pretraining(pretrained), "per_class": PER_CLASS, "overrides": list(extra), "accuracy": rows,
-                  "median": medians, "finetune_minus_scratch": medians["finetune"] - medians["scratch"],
+    record(name, {"pretrained": pretraining(pretrained), "per_class": PER_CLASS, "overrides": list(extra),
+                  "accuracy": rows, "median": medians,
+                  "finetune_minus_scratch": medians["finetune"] - medians["scratch"],
                   "goal_met": medians["finetune"] - medians["scratch"] >= 0.05})
 
 

@@ -13,7 +13,7 @@ from helpers import run_cli, train_run
 
 from genforge import rundir, runs
 from genforge.data.text import FORTUNES_DIR, MAX_ENTRY, SEPARATOR, in_test, load_text
-from genforge.data.tokens import ByteTokenizer, tokenizer_from_state, train_bpe
+from genforge.data.tokens import ByteTokenizer, tokenizer_from_state, tokenizer_of, train_bpe
 from genforge.errors import GenforgeError
 from genforge.language.attribution import attention_rollout
 from genforge.language.generation import complete
@@ -325,6 +325,25 @@ def test_evaluate_prints_bits_per_character_beside_xz_and_zstd(text_run, capsys,
 def test_a_model_that_is_not_a_language_model_cannot_generate(classifier_run, capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, "generate", classifier_run, "--prompt", "hi")
     assert code == 2 and "not a language model: it cannot generate text" in err
+
+
+def test_predict_classifies_texts_as_the_model_does_and_refuses_the_wrong_input(text_run, text_classifier_run,
+                                                                                classifier_run, capsys, monkeypatch):
+    texts = ["Love is blind.", "A computer without COBOL"]
+    code, out, err = run_cli(capsys, monkeypatch, "predict", text_classifier_run, "--text", texts[0], "--text",
+                             texts[1], "--json")
+    assert code == 0, err
+    run = runs.load_run(text_classifier_run)
+    with torch.inference_mode():
+        x = language.entry_tokens(tokenizer_of(run.meta), texts, run.model.context)
+        expected = run.model.probabilities(run.model(x))
+    got = torch.tensor([p["probabilities"] for p in json.loads(out)["predictions"]])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    for args, words in [((text_classifier_run,), 'classifies texts: give --text "..."'),
+                        ((text_run, "--text", "hi"), "not a classifier: predict classifies; use genforge generate"),
+                        ((classifier_run, "--text", "hi"), "give image files, not --text")]:
+        code, _, err = run_cli(capsys, monkeypatch, "predict", *args)
+        assert code == 2 and words in err and "Traceback" not in err, err
 
 
 def test_a_language_model_is_fine_tuned_into_a_classifier_with_a_new_head(text_run, text_classifier_run):

@@ -125,22 +125,36 @@ def _print_faithfulness(result: dict, run: str, dataset: str) -> None:
 
 def predict(
     run: Path,
-    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")],
+    files: Annotated[list[Path] | None, typer.Argument(help="PNG, JPEG or .npy (N x H x W uint8) files.")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="A text to classify (a text classifier; may be "
+                                                   "repeated).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", callback=by_verb("predict", "top_k"),
                                        help="Classes to show per input.")] = 3,
     as_json: AsJson = False,
 ):
-    """Classify images with a trained run."""
+    """Classify images (or texts, with --text) with a trained run."""
     from genforge.data.inputs import load_inputs
     from genforge.evaluate.classification import predict_proba
     from genforge.registry import verb_of_command
     from genforge.runs import load_run
 
     loaded = load_run(run)
-    if verb_of_command("predict") not in loaded.task.verbs:
+    if loaded.task.reads_strings and loaded.meta["classes"]:
+        from genforge.data.tokens import tokenizer_of
+        from genforge.tasks.language import entry_tokens
+
+        if files or not text:
+            raise GenforgeError(f"{run.name} classifies texts: give --text \"...\" (files are for image classifiers)")
+        x = entry_tokens(tokenizer_of(loaded.meta), text, loaded.meta["input_shape"][0])
+    elif verb_of_command("predict") not in loaded.task.verbs:
+        instead = "generate" if loaded.task.reads_strings else "sample (or reconstruct, for a VAE)"
         raise GenforgeError(f"{run} is a {loaded.config.model.kind} model, not a classifier: predict classifies; "
-                            f"use genforge sample (or reconstruct, for a VAE)")
-    x = load_inputs(files, tuple(loaded.meta["input_shape"]), loaded.meta.get("light_background", False))
+                            f"use genforge {instead}")
+    elif text or not files:
+        raise GenforgeError(f"{run.name} classifies {loaded.meta.get('dataset', 'images')}: give image files, not "
+                            f"--text")
+    else:
+        x = load_inputs(files, tuple(loaded.meta["input_shape"]), loaded.meta.get("light_background", False))
     probs = predict_proba(loaded.model, x)
     classes = loaded.meta["classes"]
     preds = [{"index": int(p.argmax()), "label": classes[int(p.argmax())], "probabilities": p.tolist()}
