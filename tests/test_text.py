@@ -128,6 +128,9 @@ def test_textfolder_reads_a_csv_of_text_and_label_columns(tmp_path, capsys, monk
     path.write_text("text,label\nhello,a\nworld\n")
     with pytest.raises(GenforgeError, match=r"line 3 has no label"):
         load_text(f"textfolder:{path}")
+    path.write_text(f"text,label\nhello,a\n{'word ' * 40_000},b\n")  # 200,000 characters in one cell
+    with pytest.raises(GenforgeError, match=r"line 3 has a cell of more than 131,072 characters"):
+        load_text(f"textfolder:{path}")
 
 
 def test_bytes_round_trip_and_stream_whole_characters():

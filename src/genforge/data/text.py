@@ -180,6 +180,10 @@ def _table(name: str, path: Path) -> TextCorpus:
             if entry:
                 groups.setdefault(row[label_at].strip(), []).extend(_cut(entry))
     except csv.Error as e:
+        if "field limit" in str(e):  # Python's csv module reads at most csv.field_size_limit() characters a cell
+            raise GenforgeError(f"{name}: {path} line {rows.line_num} has a cell of more than "
+                                f"{csv.field_size_limit():,} characters; give long texts as one file each "
+                                f"(textfolder:FOLDER) or as text:PATH") from None
         raise GenforgeError(f"{name}: {path} line {rows.line_num} is not valid CSV: {e}") from None
     if len(groups) < 2:
         raise GenforgeError(f"{name}: {path} needs at least two labels, found {len(groups)}")
