@@ -91,6 +91,7 @@ bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<
 	$(PY) bench/text_gpt.py
 	$(PY) bench/text_few_labels.py
 	$(PY) bench/text_serve.py
+	$(PY) bench/text_step_batch.py
 
 lint: install-dev
 	.venv/bin/ruff check .

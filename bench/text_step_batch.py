@@ -4,13 +4,14 @@ cached positions) at batch sizes 1-16, PyTorch on one thread (as the server's in
 calls each: if a batch of B steps costs about what one does, B concurrent streams stepped together make about B times
 the tokens a second. Writes bench/out/text_step_batch.json.
 
-Argument 1: a text-gpt run directory."""
+Argument 1: a text-gpt run directory (default: the newest under bench/out/runs, which bench/text_gpt.py makes)."""
 
 from __future__ import annotations
 
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from _common import record
@@ -31,7 +32,10 @@ def step_ms(model, batch: int, past: int, calls: int = 50) -> float:
     return statistics.median(times) * 1000
 
 
-def main(run: str, past: int = 128) -> None:
+def main(run: str | None = None, past: int = 128) -> None:
+    if run is None:
+        newest = max(Path("bench/out/runs").glob("text-gpt-*/model.safetensors"), key=lambda p: p.stat().st_mtime)
+        run = str(newest.parent)
     torch.set_num_threads(1)
     model = load_run(run, backend="torch").model.eval()
     rows = {}
@@ -44,4 +48,4 @@ def main(run: str, past: int = 128) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:2])
