@@ -8,6 +8,7 @@ handler."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -38,6 +39,9 @@ def main() -> None:
     a full disk), is one line and exit code 2; a bug is a traceback and exit code 1. Argument errors that click
     catches (an unknown command or option, a bad value, a missing argument) are one line too, naming the command
     and its --help, instead of typer's boxed panel."""
+    # OpenMP threads that wait for work sleep instead of spinning (torch reads this when it loads, later than here):
+    # on a machine that is not idle, spinning threads take the cores the other processes and our own threads need
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     click = sys.modules[typer.BadParameter.__module__]  # the click typer runs on: its own copy since typer 0.23
     no_args = getattr(click, "NoArgsIsHelpError", ())  # click >= 8.2
     try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,6 +58,44 @@ def use_channels_last(cfg: TrainConfig, device: torch.device, is_image: bool) ->
     if cfg.channels_last != "auto":
         return cfg.channels_last == "on"
     return is_image and device.type in ("cpu", "cuda")
+
+
+PROC_STAT = Path("/proc/stat")
+BUSY_SAMPLE = 0.1  # seconds over which busy_cores watches the machine (10 ms jiffies: 20 of them on 2 cores)
+
+
+def busy_cores(seconds: float = BUSY_SAMPLE) -> float | None:
+    """How many cores were busy over the next `seconds` while this process sleeps (so: with other work), from the
+    aggregate cpu line of /proc/stat; None where there is none (not Linux)."""
+    def jiffies() -> tuple[int, int]:
+        values = [int(v) for v in PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]  # user .. steal
+        return sum(values) - values[3] - values[4], sum(values)  # (busy: not idle, not iowait; all)
+
+    try:
+        busy0, all0 = jiffies()
+        time.sleep(seconds)
+        busy1, all1 = jiffies()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores * (busy1 - busy0) / max(1, all1 - all0)
+
+
+def pick_threads(requested: int | None, device: torch.device) -> tuple[int, str]:
+    """The intra-op threads of a run, and why: train.threads if set; on a CPU, torch's default (the physical cores)
+    less the cores other work keeps busy when training starts, at least 1. Threads that wait for a core another
+    process holds hold back every parallel region, so a fair share of the cores beats all of them (issue 33's busy
+    machine: 31% of the idle speed beside one busy loop with 2 threads on 2 cores)."""
+    default = torch.get_num_threads()
+    if requested:
+        return requested, f"{requested} (train.threads)"
+    if device.type != "cpu":
+        return default, f"{default} (torch's default; the model runs on {device.type})"
+    busy = busy_cores()
+    if busy is None:
+        return default, f"{default} (torch's default; no /proc/stat to see what else runs)"
+    threads = max(1, min(default, math.floor(default - busy + 0.5)))
+    return threads, f"{threads} of {default} (other work kept {busy:.1f} cores busy when training started)"
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

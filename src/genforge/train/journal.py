@@ -49,6 +49,11 @@ class Journal:
         if self.quiet and self.main:
             print(text, file=sys.stderr, flush=True)
 
+    def note(self, text: str) -> None:
+        """A line on stderr whether the run is quiet or not: a choice the run made for the user (its threads)."""
+        if self.main:
+            print(text, file=sys.stderr, flush=True)
+
     def epoch(self, record: dict) -> None:
         """An epoch's record: appended to metrics.jsonl, and said as a log line."""
         if self.main:

@@ -21,7 +21,14 @@ from genforge.errors import GenforgeError
 from genforge.models.catalogue import build_model
 from genforge.train import distributed
 from genforge.train.checkpoint import Checkpoint, Diverged, LoopState
-from genforge.train.device import pick_device, restored_torch_settings, seed_everything, use_bf16, use_channels_last
+from genforge.train.device import (
+    pick_device,
+    pick_threads,
+    restored_torch_settings,
+    seed_everything,
+    use_bf16,
+    use_channels_last,
+)
 from genforge.train.journal import Journal
 from genforge.train.privacy import Privacy, public_normalization
 from genforge.train.transfer import Transfer, start_transfer
@@ -337,8 +344,14 @@ def _setup(cfg: RunConfig, run_dir: Path, task, dataset, fold: tuple[int, int] |
     tcfg, w = cfg.train, distributed.world()
     _check_world(tcfg, w)
     device = distributed.device_of(pick_device(tcfg.device))
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
+    if w.size == 1:
+        threads, threads_why = pick_threads(tcfg.threads, device)
+        torch.set_num_threads(threads)
+        journal.note(f"threads: {threads_why}")
+    else:  # a torchrun launch gives each rank its own OMP_NUM_THREADS
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        threads_why = f"{torch.get_num_threads()} (one rank of {w.size})"
     seed_everything(cfg.seed, cfg.deterministic)
     ds = dataset if dataset is not None else task.dataset(cfg, quiet=journal.quiet)
     cfg, data = _prepare(cfg, run_dir, task, ds, device, fold, w)
@@ -354,8 +367,8 @@ def _setup(cfg: RunConfig, run_dir: Path, task, dataset, fold: tuple[int, int] |
     if w.is_main:
         rundir.write_json(run_dir / "meta.json", {**data.meta, **transfer.meta(), "bf16": bf16,
                                                 "channels_last": channels_last})
-        rundir.write_json(run_dir / "env.json", {**rundir.environment(device), "world_size": w.size,
-                                               "backend": w.backend})
+        rundir.write_json(run_dir / "env.json", {**rundir.environment(device), "threads_why": threads_why,
+                                               "world_size": w.size, "backend": w.backend})
     return _make_run(cfg, run_dir, task, data, device, w, model, transfer, bf16, channels_last, journal)
 
 
