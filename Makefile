@@ -92,6 +92,7 @@ bench: install-bench bench-deps  # about 3 hours; each script writes bench/out/<
 	$(PY) bench/text_few_labels.py
 	$(PY) bench/text_serve.py
 	$(PY) bench/text_step_batch.py
+	$(PY) bench/busy_machine.py
 
 lint: install-dev
 	.venv/bin/ruff check .
