@@ -104,3 +104,13 @@ def test_explain_refuses_bad_texts_in_one_line(client, body, status, message):
     name = next(m["name"] for m in client.get("/v1/models").json()["models"] if m["classes"])
     answer = client.post(f"/v1/models/{name}/explain", json=body)
     assert answer.status_code == status and message in answer.json()["error"]["message"], answer.text
+
+
+def test_two_verbs_of_one_name_stay_apart_in_what_is_cached_by_verb():
+    from genforge.serve.v1 import describe
+    from genforge.tasks.classify import EXPLAIN
+    from genforge.tasks.language_verbs import EXPLAIN_TEXT
+
+    assert EXPLAIN == "explain" == EXPLAIN_TEXT and EXPLAIN != EXPLAIN_TEXT  # each equals its name, not the other
+    assert "format" in describe(EXPLAIN)["inputs"]  # the image form, described first in this process
+    assert describe(EXPLAIN_TEXT)["inputs"] == ["target", "inputs", "steps"]

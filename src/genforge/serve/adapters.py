@@ -82,7 +82,7 @@ class ServedModel:
     def own(self, verb: Verb) -> Verb:
         """Its own verb of that name: the route's verb, unless its task answers that route with a verb of its own
         (another request for the same answer, as tasks/language_verbs.py's explain)."""
-        return next((v for v in self._verbs if v == verb), verb)
+        return next((v for v in self._verbs if v.name == verb.name), verb)
 
     @property
     def created(self) -> int:

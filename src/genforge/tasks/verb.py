@@ -155,6 +155,15 @@ class Verb(str):
     def name(self) -> str:
         return str(self)
 
+    def __eq__(self, other) -> bool:
+        """A verb equals its name; two verbs are equal only if they are of one definition (a text classifier's explain
+        is not an image classifier's, and caches keyed by verb must not mix them)."""
+        if isinstance(other, Verb):
+            return type(self) is type(other) and str.__eq__(self, other)
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
     def offered(self, served) -> bool:
         """Whether `served` (serve.adapters.ServedModel, whose task lists this verb) answers it as served."""
         return True

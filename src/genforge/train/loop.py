@@ -347,7 +347,6 @@ def _setup(cfg: RunConfig, run_dir: Path, task, dataset, fold: tuple[int, int] |
     if w.size == 1:
         threads, threads_why = pick_threads(tcfg.threads, device)
         torch.set_num_threads(threads)
-        journal.note(f"threads: {threads_why}")
     else:  # a torchrun launch gives each rank its own OMP_NUM_THREADS
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
@@ -369,6 +368,7 @@ def _setup(cfg: RunConfig, run_dir: Path, task, dataset, fold: tuple[int, int] |
                                                 "channels_last": channels_last})
         rundir.write_json(run_dir / "env.json", {**rundir.environment(device), "threads_why": threads_why,
                                                "world_size": w.size, "backend": w.backend})
+        journal.note(f"threads: {threads_why}")  # once the data and the model are ready: a refused run says one line
     return _make_run(cfg, run_dir, task, data, device, w, model, transfer, bf16, channels_last, journal)
 
 
