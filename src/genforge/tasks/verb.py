@@ -162,6 +162,9 @@ class Verb(str):
             return type(self) is type(other) and str.__eq__(self, other)
         return str.__eq__(self, other)
 
+    def __ne__(self, other) -> bool:  # str's own __ne__ would compare the names alone
+        return not self == other
+
     __hash__ = str.__hash__
 
     def offered(self, served) -> bool:
