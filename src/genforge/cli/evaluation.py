@@ -202,7 +202,7 @@ def explain(
 
     loaded = load_run(run)
     if loaded.task.reads_strings or text:
-        _explain_texts(loaded, text or [], target, steps or 32, out_path, as_json)
+        _explain_texts(loaded, text or [], target, steps, out_path, as_json)
         return
     loaded.require("classify")
     if not files:
@@ -229,14 +229,14 @@ def explain(
     out.print(f"{result.describe()}, {result.precision}: wrote {out_path}")
 
 
-def _explain_texts(loaded, texts: list[str], target: int | None, steps: int, out_path: Path | None,
+def _explain_texts(loaded, texts: list[str], target: int | None, steps: int | None, out_path: Path | None,
                    as_json: bool) -> None:
     """explain --text: each text's characters coloured by their attribution, and an HTML page (--out, default
     explanations.html)."""
     from rich.text import Text
 
     from genforge.data.tokens import tokenizer_of
-    from genforge.language.attribution import colour, explain_texts, html_page
+    from genforge.language.attribution import STEPS, explain_texts, html_page, shades
     from genforge.runs import load_run
 
     if not loaded.task.reads_strings:
@@ -244,7 +244,7 @@ def _explain_texts(loaded, texts: list[str], target: int | None, steps: int, out
                             f"explain, not --text")
     if not loaded.meta["classes"]:
         raise GenforgeError(f"{loaded.path.name} is a language model: explain a text classifier (model.head=classes)")
-    target = loaded.class_index(target)
+    target, steps = loaded.class_index(target), steps or STEPS
     if not texts:
         raise GenforgeError(f"{loaded.path.name} classifies texts: give --text \"...\"")
     if len(texts) > 256:
@@ -261,10 +261,9 @@ def _explain_texts(loaded, texts: list[str], target: int | None, steps: int, out
     out_path = out_path or Path("explanations.html")
     out_path.write_text(html_page(found, classes))
     def coloured(characters: list[str], values: list[float]) -> Text:
-        scale = max((abs(v) for v in values), default=0.0)
         shown = Text()
-        for character, value in zip(characters, values):
-            shown.append(character, style="black on rgb({},{},{})".format(*colour(value, scale)))
+        for character, rgb in zip(characters, shades(values)):
+            shown.append(character, style="black on rgb({},{},{})".format(*rgb))
         return shown
 
     for e in found:

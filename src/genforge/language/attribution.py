@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+STEPS = 32  # integrated gradients' path points per text, unless a caller asks for others
+
 
 @dataclass
 class TextExplanation:
@@ -38,7 +40,7 @@ class _TargetLogProbability(nn.Module):
 
 
 def explain_texts(model, tokenizer, texts: list[str], target: int | None = None,
-                  steps: int = 32) -> list[TextExplanation]:
+                  steps: int = STEPS) -> list[TextExplanation]:
     """Each text's character attributions towards `target` (default: its predicted class)."""
     from captum.attr import LayerIntegratedGradients  # deferred: captum takes a second to import
 
@@ -93,6 +95,12 @@ def by_character(tokenizer, ids: list[int], values: list[float]) -> tuple[list[s
     return characters, summed
 
 
+def shades(values: list[float]) -> list[tuple[int, int, int]]:
+    """Each value's colour, on the scale of the largest magnitude among them (the terminal's and the HTML's)."""
+    scale = max((abs(v) for v in values), default=0.0)
+    return [colour(v, scale) for v in values]
+
+
 def colour(value: float, scale: float) -> tuple[int, int, int]:
     """An attribution's colour, from white (none) to red (towards, at `scale`) or blue (away)."""
     strength = min(1.0, abs(value) / scale) if scale > 0 else 0.0
@@ -104,9 +112,8 @@ def html_explanations(explanations: list[TextExplanation], classes: list[str], t
     """Each explanation's text twice, its characters coloured by integrated gradients, then by attention rollout;
     truths: the true class of each (a report's mistakes)."""
     def coloured(characters: list[str], values: list[float]) -> str:
-        scale = max((abs(v) for v in values), default=0.0)
-        return "".join(f'<span title="{v:+.4f}" style="background: rgb{colour(v, scale)}">{html.escape(c)}</span>'
-                       for c, v in zip(characters, values))
+        return "".join(f'<span title="{v:+.4f}" style="background: rgb{rgb}">{html.escape(c)}</span>'
+                       for c, v, rgb in zip(characters, values, shades(values)))
 
     rows = []
     for i, e in enumerate(explanations):

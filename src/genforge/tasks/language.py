@@ -21,6 +21,7 @@ from genforge.data.tokens import BpeTokenizer, ByteTokenizer, token_dtype, token
 from genforge.errors import GenforgeError
 from genforge.evaluate import evaluate, measure_speed
 from genforge.evaluate.report import _plots_with_curves, write_page
+from genforge.language.attribution import LEGEND, explain_texts, html_explanations
 from genforge.language.generation import complete, generation_speed
 from genforge.language.scoring import bits_per_character, compressor_bits
 from genforge.models.layers import device_of
@@ -290,8 +291,6 @@ class LanguageTask(Task):
 
 def _mistakes(run_dir: Path, model, ds: TextCorpus, worst: list[int]) -> tuple[str, str]:
     """The report's section of the test entries with the highest loss, each coloured by what its answer rests on."""
-    from genforge.language.attribution import LEGEND, explain_texts, html_explanations  # deferred: captum
-
     index = worst[:MISTAKES]
     found = explain_texts(model, tokenizer_of(rundir.read_json(run_dir / "meta.json")), [ds.test[i] for i in index])
     return (f"The {len(index)} test entries with the highest loss, explained towards the predicted class",

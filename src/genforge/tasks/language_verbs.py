@@ -7,6 +7,7 @@ import numpy as np
 from pydantic import Field
 
 from genforge.data.tokens import tokenizer_of
+from genforge.language.attribution import STEPS, explain_texts
 from genforge.language.generation import TextStream, complete, prompt_ids
 from genforge.language.scoring import token_logprobs
 from genforge.tasks.classify import EXPLAIN, ClassTarget, NotExplainable, target_index
@@ -104,7 +105,7 @@ class ExplainTextRequest(ClassTarget):
                               f"max_explain_batch ({Limits.max_explain_batch} by default)")
     steps: IntegerOrNone = Field(None, ge=1, le=MAX_EXPLAIN_STEPS, description="Integrated gradients' path points "
                                  f"per text; at most the server's max_explain_steps ({Limits.max_explain_steps} by "
-                                 f"default); default 32")
+                                 f"default); default {STEPS}")
 
 
 class ExplainText(Verb):
@@ -136,11 +137,9 @@ explanation at a time per model, with the run's PyTorch weights (an ONNX-only ru
         if too_long is not None:
             raise RequestError(f"inputs[{too_long}]: at most {limits.max_prompt_chars:,} characters, got "
                                f"{len(texts[too_long]):,}")
-        return {"texts": texts, "target": target_index(served, fields["target"]), "steps": steps or 32}
+        return {"texts": texts, "target": target_index(served, fields["target"]), "steps": steps or STEPS}
 
     def run(self, served, inputs: dict):
-        from genforge.language.attribution import explain_texts  # deferred: captum takes a second to import
-
         tokenizer = tokenizer_of(served.run.meta)
         try:
             return served.with_gradients(
