@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from genforge.serve.batching import MicroBatcher
+from genforge.serve.batching import InferenceThread, MicroBatcher
 
 
 @pytest.fixture
@@ -147,3 +147,53 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def where(threads: list, took: float = 0.0):
+    """The model: x -> x + 1, recording the thread it ran on (sleeping `took` seconds a call)."""
+    def fn(x):
+        threads.append(threading.current_thread().name)
+        if took:
+            threading.Event().wait(took)
+        return x + 1
+    return fn
+
+
+def test_a_lone_quick_request_is_answered_on_the_event_loop_and_concurrent_ones_are_batched():
+    threads, alone = [], [True]
+    pool = InferenceThread("inference")
+    batcher = MicroBatcher(where(threads), pool, alone=lambda: alone[0])
+
+    async def main():
+        loop_thread = threading.current_thread().name
+        first = await batcher.submit(torch.zeros(1, 2))  # no timing yet: the inference thread, which measures it
+        second = await batcher.submit(torch.zeros(1, 2))  # alone, quick, the thread idle: here
+        too_many = await batcher.submit(torch.zeros(9, 2))  # more rows than the event loop takes
+        alone[0] = False  # another client is sending
+        crowded = await batcher.submit(torch.zeros(1, 2))
+        return loop_thread, (first, second, too_many, crowded)
+
+    try:
+        loop_thread, outputs = asyncio.run(main())
+    finally:
+        pool.shutdown()
+    assert all(torch.equal(y, torch.ones_like(y)) for y in outputs)
+    assert threads[1] == loop_thread
+    assert threads[0] != loop_thread and threads[2] != loop_thread and threads[3] != loop_thread
+
+
+def test_a_slow_model_never_runs_on_the_event_loop():
+    threads = []
+    pool = InferenceThread("inference")
+    batcher = MicroBatcher(where(threads, took=0.005), pool, alone=lambda: True)  # 5 ms a call: over the limit
+
+    async def main():
+        for _ in range(3):
+            await batcher.submit(torch.zeros(1, 2))
+        return threading.current_thread().name
+
+    try:
+        loop_thread = asyncio.run(main())
+    finally:
+        pool.shutdown()
+    assert len(threads) == 3 and loop_thread not in threads

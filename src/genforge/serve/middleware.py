@@ -85,6 +85,8 @@ class Gate:
 
         state["in_flight"] += limited
         t0 = time.perf_counter()
+        if limited and scope.get("client") != state["last_client"]:  # another connection than the last POST's
+            state["last_client"], state["mixed_at"] = scope.get("client"), t0
         try:
             await self.app(scope, receive, send_status)
         finally:

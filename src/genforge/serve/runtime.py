@@ -31,6 +31,9 @@ def verb_table() -> dict[str, Verb]:
     return table
 
 
+SOLO_S = 0.005
+
+
 class Runtime:
     """`state` is the dict the ASGI layers and the server read (app.state.genforge): token, limits, metrics, requests
     in flight and receiving, ready, draining, lost (why not ready while an inference overruns), the decode semaphore
@@ -44,13 +47,21 @@ class Runtime:
         self.threads: dict[str, Executor] = {"inference": InferenceThread("inference"),
                                              "gradients": InferenceThread("gradients")}
         self.state = {"token": token, "limits": limits, "in_flight": 0, "receiving": 0, "metrics": self.metrics,
+                      "last_client": None, "mixed_at": 0.0,  # the gate's: who sent the last POST, when another did
                       "ready": False, "draining": False, "lost": None,
                       "decodes": asyncio.Semaphore(limits.max_decodes),
                       "threads": tuple(self.threads.values())}  # watched for overruns (here, and the server's exit)
         self.metrics.follow(self.state)  # readiness (SIGTERM included) and requests in flight
         self.batchers = {(id(model), verb): MicroBatcher(functools.partial(verb.run, model), self.threads["inference"],
-                                                    limits.max_batch, on_batch=self.metrics.batch.labels(name).observe)
+                                                    limits.max_batch, on_batch=self.metrics.batch.labels(name).observe,
+                                                    alone=self.alone)
                          for name, model in models.items() for verb in model.verbs() if verb.thread == "batched"}
+
+    def alone(self) -> bool:
+        """Whether the request being answered is the only one: none other in flight, and no other client has sent
+        one for SOLO_S (a busy server's next requests may still wait unread in their sockets)."""
+        state = self.state
+        return state["in_flight"] <= 1 and time.perf_counter() - state["mixed_at"] > SOLO_S
 
     def model(self, name: str, verb: Verb) -> ServedModel:
         """The served model that answers `verb`, or the RequestError that says why none does."""
