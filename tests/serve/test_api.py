@@ -258,3 +258,17 @@ def test_pixel_values_are_json_numbers(lean, value):
     assert r.status_code == 422 and "JSON numbers" in error_of(r), r.text
     image[5][5] = 1
     assert c.post(f"/v1/models/{clf}/classify", json={"inputs": [image]}).status_code == 200
+
+
+def test_the_gate_notes_when_another_client_sends_a_post(client, names, fashion):
+    """A lone request is answered on the event loop only if no other client sent one for a few milliseconds: the gate
+    records who sent the last POST and when a different one did (Runtime.alone reads both)."""
+    state = client.app.state.genforge
+    path, body = f"/v1/models/{names[0]}/classify", {"inputs": [fashion.test_x[0, 0].tolist()]}
+    assert client.post(path, json=body).status_code == 200
+    since = state["mixed_at"]
+    assert client.post(path, json=body).status_code == 200
+    assert state["mixed_at"] == since and state["last_client"] == ("testclient", 50000)  # the same client again
+    other = TestClient(client.app, client=("10.0.0.2", 40000))  # a second connection to the same app
+    assert other.post(path, json=body).status_code == 200
+    assert state["last_client"] == ("10.0.0.2", 40000) and state["mixed_at"] > since
