@@ -70,7 +70,8 @@ class MicroBatcher:
         """Whether these rows may run on the event loop: the only request in flight, the inference thread idle, and
         earlier calls of this model that took under INLINE_S for as many rows."""
         return (self.alone is not None and rows <= INLINE_ROWS and self.row_s is not None
-                and self.row_s * rows < INLINE_S and self.alone() and getattr(self.executor, "since", 0) is None)
+                and self.row_s * rows < INLINE_S and self.alone()
+                and isinstance(self.executor, InferenceThread) and self.executor.since is None)
 
     def _timed(self, x: torch.Tensor) -> torch.Tensor:
         """fn(x), keeping a running mean of its seconds per row."""

@@ -22,6 +22,7 @@ from genforge.errors import GenforgeError
 from genforge.serve.adapters import load_models
 from genforge.serve.app import create_app
 from genforge.serve.limits import Limits
+from genforge.train.device import usable_cores
 
 
 def is_loopback(host: str) -> bool:
@@ -156,7 +157,7 @@ def supervise(runs: list[Path], sock: socket.socket, host: str, port: int, token
     every worker; a worker that dies stops the others (exit 1: a supervisor such as Kubernetes restarts the whole).
     /metrics adds up every worker's, through prometheus_client's multiprocess mode (docs/decisions.md)."""
     load_models(runs, backend)  # exports once, here; errors say what to fix before any worker starts
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     metrics_dir = tempfile.mkdtemp(prefix="genforge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers before prometheus_client loads
     os.environ["GENFORGE_SERVE_THREADS"] = str(max(1, cores // workers))  # ONNX Runtime threads of each worker

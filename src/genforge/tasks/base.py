@@ -19,6 +19,7 @@ from genforge.errors import GenforgeError
 from genforge.models.catalogue import KINDS
 from genforge.onnx.parts import Part
 from genforge.tasks.verb import array_inputs, input_tensor
+from genforge.train.device import usable_cores
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Task:
         share = os.environ.get("GENFORGE_SERVE_THREADS", "")
         if share.isascii() and share.isdigit() and int(share) > 0:  # isdigit alone: '²' too, which int() refuses
             return int(share)
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return usable_cores()
 
     def warm_up(self, served) -> None:
         """One call of each serving verb on dummy data (served: serve.adapters.ServedModel)."""

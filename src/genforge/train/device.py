@@ -77,8 +77,12 @@ def busy_cores(seconds: float = BUSY_SAMPLE) -> float | None:
         busy1, all1 = jiffies()
     except (OSError, ValueError, IndexError):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores * (busy1 - busy0) / max(1, all1 - all0)
+    return usable_cores() * (busy1 - busy0) / max(1, all1 - all0)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pick_threads(requested: int | None, device: torch.device) -> tuple[int, str]:
